@@ -1,0 +1,5 @@
+"""gitruns: experiment runs stored as Git branches."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

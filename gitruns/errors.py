@@ -1,0 +1,237 @@
+"""The exception tree of gitruns, and the one place foreign errors are mapped.
+
+::
+
+    GitRunsError                      exit 1   anything gitruns refuses
+    ├── InvalidNameError              exit 2   project, run id or metric key
+    ├── InvalidValueError             exit 2   a value log() cannot store
+    ├── StepOrderError                exit 2   a step below the current one
+    ├── ForkPointError                exit 2   fork / rewind step not usable
+    ├── RunNotFoundError              exit 3   no such run
+    ├── AmbiguousRunError             exit 3   a run id shared by projects
+    ├── RunExistsError                exit 4   resume="never" on an existing run
+    ├── RunLockedError                exit 4   another writer holds the run
+    ├── ConflictError                 exit 4   a ref moved under us, retries spent
+    ├── ChunkFormatError              exit 5   a malformed or hostile chunk
+    │   └── UnsupportedVersionError   exit 5   a chunk from a newer gitruns
+    ├── RepositoryError               exit 6   the Git repository itself
+    ├── RemoteError                   exit 7   push, pull, fetch
+    │   └── DivergedError             exit 7   both sides logged since a common commit
+    └── ImportFormatError             exit 8   a foreign log gitruns cannot read
+
+Every exception keeps its data as attributes and its message ends with what
+the user can do next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class GitRunsError(Exception):
+    """Root of every error gitruns raises on purpose."""
+
+    exit_code = 1
+
+
+class InvalidNameError(GitRunsError, ValueError):
+    """A project, run id or metric key that gitruns refuses to store."""
+
+    exit_code = 2
+
+    def __init__(self, kind: str, name: object, reason: str) -> None:
+        self.kind = kind
+        self.name = name
+        self.reason = reason
+        super().__init__(f"invalid {kind} {name!r}: {reason}")
+
+
+class InvalidValueError(GitRunsError, ValueError):
+    """A logged value that is not a number, bool, str or None."""
+
+    exit_code = 2
+
+    def __init__(self, key: str, value: object, reason: str) -> None:
+        self.key = key
+        self.value = value
+        super().__init__(f"cannot log {key!r} = {value!r:.80}: {reason}")
+
+
+class StepOrderError(GitRunsError, ValueError):
+    """log(step=s) with s below the run's current step."""
+
+    exit_code = 2
+
+    def __init__(self, run: str, step: int, current: int) -> None:
+        self.run = run
+        self.step = step
+        self.current = current
+        super().__init__(
+            f"run {run}: step {step} is below the current step {current}; "
+            "steps only move forward. To replace history after a step, rewind: "
+            f"gitruns.init(resume_from='{run}?_step={step - 1}') "
+            f"or `gitruns rewind {run} --step {step - 1}`"
+        )
+
+
+class ForkPointError(GitRunsError, ValueError):
+    """A fork or rewind point that does not name a committed step."""
+
+    exit_code = 2
+
+    def __init__(self, spec: str, reason: str) -> None:
+        self.spec = spec
+        self.reason = reason
+        super().__init__(f"cannot branch at {spec!r}: {reason}")
+
+
+class RunNotFoundError(GitRunsError, LookupError):
+    """No run matches the given path."""
+
+    exit_code = 3
+
+    def __init__(self, path: str, where: str = "") -> None:
+        self.path = path
+        where = f" in {where}" if where else ""
+        super().__init__(
+            f"no run {path!r}{where}; `gitruns runs` lists the runs there"
+        )
+
+
+class AmbiguousRunError(GitRunsError, LookupError):
+    """A bare run id that several projects use."""
+
+    exit_code = 3
+
+    def __init__(self, run_id: str, candidates: list[str]) -> None:
+        self.run_id = run_id
+        self.candidates = candidates
+        super().__init__(
+            f"run id {run_id!r} is in several projects: {', '.join(candidates)}; "
+            "name it as <project>/<run_id>"
+        )
+
+
+class RunExistsError(GitRunsError):
+    """A run id that is taken when resume='never' asks for a new run."""
+
+    exit_code = 4
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(
+            f"run {path} already exists; pass resume='allow' to continue it "
+            "or choose another id"
+        )
+
+
+class RunLockedError(GitRunsError):
+    """Another live writer holds the run."""
+
+    exit_code = 4
+
+    def __init__(self, path: str, host: str, pid: int) -> None:
+        self.path = path
+        self.host = host
+        self.pid = pid
+        super().__init__(
+            f"run {path} is being written by pid {pid} on {host}; finish that "
+            "writer first, or fork the run to write beside it"
+        )
+
+
+class ConflictError(GitRunsError):
+    """A compare-and-swap ref update kept losing to another writer."""
+
+    exit_code = 4
+
+    def __init__(self, ref: str, attempts: int) -> None:
+        self.ref = ref
+        self.attempts = attempts
+        super().__init__(
+            f"{ref} kept moving under us ({attempts} attempts); another "
+            "process writes this run: stop it and run `gitruns recover`"
+        )
+
+
+class ChunkFormatError(GitRunsError, ValueError):
+    """A metric chunk that is malformed, hostile or otherwise unreadable."""
+
+    exit_code = 5
+
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(
+            f"bad metric chunk {source}: {reason}; the data was not read. "
+            "If it came from a remote, do not pull it; `git fsck` checks the rest"
+        )
+
+
+class UnsupportedVersionError(ChunkFormatError):
+    """A chunk written by a newer major version of the format."""
+
+    def __init__(self, source: str, version: object, supported: int) -> None:
+        self.version = version
+        self.supported = supported
+        GitRunsError.__init__(
+            self,
+            f"chunk {source} has format version {version}, this gitruns reads "
+            f"major version {supported}; upgrade gitruns to read it",
+        )
+        self.source = source
+        self.reason = "newer format version"
+
+
+class RepositoryError(GitRunsError):
+    """The Git repository cannot be opened, read or written."""
+
+    exit_code = 6
+
+
+class RemoteError(GitRunsError):
+    """A push, pull or fetch failed or was refused."""
+
+    exit_code = 7
+
+
+class DivergedError(RemoteError):
+    """Both sides logged after their common commit."""
+
+    def __init__(self, ref: str, local: str, remote: str) -> None:
+        self.ref = ref
+        self.local = local
+        self.remote = remote
+        super().__init__(
+            f"{ref} has diverged (local {local[:10]}, remote {remote[:10]}); "
+            "fork one side into a new run, or push with --force to replace the other"
+        )
+
+
+class ImportFormatError(GitRunsError, ValueError):
+    """A foreign log that an importer cannot read."""
+
+    exit_code = 8
+
+
+@contextmanager
+def mapped_errors(what: str) -> Iterator[None]:
+    """Turn dulwich and OS errors raised inside the block into RepositoryError.
+
+    Args:
+        what: what was being done, for the message ("writing run demo/abc").
+    """
+    from dulwich.errors import DulwichError
+
+    try:
+        yield
+    except GitRunsError:
+        raise
+    except (DulwichError, OSError) as exc:
+        hint = ""
+        if isinstance(exc, OSError) and exc.errno == 28:
+            hint = "; free some disk space, the journal keeps what was logged"
+        elif isinstance(exc, PermissionError):
+            hint = "; check that the repository is writable"
+        raise RepositoryError(f"{what} failed: {exc}{hint}") from exc

@@ -1,0 +1,102 @@
+"""Run names and the Git ref names they map to, validated before use."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from typing import NewType
+
+from gitruns.errors import InvalidNameError
+
+#: Every run branch lives under this prefix; nothing else in gitruns spells it.
+RUNS_PREFIX = b"refs/heads/runs/"
+
+#: A 40-hex-digit Git object id, as bytes (dulwich's own convention).
+Sha = NewType("Sha", bytes)
+
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def check_name(kind: str, name: object) -> str:
+    """Return ``name`` if it is a safe project or run id, else raise.
+
+    Letters, digits, ``.``, ``_`` and ``-``; at most 64 characters; not
+    starting with ``.`` or ``-``; no ``..``; not ending in ``.lock``.
+
+    Raises:
+        InvalidNameError: naming the rule that was broken.
+    """
+    if not isinstance(name, str):
+        raise InvalidNameError(kind, name, "must be a string")
+    if not name:
+        raise InvalidNameError(kind, name, "must not be empty")
+    if len(name) > 64:
+        raise InvalidNameError(kind, name, "must be at most 64 characters")
+    if not _NAME.fullmatch(name):
+        raise InvalidNameError(
+            kind, name, "use only letters, digits, '.', '_' and '-'"
+        )
+    if name[0] in ".-":
+        raise InvalidNameError(kind, name, "must not start with '.' or '-'")
+    if ".." in name:
+        raise InvalidNameError(kind, name, "must not contain '..'")
+    if name.endswith(".lock"):
+        raise InvalidNameError(kind, name, "must not end in '.lock'")
+    return name
+
+
+def new_run_id() -> str:
+    """Return 8 random lowercase base-36 characters, as W&B's run ids are."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+
+
+@dataclass(frozen=True, order=True)
+class RunRef:
+    """A run's address: its project and id, and so its branch."""
+
+    project: str
+    run_id: str
+
+    def __post_init__(self) -> None:
+        check_name("project", self.project)
+        check_name("run id", self.run_id)
+
+    @property
+    def path(self) -> str:
+        """``<project>/<run_id>``, the unambiguous way to name the run."""
+        return f"{self.project}/{self.run_id}"
+
+    @property
+    def ref(self) -> bytes:
+        """The full ref name, ``refs/heads/runs/<project>/<run_id>``."""
+        return RUNS_PREFIX + self.path.encode()
+
+    @property
+    def branch(self) -> str:
+        """The branch name as ``git log`` takes it: ``runs/<project>/<run_id>``."""
+        return self.ref[len(b"refs/heads/") :].decode()
+
+    @classmethod
+    def from_ref(cls, ref: bytes, prefix: bytes = RUNS_PREFIX) -> RunRef:
+        """Parse a full ref name under ``prefix`` back into a RunRef.
+
+        Raises:
+            InvalidNameError: for a ref outside the prefix or with bad parts.
+        """
+        if not ref.startswith(prefix):
+            raise InvalidNameError("run ref", ref, f"not under {prefix.decode()}")
+        try:
+            rest = ref[len(prefix) :].decode("ascii")
+        except UnicodeDecodeError:
+            raise InvalidNameError("run ref", ref, "not ASCII") from None
+        parts = rest.split("/")
+        if len(parts) != 2:
+            raise InvalidNameError(
+                "run ref", ref, "must be runs/<project>/<run_id>"
+            )
+        return cls(parts[0], parts[1])
+
+    def __str__(self) -> str:
+        return self.path
