@@ -1,0 +1,1073 @@
+"""The chunk codec: one window of a run's metrics as one validated msgpack document."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import struct
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, TypeAlias
+
+import msgpack
+import numpy as np
+
+from gitruns.errors import (
+    ChunkFormatError,
+    InvalidNameError,
+    InvalidValueError,
+    UnsupportedVersionError,
+)
+
+__all__ = [
+    "FORMAT_MAJOR",
+    "FORMAT_MINOR",
+    "KINDS",
+    "MAX_CHUNK_BYTES",
+    "MAX_METRICS",
+    "MAX_NAME_CHARS",
+    "MAX_ROWS",
+    "Chunk",
+    "Column",
+    "Digest",
+    "Value",
+    "build_chunk",
+    "check_metric_name",
+    "decode_chunk",
+    "decode_digests",
+    "encode_chunk",
+    "encode_digests",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_MAJOR = 1
+FORMAT_MINOR = 0
+
+#: Blobs larger than this are refused before a single byte is unpacked.
+MAX_CHUNK_BYTES = 64 * 2**20
+#: Steps (rows) in one chunk.
+MAX_ROWS = 1_000_000
+#: Metric columns in one chunk, and digests in one prefix.
+MAX_METRICS = 100_000
+#: Characters in one metric name.
+MAX_NAME_CHARS = 256
+
+#: The column kinds, in the order a reader meets them in docs/FORMAT.md.
+KINDS = ("f8", "i8", "bool", "str", "obj")
+
+#: A logged value, as it round-trips: exact type and, for floats, exact bits.
+Value: TypeAlias = float | int | bool | str | None
+
+# The first entry of every chunk document: this key, then [major, minor].
+_MAGIC = "gitruns.chunk"
+_DIGESTS_MAGIC = "gitruns.digests"
+# Names rows() uses for a step's own fields; a metric may not take them.
+_RESERVED = frozenset({"_step", "_timestamp"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+# Arrays outside bins are tiny ([major, minor]). Keeping their length small
+# bounds what msgpack preallocates for a hostile, deeply nested array.
+_MAX_LOOSE_ARRAY = 64
+# Value types an obj column may hold, and the ones that enter min/max/sum.
+_SCALARS = (type(None), bool, int, float, str)
+_NUMERIC = (int, float)
+
+_F8 = np.dtype("<f8")
+_I8 = np.dtype("<i8")
+_F8_BITS = struct.Struct("<d")
+
+
+@dataclass(frozen=True)
+class Digest:
+    """What a run's summary needs of one metric over a stretch of its history.
+
+    A digest covers the present values of one metric in one chunk, or in a
+    prefix of a run (then it is several chunk digests merged in step order).
+
+    Attributes:
+        count: number of present values, of every type.
+        first: the first present value, of any type.
+        last: the last present value, of any type.
+        first_step: the step of ``first``.
+        last_step: the step of ``last``.
+        min: smallest numeric value; None if there is none. Numeric means an
+            int or a float that is not NaN; a bool is not numeric.
+        max: largest numeric value; None if there is none.
+        sum: float sum of the numeric values; None if there is none.
+        numeric_count: how many values entered ``min``, ``max`` and ``sum``.
+    """
+
+    count: int
+    first: Value
+    last: Value
+    first_step: int
+    last_step: int
+    min: float | None
+    max: float | None
+    sum: float | None
+    numeric_count: int
+
+    def merged(self, later: Digest) -> Digest:
+        """Return the digest of this stretch of history followed by ``later``.
+
+        Every field but ``sum`` is exact and associative; ``sum`` is a float
+        addition, so regrouping merges may change its last bits.
+        """
+        return Digest(
+            count=self.count + later.count,
+            first=self.first,
+            last=later.last,
+            first_step=self.first_step,
+            last_step=later.last_step,
+            min=_pick(self.min, later.min, lower=True),
+            max=_pick(self.max, later.max, lower=False),
+            sum=later.sum if self.sum is None else _add(self.sum, later.sum),
+            numeric_count=self.numeric_count + later.numeric_count,
+        )
+
+    def mean(self) -> float | None:
+        """Return the mean of the numeric values, or None if there is none."""
+        if self.sum is None or self.numeric_count == 0:
+            return None
+        return self.sum / self.numeric_count
+
+
+def _pick(a: float | None, b: float | None, *, lower: bool) -> float | None:
+    # On a tie the earlier value wins, which keeps merged() associative even
+    # for 0.0 against -0.0.
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if lower:
+        return a if a <= b else b
+    return a if a >= b else b
+
+
+def _add(a: float, b: float | None) -> float:
+    return a if b is None else a + b
+
+
+@dataclass(frozen=True, eq=False)
+class Column:
+    """One metric's values in a chunk.
+
+    Attributes:
+        kind: "f8", "i8", "bool", "str" or "obj" (mixed types or None).
+        rows: int64 row indices into ``Chunk.steps`` where the metric is
+            present, strictly increasing; None when it is present at every row.
+        values: float64, int64 or bool array for f8, i8 and bool; a list for
+            str and obj. One value per present row.
+    """
+
+    kind: str
+    rows: np.ndarray[Any, np.dtype[np.int64]] | None
+    values: np.ndarray[Any, Any] | list[Value]
+
+    @property
+    def count(self) -> int:
+        """Number of present values."""
+        return len(self.values)
+
+    def present_steps(
+        self, steps: np.ndarray[Any, np.dtype[np.int64]]
+    ) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """Return the steps (of the chunk's ``steps``) where the metric is present."""
+        return steps if self.rows is None else steps[self.rows]
+
+    def value_list(self) -> list[Value]:
+        """Return the values as Python objects of their exact type."""
+        if isinstance(self.values, list):
+            return self.values
+        out: list[Value] = self.values.tolist()
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class Chunk:
+    """The metrics a run logged in one window of steps, or a prefix of it.
+
+    Attributes:
+        window: the run's window size W (steps per window), at least 1.
+        start: the first step of this chunk's window, a multiple of W.
+        steps: int64 steps, strictly increasing, all in [start, start + W).
+        times: float64 wall-clock unix seconds, one per step.
+        columns: metric name -> column.
+        prefix: digests of the run's history before this chunk (may be empty).
+    """
+
+    window: int
+    start: int
+    steps: np.ndarray[Any, np.dtype[np.int64]]
+    times: np.ndarray[Any, np.dtype[np.float64]]
+    columns: dict[str, Column]
+    prefix: dict[str, Digest]
+    _digests: dict[str, Digest] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def digests(self) -> dict[str, Digest]:
+        """Return this chunk's own digest of every metric it holds."""
+        if self._digests is None:
+            computed = {
+                name: _digest_of(col, self.steps) for name, col in self.columns.items()
+            }
+            object.__setattr__(self, "_digests", computed)
+            return computed
+        return self._digests
+
+    def totals(self) -> dict[str, Digest]:
+        """Return the digest of the run's history up to and including this chunk."""
+        out = dict(self.prefix)
+        for name, digest in self.digests().items():
+            before = out.get(name)
+            out[name] = digest if before is None else before.merged(digest)
+        return out
+
+    def sliced(self, max_step: int) -> Chunk:
+        """Return the chunk cut to the steps ``<= max_step``, with the same prefix."""
+        keep = int(np.searchsorted(self.steps, max_step, side="right"))
+        if keep == len(self.steps):
+            return self
+
+        columns: dict[str, Column] = {}
+        for name, col in self.columns.items():
+            if col.rows is None:
+                columns[name] = Column(col.kind, None, col.values[:keep])
+                continue
+            cut = int(np.searchsorted(col.rows, keep))
+            if cut == 0:
+                continue
+            rows = col.rows[:cut]
+            # A sparse column can be dense in the shorter chunk.
+            dense = cut == keep
+            columns[name] = Column(col.kind, None if dense else rows, col.values[:cut])
+        return Chunk(
+            self.window,
+            self.start,
+            self.steps[:keep],
+            self.times[:keep],
+            columns,
+            self.prefix,
+        )
+
+    def rows(self) -> Iterator[dict[str, Value]]:
+        """Yield one dict per step: ``_step``, ``_timestamp``, the metrics present."""
+        out: list[dict[str, Value]] = [
+            {"_step": step, "_timestamp": time}
+            for step, time in zip(self.steps.tolist(), self.times.tolist(), strict=True)
+        ]
+        # Column by column, so each column is converted to Python objects once.
+        for name, col in self.columns.items():
+            values = col.value_list()
+            if col.rows is None:
+                for row, value in zip(out, values, strict=True):
+                    row[name] = value
+            else:
+                for index, value in zip(col.rows.tolist(), values, strict=True):
+                    out[index][name] = value
+        yield from out
+
+    def column(
+        self, name: str
+    ) -> tuple[np.ndarray[Any, np.dtype[np.int64]], np.ndarray[Any, Any] | list[Value]]:
+        """Return (steps where ``name`` is present, its values there).
+
+        Raises:
+            KeyError: the chunk holds no value of ``name``.
+        """
+        col = self.columns[name]
+        return col.present_steps(self.steps), col.values
+
+
+# --------------------------------------------------------------------------
+# Building
+
+
+def check_metric_name(name: object) -> str:
+    """Return ``name`` if a chunk may store it as a metric name, else raise.
+
+    A metric name is a non-empty str of at most 256 characters, without
+    control characters, and not ``_step`` or ``_timestamp``.
+
+    Raises:
+        InvalidNameError: naming the rule that was broken.
+    """
+    reason = _name_problem(name)
+    if reason or not isinstance(name, str):
+        raise InvalidNameError("metric key", name, reason)
+    return name
+
+
+def _name_problem(name: object) -> str:
+    if not isinstance(name, str):
+        return "must be a string"
+    if not name:
+        return "must not be empty"
+    if len(name) > MAX_NAME_CHARS:
+        return f"must be at most {MAX_NAME_CHARS} characters"
+    if _CONTROL.search(name):
+        return "must not contain control characters"
+    if name in _RESERVED:
+        return "is reserved for the step's own fields"
+    return ""
+
+
+def build_chunk(
+    window: int,
+    start: int,
+    steps: Sequence[int],
+    times: Sequence[float],
+    metrics: Mapping[str, tuple[Sequence[int], Sequence[Value]]],
+    prefix: Mapping[str, Digest] | None = None,
+) -> Chunk:
+    """Build a chunk from the writer's columnar buffers.
+
+    Args:
+        window: the run's window size W, at least 1.
+        start: the first step of the window, a multiple of W.
+        steps: the steps of the segment, strictly increasing, in the window.
+        times: wall-clock unix seconds, one per step.
+        metrics: name -> (row indices into ``steps``, values at those rows);
+            rows strictly increasing. A metric with no value is left out.
+        prefix: digests of the run's history before this window.
+
+    Returns:
+        The chunk; each column's kind is chosen from the Python types of its
+        values (all float: f8; all int: i8; all bool: bool; all str: str;
+        anything else, or None present: obj).
+
+    Raises:
+        InvalidNameError: a metric name a chunk cannot hold.
+        InvalidValueError: a value of a type gitruns does not store, or an
+            int outside int64.
+        ValueError: the arguments break the layout above (a writer bug) or
+            exceed MAX_ROWS / MAX_METRICS.
+    """
+    steps_arr = _frozen(np.array(steps, dtype=np.int64, ndmin=1))
+    times_arr = _frozen(np.array(times, dtype=np.float64, ndmin=1))
+    if len(metrics) > MAX_METRICS:
+        raise ValueError(
+            f"{len(metrics)} metrics in one chunk, over {MAX_METRICS}; "
+            "log fewer distinct keys per window"
+        )
+    problem = _layout_problem(window, start, steps_arr, times_arr)
+    if problem:
+        raise ValueError(f"cannot build a chunk: {problem}")
+
+    n = len(steps_arr)
+    columns: dict[str, Column] = {}
+    for name, (rows, values) in metrics.items():
+        check_metric_name(name)
+        if len(values) == 0:
+            logger.debug("metric %r has no value in this chunk; left out", name)
+            continue
+        columns[name] = _build_column(name, n, rows, values)
+
+    prefix_dict = dict(prefix or {})
+    for name in prefix_dict:
+        check_metric_name(name)
+    return Chunk(window, start, steps_arr, times_arr, columns, prefix_dict)
+
+
+def _frozen(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    arr.setflags(write=False)
+    return arr
+
+
+def _build_column(
+    name: str, n: int, rows: Sequence[int], values: Sequence[Value]
+) -> Column:
+    rows_arr = np.array(rows, dtype=np.int64, ndmin=1)
+    count = len(values)
+    if len(rows_arr) != count:
+        raise ValueError(f"metric {name!r}: {len(rows_arr)} rows for {count} values")
+    if rows_arr[0] < 0 or rows_arr[-1] >= n or np.any(rows_arr[1:] <= rows_arr[:-1]):
+        raise ValueError(
+            f"metric {name!r}: rows must be strictly increasing and in [0, {n})"
+        )
+    dense = count == n
+
+    kind, stored = _typed_values(name, values)
+    return Column(kind, None if dense else _frozen(rows_arr), stored)
+
+
+def _typed_values(
+    name: str, values: Sequence[Value]
+) -> tuple[str, np.ndarray[Any, Any] | list[Value]]:
+    # A numpy array already says its kind; no scan needed.
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind == "f":
+            return "f8", _frozen(values.astype(np.float64))
+        if values.dtype.kind in "iu":
+            return "i8", _frozen(_int64_array(name, values.tolist()))
+        if values.dtype.kind == "b":
+            return "bool", _frozen(values.astype(np.bool_))
+        values = values.tolist()
+
+    # The one pass over the values: the set of their types.
+    types = set(map(type, values))
+    bases = {_base_kind(t) for t in types}
+    if bases == {"f8"}:
+        return "f8", _frozen(np.array(values, dtype=np.float64))
+    if bases == {"i8"}:
+        return "i8", _frozen(_int64_array(name, values))
+    if bases == {"bool"}:
+        return "bool", _frozen(np.array(values, dtype=np.bool_))
+    if types == {str}:
+        return "str", list(values)
+    return "obj", [_scalar(name, v) for v in values]
+
+
+def _base_kind(t: type) -> str:
+    # Subclasses (numpy.float64 is a float) count as their base type.
+    if issubclass(t, (bool, np.bool_)):
+        return "bool"
+    if issubclass(t, (int, np.integer)):
+        return "i8"
+    if issubclass(t, (float, np.floating)):
+        return "f8"
+    return "obj"
+
+
+def _int64_array(name: str, values: Sequence[Any]) -> np.ndarray[Any, Any]:
+    try:
+        return np.array(values, dtype=np.int64)
+    except OverflowError:
+        bad = next(v for v in values if not _INT64_MIN <= v <= _INT64_MAX)
+        raise InvalidValueError(name, bad, "ints must fit in 64 bits") from None
+
+
+def _scalar(name: str, value: object) -> Value:
+    # Exact types only, so a value decodes to what was logged (a float
+    # subclass such as numpy.float64 comes back as float).
+    if value is None or type(value) in _SCALARS:
+        if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX:
+            raise InvalidValueError(name, value, "ints must fit in 64 bits")
+        return value  # type: ignore[return-value]
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return _scalar(name, int(value))
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    raise InvalidValueError(
+        name, value, "log a number, bool, str or None (convert other objects first)"
+    )
+
+
+# --------------------------------------------------------------------------
+# Digests
+
+
+def _digest_of(col: Column, steps: np.ndarray[Any, np.dtype[np.int64]]) -> Digest:
+    first_row = 0 if col.rows is None else int(col.rows[0])
+    last_row = len(steps) - 1 if col.rows is None else int(col.rows[-1])
+    values = col.values
+    count = len(values)
+    lo: float | None = None
+    hi: float | None = None
+    total: float | None = None
+    numeric_count = 0
+
+    if col.kind == "f8":
+        assert isinstance(values, np.ndarray)
+        nan = np.isnan(values)
+        numeric = values[~nan] if nan.any() else values
+        numeric_count = len(numeric)
+        if numeric_count:
+            lo, hi, total = float(numeric.min()), float(numeric.max()), _fsum(numeric)
+    elif col.kind == "i8":
+        assert isinstance(values, np.ndarray)
+        numeric_count = count
+        lo, hi = float(values.min()), float(values.max())
+        total = _fsum(values.astype(np.float64))
+    elif col.kind == "obj":
+        numbers = [
+            v
+            for v in values
+            if type(v) is int or (type(v) is float and not math.isnan(v))
+        ]
+        numeric_count = len(numbers)
+        if numeric_count:
+            arr = np.array(numbers, dtype=np.float64)
+            lo, hi, total = float(arr.min()), float(arr.max()), _fsum(arr)
+
+    first: Value
+    last: Value
+    if isinstance(values, np.ndarray):
+        first, last = values[0].item(), values[-1].item()
+    else:
+        first, last = values[0], values[-1]
+    return Digest(
+        count=count,
+        first=first,
+        last=last,
+        first_step=int(steps[first_row]),
+        last_step=int(steps[last_row]),
+        min=lo,
+        max=hi,
+        sum=total,
+        numeric_count=numeric_count,
+    )
+
+
+def _fsum(values: np.ndarray[Any, Any]) -> float:
+    # numpy's pairwise sum: fast, and far closer than a running sum; readers
+    # in other languages may differ in the last bits (see docs/FORMAT.md).
+    return float(np.sum(values, dtype=np.float64))
+
+
+# --------------------------------------------------------------------------
+# Encoding
+
+
+def encode_chunk(chunk: Chunk) -> bytes:
+    """Return the msgpack bytes of ``chunk`` (layout: docs/FORMAT.md).
+
+    Raises:
+        InvalidValueError: a str value that is not valid unicode.
+        ValueError: a chunk that breaks the layout, or encodes to more than
+            MAX_CHUNK_BYTES (flush smaller segments).
+    """
+    problem = _layout_problem(chunk.window, chunk.start, chunk.steps, chunk.times)
+    if problem:
+        raise ValueError(f"cannot encode a chunk: {problem}")
+    n = len(chunk.steps)
+    digests = chunk.digests()
+
+    columns: dict[str, dict[str, Any]] = {}
+    for name in sorted(chunk.columns):
+        col = chunk.columns[name]
+        doc: dict[str, Any] = {"kind": col.kind}
+        if col.rows is not None:
+            mask = np.zeros(n, dtype=np.bool_)
+            mask[col.rows] = True
+            doc["present"] = np.packbits(mask, bitorder="little").tobytes()
+        doc["values"] = _encode_values(name, col)
+        doc["digest"] = _digest_doc(digests[name])
+        columns[name] = doc
+
+    document = {
+        _MAGIC: [FORMAT_MAJOR, FORMAT_MINOR],
+        "window": chunk.window,
+        "start": chunk.start,
+        "steps": chunk.steps.astype(_I8, copy=False).tobytes(),
+        "times": chunk.times.astype(_F8, copy=False).tobytes(),
+        "columns": columns,
+        "prefix": {
+            name: _digest_doc(chunk.prefix[name]) for name in sorted(chunk.prefix)
+        },
+    }
+    data = _pack(document)
+    if len(data) > MAX_CHUNK_BYTES:
+        raise ValueError(
+            f"chunk of steps {chunk.steps[0]}..{chunk.steps[-1]} encodes to "
+            f"{len(data)} bytes, over {MAX_CHUNK_BYTES}; flush smaller segments"
+        )
+    return data
+
+
+def _encode_values(name: str, col: Column) -> bytes:
+    if col.kind == "f8":
+        return np.asarray(col.values).astype(_F8, copy=False).tobytes()
+    if col.kind == "i8":
+        return np.asarray(col.values).astype(_I8, copy=False).tobytes()
+    if col.kind == "bool":
+        return np.asarray(col.values).astype(np.uint8).tobytes()
+    try:
+        return _pack(list(col.values))
+    except UnicodeEncodeError as exc:
+        raise InvalidValueError(name, exc.object, "not valid unicode") from None
+
+
+def _digest_doc(d: Digest) -> dict[str, Any]:
+    return {
+        "count": d.count,
+        "first": d.first,
+        "last": d.last,
+        "first_step": d.first_step,
+        "last_step": d.last_step,
+        "min": d.min,
+        "max": d.max,
+        "sum": d.sum,
+        "numeric_count": d.numeric_count,
+    }
+
+
+def _pack(obj: object) -> bytes:
+    data: bytes = msgpack.packb(obj, use_bin_type=True, use_single_float=False)
+    return data
+
+
+def encode_digests(digests: Mapping[str, Digest]) -> bytes:
+    """Return the msgpack bytes of a map of digests (a run's totals, say).
+
+    The document is ``{"gitruns.digests": [major, minor], "digests": {...}}``
+    with each digest laid out as in a chunk.
+    """
+    return _pack(
+        {
+            _DIGESTS_MAGIC: [FORMAT_MAJOR, FORMAT_MINOR],
+            "digests": {name: _digest_doc(digests[name]) for name in sorted(digests)},
+        }
+    )
+
+
+# --------------------------------------------------------------------------
+# Decoding
+
+
+def decode_chunk(data: bytes, *, source: str = "chunk", verify: bool = False) -> Chunk:
+    """Decode and validate a chunk that may come from an untrusted remote.
+
+    The structure is always checked in full: types, lengths, limits, step
+    order and window, names, and each stored digest's shape, counts, steps and
+    first/last values. A decoded chunk computes its own digests from its
+    values, so a stored digest never leaks into a summary unchecked.
+
+    Args:
+        data: the blob's bytes.
+        source: how errors name the blob (a path or object id).
+        verify: also recompute every stored digest's min, max, sum and
+            numeric count and compare (O(values); what hooks want).
+
+    Raises:
+        UnsupportedVersionError: the chunk has a newer major format version.
+        ChunkFormatError: anything else malformed; nothing else is raised.
+    """
+    try:
+        doc = _unpack_document(data, _MAGIC, source)
+        return _chunk_from(doc, source, verify)
+    except ChunkFormatError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - hostile input meets one error type
+        logger.debug("unexpected error decoding %s", source, exc_info=True)
+        raise ChunkFormatError(source, f"{type(exc).__name__}: {exc}") from exc
+
+
+def decode_digests(data: bytes, *, source: str = "digests") -> dict[str, Digest]:
+    """Decode and validate the bytes of ``encode_digests``.
+
+    Raises:
+        UnsupportedVersionError: a newer major format version.
+        ChunkFormatError: anything else malformed.
+    """
+    try:
+        doc = _unpack_document(data, _DIGESTS_MAGIC, source)
+        digests = _get(doc, "digests", dict, source)
+        return _digest_map(digests, None, source)
+    except ChunkFormatError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - hostile input meets one error type
+        logger.debug("unexpected error decoding %s", source, exc_info=True)
+        raise ChunkFormatError(source, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _unpack_document(data: bytes, magic: str, source: str) -> dict[str, Any]:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ChunkFormatError(source, f"expected bytes, got {type(data).__name__}")
+    if len(data) > MAX_CHUNK_BYTES:
+        raise ChunkFormatError(
+            source, f"{len(data)} bytes, over the limit of {MAX_CHUNK_BYTES}"
+        )
+    _check_version(data, magic, source)
+
+    # Every container msgpack builds is counted: a hostile document of many
+    # tiny maps or lists would otherwise cost far more memory than its bytes.
+    budget = [4 * MAX_METRICS + 64]
+
+    def spend(obj: Any) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ValueError("too many maps and lists")
+        return obj
+
+    try:
+        doc = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=MAX_CHUNK_BYTES,
+            max_str_len=MAX_CHUNK_BYTES,
+            max_array_len=_MAX_LOOSE_ARRAY,
+            max_map_len=MAX_METRICS,
+            max_ext_len=0,
+            object_hook=spend,
+            list_hook=spend,
+        )
+    except (ValueError, msgpack.UnpackException, RecursionError) as exc:
+        raise ChunkFormatError(source, f"not valid msgpack ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ChunkFormatError(source, "the document is not a map")
+    return doc
+
+
+def _check_version(data: bytes, magic: str, source: str) -> None:
+    # The version is read on its own first, so a newer major version is
+    # reported as such even if the rest uses a layout this reader rejects.
+    unpacker = msgpack.Unpacker(
+        raw=False,
+        max_buffer_size=len(data) or 1,
+        max_array_len=2,
+        max_map_len=0,
+        max_str_len=64,
+        max_bin_len=0,
+        max_ext_len=0,
+    )
+    unpacker.feed(data)
+    try:
+        unpacker.read_map_header()
+        key = unpacker.unpack()
+        version = unpacker.unpack()
+    except (ValueError, msgpack.UnpackException, RecursionError) as exc:
+        raise ChunkFormatError(
+            source, f"not a gitruns document (no version entry: {exc})"
+        ) from None
+    if key != magic:
+        raise ChunkFormatError(
+            source, f"not a gitruns document (first key {key!r:.40}, not {magic!r})"
+        )
+    if (
+        not isinstance(version, list)
+        or len(version) != 2
+        or not all(type(v) is int and v >= 0 for v in version)
+    ):
+        raise ChunkFormatError(source, f"bad format version {version!r:.40}")
+    major = version[0]
+    if major > FORMAT_MAJOR:
+        raise UnsupportedVersionError(source, f"{major}.{version[1]}", FORMAT_MAJOR)
+    if major < FORMAT_MAJOR:
+        raise ChunkFormatError(source, f"unknown format version {major}.{version[1]}")
+
+
+def _chunk_from(doc: dict[str, Any], source: str, verify: bool) -> Chunk:
+    window = _get_int(doc, "window", 1, _INT64_MAX, source)
+    start = _get_int(doc, "start", 0, _INT64_MAX, source)
+    steps_bin = _get(doc, "steps", bytes, source)
+    times_bin = _get(doc, "times", bytes, source)
+    columns_doc = _get(doc, "columns", dict, source)
+    prefix_doc = _get(doc, "prefix", dict, source)
+
+    # Steps and times.
+    if len(steps_bin) % 8:
+        raise ChunkFormatError(source, f"steps is {len(steps_bin)} bytes, not 8 * n")
+    n = len(steps_bin) // 8
+    if n > MAX_ROWS:
+        raise ChunkFormatError(source, f"{n} steps, over the limit of {MAX_ROWS}")
+    if len(times_bin) != 8 * n:
+        raise ChunkFormatError(source, f"times is {len(times_bin)} bytes for {n} steps")
+    steps = np.frombuffer(steps_bin, dtype=_I8).astype(np.int64, copy=False)
+    times = np.frombuffer(times_bin, dtype=_F8).astype(np.float64, copy=False)
+    problem = _layout_problem(window, start, steps, times)
+    if problem:
+        raise ChunkFormatError(source, problem)
+
+    # Columns, each checked against its stored digest.
+    if len(columns_doc) > MAX_METRICS:
+        raise ChunkFormatError(
+            source, f"{len(columns_doc)} metrics, over {MAX_METRICS}"
+        )
+    columns: dict[str, Column] = {}
+    digests: dict[str, Digest] = {}
+    for name, col_doc in columns_doc.items():
+        _check_name(name, source)
+        col, stored = _column_from(name, col_doc, n, source)
+        if verify:
+            digests[name] = _digest_of(col, steps)
+            mismatch = _digest_mismatch(stored, digests[name])
+        else:
+            mismatch = _quick_mismatch(stored, col, steps)
+        if mismatch:
+            raise ChunkFormatError(
+                source, f"metric {name!r}: digest {mismatch} does not match the values"
+            )
+        columns[name] = col
+
+    prefix = _digest_map(prefix_doc, start, source)
+    chunk = Chunk(window, start, steps, times, columns, prefix)
+    if verify:
+        object.__setattr__(chunk, "_digests", digests)
+    return chunk
+
+
+def _layout_problem(
+    window: object,
+    start: object,
+    steps: np.ndarray[Any, Any],
+    times: np.ndarray[Any, Any],
+) -> str:
+    if type(window) is not int or window < 1:
+        return f"window must be an int >= 1, not {window!r:.40}"
+    if type(start) is not int or start < 0 or start % window:
+        return f"start {start!r:.40} is not a multiple of the window {window}"
+    if start + window - 1 > _INT64_MAX:
+        return f"window {window} at {start} passes the int64 step range"
+    n = len(steps)
+    if steps.ndim != 1 or times.shape != (n,):
+        return f"{n} steps but {times.shape} times"
+    if n > MAX_ROWS:
+        return f"{n} steps, over the limit of {MAX_ROWS}"
+    if n and (steps[0] < start or steps[-1] >= start + window):
+        return f"steps {steps[0]}..{steps[-1]} are outside [{start}, {start + window})"
+    if n > 1 and not np.all(steps[1:] > steps[:-1]):
+        return "steps are not strictly increasing"
+    return ""
+
+
+def _column_from(name: str, doc: object, n: int, source: str) -> tuple[Column, Digest]:
+    where = f"metric {name!r}"
+    if not isinstance(doc, dict):
+        raise ChunkFormatError(source, f"{where}: column is not a map")
+    kind = doc.get("kind")
+    if kind not in KINDS:
+        raise ChunkFormatError(source, f"{where}: unknown kind {kind!r:.40}")
+
+    # Presence: a little-endian bitmap over the rows, absent when dense.
+    rows: np.ndarray[Any, np.dtype[np.int64]] | None = None
+    count = n
+    present = doc.get("present")
+    if present is not None:
+        if not isinstance(present, bytes) or len(present) != (n + 7) // 8:
+            raise ChunkFormatError(
+                source, f"{where}: present must be a bin of {(n + 7) // 8} bytes"
+            )
+        bits = np.unpackbits(np.frombuffer(present, dtype=np.uint8), bitorder="little")
+        if bits[n:].any():
+            raise ChunkFormatError(source, f"{where}: present has bits past the rows")
+        rows = np.flatnonzero(bits).astype(np.int64)
+        count = len(rows)
+        if count == n:
+            raise ChunkFormatError(source, f"{where}: present given for a dense column")
+    if count == 0:
+        raise ChunkFormatError(source, f"{where}: the column holds no value")
+
+    values = _values_from(where, kind, doc.get("values"), count, source)
+    digest = _digest_from(where, doc.get("digest"), source)
+    return Column(kind, rows, values), digest
+
+
+def _values_from(
+    where: str, kind: str, blob: object, count: int, source: str
+) -> np.ndarray[Any, Any] | list[Value]:
+    if not isinstance(blob, bytes):
+        raise ChunkFormatError(source, f"{where}: values must be a bin")
+    width = 1 if kind == "bool" else 8
+    if kind in ("f8", "i8", "bool") and len(blob) != width * count:
+        raise ChunkFormatError(
+            source, f"{where}: values is {len(blob)} bytes for {count} {kind} values"
+        )
+    if kind == "f8":
+        return np.frombuffer(blob, dtype=_F8).astype(np.float64, copy=False)
+    if kind == "i8":
+        return np.frombuffer(blob, dtype=_I8).astype(np.int64, copy=False)
+    if kind == "bool":
+        raw = np.frombuffer(blob, dtype=np.uint8)
+        if (raw > 1).any():
+            raise ChunkFormatError(source, f"{where}: a bool byte is not 0 or 1")
+        return raw.view(np.bool_)
+
+    items = _unpack_scalars(where, blob, count, source)
+    types = set(map(type, items))
+    if kind == "str" and types != {str}:
+        raise ChunkFormatError(source, f"{where}: a str column holds a non-str")
+    if kind == "obj":
+        if not types <= set(_SCALARS):
+            raise ChunkFormatError(source, f"{where}: an obj column holds a container")
+        if int in types and not all(
+            _INT64_MIN <= v <= _INT64_MAX for v in items if type(v) is int
+        ):
+            raise ChunkFormatError(source, f"{where}: an int outside int64")
+    return items
+
+
+def _unpack_scalars(where: str, blob: bytes, count: int, source: str) -> list[Value]:
+    # The nested array is read header first and then item by item with
+    # containers forbidden, so a hostile array costs no more than its bytes.
+    unpacker = msgpack.Unpacker(
+        raw=False,
+        max_buffer_size=len(blob) or 1,
+        max_array_len=0,
+        max_map_len=0,
+        max_bin_len=0,
+        max_ext_len=0,
+        max_str_len=len(blob),
+    )
+    unpacker.feed(blob)
+    try:
+        declared = unpacker.read_array_header()
+        if declared != count:
+            raise ChunkFormatError(
+                source, f"{where}: {declared} values for {count} present rows"
+            )
+        items: list[Value] = list(islice(unpacker, count))
+    except (ValueError, msgpack.UnpackException, RecursionError) as exc:
+        raise ChunkFormatError(source, f"{where}: bad values ({exc})") from None
+    if len(items) != count or unpacker.tell() != len(blob):
+        raise ChunkFormatError(source, f"{where}: values array is truncated or padded")
+    return items
+
+
+def _digest_map(
+    doc: dict[str, Any], start: int | None, source: str
+) -> dict[str, Digest]:
+    if len(doc) > MAX_METRICS:
+        raise ChunkFormatError(source, f"{len(doc)} digests, over {MAX_METRICS}")
+    out: dict[str, Digest] = {}
+    for name, item in doc.items():
+        _check_name(name, source)
+        digest = _digest_from(f"digest of {name!r}", item, source)
+        if start is not None and digest.last_step >= start:
+            raise ChunkFormatError(
+                source,
+                f"prefix digest of {name!r} reaches step {digest.last_step}, "
+                f"not before the chunk's start {start}",
+            )
+        out[name] = digest
+    return out
+
+
+def _digest_from(where: str, doc: object, source: str) -> Digest:
+    if not isinstance(doc, dict):
+        raise ChunkFormatError(source, f"{where}: digest is not a map")
+    try:
+        count = doc["count"]
+        numeric_count = doc["numeric_count"]
+        first_step = doc["first_step"]
+        last_step = doc["last_step"]
+        first = doc["first"]
+        last = doc["last"]
+        lo = doc["min"]
+        hi = doc["max"]
+        total = doc["sum"]
+    except KeyError as exc:
+        raise ChunkFormatError(source, f"{where}: digest has no {exc}") from None
+
+    if not (
+        _is_count(count)
+        and _is_count(numeric_count)
+        and _is_count(first_step)
+        and _is_count(last_step)
+    ):
+        raise ChunkFormatError(source, f"{where}: digest counts and steps must be ints")
+    if count < 1 or numeric_count > count or first_step > last_step:
+        raise ChunkFormatError(source, f"{where}: digest counts or steps out of order")
+    if (count == 1) != (first_step == last_step):
+        raise ChunkFormatError(source, f"{where}: digest steps do not match its count")
+    if not (_is_value(first) and _is_value(last)):
+        raise ChunkFormatError(source, f"{where}: digest first/last is not a value")
+    if numeric_count == 0:
+        if not (lo is None and hi is None and total is None):
+            raise ChunkFormatError(source, f"{where}: digest has stats but no numbers")
+    else:
+        if not (type(lo) is float and type(hi) is float and type(total) is float):
+            raise ChunkFormatError(
+                source, f"{where}: digest min/max/sum must be floats"
+            )
+        if not lo <= hi:
+            raise ChunkFormatError(source, f"{where}: digest min is not <= max")
+    return Digest(
+        count, first, last, first_step, last_step, lo, hi, total, numeric_count
+    )
+
+
+def _is_count(value: object) -> bool:
+    return type(value) is int and 0 <= value <= _INT64_MAX
+
+
+def _is_value(value: object) -> bool:
+    if type(value) is int:
+        return _INT64_MIN <= value <= _INT64_MAX
+    return type(value) in _SCALARS
+
+
+def _digest_mismatch(stored: Digest, computed: Digest) -> str:
+    # Everything is compared exactly except sum, which another writer may
+    # have added up in another order.
+    for name in ("count", "numeric_count", "first_step", "last_step", "min", "max"):
+        if getattr(stored, name) != getattr(computed, name):
+            return name
+    for name in ("first", "last"):
+        if not _same_value(getattr(stored, name), getattr(computed, name)):
+            return name
+    if not _close_sum(stored, computed):
+        return "sum"
+    return ""
+
+
+def _quick_mismatch(
+    stored: Digest, col: Column, steps: np.ndarray[Any, np.dtype[np.int64]]
+) -> str:
+    # The O(1) part of _digest_mismatch: what can be checked without a pass
+    # over the values.
+    values = col.values
+    if stored.count != len(values):
+        return "count"
+    first_row = 0 if col.rows is None else int(col.rows[0])
+    last_row = len(steps) - 1 if col.rows is None else int(col.rows[-1])
+    if stored.first_step != steps[first_row] or stored.last_step != steps[last_row]:
+        return "first_step/last_step"
+    first: Value
+    last: Value
+    if isinstance(values, np.ndarray):
+        first, last = values[0].item(), values[-1].item()
+    else:
+        first, last = values[0], values[-1]
+    if not (_same_value(stored.first, first) and _same_value(stored.last, last)):
+        return "first/last"
+    if col.kind in ("bool", "str") and stored.numeric_count:
+        return "numeric_count"
+    if col.kind == "i8" and stored.numeric_count != stored.count:
+        return "numeric_count"
+    return ""
+
+
+def _same_value(a: Value, b: Value) -> bool:
+    # Floats compare by bit pattern: NaN payloads and -0.0 included.
+    if isinstance(a, float) and isinstance(b, float):
+        return _F8_BITS.pack(a) == _F8_BITS.pack(b)
+    return type(a) is type(b) and a == b
+
+
+def _close_sum(stored: Digest, computed: Digest) -> bool:
+    a, b = stored.sum, computed.sum
+    if a is None or b is None or computed.min is None or computed.max is None:
+        return a is b
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return _same_value(a, b)
+    # Any summation order stays within n * eps * sum(|x|) of the true sum,
+    # and sum(|x|) <= n * max(|min|, |max|).
+    n = computed.numeric_count
+    bound = n * n * 2.3e-16 * max(abs(computed.min), abs(computed.max))
+    return abs(a - b) <= 2 * bound
+
+
+def _check_name(name: object, source: str) -> None:
+    reason = _name_problem(name)
+    if reason:
+        raise ChunkFormatError(source, f"metric name {name!r:.80} {reason}")
+
+
+def _get(doc: dict[str, Any], key: str, kind: type, source: str) -> Any:
+    value = doc.get(key)
+    if not isinstance(value, kind):
+        raise ChunkFormatError(
+            source,
+            f"field {key!r} must be a {kind.__name__}, not {type(value).__name__}",
+        )
+    return value
+
+
+def _get_int(doc: dict[str, Any], key: str, low: int, high: int, source: str) -> int:
+    value = doc.get(key)
+    if type(value) is not int or not low <= value <= high:
+        raise ChunkFormatError(
+            source, f"field {key!r} must be an int in [{low}, {high}]"
+        )
+    return value
