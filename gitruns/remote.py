@@ -1,0 +1,764 @@
+"""Push, fetch and pull run branches to and from any Git remote dulwich speaks to."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from dulwich.client import (
+    GitClient,
+    HTTPProxyUnauthorized,
+    HTTPUnauthorized,
+    InvalidWants,
+    get_transport_and_path,
+)
+from dulwich.errors import (
+    GitProtocolError,
+    HangupException,
+    NotGitRepository,
+    ObjectFormatException,
+)
+from dulwich.objects import Commit, ObjectID
+from dulwich.refs import Ref
+from dulwich.repo import BaseRepo
+
+from gitruns.errors import DivergedError, GitRunsError, RemoteError, RunNotFoundError
+from gitruns.refs import RUNS_PREFIX, RunRef, Sha, check_name
+
+logger = logging.getLogger(__name__)
+
+#: A progress sink: gets text as the transport produces it (with ``\r`` and ``\n``).
+Progress = Callable[[str], None]
+
+_BRANCH_PREFIX = b"refs/heads/"
+_TRACKING_PREFIX = b"refs/remotes/"
+
+#: Outcomes after which the ref on the other side is what the user asked for.
+_OK_STATUSES = frozenset(
+    {"created", "fast-forward", "forced", "up to date", "new", "updated", "ahead"}
+)
+#: Push outcomes that send the ref to the server.
+_SENT_STATUSES = frozenset({"created", "fast-forward", "forced"})
+
+# userinfo of a URL: ``scheme://user:secret@host`` or ``scheme://token@host``.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/@\s]+)@")
+
+
+def mask_credentials(text: str) -> str:
+    """Hide the secret part of every URL in ``text``.
+
+    A password is always hidden. On http(s) the user name is hidden too, since
+    access tokens are often passed as the user name.
+    """
+
+    def hide(match: re.Match[str]) -> str:
+        scheme, info = match["scheme"], match["info"]
+        user, colon, _secret = info.partition(":")
+        if colon:
+            shown = "***" if scheme.lower().startswith("http") else user
+            return f"{scheme}{shown}:***@"
+        if scheme.lower().startswith("http"):
+            return f"{scheme}***@"
+        return match[0]
+
+    return _USERINFO.sub(hide, text)
+
+
+@dataclass(frozen=True)
+class Remote:
+    """Where runs go: a configured remote (with its name) or a bare URL.
+
+    Attributes:
+        name: the remote's name in the repository's Git config, or None for a URL.
+        url: the URL or path dulwich connects to; may hold credentials.
+    """
+
+    name: str | None
+    url: str
+
+    def __str__(self) -> str:
+        shown = mask_credentials(self.url)
+        return f"{self.name} ({shown})" if self.name else shown
+
+    def tracking_ref(self, ref: bytes) -> bytes | None:
+        """``refs/remotes/<name>/runs/...`` for a run ref; None for a bare URL."""
+        if self.name is None:
+            return None
+        return _TRACKING_PREFIX + self.name.encode() + b"/" + ref[len(_BRANCH_PREFIX) :]
+
+
+@dataclass(frozen=True)
+class RefOutcome:
+    """What happened to one run ref in a push, fetch or pull.
+
+    Attributes:
+        ref: the run's branch, ``refs/heads/runs/<project>/<run_id>``.
+        status: one of ``created``, ``fast-forward``, ``forced``, ``up to date``,
+            ``rejected`` (the server refused it), ``diverged``, ``behind``
+            (the other side has commits this one lacks), ``ahead`` (pull: the
+            local run has commits the remote lacks), ``new`` and ``updated``
+            (fetch: the remote-tracking ref).
+        old: the sha the updated ref had before, None if there was no such ref.
+        new: the sha it has now (or would have had, for a refusal).
+        message: the server's message, or what a forced update replaced.
+        side: whose ref moves: ``"remote"`` for a push, ``"local"`` otherwise.
+    """
+
+    ref: bytes
+    status: str
+    old: Sha | None
+    new: Sha | None
+    message: str = ""
+    side: str = "local"
+
+    @property
+    def ok(self) -> bool:
+        """Whether the ref ended where the operation meant it to."""
+        return self.status in _OK_STATUSES
+
+    @property
+    def run(self) -> RunRef:
+        """The run this ref belongs to."""
+        return RunRef.from_ref(self.ref)
+
+    def error(self, remote: Remote | str) -> RemoteError | None:
+        """The error this outcome stands for, or None if it is fine."""
+        if self.ok:
+            return None
+        if self.status == "diverged" and self.old and self.new:
+            local, theirs = (
+                (self.new, self.old) if self.side == "remote" else (self.old, self.new)
+            )
+            return DivergedError(self.run.branch, local.decode(), theirs.decode())
+        return RemoteError(
+            f"{remote} refused {self.run.branch}: {self.message or self.status}"
+        )
+
+    def __str__(self) -> str:
+        span = ""
+        if self.old and self.new and self.old != self.new:
+            span = f" {self.old[:7].decode()}..{self.new[:7].decode()}"
+        elif self.new:
+            span = f" {self.new[:7].decode()}"
+        note = f": {self.message}" if self.message else ""
+        return f"{self.run.path}: {self.status}{span}{note}"
+
+
+# -- remotes and clients ----------------------------------------------------
+
+
+def resolve_remote(repo: BaseRepo, remote: str, *, push: bool = False) -> Remote:
+    """Turn a remote name from the repository's Git config, or a URL, into a Remote.
+
+    Args:
+        repo: the repository whose config names the remotes.
+        remote: a remote name (``origin``) or a URL or path.
+        push: prefer ``remote.<name>.pushurl`` when it is set.
+
+    Raises:
+        RemoteError: if ``remote`` is neither a configured remote nor a URL.
+    """
+    config = repo.get_config_stack()
+    section = (b"remote", remote.encode())
+    keys = (b"pushurl", b"url") if push else (b"url",)
+    for key in keys:
+        try:
+            url = config.get(section, key)
+        except KeyError:
+            continue
+        return Remote(remote, url.decode())
+
+    if _looks_like_url(remote):
+        return Remote(None, remote)
+    raise RemoteError(
+        f"no remote named {remote!r} in this repository; add it with "
+        f"`git remote add {remote} <url>` or pass a URL or path instead"
+    )
+
+
+def _looks_like_url(text: str) -> bool:
+    if "://" in text or os.sep in text or text.startswith("."):
+        return True
+    # scp-like ``host:path``, as git accepts for ssh.
+    return bool(re.fullmatch(r"[^/:]+:.*", text)) or os.path.exists(text)
+
+
+def _client(
+    repo: BaseRepo, remote: Remote, operation: str, ssh_command: str | None
+) -> tuple[GitClient, str]:
+    with _remote_errors(remote, f"connecting to {remote}"):
+        try:
+            return get_transport_and_path(
+                remote.url,
+                config=repo.get_config_stack(),
+                operation=operation,
+                ssh_command=ssh_command,
+            )
+        except ValueError as exc:
+            raise RemoteError(
+                f"cannot use {remote} as a remote: {mask_credentials(str(exc))}; "
+                "pass a path or a file://, ssh://, git:// or http(s):// URL"
+            ) from exc
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [
+        GitProtocolError,
+        InvalidWants,
+        ObjectFormatException,
+        OSError,
+    ]
+    try:
+        # http(s) remotes raise urllib3's errors for refused or broken connections.
+        from urllib3.exceptions import HTTPError
+    except ImportError:
+        pass
+    else:
+        errors.append(HTTPError)
+    return tuple(errors)
+
+
+_TRANSPORT_ERRORS = _transport_errors()
+
+
+@contextmanager
+def _remote_errors(remote: Remote, what: str) -> Iterator[None]:
+    """Map transport failures into RemoteError, with credentials masked."""
+    try:
+        yield
+    except GitRunsError:
+        raise
+    except HangupException as exc:
+        detail = mask_credentials(str(exc)) or "the server hung up"
+        raise RemoteError(
+            f"{what} failed: {detail}; check the URL and that the server is "
+            "running and lets you in"
+        ) from None
+    except (HTTPUnauthorized, HTTPProxyUnauthorized) as exc:
+        raise RemoteError(
+            f"{what} failed: the server asks for credentials; put them in the "
+            "remote's URL or a credential helper, and check they are valid"
+        ) from exc
+    except NotGitRepository as exc:
+        raise RemoteError(
+            f"{what} failed: there is no Git repository at {remote}; check the "
+            "URL, or create the repository on the server (`git init --bare`)"
+        ) from exc
+    except _TRANSPORT_ERRORS as exc:
+        detail = mask_credentials(str(exc) or type(exc).__name__)
+        raise RemoteError(
+            f"{what} failed: {detail}; check the URL, your network and your "
+            "access to the remote"
+        ) from None
+
+
+class _ProgressTap:
+    """Passes transport progress on as text and keeps it for server messages."""
+
+    def __init__(self, sink: Progress | None) -> None:
+        self.sink = sink
+        self.text: list[str] = []
+
+    def __call__(self, data: bytes | str) -> None:
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        text = mask_credentials(text)
+        self.text.append(text)
+        if self.sink is not None:
+            self.sink(text)
+
+    def lines_about(self, needle: str) -> list[str]:
+        """The complete lines the server sent that mention ``needle``."""
+        lines = "".join(self.text).replace("\r", "\n").splitlines()
+        return [line.strip() for line in lines if needle in line and line.strip()]
+
+
+# -- commit graph -----------------------------------------------------------
+
+
+def _is_ancestor(repo: BaseRepo, ancestor: bytes, descendant: bytes) -> bool | None:
+    """Whether ``ancestor`` is reachable from ``descendant``; None if unknown.
+
+    Unknown means a commit on the way is missing from this repository (the
+    other side has history we never fetched).
+    """
+    if ancestor == descendant:
+        return True
+    store = repo.object_store
+    if ObjectID(ancestor) not in store:
+        return None
+    seen = {descendant}
+    queue = deque([descendant])
+    incomplete = False
+    while queue:
+        sha = queue.popleft()
+        try:
+            commit = store[ObjectID(sha)]
+        except KeyError:
+            incomplete = True
+            continue
+        if not isinstance(commit, Commit):
+            continue
+        for parent in commit.parents:
+            if parent == ancestor:
+                return True
+            if parent not in seen:
+                seen.add(parent)
+                queue.append(parent)
+    return None if incomplete else False
+
+
+def _count_only_in(repo: BaseRepo, tip: bytes, other: bytes) -> int | None:
+    """How many commits reachable from ``tip`` are not reachable from ``other``."""
+    try:
+        walker = repo.get_walker(include=[ObjectID(tip)], exclude=[ObjectID(other)])
+        return sum(1 for _ in walker)
+    except KeyError:
+        return None
+
+
+def _commits(n: int | None) -> str:
+    if n is None:
+        return "commits this repository never fetched"
+    return f"{n} commit{'s' if n != 1 else ''}"
+
+
+# -- selecting runs -----------------------------------------------------------
+
+
+def _wanted(run: RunRef, runs: Sequence[RunRef] | None, project: str | None) -> bool:
+    if runs is not None and run not in runs:
+        return False
+    return project is None or run.project == project
+
+
+def _run_refs(
+    refs: Mapping[Ref, ObjectID | None] | Mapping[Ref, ObjectID],
+    runs: Sequence[RunRef] | None,
+    project: str | None,
+    where: str,
+) -> dict[bytes, Sha]:
+    """The valid run refs among ``refs`` that the caller selected."""
+    selected: dict[bytes, Sha] = {}
+    for ref, sha in refs.items():
+        if not ref.startswith(RUNS_PREFIX) or sha is None or ref.endswith(b"^{}"):
+            continue
+        try:
+            run = RunRef.from_ref(ref)
+        except GitRunsError:
+            logger.warning("ignoring %r in %s: not a valid run ref", ref, where)
+            continue
+        if _wanted(run, runs, project):
+            selected[ref] = Sha(sha)
+    return selected
+
+
+def _check_selection(
+    found: Mapping[bytes, Sha], runs: Sequence[RunRef] | None, where: str
+) -> None:
+    for run in runs or ():
+        if run.ref not in found:
+            raise RunNotFoundError(run.path, where)
+
+
+def _raise_for(outcomes: Sequence[RefOutcome], remote: Remote, action: str) -> None:
+    errors = [e for o in outcomes if (e := o.error(remote)) is not None]
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        details = "; ".join(str(e).split("; ")[0] for e in errors)
+        raise RemoteError(
+            f"{action} refused {len(errors)} runs: {details}; see each run's line "
+            "above: pull diverged or behind runs first, or fork them into new runs"
+        )
+
+
+# -- push ---------------------------------------------------------------------
+
+
+def push(
+    repo: BaseRepo,
+    remote: str = "origin",
+    runs: Sequence[RunRef] | None = None,
+    *,
+    project: str | None = None,
+    force: bool = False,
+    atomic: bool = False,
+    progress: Progress | None = None,
+    ssh_command: str | None = None,
+    check: bool = True,
+) -> list[RefOutcome]:
+    """Push run branches, and only run branches, to a remote.
+
+    Args:
+        repo: the local repository.
+        remote: a remote name from the repository's Git config, or a URL.
+        runs: push only these runs; None pushes every run (of ``project``).
+        project: push only the runs of this project.
+        force: replace remote runs that are not ancestors of the local ones.
+        atomic: ask the server to accept all refs or none.
+        progress: gets the transfer's progress text.
+        ssh_command: the ssh program for ``ssh://`` URLs (``GIT_SSH_COMMAND``).
+        check: raise when the server or the fast-forward rule refused a ref.
+
+    Returns:
+        One outcome per selected run, sorted by ref, as the server reported it.
+
+    Raises:
+        RunNotFoundError: a named run does not exist locally.
+        DivergedError: the one refused run has diverged (with ``check``).
+        RemoteError: the push failed, or refused runs (with ``check``).
+    """
+    if project is not None:
+        check_name("project", project)
+    target = resolve_remote(repo, remote, push=True)
+    local = _run_refs(dict(repo.get_refs()), runs, project, "this repository")
+    _check_selection(local, runs, "this repository")
+    if not local:
+        logger.info("no runs to push to %s", target)
+        return []
+    client, path = _client(repo, target, "push", ssh_command)
+    tap = _ProgressTap(progress)
+    planned: dict[bytes, RefOutcome] = {}
+
+    def update_refs(remote_refs: dict[Ref, ObjectID]) -> dict[Ref, ObjectID]:
+        planned.clear()
+        sending: dict[Ref, ObjectID] = {}
+        for ref, sha in sorted(local.items()):
+            outcome = _plan_push(repo, ref, remote_refs.get(Ref(ref)), sha, force)
+            planned[ref] = outcome
+            if outcome.status in _SENT_STATUSES:
+                sending[Ref(ref)] = ObjectID(sha)
+        return sending
+
+    def generate_pack_data(
+        have: Set[ObjectID],
+        want: Set[ObjectID],
+        *,
+        ofs_delta: bool = False,
+        progress: Callable[..., None] | None = None,
+    ) -> tuple[int, Iterator[Any]]:
+        count, records = repo.generate_pack_data(
+            set(have), set(want), progress=progress, ofs_delta=ofs_delta
+        )
+        return count, _counting(records, count, tap)
+
+    with _remote_errors(target, f"pushing to {target}"):
+        result = client.send_pack(
+            path.encode(),
+            update_refs,
+            generate_pack_data,
+            progress=tap,
+            atomic=atomic,
+        )
+
+    outcomes = [
+        _reported(outcome, result.ref_status, tap) for outcome in planned.values()
+    ]
+    for outcome in outcomes:
+        log = logger.info if outcome.ok else logger.warning
+        log("push to %s: %s", target, outcome)
+    if check:
+        _raise_for(outcomes, target, f"push to {target}")
+    return outcomes
+
+
+def _plan_push(
+    repo: BaseRepo, ref: bytes, theirs: bytes | None, ours: Sha, force: bool
+) -> RefOutcome:
+    """What a push of ``ours`` over the remote's ``theirs`` will do."""
+    old = Sha(theirs) if theirs is not None else None
+
+    def outcome(status: str, message: str = "") -> RefOutcome:
+        return RefOutcome(ref, status, old, ours, message, side="remote")
+
+    if old is None:
+        return outcome("created")
+    if old == ours:
+        return outcome("up to date")
+    if _is_ancestor(repo, old, ours):
+        return outcome("fast-forward")
+
+    known = ObjectID(old) in repo.object_store
+    dropped = _count_only_in(repo, old, ours) if known else None
+    if force:
+        return outcome(
+            "forced",
+            f"replaced {old[:10].decode()}, dropping {_commits(dropped)} "
+            "from the remote branch",
+        )
+    if not known:
+        return outcome(
+            "behind",
+            "the remote has commits this repository never fetched; pull first",
+        )
+    if _is_ancestor(repo, ours, old):
+        return outcome(
+            "behind", f"the remote has {_commits(dropped)} this run lacks; pull first"
+        )
+    return outcome(
+        "diverged",
+        f"both sides logged after their common commit ({_commits(dropped)} only "
+        "on the remote); fork one side into a new run, or push with --force",
+    )
+
+
+def _reported(
+    planned: RefOutcome,
+    ref_status: Mapping[bytes, str | None] | None,
+    tap: _ProgressTap,
+) -> RefOutcome:
+    """The planned outcome as the server's report-status turned it out."""
+    if planned.status not in _SENT_STATUSES:
+        return planned
+    refusal = (ref_status or {}).get(planned.ref)
+    if refusal is None:
+        return planned
+
+    # The server's own words (a hook's lines) say more than "hook declined".
+    said = tap.lines_about(planned.run.path)
+    message = "; ".join([refusal, *[line for line in said if line != refusal]])
+    return RefOutcome(
+        planned.ref, "rejected", planned.old, planned.new, message, side="remote"
+    )
+
+
+def _counting(records: Iterator[Any], total: int, tap: _ProgressTap) -> Iterator[Any]:
+    """Yield pack records, reporting objects and bytes written as they go."""
+    if total == 0:
+        yield from records
+        return
+    size = 0
+    shown = -1
+    for done, record in enumerate(records, 1):
+        size += int(getattr(record, "decomp_len", 0) or 0)
+        percent = done * 100 // total
+        if percent != shown:
+            shown = percent
+            end = "\n" if done == total else "\r"
+            tap(f"Writing objects: {percent}% ({done}/{total}), {_size(size)}{end}")
+        yield record
+
+
+def _size(n: int) -> str:
+    if n < 1 << 20:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / (1 << 20):.2f} MiB"
+
+
+# -- fetch and pull -------------------------------------------------------------
+
+
+def fetch(
+    repo: BaseRepo,
+    remote: str = "origin",
+    runs: Sequence[RunRef] | None = None,
+    *,
+    project: str | None = None,
+    progress: Progress | None = None,
+    ssh_command: str | None = None,
+) -> list[RefOutcome]:
+    """Fetch run branches into ``refs/remotes/<remote>/runs/...``.
+
+    Local run branches are not touched; :func:`pull` moves them. Fetching from
+    a bare URL stores the objects but writes no remote-tracking refs, as git
+    does.
+
+    Args:
+        repo: the local repository.
+        remote: a remote name from the repository's Git config, or a URL.
+        runs: fetch only these runs; None fetches every run (of ``project``).
+        project: fetch only the runs of this project.
+        progress: gets the transfer's progress text.
+        ssh_command: the ssh program for ``ssh://`` URLs.
+
+    Returns:
+        One outcome per fetched run: its remote-tracking ref ``new``,
+        ``updated``, ``forced`` (the remote's branch was rewritten) or
+        ``up to date``.
+
+    Raises:
+        RunNotFoundError: a named run is not on the remote.
+        RemoteError: the fetch failed.
+    """
+    outcomes, _target, _refs = _fetch(
+        repo, remote, runs, project, progress, ssh_command
+    )
+    return outcomes
+
+
+def _fetch(
+    repo: BaseRepo,
+    remote: str,
+    runs: Sequence[RunRef] | None,
+    project: str | None,
+    progress: Progress | None,
+    ssh_command: str | None,
+) -> tuple[list[RefOutcome], Remote, dict[bytes, Sha]]:
+    if project is not None:
+        check_name("project", project)
+    target = resolve_remote(repo, remote)
+    client, path = _client(repo, target, "pull", ssh_command)
+    tap = _ProgressTap(progress)
+    offered: dict[bytes, Sha] = {}
+
+    def determine_wants(
+        refs: Mapping[Ref, ObjectID | None], depth: int | None = None
+    ) -> list[ObjectID]:
+        offered.clear()
+        offered.update(_run_refs(refs, runs, project, str(target)))
+        store = repo.object_store
+        return sorted(
+            {ObjectID(s) for s in offered.values() if ObjectID(s) not in store}
+        )
+
+    with _remote_errors(target, f"fetching from {target}"):
+        client.fetch(
+            path.encode(),
+            repo,
+            determine_wants=determine_wants,
+            progress=tap,
+            ref_prefix=[RUNS_PREFIX],
+        )
+    _check_selection(offered, runs, str(target))
+
+    outcomes = []
+    for ref, sha in sorted(offered.items()):
+        tracking = target.tracking_ref(ref)
+        if tracking is None:
+            outcomes.append(RefOutcome(ref, "new", None, sha, "fetched, not tracked"))
+            continue
+        outcomes.append(_track(repo, target, ref, tracking, sha))
+    for outcome in outcomes:
+        if outcome.status != "up to date":
+            logger.info("fetch from %s: %s", target, outcome)
+    return outcomes, target, offered
+
+
+def _read_ref(repo: BaseRepo, ref: bytes) -> Sha | None:
+    try:
+        return Sha(repo.refs[Ref(ref)])
+    except KeyError:
+        return None
+
+
+def _track(
+    repo: BaseRepo, target: Remote, ref: bytes, tracking: bytes, sha: Sha
+) -> RefOutcome:
+    """Point the remote-tracking ref at ``sha``, as a ``+`` refspec would."""
+    refs = repo.refs
+    old = _read_ref(repo, tracking)
+    message = f"gitruns fetch {target.name}".encode()
+    if old == sha:
+        return RefOutcome(ref, "up to date", old, sha)
+    if old is None:
+        refs.add_if_new(Ref(tracking), ObjectID(sha), message=message)
+        return RefOutcome(ref, "new", None, sha)
+    refs.set_if_equals(Ref(tracking), ObjectID(old), ObjectID(sha), message=message)
+    if _is_ancestor(repo, old, sha):
+        return RefOutcome(ref, "updated", old, sha)
+    return RefOutcome(
+        ref, "forced", old, sha, "the remote's branch was rewritten since last fetch"
+    )
+
+
+def pull(
+    repo: BaseRepo,
+    remote: str = "origin",
+    runs: Sequence[RunRef] | None = None,
+    *,
+    project: str | None = None,
+    progress: Progress | None = None,
+    ssh_command: str | None = None,
+    check: bool = True,
+) -> list[RefOutcome]:
+    """Fetch run branches, then fast-forward local runs and create missing ones.
+
+    A run that diverged (both sides logged after a common commit) is reported,
+    never overwritten; a local run ahead of the remote is left as it is.
+
+    Args:
+        repo: the local repository.
+        remote: a remote name from the repository's Git config, or a URL.
+        runs: pull only these runs; None pulls every run (of ``project``).
+        project: pull only the runs of this project.
+        progress: gets the transfer's progress text.
+        ssh_command: the ssh program for ``ssh://`` URLs.
+        check: raise if a run diverged, after updating all the others.
+
+    Returns:
+        One outcome per remote run: ``created``, ``fast-forward``,
+        ``up to date``, ``ahead`` or ``diverged``.
+
+    Raises:
+        RunNotFoundError: a named run is not on the remote.
+        DivergedError: the one run that diverged (with ``check``).
+        RemoteError: the fetch failed, or several runs diverged (with ``check``).
+    """
+    _fetched, target, remote_refs = _fetch(
+        repo, remote, runs, project, progress, ssh_command
+    )
+    outcomes = [
+        _fast_forward(repo, target, ref, sha)
+        for ref, sha in sorted(remote_refs.items())
+    ]
+    for outcome in outcomes:
+        log = logger.info if outcome.ok else logger.warning
+        if outcome.status != "up to date":
+            log("pull from %s: %s", target, outcome)
+    if check:
+        _raise_for(outcomes, target, f"pull from {target}")
+    return outcomes
+
+
+def _fast_forward(
+    repo: BaseRepo, target: Remote, ref: bytes, theirs: Sha
+) -> RefOutcome:
+    """Move one local run to the remote's commit if that only adds history."""
+    refs = repo.refs
+    ours = _read_ref(repo, ref)
+    message = f"gitruns pull {target.name or 'URL'}: fast-forward".encode()
+
+    if ours is None:
+        if refs.add_if_new(Ref(ref), ObjectID(theirs), message=message):
+            return RefOutcome(ref, "created", None, theirs)
+        return RefOutcome(
+            ref, "rejected", None, theirs, "the run appeared locally during the pull"
+        )
+    if ours == theirs:
+        return RefOutcome(ref, "up to date", ours, theirs)
+    if _is_ancestor(repo, ours, theirs):
+        if refs.set_if_equals(
+            Ref(ref), ObjectID(ours), ObjectID(theirs), message=message
+        ):
+            return RefOutcome(ref, "fast-forward", ours, theirs)
+        return RefOutcome(
+            ref,
+            "rejected",
+            ours,
+            theirs,
+            "the run moved locally during the pull; pull again",
+        )
+    if _is_ancestor(repo, theirs, ours):
+        ahead = _count_only_in(repo, ours, theirs)
+        return RefOutcome(
+            ref,
+            "ahead",
+            ours,
+            ours,
+            f"{_commits(ahead)} not on the remote yet; push them",
+        )
+    return RefOutcome(
+        ref,
+        "diverged",
+        ours,
+        theirs,
+        f"both sides logged after their common commit; local {ours[:10].decode()} "
+        f"kept, remote {theirs[:10].decode()} is at "
+        f"{(target.tracking_ref(ref) or b'FETCH').decode()}",
+    )
