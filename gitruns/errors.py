@@ -222,13 +222,23 @@ def mapped_errors(what: str) -> Iterator[None]:
     Args:
         what: what was being done, for the message ("writing run demo/abc").
     """
-    from dulwich.errors import DulwichError
+    from dulwich import errors as git_errors
 
+    foreign = (
+        OSError,
+        git_errors.ChecksumMismatch,
+        git_errors.FileFormatException,
+        git_errors.ObjectFormatException,
+        git_errors.PackedRefsException,
+        git_errors.RefFormatError,
+        git_errors.WrongObjectException,
+        git_errors.ApplyDeltaError,
+    )
     try:
         yield
     except GitRunsError:
         raise
-    except (DulwichError, OSError) as exc:
+    except foreign as exc:
         hint = ""
         if isinstance(exc, OSError) and exc.errno == 28:
             hint = "; free some disk space, the journal keeps what was logged"

@@ -1,0 +1,94 @@
+"""Comparing two runs: config, summary, where they diverge and what moved after."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from gitruns.lineage import divergence
+from gitruns.reader import RunView
+from gitruns.store import RunStore
+
+_MISSING = object()
+
+
+@dataclass
+class MetricMove:
+    """One metric's value where the runs diverge and at the end of each run."""
+
+    name: str
+    at_divergence: Any
+    last_a: Any
+    last_b: Any
+
+
+@dataclass
+class RunDiff:
+    """What differs between runs ``a`` and ``b``."""
+
+    a: str
+    b: str
+    config: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    summary: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    common_run: str | None = None
+    diverge_step: int | None = None
+    metrics: list[MetricMove] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (missing sides are None)."""
+        return {
+            "a": self.a,
+            "b": self.b,
+            "common_run": self.common_run,
+            "diverge_step": self.diverge_step,
+            "config": {k: list(v) for k, v in self.config.items()},
+            "summary": {k: list(v) for k, v in self.summary.items()},
+            "metrics": [vars(m) for m in self.metrics],
+        }
+
+
+def _same(x: Any, y: Any) -> bool:
+    if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
+        return True
+    return bool(type(x) is type(y) and x == y)
+
+
+def _changes(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    out = {}
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key, _MISSING), b.get(key, _MISSING)
+        if not _same(x, y):
+            out[key] = (None if x is _MISSING else x, None if y is _MISSING else y)
+    return out
+
+
+def diff_runs(store: RunStore, a: RunView, b: RunView) -> RunDiff:
+    """Compare two runs of one repository."""
+    result = RunDiff(a.path, b.path)
+    result.config = _changes(a.config, b.config)
+    result.summary = _changes(a.summary, b.summary)
+    shared = divergence(store, a.ref, b.ref)
+    if shared is not None:
+        result.common_run, result.diverge_step = shared
+
+    names = sorted(set(a.summary) | set(b.summary))
+    cols_a, cols_b = a.columns(names), b.columns(names)
+    for name in names:
+        if name not in cols_a or name not in cols_b:
+            continue
+        at = None
+        if result.diverge_step is not None:
+            steps, values = cols_a[name]
+            upto = [i for i, s in enumerate(steps.tolist()) if s <= result.diverge_step]
+            if upto:
+                at = _py(values[upto[-1]])
+        result.metrics.append(
+            MetricMove(name, at, _py(cols_a[name][1][-1]), _py(cols_b[name][1][-1]))
+        )
+    return result
+
+
+def _py(value: Any) -> Any:
+    item = getattr(value, "item", None)
+    return item() if item is not None else value

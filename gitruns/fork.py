@@ -1,0 +1,274 @@
+"""Creating, forking and rewinding runs: the commits that start a branch of history."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from dulwich.object_store import tree_lookup_path
+
+from gitruns.chunk import Chunk, decode_chunk, encode_chunk
+from gitruns.errors import (
+    ForkPointError,
+    InvalidNameError,
+    RunExistsError,
+)
+from gitruns.readme import render_readme
+from gitruns.refs import RunRef, Sha
+from gitruns.store import FILE_MODE, History, RunStore, Snapshot, chunk_path
+from gitruns.summary import summarize
+from gitruns.writer import now_iso
+
+logger = logging.getLogger(__name__)
+
+_INT = re.compile(r"[+-]?\d+")
+CODE_PATCH = b"code.patch"
+
+
+def split_spec(spec: str) -> tuple[str, str, str]:
+    """Split ``<run>?<key>=<value>`` into run path, key and value text.
+
+    Raises:
+        ForkPointError: when the ``?key=value`` part is missing or empty.
+    """
+    run, sep, query = spec.partition("?")
+    key, eq, value = query.partition("=")
+    if not sep or not eq or not run or not key or not value:
+        raise ForkPointError(
+            spec, "write it as '<run>?_step=N' (or '<run>?<step metric>=V')"
+        )
+    return run, key, value
+
+
+def create_run(
+    store: RunStore,
+    run: RunRef,
+    info: dict[str, Any],
+    config: Mapping[str, Any],
+    code_patch: bytes | None = None,
+) -> Sha:
+    """Write a new run's first commit (no steps yet) and create its branch.
+
+    Args:
+        code_patch: uncommitted changes of the code, kept as ``code.patch``.
+
+    Raises:
+        RunExistsError: if the branch already exists.
+    """
+    extra = {}
+    if code_patch:
+        extra[CODE_PATCH] = (FILE_MODE, store.blob(code_patch))
+    snapshot = Snapshot(None, info, dict(config), {}, History(info["window"]), extra)
+    message = f"{run.path}: new run\n\nGitruns-Run: {run.path}\n"
+    sha = store.write_commit(snapshot, [], message, render_readme(info, config, {}))
+    if not store.update_ref(run, None, sha, "gitruns: new run"):
+        raise RunExistsError(run.path)
+    logger.info("created run %s", run.path)
+    return sha
+
+
+def step_of(store: RunStore, source: RunRef, tip: Snapshot, key: str, text: str, spec: str) -> int:
+    """The step a fork or rewind point names, checked against the source run.
+
+    Raises:
+        ForkPointError: for a malformed, negative or out-of-range point, or a
+            custom step metric that is undeclared or not monotonic.
+    """
+    last = tip.last_step
+    if key == "_step":
+        if not _INT.fullmatch(text.strip()):
+            raise ForkPointError(spec, f"_step must be an integer, not {text!r}")
+        step = int(text)
+        if step < 0:
+            raise ForkPointError(spec, "_step must not be negative")
+    else:
+        step = _step_by_metric(store, tip, key, text, spec)
+    if last is None:
+        raise ForkPointError(spec, f"run {source.path} has no committed steps yet")
+    if step > last:
+        raise ForkPointError(
+            spec,
+            f"run {source.path} has committed steps up to {last}; "
+            f"pick a step in 0..{last} (or finish the source run first)",
+        )
+    return step
+
+
+def _step_by_metric(store: RunStore, tip: Snapshot, key: str, text: str, spec: str) -> int:
+    declared = tip.info.get("metrics", {})
+    is_step_metric = key in declared or any(
+        isinstance(rule, Mapping) and rule.get("step_metric") == key
+        for rule in declared.values()
+    )
+    if not is_step_metric:
+        raise ForkPointError(
+            spec,
+            f"{key!r} is not a step metric of the run; use _step, or declare it "
+            f"with run.define_metric('*', step_metric={key!r})",
+        )
+    try:
+        target = float(text)
+    except ValueError:
+        raise ForkPointError(spec, f"{key} must be a number, not {text!r}") from None
+    found: int | None = None
+    previous: tuple[int, float] | None = None
+    for start, blob in tip.history.segments():
+        chunk = _read_chunk(store, blob, f"{chunk_path(start, tip.window)}")
+        if key not in chunk.columns:
+            continue
+        steps, values = chunk.column(key)
+        for step, value in zip(steps.tolist(), list(values)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ForkPointError(spec, f"{key} at step {step} is not a number")
+            if previous is not None and value < previous[1]:
+                raise ForkPointError(
+                    spec,
+                    f"{key} is not monotonic: {previous[1]} at step {previous[0]} "
+                    f"then {value} at step {step}; fork by _step instead",
+                )
+            previous = (step, float(value))
+            if value == target or (math.isnan(target) and math.isnan(value)):
+                found = step
+    if found is None:
+        raise ForkPointError(spec, f"no step has {key} == {text}")
+    return found
+
+
+def _read_chunk(store: RunStore, blob: Sha, source: str) -> Chunk:
+    return decode_chunk(store.read_blob(blob, source), source=source)
+
+
+def holding_commit(store: RunStore, tip: Snapshot, step: int) -> Sha:
+    """The earliest commit on the tip's first-parent line that holds ``step``.
+
+    That is the earliest commit whose tree has the same segment blob for
+    ``step`` as the tip, so its history up to ``step`` is the tip's.
+    """
+    assert tip.commit is not None
+    start = tip.history.segment_at(step)
+    if start is None:
+        return tip.commit
+    blob = tip.history.blobs[start]
+    path = chunk_path(start, tip.window).encode()
+    earliest = tip.commit
+    lookup = store.repo.object_store.__getitem__
+    for sha, commit in store.first_parent_chain(tip.commit):
+        try:
+            _, found = tree_lookup_path(lookup, commit.tree, path)
+        except KeyError:
+            break
+        if found != blob:
+            break
+        earliest = sha
+    return earliest
+
+
+def cut_history(
+    store: RunStore, snapshot: Snapshot, step: int
+) -> tuple[History, dict[str, Any], int | None]:
+    """The snapshot's history without steps after ``step``, its totals and last step.
+
+    Segments wholly at or before ``step`` keep their blobs; only the segment
+    that straddles ``step`` is written anew.
+    """
+    history = snapshot.history.copy()
+    history.drop_after(step)
+    start = history.segment_at(step)
+    if start is None:
+        return history, {}, None
+    source = chunk_path(start, snapshot.window)
+    chunk = _read_chunk(store, history.blobs[start], source)
+    if int(chunk.steps[-1]) > step:
+        chunk = chunk.sliced(step)
+        history.replace(start, store.blob(encode_chunk(chunk)))
+    return history, dict(chunk.totals()), int(chunk.steps[-1])
+
+
+def fork_run(
+    store: RunStore,
+    source: RunRef,
+    spec: str,
+    key: str,
+    text: str,
+    new: RunRef,
+    info: dict[str, Any],
+    config: Mapping[str, Any],
+) -> Sha:
+    """Create ``new`` as a fork of ``source`` at the point ``key=text``.
+
+    The fork's first commit has as parent the earliest source commit holding
+    the fork step; its tree is that commit's tree without later steps.
+
+    Returns:
+        The fork's first commit.
+    """
+    if new == source:
+        raise InvalidNameError("run id", new.run_id, "a fork needs an id of its own")
+    tip_sha = store.tip(source)
+    assert tip_sha is not None
+    tip = store.read_snapshot(tip_sha)
+    step = step_of(store, source, tip, key, text, spec)
+    parent = holding_commit(store, tip, step)
+    base = tip if parent == tip_sha else store.read_snapshot(parent)
+    history, totals, last = cut_history(store, base, step)
+
+    merged_config = {**tip.config, **config}
+    info = {
+        **info,
+        "window": base.window,
+        "metrics": {**tip.info.get("metrics", {}), **info.get("metrics", {})},
+        "fork_from": {"run": source.path, "step": step, "commit": parent.decode()},
+        "last_step": last,
+        "next_step": step + 1,
+    }
+    summary = summarize(totals, info["metrics"], {})
+    snapshot = Snapshot(None, info, merged_config, summary, history, base.extra)
+    message = (
+        f"{new.path}: fork of {source.path} at step {step}\n\n"
+        f"Gitruns-Run: {new.path}\n"
+        f"Gitruns-Fork-Of: {source.path}?_step={step}\n"
+    )
+    readme = render_readme(info, merged_config, summary)
+    sha = store.write_commit(snapshot, [parent], message, readme)
+    if not store.update_ref(new, None, sha, f"gitruns: fork of {source.path}"):
+        raise RunExistsError(new.path)
+    logger.info("forked %s at step %d into %s", source.path, step, new.path)
+    return sha
+
+
+def rewind_run(store: RunStore, run: RunRef, spec: str, key: str, text: str) -> Sha:
+    """Cut ``run`` back to a step with a new commit on its tip; nothing is lost.
+
+    The caller holds the run's lock. The removed steps stay reachable in the
+    branch's own history, and the branch only moves forward.
+    """
+    tip_sha = store.tip(run)
+    assert tip_sha is not None
+    tip = store.read_snapshot(tip_sha)
+    step = step_of(store, run, tip, key, text, spec)
+    history, totals, last = cut_history(store, tip, step)
+    info = dict(tip.info)
+    info["rewinds"] = [
+        *info.get("rewinds", []),
+        {"step": step, "commit": tip_sha.decode(), "at": now_iso()},
+    ]
+    info["last_step"] = last
+    info["next_step"] = step + 1
+    info["updated"] = now_iso()
+    overrides = {k: tip.summary.get(k) for k in info.get("summary_set", [])}
+    summary = summarize(totals, info.get("metrics", {}), overrides)
+    snapshot = Snapshot(None, info, tip.config, summary, history, tip.extra)
+    message = (
+        f"{run.path}: rewind to step {step}\n\n"
+        f"Gitruns-Run: {run.path}\nGitruns-Rewind: {step}\n"
+    )
+    sha = store.write_commit(snapshot, [tip_sha], message, render_readme(info, tip.config, summary))
+    if not store.update_ref(run, tip_sha, sha, f"gitruns: rewind to step {step}"):
+        from gitruns.errors import ConflictError
+
+        raise ConflictError(run.branch, 1)
+    logger.info("rewound %s to step %d", run.path, step)
+    return sha

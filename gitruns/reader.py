@@ -1,0 +1,262 @@
+"""Reading runs back: run views, history scans and fast columnar reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from gitruns.chunk import Chunk, decode_chunk
+from gitruns.errors import RunNotFoundError
+from gitruns.refs import RunRef, Sha
+from gitruns.store import RunStore, Snapshot, chunk_path
+
+
+class RunView:
+    """A stored run, read-only, as of its branch tip when first read."""
+
+    def __init__(self, store: RunStore, run: RunRef, commit: Sha | None = None) -> None:
+        self.store = store
+        self.ref = run
+        self._commit = commit
+
+    def __repr__(self) -> str:
+        return f"<RunView {self.path}>"
+
+    @cached_property
+    def snapshot(self) -> Snapshot:
+        """The run's tree at its tip, parsed."""
+        commit = self._commit or self.store.tip(self.ref)
+        if commit is None:
+            raise RunNotFoundError(self.path, str(self.store.git_dir))
+        return self.store.read_snapshot(commit)
+
+    # -- identity -----------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The run id."""
+        return self.ref.run_id
+
+    @property
+    def project(self) -> str:
+        """The run's project."""
+        return self.ref.project
+
+    @property
+    def path(self) -> str:
+        """``<project>/<run_id>``."""
+        return self.ref.path
+
+    @property
+    def branch(self) -> str:
+        """The branch, as ``git log`` takes it."""
+        return self.ref.branch
+
+    @property
+    def tip(self) -> str:
+        """The commit the view reads, as hex."""
+        assert self.snapshot.commit is not None
+        return self.snapshot.commit.decode()
+
+    @property
+    def url(self) -> str:
+        """Where the run lives: the repository and branch."""
+        return f"{self.store.git_dir}#{self.branch}"
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The run's ``run.json``."""
+        return self.snapshot.info
+
+    @property
+    def name(self) -> str:
+        """The display name (the id if none was given)."""
+        return str(self.info.get("name") or self.id)
+
+    @property
+    def state(self) -> str:
+        """``running``, ``finished`` or ``crashed``."""
+        return str(self.info.get("state"))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run's hyper-parameters."""
+        return self.snapshot.config
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """Per metric summary, as of the tip."""
+        return self.snapshot.summary
+
+    @property
+    def fork_from(self) -> dict[str, Any] | None:
+        """``{"run", "step", "commit"}`` of the source, or None for a root run."""
+        value = self.info.get("fork_from")
+        return dict(value) if value else None
+
+    @property
+    def source(self) -> dict[str, Any] | None:
+        """Where an imported run came from, or None."""
+        value = self.info.get("source")
+        return dict(value) if value else None
+
+    @property
+    def tags(self) -> list[str]:
+        """The run's tags."""
+        return list(self.info.get("tags") or [])
+
+    @property
+    def notes(self) -> str:
+        """The run's notes."""
+        return str(self.info.get("notes") or "")
+
+    @property
+    def group(self) -> str | None:
+        """The run's group, as W&B names it."""
+        return self.info.get("group")
+
+    @property
+    def job_type(self) -> str | None:
+        """The run's job type, as W&B names it."""
+        return self.info.get("job_type")
+
+    @property
+    def last_step(self) -> int | None:
+        """The last committed step, or None."""
+        return self.snapshot.last_step
+
+    # -- history ------------------------------------------------------------
+
+    def chunks(
+        self, min_step: int | None = None, max_step: int | None = None
+    ) -> Iterator[Chunk]:
+        """Decoded segments that may hold steps in ``[min_step, max_step)``."""
+        window = self.snapshot.window
+        for start, blob in self.snapshot.history.segments(min_step, max_step):
+            source = f"{self.path}:{chunk_path(start, window)}"
+            yield decode_chunk(self.store.read_blob(blob, source), source=source)
+
+    def scan_history(
+        self,
+        keys: Sequence[str] | None = None,
+        min_step: int | None = None,
+        max_step: int | None = None,
+        page_size: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """One dict per step, with ``_step`` and the metrics logged there.
+
+        Args:
+            keys: only steps where all these keys were logged, with those keys.
+            min_step: first step to yield (inclusive).
+            max_step: step to stop before (exclusive).
+            page_size: accepted for W&B compatibility; reads go by segment.
+        """
+        lo = -1 if min_step is None else min_step
+        hi = None if max_step is None else max_step
+        for chunk in self.chunks(min_step, max_step):
+            if keys is None:
+                for row in chunk.rows():
+                    step = row["_step"]
+                    if step >= lo and (hi is None or step < hi):
+                        yield row
+                continue
+            yield from _rows_with_keys(chunk, keys, lo, hi)
+
+    def history(
+        self,
+        keys: Sequence[str] | None = None,
+        pandas: bool = True,
+        samples: int | None = None,
+        x_axis: str = "_step",
+        min_step: int | None = None,
+        max_step: int | None = None,
+    ) -> Any:
+        """The history as a pandas DataFrame (or a list of dicts).
+
+        Args:
+            keys: only steps where all these keys were logged.
+            pandas: return a DataFrame (needs pandas) instead of a list.
+            samples: at most this many rows, evenly spaced (None: all).
+            x_axis: a column to put first (``_step`` by default).
+        """
+        want = None if keys is None else list(keys)
+        if want is not None and x_axis != "_step" and x_axis not in want:
+            want.append(x_axis)
+        rows = list(self.scan_history(want, min_step, max_step))
+        if samples is not None and len(rows) > samples > 0:
+            picks = np.linspace(0, len(rows) - 1, samples).round().astype(int)
+            rows = [rows[i] for i in sorted(set(picks.tolist()))]
+        if not pandas:
+            return rows
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError(
+                "history(pandas=True) needs pandas: pip install 'gitruns[pandas]', "
+                "or pass pandas=False for a list of dicts"
+            ) from None
+        frame = pd.DataFrame(rows)
+        if x_axis in frame.columns:
+            frame = frame[[x_axis, *[c for c in frame.columns if c != x_axis]]]
+        return frame
+
+    def columns(
+        self, keys: Iterable[str] | None = None
+    ) -> dict[str, tuple[np.ndarray, Any]]:
+        """Whole metrics as arrays: ``{metric: (steps, values)}``.
+
+        Numeric metrics come back as numpy arrays (one copy per segment);
+        str and mixed metrics as lists. ``_step`` and ``_timestamp`` map to
+        (steps, steps) and (steps, times).
+        """
+        wanted = None if keys is None else set(keys)
+        parts: dict[str, list[tuple[np.ndarray, Any]]] = {}
+        for chunk in self.chunks():
+            if wanted is None or "_step" in wanted:
+                parts.setdefault("_step", []).append((chunk.steps, chunk.steps))
+            if wanted is None or "_timestamp" in wanted:
+                parts.setdefault("_timestamp", []).append((chunk.steps, chunk.times))
+            for name in chunk.columns:
+                if wanted is None or name in wanted:
+                    parts.setdefault(name, []).append(chunk.column(name))
+        return {name: _concat(pieces) for name, pieces in parts.items()}
+
+
+def _rows_with_keys(
+    chunk: Chunk, keys: Sequence[str], lo: int, hi: int | None
+) -> Iterator[dict[str, Any]]:
+    wanted = [k for k in keys if k not in ("_step", "_timestamp")]
+    if any(k not in chunk.columns for k in wanted):
+        return
+    columns = {}
+    common: set[int] | None = None
+    for key in wanted:
+        steps, values = chunk.column(key)
+        step_list = steps.tolist()
+        columns[key] = dict(zip(step_list, values.tolist() if isinstance(values, np.ndarray) else values))
+        common = set(step_list) if common is None else common & set(step_list)
+    times = dict(zip(chunk.steps.tolist(), chunk.times.tolist()))
+    for step in sorted(common if common is not None else times):
+        if step < lo or (hi is not None and step >= hi):
+            continue
+        row: dict[str, Any] = {"_step": step}
+        if "_timestamp" in keys:
+            row["_timestamp"] = times[step]
+        for key in wanted:
+            row[key] = columns[key][step]
+        yield row
+
+
+def _concat(pieces: list[tuple[np.ndarray, Any]]) -> tuple[np.ndarray, Any]:
+    steps = np.concatenate([p[0] for p in pieces]) if pieces else np.empty(0, np.int64)
+    if all(isinstance(p[1], np.ndarray) for p in pieces):
+        kinds = {p[1].dtype for p in pieces}
+        if len(kinds) == 1:
+            return steps, np.concatenate([p[1] for p in pieces])
+    values: list[Any] = []
+    for _, part in pieces:
+        values.extend(part.tolist() if isinstance(part, np.ndarray) else part)
+    return steps, values

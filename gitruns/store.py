@@ -1,0 +1,572 @@
+"""The Git layer: repositories, run trees, commits and compare-and-swap refs."""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dulwich.errors import NotGitRepository
+from dulwich.objects import Blob, Commit, Tree
+from dulwich.refs import Ref
+from dulwich.repo import Repo
+
+from gitruns.errors import (
+    AmbiguousRunError,
+    ChunkFormatError,
+    ConflictError,
+    RepositoryError,
+    RunNotFoundError,
+    mapped_errors,
+)
+from gitruns.refs import RUNS_PREFIX, RunRef, Sha, check_name
+
+logger = logging.getLogger(__name__)
+
+FILE_MODE = 0o100644
+TREE_MODE = 0o040000
+
+RUN_JSON = b"run.json"
+CONFIG_JSON = b"config.json"
+SUMMARY_JSON = b"summary.json"
+README = b"README.md"
+GITATTRIBUTES = b".gitattributes"
+HISTORY = b"history"
+CHUNK_SUFFIX = b".msgpack"
+
+#: What every run tree carries so `git diff` shows chunks through textconv.
+GITATTRIBUTES_TEXT = b"history/**/*.msgpack diff=gitruns\n"
+
+#: Tree entries the run store owns; anything else at the root is a saved file.
+RESERVED_NAMES = {RUN_JSON, CONFIG_JSON, SUMMARY_JSON, README, GITATTRIBUTES, HISTORY}
+
+#: The default embedded repository, a bare one in the working directory.
+DEFAULT_REPO_DIR = ".gitruns"
+
+
+def locate_repository(
+    explicit: str | os.PathLike[str] | None, env_value: str | None, cwd: Path
+) -> tuple[Path, bool]:
+    """Pick the repository for a run, in DESIGN.md's resolution order.
+
+    Returns:
+        The path and whether it may be created (only the embedded default).
+    """
+    if explicit is not None:
+        return Path(explicit), True
+    if env_value:
+        return Path(env_value), True
+    for folder in (cwd, *cwd.parents):
+        if (folder / ".git").exists():
+            return folder, False
+        if (folder / "HEAD").is_file() and (folder / "objects").is_dir():
+            return folder, False
+    return cwd / DEFAULT_REPO_DIR, True
+
+
+def dumps_json(value: Any) -> bytes:
+    """Sorted, indented JSON that reads well in a pull request's diff."""
+    return (
+        json.dumps(_jsonable(value), indent=2, sort_keys=True, ensure_ascii=False)
+        + "\n"
+    ).encode()
+
+
+def _jsonable(value: Any) -> Any:
+    # JSON has no NaN or infinities; spell them as Python's json module reads them.
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return value
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def loads_json(data: bytes, source: str) -> Any:
+    """Parse a JSON file of a run tree, naming it in the error."""
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise RepositoryError(f"{source} is not valid JSON: {exc}") from exc
+
+
+def chunk_name(first_step: int) -> bytes:
+    """The file name of a history segment that starts at ``first_step``."""
+    return b"%012d" % first_step + CHUNK_SUFFIX
+
+
+def chunk_dirs(first_step: int, window: int) -> tuple[bytes, bytes]:
+    """The two fan-out directories of a segment, so no tree lists every chunk."""
+    k = first_step // window
+    return b"%04x" % (k >> 16), b"%02x" % ((k >> 8) & 0xFF)
+
+
+def chunk_path(first_step: int, window: int) -> str:
+    """The path of a segment inside the run tree, for messages and textconv."""
+    l1, l2 = chunk_dirs(first_step, window)
+    return b"/".join([HISTORY, l1, l2, chunk_name(first_step)]).decode()
+
+
+class History:
+    """A run's history tree: segment first step -> blob, written with fan-out.
+
+    Only the fan-out directories touched since the last write are rebuilt, so
+    the bytes a commit writes do not grow with the length of the run.
+    """
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.starts: list[int] = []
+        self.blobs: dict[int, Sha] = {}
+        self._dir_trees: dict[tuple[bytes, bytes], Sha] = {}
+        self._l1_trees: dict[bytes, Sha] = {}
+        self._dirty: set[tuple[bytes, bytes]] = set()
+        self._tree: Sha | None = None
+
+    def copy(self) -> History:
+        """An independent copy that shares the written trees."""
+        other = History(self.window)
+        other.starts = list(self.starts)
+        other.blobs = dict(self.blobs)
+        other._dir_trees = dict(self._dir_trees)
+        other._l1_trees = dict(self._l1_trees)
+        other._dirty = set(self._dirty)
+        other._tree = self._tree
+        return other
+
+    def add(self, first_step: int, blob: Sha) -> None:
+        """Add a segment; it must start after every segment already there."""
+        if self.starts and first_step <= self.starts[-1]:
+            raise ValueError(f"segment {first_step} is not after {self.starts[-1]}")
+        self.starts.append(first_step)
+        self.blobs[first_step] = blob
+        self._touch(first_step)
+
+    def replace(self, first_step: int, blob: Sha) -> None:
+        """Point an existing segment at a new blob (a cut segment)."""
+        self.blobs[first_step] = blob
+        self._touch(first_step)
+
+    def drop_after(self, step: int) -> list[int]:
+        """Remove the segments that start after ``step``; return their starts."""
+        cut = bisect.bisect_right(self.starts, step)
+        dropped = self.starts[cut:]
+        del self.starts[cut:]
+        for start in dropped:
+            del self.blobs[start]
+            self._touch(start)
+        return dropped
+
+    def segment_at(self, step: int) -> int | None:
+        """The first step of the segment that would hold ``step``."""
+        i = bisect.bisect_right(self.starts, step)
+        return self.starts[i - 1] if i else None
+
+    def segments(
+        self, min_step: int | None = None, max_step: int | None = None
+    ) -> list[tuple[int, Sha]]:
+        """(first step, blob) of the segments that may hold steps in range."""
+        lo = 0
+        if min_step is not None:
+            first = self.segment_at(min_step)
+            lo = self.starts.index(first) if first is not None else 0
+        hi = len(self.starts)
+        if max_step is not None:
+            hi = bisect.bisect_left(self.starts, max_step)
+        return [(s, self.blobs[s]) for s in self.starts[lo:hi]]
+
+    def _touch(self, first_step: int) -> None:
+        self._dirty.add(chunk_dirs(first_step, self.window))
+        self._tree = None
+
+    def write(self, add: Any) -> Sha:
+        """Write the changed trees with ``add(obj)``; return the history tree id."""
+        if self._tree is not None:
+            return self._tree
+        by_dir: dict[tuple[bytes, bytes], list[int]] = {}
+        for d in self._dirty:
+            by_dir[d] = []
+        for start in self.starts:
+            d = chunk_dirs(start, self.window)
+            if d in by_dir:
+                by_dir[d].append(start)
+        touched_l1: set[bytes] = set()
+        for d, starts in by_dir.items():
+            touched_l1.add(d[0])
+            if not starts:
+                self._dir_trees.pop(d, None)
+                continue
+            tree = Tree()
+            for start in starts:
+                tree.add(chunk_name(start), FILE_MODE, self.blobs[start])
+            add(tree)
+            self._dir_trees[d] = Sha(tree.id)
+        for l1 in touched_l1:
+            tree = Tree()
+            for (a, b), sha in self._dir_trees.items():
+                if a == l1:
+                    tree.add(b, TREE_MODE, sha)
+            if len(tree):
+                add(tree)
+                self._l1_trees[l1] = Sha(tree.id)
+            else:
+                self._l1_trees.pop(l1, None)
+        root = Tree()
+        for l1, sha in self._l1_trees.items():
+            root.add(l1, TREE_MODE, sha)
+        add(root)
+        self._dirty.clear()
+        self._tree = Sha(root.id)
+        return self._tree
+
+    @classmethod
+    def load(cls, repo: Repo, tree_id: Sha | None, window: int) -> History:
+        """Read a history tree, checking every name on the way."""
+        history = cls(window)
+        if tree_id is None:
+            return history
+        root = _tree(repo, tree_id, "history")
+        found: list[tuple[int, Sha]] = []
+        for l1, mode1, sha1 in root.iteritems():
+            _expect_dir(mode1, l1, "history")
+            history._l1_trees[l1] = Sha(sha1)
+            for l2, mode2, sha2 in _tree(repo, Sha(sha1), "history").iteritems():
+                _expect_dir(mode2, l2, "history/" + l1.decode(errors="replace"))
+                history._dir_trees[(l1, l2)] = Sha(sha2)
+                for name, mode, sha in _tree(repo, Sha(sha2), "history").iteritems():
+                    start = _parse_chunk_name(name)
+                    if chunk_dirs(start, window) != (l1, l2) or mode != FILE_MODE:
+                        raise ChunkFormatError(
+                            f"history/{l1.decode()}/{l2.decode()}/{name.decode()}",
+                            "segment stored outside its fan-out directory",
+                        )
+                    found.append((start, Sha(sha)))
+        found.sort()
+        history.starts = [s for s, _ in found]
+        history.blobs = dict(found)
+        history._tree = tree_id
+        return history
+
+
+def _parse_chunk_name(name: bytes) -> int:
+    stem = name[: -len(CHUNK_SUFFIX)]
+    if not name.endswith(CHUNK_SUFFIX) or not stem.isdigit() or len(stem) > 19:
+        raise ChunkFormatError(
+            f"history/.../{name.decode(errors='replace')}", "not a segment file name"
+        )
+    return int(stem)
+
+
+def _expect_dir(mode: int, name: bytes, where: str) -> None:
+    if mode != TREE_MODE:
+        raise ChunkFormatError(
+            f"{where}/{name.decode(errors='replace')}", "expected a directory"
+        )
+
+
+def _tree(repo: Repo, sha: Sha, what: str) -> Tree:
+    try:
+        obj = repo.object_store[sha]
+    except KeyError:
+        raise RepositoryError(
+            f"{what} tree {sha.decode()} is missing; the repository is incomplete, "
+            "fetch the run again"
+        ) from None
+    if not isinstance(obj, Tree):
+        raise RepositoryError(f"{what} {sha.decode()} is not a tree")
+    return obj
+
+
+@dataclass
+class Snapshot:
+    """What one commit of a run holds, read back from its tree."""
+
+    commit: Sha | None
+    info: dict[str, Any]
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    history: History
+    extra: dict[bytes, tuple[int, Sha]] = field(default_factory=dict)
+    parents: list[Sha] = field(default_factory=list)
+
+    @property
+    def last_step(self) -> int | None:
+        """The run's last committed step at this commit, or None if it has none."""
+        value = self.info.get("last_step")
+        return value if isinstance(value, int) else None
+
+    @property
+    def window(self) -> int:
+        """The run's window size in steps."""
+        return self.history.window
+
+
+class RunStore:
+    """A Git repository that holds runs as branches under ``refs/heads/runs/``."""
+
+    def __init__(self, repo: Repo) -> None:
+        self.repo = repo
+        self.git_dir = Path(repo.controldir())
+        #: Where gitruns keeps what Git does not: journals, locks, caches.
+        self.data_dir = self.git_dir / "gitruns"
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> RunStore:
+        """Open the repository at ``path``; create a bare one there if allowed.
+
+        Raises:
+            RepositoryError: if ``path`` is not a Git repository and may not
+                be created.
+        """
+        target = Path(path)
+        with mapped_errors(f"opening repository {target}"):
+            try:
+                return cls(Repo(str(target)))
+            except NotGitRepository:
+                if not create:
+                    raise RepositoryError(
+                        f"{target} is not a Git repository; run `git init` there "
+                        "or pass --repo with the path of one"
+                    ) from None
+            if target.exists() and any(target.iterdir()):
+                raise RepositoryError(
+                    f"{target} exists and is not a Git repository; pass --repo "
+                    "with an empty or new folder"
+                )
+            target.mkdir(parents=True, exist_ok=True)
+            logger.info("created bare repository %s", target)
+            return cls(Repo.init_bare(str(target)))
+
+    def close(self) -> None:
+        """Release the repository's open files."""
+        self.repo.close()
+
+    # -- refs ---------------------------------------------------------------
+
+    def tip(self, run: RunRef) -> Sha | None:
+        """The commit the run's branch points at, or None if there is no run."""
+        with mapped_errors(f"reading {run.branch}"):
+            try:
+                return Sha(self.repo.refs[Ref(run.ref)])
+            except KeyError:
+                return None
+
+    def list_runs(self, project: str | None = None) -> list[RunRef]:
+        """Every run in the repository (or in one project), sorted."""
+        base = RUNS_PREFIX
+        if project is not None:
+            base += check_name("project", project).encode() + b"/"
+        with mapped_errors("listing runs"):
+            names = self.repo.refs.keys(base=Ref(base.rstrip(b"/")))
+        runs = []
+        for name in names:
+            full = base + name if project is not None else RUNS_PREFIX + name
+            try:
+                runs.append(RunRef.from_ref(full))
+            except ValueError:
+                logger.debug("skipping ref that is not a run: %r", full)
+        return sorted(runs)
+
+    def resolve(self, path: str) -> RunRef:
+        """Turn ``id``, ``project/id`` or ``entity/project/id`` into a RunRef.
+
+        Raises:
+            RunNotFoundError: if no run matches.
+            AmbiguousRunError: if a bare id names runs in several projects.
+        """
+        parts = path.strip("/").split("/")
+        if len(parts) == 3:
+            parts = parts[1:]
+        if len(parts) == 2:
+            run = RunRef(parts[0], parts[1])
+            if self.tip(run) is None:
+                raise RunNotFoundError(path, str(self.git_dir))
+            return run
+        if len(parts) != 1:
+            raise RunNotFoundError(path, str(self.git_dir))
+        run_id = check_name("run id", parts[0])
+        matches = [r for r in self.list_runs() if r.run_id == run_id]
+        if not matches:
+            raise RunNotFoundError(path, str(self.git_dir))
+        if len(matches) > 1:
+            raise AmbiguousRunError(run_id, [m.path for m in matches])
+        return matches[0]
+
+    def update_ref(
+        self, run: RunRef, old: Sha | None, new: Sha, message: str
+    ) -> bool:
+        """Move the run's branch from ``old`` to ``new`` if nobody moved it.
+
+        Returns:
+            False when the branch is no longer at ``old`` (compare-and-swap lost).
+        """
+        with mapped_errors(f"updating {run.branch}"):
+            for attempt in range(50):
+                try:
+                    if old is None:
+                        return bool(
+                            self.repo.refs.add_if_new(
+                                Ref(run.ref), new, message=message.encode()
+                            )
+                        )
+                    return bool(
+                        self.repo.refs.set_if_equals(
+                            Ref(run.ref), old, new, message=message.encode()
+                        )
+                    )
+                except FileExistsError:
+                    # Another process holds the ref's lock file for a moment.
+                    time.sleep(min(0.002 * 2**attempt, 0.1))
+        raise ConflictError(run.branch, 50)
+
+    # -- objects ------------------------------------------------------------
+
+    def add(self, obj: Blob | Tree | Commit) -> None:
+        """Store an object after dulwich has checked it."""
+        obj.check()
+        self.repo.object_store.add_object(obj)
+
+    def blob(self, data: bytes) -> Sha:
+        """Store bytes as a blob and return its id."""
+        blob = Blob.from_string(data)
+        self.add(blob)
+        return Sha(blob.id)
+
+    def read_blob(self, sha: Sha, what: str) -> bytes:
+        """Read a blob's bytes, naming ``what`` if it is missing or not a blob."""
+        try:
+            obj = self.repo.object_store[sha]
+        except KeyError:
+            raise RepositoryError(
+                f"{what} ({sha.decode()}) is missing from the repository; "
+                "fetch the run again"
+            ) from None
+        if not isinstance(obj, Blob):
+            raise RepositoryError(f"{what} ({sha.decode()}) is not a file")
+        return bytes(obj.as_raw_string())
+
+    def read_commit(self, sha: Sha) -> Commit:
+        """Read a commit object."""
+        try:
+            obj = self.repo.object_store[sha]
+        except KeyError:
+            raise RepositoryError(f"commit {sha.decode()} is missing") from None
+        if not isinstance(obj, Commit):
+            raise RepositoryError(f"{sha.decode()} is not a commit")
+        return obj
+
+    def read_snapshot(self, commit_id: Sha) -> Snapshot:
+        """Read the run as it was at ``commit_id``."""
+        with mapped_errors(f"reading commit {commit_id.decode()}"):
+            commit = self.read_commit(commit_id)
+            root = _tree(self.repo, Sha(commit.tree), "run")
+            entries = {name: (mode, Sha(sha)) for name, mode, sha in root.iteritems()}
+            where = commit_id.decode()[:10]
+
+            def json_file(name: bytes, default: Any) -> Any:
+                if name not in entries:
+                    return default
+                data = self.read_blob(entries[name][1], f"{name.decode()} of {where}")
+                return loads_json(data, f"{name.decode()} of {where}")
+
+            info = json_file(RUN_JSON, None)
+            if not isinstance(info, dict):
+                raise RepositoryError(
+                    f"commit {where} has no run.json; it is not a gitruns run commit"
+                )
+            window = info.get("window")
+            if not isinstance(window, int) or window < 1:
+                raise RepositoryError(f"run.json of {where} has no valid window")
+            history_id = entries[HISTORY][1] if HISTORY in entries else None
+            return Snapshot(
+                commit=commit_id,
+                info=info,
+                config=json_file(CONFIG_JSON, {}),
+                summary=json_file(SUMMARY_JSON, {}),
+                history=History.load(self.repo, history_id, window),
+                extra={k: v for k, v in entries.items() if k not in RESERVED_NAMES},
+                parents=[Sha(p) for p in commit.parents],
+            )
+
+    def write_commit(
+        self,
+        snapshot: Snapshot,
+        parents: Iterable[Sha],
+        message: str,
+        readme: str,
+    ) -> Sha:
+        """Write ``snapshot`` as a full run tree and a commit; return its id.
+
+        The branch is not moved; :meth:`update_ref` does that.
+        """
+        with mapped_errors("writing a run commit"):
+            root = Tree()
+            root.add(RUN_JSON, FILE_MODE, self.blob(dumps_json(snapshot.info)))
+            root.add(CONFIG_JSON, FILE_MODE, self.blob(dumps_json(snapshot.config)))
+            root.add(SUMMARY_JSON, FILE_MODE, self.blob(dumps_json(snapshot.summary)))
+            root.add(README, FILE_MODE, self.blob(readme.encode()))
+            root.add(GITATTRIBUTES, FILE_MODE, self.blob(GITATTRIBUTES_TEXT))
+            if snapshot.history.starts:
+                root.add(HISTORY, TREE_MODE, snapshot.history.write(self.add))
+            for name, (mode, sha) in snapshot.extra.items():
+                root.add(name, mode, sha)
+            self.add(root)
+
+            commit = Commit()
+            commit.tree = root.id
+            commit.parents = list(parents)
+            commit.author = commit.committer = self.identity()
+            commit.commit_time = commit.author_time = int(time.time())
+            commit.commit_timezone = commit.author_timezone = 0
+            commit.encoding = b"UTF-8"
+            commit.message = message.encode()
+            self.add(commit)
+            return Sha(commit.id)
+
+    def identity(self) -> bytes:
+        """``Name <email>`` from the repository's Git config, else a gitruns one."""
+        if not hasattr(self, "_identity"):
+            name, email = b"gitruns", b"gitruns@" + socket.gethostname().encode()
+            try:
+                config = self.repo.get_config_stack()
+                name = config.get((b"user",), b"name") or name
+                email = config.get((b"user",), b"email") or email
+            except KeyError:
+                pass
+            self._identity = name + b" <" + email + b">"
+        return self._identity
+
+    def first_parent_chain(self, start: Sha) -> Iterator[tuple[Sha, Commit]]:
+        """Walk first parents from ``start`` back to the root commit."""
+        sha: Sha | None = start
+        while sha is not None:
+            commit = self.read_commit(sha)
+            yield sha, commit
+            sha = Sha(commit.parents[0]) if commit.parents else None
+
+    def pack_loose_objects(self) -> int:
+        """Pack the repository's loose objects so a finished run leaves few files."""
+        with mapped_errors("packing objects"):
+            return int(self.repo.object_store.pack_loose_objects())
+
+
+def trailers(message: bytes) -> Mapping[str, str]:
+    """The ``Key: value`` trailers of a commit message's last paragraph."""
+    last = message.decode(errors="replace").rstrip().split("\n\n")[-1]
+    found: dict[str, str] = {}
+    for line in last.splitlines():
+        key, sep, value = line.partition(": ")
+        if sep and key.startswith("Gitruns-"):
+            found[key] = value.strip()
+    return found

@@ -1,0 +1,113 @@
+"""What log() accepts: metric keys and values, checked on the hot path.
+
+Keys are non-empty strings of at most 256 characters, without control
+characters; ``/`` separates namespaces (``train/loss``) but may not lead,
+trail or repeat; a leading ``_`` is reserved for gitruns (``_step``,
+``_timestamp``). Values are stored exactly as one of: float (any float64,
+NaN and infinities included), int (int64 range), bool, str (up to
+:data:`MAX_STR` characters) or None. numpy scalars and 0-d arrays or tensors
+are unwrapped to the Python value of the same kind; a nested dict is
+flattened with ``/``. Anything else, including lists, is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Union
+
+from gitruns.errors import InvalidNameError, InvalidValueError
+
+Value = Union[float, int, bool, str, None]
+
+MAX_KEY = 256
+MAX_STR = 65_536
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+_PLAIN = (float, str, bool, type(None))
+
+
+def check_key(key: object) -> str:
+    """Return ``key`` if it may name a metric, else raise InvalidNameError."""
+    if not isinstance(key, str):
+        raise InvalidNameError("metric key", key, "must be a string")
+    if not key:
+        raise InvalidNameError("metric key", key, "must not be empty")
+    if len(key) > MAX_KEY:
+        raise InvalidNameError(
+            "metric key", key, f"must be at most {MAX_KEY} characters"
+        )
+    if key[0] == "_":
+        raise InvalidNameError(
+            "metric key", key, "a leading '_' is reserved for gitruns; rename it"
+        )
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in key):
+        raise InvalidNameError("metric key", key, "must not hold control characters")
+    if key[0] == "/" or key[-1] == "/" or "//" in key:
+        raise InvalidNameError(
+            "metric key", key, "'/' separates namespaces: no leading, trailing or '//'"
+        )
+    return key
+
+
+def to_value(key: str, value: Any) -> Value:
+    """Turn one logged value into what gitruns stores, or raise InvalidValueError."""
+    kind = type(value)
+    if kind in _PLAIN:
+        if kind is str and len(value) > MAX_STR:
+            raise InvalidValueError(
+                key, value, f"strings are limited to {MAX_STR} characters"
+            )
+        return value  # type: ignore[no-any-return]
+    if kind is int:
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise InvalidValueError(
+                key, value, "ints must fit in int64; log it as a float or a str"
+            )
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, (bool, float, str, int)):
+        # Subclasses (IntEnum, numpy.float64) become their plain kind.
+        for plain in (bool, float, str, int):
+            if isinstance(value, plain):
+                return to_value(key, plain(value))
+    item = getattr(value, "item", None)
+    if item is not None and getattr(value, "shape", None) in ((), []):
+        # numpy scalars and 0-d arrays / tensors: unwrap to the Python value.
+        return to_value(key, item())
+    raise InvalidValueError(
+        key,
+        value,
+        f"{kind.__name__} is not a number, bool, str or None; "
+        "log a scalar (for a list, one key per element)",
+    )
+
+
+def clean_row(data: Any, known: set[str]) -> dict[str, Value]:
+    """Validate one log() payload into a flat dict of stored values.
+
+    Args:
+        data: what the caller passed to log().
+        known: keys already checked; new valid keys are added to it.
+    """
+    if not isinstance(data, Mapping):
+        raise InvalidValueError(
+            "<data>", data, "log() takes a dict of metric names to values"
+        )
+    row: dict[str, Value] = {}
+    for key, value in data.items():
+        if key not in known:
+            check_key(key)
+            known.add(key)
+        kind = type(value)
+        if kind is float or kind is str and len(value) <= MAX_STR:
+            row[key] = value
+        elif isinstance(value, Mapping):
+            for inner in value:
+                if not isinstance(inner, str):
+                    raise InvalidNameError(
+                        "metric key", inner, f"keys nested under {key!r} must be str"
+                    )
+            row.update(clean_row({f"{key}/{k}": v for k, v in value.items()}, known))
+        else:
+            row[key] = to_value(key, value)
+    return row
