@@ -1,0 +1,86 @@
+"""Commands that write history: fork, rewind, recover."""
+
+from __future__ import annotations
+
+import click
+
+from gitruns.cli.common import with_store
+from gitruns.fork import fork_run, rewind_run
+from gitruns.journal import Journal
+from gitruns.refs import RunRef, check_name, new_run_id
+from gitruns.run import _new_info
+from gitruns.store import RunStore
+from gitruns.writer import RunWriter, WriterOptions
+
+
+@click.command("fork")
+@click.argument("run")
+@click.option("--step", "step", required=True, help="Last step the fork inherits (or metric=value).")
+@click.option("--id", "new_id", default=None, help="Id of the new run (default: random).")
+@click.option("--name", default=None, help="Display name of the new run.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config to change in the fork (repeatable; VALUE is JSON or text).")
+@with_store
+def fork_command(
+    store: RunStore, run: str, step: str, new_id: str | None, name: str | None, overrides: tuple[str, ...]
+) -> None:
+    """Fork RUN after a step into a new run that shares its history."""
+    import json
+
+    source = store.resolve(run)
+    key, _, value = step.partition("=") if "=" in step else ("_step", "", step)
+    spec = f"{source.path}?{key}={value}"
+    new = RunRef(source.project, check_name("run id", new_id) if new_id else new_run_id())
+    config = {}
+    for item in overrides:
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
+        try:
+            config[k] = json.loads(v)
+        except ValueError:
+            config[k] = v
+    window = store.read_snapshot(store.tip(source)).window  # type: ignore[arg-type]
+    info = _new_info(new, name, None, None, None, None, None, WriterOptions(window=window), None)
+    info["state"] = "finished"
+    fork_run(store, source, spec, key, value, new, info, config)
+    click.echo(f"forked {source.path} at {key}={value} into {new.path}")
+    click.echo(f"continue it with gitruns.init(id={new.run_id!r}, project={new.project!r}, resume='must')")
+
+
+@click.command("rewind")
+@click.argument("run")
+@click.option("--step", "step", required=True, type=int, help="Last step to keep.")
+@with_store
+def rewind_command(store: RunStore, run: str, step: int) -> None:
+    """Rewind RUN to a step with a new commit; later steps stay in its Git history."""
+    ref = store.resolve(run)
+    writer = RunWriter.open(store, ref, WriterOptions(background=False))
+    try:
+        sha = rewind_run(store, ref, f"{ref.path}?_step={step}", "_step", str(step))
+    finally:
+        writer.abandon()
+    click.echo(f"rewound {ref.path} to step {step} ({sha[:10].decode()}); "
+               f"the removed steps stay in `git log {ref.branch}`")
+
+
+@click.command("recover")
+@click.argument("runs", nargs=-1)
+@with_store
+def recover_command(store: RunStore, runs: tuple[str, ...]) -> None:
+    """Commit what crashed writers journaled but never committed."""
+    if runs:
+        refs = [store.resolve(r) for r in runs]
+    else:
+        refs = []
+        root = store.data_dir / "journal"
+        for folder in sorted(root.glob("*/*")) if root.exists() else []:
+            if Journal(folder).files():
+                refs.append(RunRef(folder.parent.name, folder.name))
+    if not refs:
+        click.echo("nothing to recover")
+        return
+    for ref in refs:
+        writer = RunWriter.open(store, ref, WriterOptions(background=False))
+        state = writer.snapshot.info.get("state")
+        writer.finish("crashed" if state == "running" else str(state))
+        click.echo(f"recovered {ref.path}: steps up to {writer.snapshot.last_step}")

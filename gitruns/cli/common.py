@@ -1,0 +1,97 @@
+"""Shared pieces of the CLI: the --repo option, error mapping and output."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from gitruns.errors import GitRunsError
+from gitruns.run import open_store
+from gitruns.store import RunStore
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+repo_option = click.option(
+    "--repo",
+    "repo",
+    metavar="PATH",
+    default=None,
+    help="Git repository of the runs (default: $GITRUNS_REPO, the enclosing "
+    "repository, else ./.gitruns).",
+)
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def with_store(func: F) -> F:
+    """Open the repository named by --repo and pass it as ``store``."""
+
+    @repo_option
+    @wraps(func)
+    def wrapper(*args: Any, repo: str | None, **kwargs: Any) -> Any:
+        store = open_store(repo)
+        try:
+            return func(*args, store=store, **kwargs)
+        finally:
+            store.close()
+
+    return wrapper  # type: ignore[return-value]
+
+
+class GitRunsGroup(click.Group):
+    """A group that turns GitRunsError into ``Error: …`` and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GitRunsError as exc:
+            error = click.ClickException(str(exc))
+            error.exit_code = exc.exit_code
+            raise error from exc
+
+
+def dumps(value: Any) -> str:
+    """JSON for the terminal: sorted keys, NaN and infinities kept as Python writes them."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def fmt(value: Any) -> str:
+    """A value as a table cell."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        return f"{value:.6g}"
+    if isinstance(value, (dict, list)):
+        return dumps(value)
+    return str(value)
+
+
+def echo_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Print aligned columns."""
+    cells = [[fmt(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def echo_mapping(title: str, mapping: Mapping[str, Any]) -> None:
+    """Print a titled key/value block."""
+    click.echo(click.style(title, bold=True))
+    if not mapping:
+        click.echo("  (none)")
+    width = max((len(k) for k in mapping), default=0)
+    for key in sorted(mapping):
+        click.echo(f"  {key.ljust(width)}  {fmt(mapping[key])}")
+
+
+__all__ = ["GitRunsGroup", "RunStore", "dumps", "echo_mapping", "echo_table", "fmt"]

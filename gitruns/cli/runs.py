@@ -1,0 +1,221 @@
+"""Reading commands: runs, show, history, lineage, diff."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from typing import Any
+
+import click
+
+from gitruns.cli.common import (
+    dumps,
+    echo_mapping,
+    echo_table,
+    fmt,
+    json_option,
+    with_store,
+)
+from gitruns.diff import diff_runs
+from gitruns.lineage import ancestors, descendants
+from gitruns.reader import RunView
+from gitruns.store import RunStore
+
+
+def _view(store: RunStore, path: str) -> RunView:
+    return RunView(store, store.resolve(path))
+
+
+@click.command("runs")
+@click.option("--project", "-p", default=None, help="Only this project.")
+@json_option
+@with_store
+def runs_command(store: RunStore, project: str | None, as_json: bool) -> None:
+    """List the runs of the repository."""
+    views = [RunView(store, ref) for ref in store.list_runs(project)]
+    records = [
+        {
+            "run": v.path,
+            "name": v.name,
+            "state": v.state,
+            "last_step": v.last_step,
+            "fork_from": v.fork_from,
+            "updated": v.info.get("updated"),
+        }
+        for v in views
+    ]
+    if as_json:
+        click.echo(dumps(records))
+        return
+    if not records:
+        click.echo(f"no runs in {store.git_dir}", err=True)
+        return
+    echo_table(
+        ["RUN", "NAME", "STATE", "LAST STEP", "FORKED FROM", "UPDATED"],
+        [
+            [
+                r["run"],
+                r["name"],
+                r["state"],
+                r["last_step"],
+                f"{r['fork_from']['run']}@{r['fork_from']['step']}" if r["fork_from"] else "",
+                r["updated"],
+            ]
+            for r in records
+        ],
+    )
+
+
+@click.command("show")
+@click.argument("run")
+@json_option
+@with_store
+def show_command(store: RunStore, run: str, as_json: bool) -> None:
+    """Show a run: identity, lineage, config and summary."""
+    view = _view(store, run)
+    if as_json:
+        click.echo(
+            dumps(
+                {
+                    "run": view.info,
+                    "branch": view.branch,
+                    "commit": view.tip,
+                    "config": view.config,
+                    "summary": view.summary,
+                }
+            )
+        )
+        return
+    info = view.info
+    click.echo(click.style(f"{view.path}", bold=True) + f"  ({view.name})")
+    click.echo(f"  state      {view.state}")
+    click.echo(f"  steps      {'none' if view.last_step is None else f'0..{view.last_step}'}")
+    click.echo(f"  branch     {view.branch}  ({view.tip[:10]})")
+    click.echo(f"  created    {info.get('created')}  updated {info.get('updated')}")
+    if view.fork_from:
+        f = view.fork_from
+        click.echo(f"  forked     from {f['run']} at step {f['step']} ({f['commit'][:10]})")
+    for rewind in info.get("rewinds") or []:
+        click.echo(f"  rewound    to step {rewind['step']} at {rewind['at']}")
+    code = info.get("code")
+    if code:
+        dirty = " (dirty)" if code.get("dirty") else ""
+        click.echo(f"  code       {code.get('commit', '')[:10]} on {code.get('branch')}{dirty}")
+    if view.source:
+        click.echo(f"  imported   {dumps(view.source)}")
+    echo_mapping("config", view.config)
+    echo_mapping("summary", view.summary)
+
+
+@click.command("history")
+@click.argument("run")
+@click.option("--keys", "-k", multiple=True, help="Only steps with these metrics (repeat or comma-separate).")
+@click.option("--min-step", type=int, default=None, help="First step (inclusive).")
+@click.option("--max-step", type=int, default=None, help="Stop before this step.")
+@click.option(
+    "--format",
+    "-f",
+    "form",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="table for people, csv, or json (one object per line).",
+)
+@with_store
+def history_command(
+    store: RunStore,
+    run: str,
+    keys: tuple[str, ...],
+    min_step: int | None,
+    max_step: int | None,
+    form: str,
+) -> None:
+    """Print a run's metric history, one row per step."""
+    view = _view(store, run)
+    wanted = [k for part in keys for k in part.split(",") if k] or None
+    rows = view.scan_history(wanted, min_step, max_step)
+    if form == "json":
+        for row in rows:
+            click.echo(dumps(row))
+        return
+    rows_list = list(rows)
+    columns = ["_step"] + sorted({k for r in rows_list for k in r} - {"_step", "_timestamp"})
+    if form == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows_list:
+            writer.writerow([_csv(row.get(c)) for c in columns])
+        return
+    echo_table(columns, ([row.get(c) for c in columns] for row in rows_list))
+
+
+def _csv(value: Any) -> str:
+    if value is None:
+        return ""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+@click.command("lineage")
+@click.argument("run")
+@json_option
+@with_store
+def lineage_command(store: RunStore, run: str, as_json: bool) -> None:
+    """Show a run's ancestors and descendants with their fork steps."""
+    ref = store.resolve(run)
+    up = ancestors(store, ref)
+    down = descendants(store, ref)
+    if as_json:
+        click.echo(
+            dumps(
+                {
+                    "run": ref.path,
+                    "ancestors": [vars(e) for e in up],
+                    "descendants": [vars(e) for e in down],
+                }
+            )
+        )
+        return
+    chain = [ref.path]
+    for edge in up:
+        chain.append(f"{edge.parent} (forked at step {edge.step})")
+    click.echo("ancestors:   " + (" <- ".join(chain) if up else f"{ref.path} (a root run)"))
+    if not down:
+        click.echo("descendants: none")
+        return
+    click.echo("descendants:")
+    depth = {ref.path: 0}
+    for edge in down:
+        depth[edge.child] = depth.get(edge.parent, 0) + 1
+        indent = "  " * depth[edge.child]
+        click.echo(f"{indent}{edge.child}  forked from {edge.parent} at step {edge.step}")
+
+
+@click.command("diff")
+@click.argument("a")
+@click.argument("b")
+@json_option
+@with_store
+def diff_command(store: RunStore, a: str, b: str, as_json: bool) -> None:
+    """Compare two runs: config, summary, and where their histories diverge."""
+    result = diff_runs(store, _view(store, a), _view(store, b))
+    if as_json:
+        click.echo(dumps(result.as_dict()))
+        return
+    click.echo(f"--- {result.a}\n+++ {result.b}")
+    if result.common_run is None:
+        click.echo("history: no shared history")
+    else:
+        click.echo(
+            f"history: shared up to step {result.diverge_step} (of {result.common_run}), "
+            f"diverges at step {result.diverge_step + 1}"
+        )
+    for title, changes in (("config", result.config), ("summary", result.summary)):
+        click.echo(click.style(title, bold=True) + ("" if changes else ": same"))
+        for key, (x, y) in changes.items():
+            click.echo(f"  {key}: {fmt(x) or '(none)'} -> {fmt(y) or '(none)'}")
+    if result.metrics:
+        click.echo(click.style("metrics", bold=True) + "  (at divergence -> last of each)")
+        echo_table(
+            ["  METRIC", "AT DIVERGENCE", result.a, result.b],
+            [["  " + m.name, m.at_divergence, m.last_a, m.last_b] for m in result.metrics],
+        )
