@@ -366,15 +366,23 @@ def _check_selection(
             raise RunNotFoundError(run.path, where)
 
 
-def _raise_for(outcomes: Sequence[RefOutcome], remote: Remote, action: str) -> None:
+def check_outcomes(
+    outcomes: Sequence[RefOutcome], remote: Remote | str, action: str
+) -> None:
+    """Raise for the refs that a push or pull refused; do nothing if none was.
+
+    Raises:
+        DivergedError: the one refused run has diverged.
+        RemoteError: one run was refused otherwise, or several were.
+    """
     errors = [e for o in outcomes if (e := o.error(remote)) is not None]
     if len(errors) == 1:
         raise errors[0]
     if errors:
         details = "; ".join(str(e).split("; ")[0] for e in errors)
         raise RemoteError(
-            f"{action} refused {len(errors)} runs: {details}; see each run's line "
-            "above: pull diverged or behind runs first, or fork them into new runs"
+            f"{action} refused {len(errors)} runs: {details}; pull the runs that "
+            "are behind, fork the diverged ones into new runs, or push with --force"
         )
 
 
@@ -464,7 +472,7 @@ def push(
         log = logger.info if outcome.ok else logger.warning
         log("push to %s: %s", target, outcome)
     if check:
-        _raise_for(outcomes, target, f"push to {target}")
+        check_outcomes(outcomes, target, f"push to {target}")
     return outcomes
 
 
@@ -712,7 +720,7 @@ def pull(
         if outcome.status != "up to date":
             log("pull from %s: %s", target, outcome)
     if check:
-        _raise_for(outcomes, target, f"pull from {target}")
+        check_outcomes(outcomes, target, f"pull from {target}")
     return outcomes
 
 

@@ -1,0 +1,220 @@
+"""``gitruns push``, ``pull`` and ``fetch``: run branches to and from Git remotes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from gitruns import remote as remotes
+from gitruns.errors import GitRunsError, InvalidNameError
+from gitruns.refs import RunRef, check_name
+from gitruns.remote import RefOutcome
+from gitruns.store import RunStore, locate_repository
+
+_REPO_HELP = (
+    "The repository of the runs (default: $GITRUNS_REPO, the enclosing Git "
+    "repository, else ./.gitruns)."
+)
+
+
+@contextmanager
+def _cli_errors() -> Iterator[None]:
+    """Print a gitruns error as one ``Error:`` line and exit with its code."""
+    try:
+        yield
+    except GitRunsError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+@contextmanager
+def _open_store(repo: str | None) -> Iterator[RunStore]:
+    path, may_create = locate_repository(
+        repo, os.environ.get("GITRUNS_REPO"), Path.cwd()
+    )
+    store = RunStore.open(path, create=may_create)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _ssh_command() -> str | None:
+    # git's own variables, so an ssh:// remote behaves as it does for `git push`.
+    return os.environ.get("GIT_SSH_COMMAND") or os.environ.get("GIT_SSH") or None
+
+
+def _progress(quiet: bool) -> Callable[[str], None] | None:
+    if quiet:
+        return None
+    return lambda text: click.echo(text, err=True, nl=False)
+
+
+def _local_runs(store: RunStore, names: Sequence[str]) -> list[RunRef] | None:
+    """Runs named on the command line, resolved in the local repository."""
+    if not names:
+        return None
+    return [store.resolve(name) for name in names]
+
+
+def _remote_runs(store: RunStore, names: Sequence[str]) -> list[RunRef] | None:
+    """Runs named for a pull: ``project/id``, or an id the local repository knows."""
+    if not names:
+        return None
+    runs = []
+    for name in names:
+        parts = name.strip("/").split("/")
+        if len(parts) == 3:
+            parts = parts[1:]
+        if len(parts) == 2:
+            runs.append(RunRef(parts[0], parts[1]))
+            continue
+        try:
+            runs.append(store.resolve(name))
+        except GitRunsError:
+            check_name("run id", name)
+            raise InvalidNameError(
+                "run", name, "not in this repository; name it as <project>/<run_id>"
+            ) from None
+    return runs
+
+
+def _show(outcomes: Sequence[RefOutcome], where: str, verb: str) -> None:
+    if not outcomes:
+        click.echo(f"no runs to {verb} {where}")
+        return
+    click.echo(f"{verb} {where}:")
+    for outcome in outcomes:
+        span = ""
+        if outcome.old and outcome.new and outcome.old != outcome.new:
+            span = f"{outcome.old[:7].decode()}..{outcome.new[:7].decode()}"
+        elif outcome.new:
+            span = outcome.new[:7].decode()
+        note = f"  ({outcome.message})" if outcome.message else ""
+        click.echo(f"  {outcome.status:<12} {outcome.run.path:<40} {span}{note}")
+
+
+_remote_argument = click.argument("remote", required=False, default="origin")
+_runs_argument = click.argument("runs", nargs=-1, metavar="[RUN]...")
+_repo_option = click.option("--repo", type=click.Path(), help=_REPO_HELP)
+_project_option = click.option("--project", "-p", help="Only the runs of this project.")
+_quiet_option = click.option(
+    "--quiet", "-q", is_flag=True, help="Show no transfer progress."
+)
+
+
+@click.command("push")
+@_remote_argument
+@_runs_argument
+@click.option(
+    "--force",
+    "-f",
+    is_flag=True,
+    help="Replace remote runs that diverged; says what each replaced.",
+)
+@click.option(
+    "--atomic", is_flag=True, help="Ask the server to accept every run or none."
+)
+@_project_option
+@_quiet_option
+@_repo_option
+def push(
+    remote: str,
+    runs: tuple[str, ...],
+    force: bool,
+    atomic: bool,
+    project: str | None,
+    quiet: bool,
+    repo: str | None,
+) -> None:
+    """Push run branches (all, a project's, or the RUNs named) to REMOTE.
+
+    REMOTE is a remote of the repository (default: origin) or a URL. Only
+    refs/heads/runs/... moves; each run's outcome is the server's own. A run
+    the server refused, or that diverged, makes the command fail (exit 7).
+    """
+    with _cli_errors(), _open_store(repo) as store:
+        selected = _local_runs(store, runs)
+        outcomes = remotes.push(
+            store.repo,
+            remote,
+            selected,
+            project=project,
+            force=force,
+            atomic=atomic,
+            progress=_progress(quiet),
+            ssh_command=_ssh_command(),
+            check=False,
+        )
+        target = remotes.resolve_remote(store.repo, remote, push=True)
+        _show(outcomes, f"to {target}", "push")
+        remotes.check_outcomes(outcomes, target, f"push to {target}")
+
+
+@click.command("pull")
+@_remote_argument
+@_runs_argument
+@_project_option
+@_quiet_option
+@_repo_option
+def pull(
+    remote: str,
+    runs: tuple[str, ...],
+    project: str | None,
+    quiet: bool,
+    repo: str | None,
+) -> None:
+    """Fetch runs from REMOTE, fast-forward local runs and create missing ones.
+
+    A run that diverged (both sides logged after a common commit) is reported
+    and left as it is (exit 7); a local run ahead of the remote is kept.
+    """
+    with _cli_errors(), _open_store(repo) as store:
+        outcomes = remotes.pull(
+            store.repo,
+            remote,
+            _remote_runs(store, runs),
+            project=project,
+            progress=_progress(quiet),
+            ssh_command=_ssh_command(),
+            check=False,
+        )
+        target = remotes.resolve_remote(store.repo, remote)
+        _show(outcomes, f"from {target}", "pull")
+        remotes.check_outcomes(outcomes, target, f"pull from {target}")
+
+
+@click.command("fetch")
+@_remote_argument
+@_runs_argument
+@_project_option
+@_quiet_option
+@_repo_option
+def fetch(
+    remote: str,
+    runs: tuple[str, ...],
+    project: str | None,
+    quiet: bool,
+    repo: str | None,
+) -> None:
+    """Fetch runs from REMOTE into refs/remotes/REMOTE/runs/..., moving no run."""
+    with _cli_errors(), _open_store(repo) as store:
+        outcomes = remotes.fetch(
+            store.repo,
+            remote,
+            _remote_runs(store, runs),
+            project=project,
+            progress=_progress(quiet),
+            ssh_command=_ssh_command(),
+        )
+        target = remotes.resolve_remote(store.repo, remote)
+        _show(outcomes, f"from {target}", "fetch")
+
+
+#: The commands of this module, for the root group to register.
+COMMANDS = [push, pull, fetch]

@@ -1,0 +1,533 @@
+"""Push, fetch and pull of run branches against real Git servers on loopback."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+pytest.register_assert_rewrite("gitserver")
+pytest_plugins = ["gitserver"]
+
+from click.testing import CliRunner  # noqa: E402
+from dulwich.repo import Repo  # noqa: E402
+from gitserver import (  # noqa: E402
+    GitDaemon,
+    GitServer,
+    git,
+    running_http_backend,
+)
+
+import gitruns  # noqa: E402
+from gitruns import remote  # noqa: E402
+from gitruns.cli import remote as remote_cli  # noqa: E402
+from gitruns.errors import (  # noqa: E402
+    DivergedError,
+    RemoteError,
+    RunNotFoundError,
+)
+from gitruns.refs import RunRef  # noqa: E402
+
+
+def log_run(
+    repo: Path,
+    run_id: str,
+    steps: range,
+    project: str = "demo",
+    **init: object,
+) -> str:
+    """Write a run (or more of one) with the public API; return its path."""
+    run = gitruns.init(project=project, id=run_id, repo=str(repo), **init)  # type: ignore[arg-type]
+    for step in steps:
+        run.log({"loss": 1.0 / (step + 1), "acc": step / 1000}, step=step)
+    run.finish()
+    return f"{project}/{run_id}"
+
+
+def steps_of(repo: Path, path: str) -> list[int]:
+    """The steps a run holds, read back with the public API."""
+    api = gitruns.Api(repo=str(repo))
+    try:
+        return [row["_step"] for row in api.run(path).scan_history()]
+    finally:
+        api.store.close()
+
+
+def tip(repo: Path, path: str) -> str:
+    return git("--git-dir", repo, "rev-parse", f"refs/heads/runs/{path}").stdout.strip()
+
+
+@pytest.fixture
+def local(tmp_path: Path, git_env: dict[str, str]) -> Path:
+    """An empty bare repository for a user's runs."""
+    path = tmp_path / "local.git"
+    git("init", "--quiet", "--bare", path)
+    return path
+
+
+@pytest.fixture
+def repo(local: Path) -> Iterator[Repo]:
+    with closing(Repo(str(local))) as r:
+        yield r
+
+
+def statuses(outcomes: list[remote.RefOutcome]) -> dict[str, str]:
+    return {o.run.path: o.status for o in outcomes}
+
+
+# -- the servers themselves ------------------------------------------------------
+
+
+def test_git_server_accepts_stock_git_push_and_clone(
+    git_server: GitServer, tmp_path: Path
+) -> None:
+    git_server.create("plain.git")
+    work = tmp_path / "work"
+    git("init", "--quiet", work)
+    # Over 1 MiB, so git sends a chunked request body to http-backend.
+    payload = os.urandom(3 << 20)
+    (work / "data.bin").write_bytes(payload)
+    git("add", ".", cwd=work)
+    git("commit", "--quiet", "-m", "data", cwd=work)
+
+    git(
+        "push",
+        "--quiet",
+        git_server.url("plain.git"),
+        "HEAD:refs/heads/master",
+        cwd=work,
+    )
+    git("clone", "--quiet", git_server.url("plain.git"), tmp_path / "clone")
+
+    assert (tmp_path / "clone" / "data.bin").read_bytes() == payload
+
+
+def test_git_daemon_stops_with_every_child(
+    tmp_path: Path, git_env: dict[str, str]
+) -> None:
+    daemon = GitDaemon(tmp_path / "srv", tmp_path / "daemon.log")
+    server = daemon.start()
+    assert daemon.proc is not None
+    pgid = daemon.proc.pid
+    server.create()
+    git("ls-remote", server.url())
+
+    daemon.stop()
+
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)
+    assert git("ls-remote", server.url(), check=False).returncode != 0
+
+
+# -- push --------------------------------------------------------------------------
+
+
+def test_push_run_and_fork_then_read_a_stock_clone(
+    git_server: GitServer, local: Path, repo: Repo, tmp_path: Path
+) -> None:
+    git_server.create()
+    src = log_run(local, "src", range(300))
+    fork = log_run(local, "fork", range(201, 260), fork_from=f"{src}?_step=200")
+    messages: list[str] = []
+
+    outcomes = remote.push(repo, git_server.url(), progress=messages.append)
+
+    assert statuses(outcomes) == {src: "created", fork: "created"}
+    assert "Writing objects: 100%" in "".join(messages)
+    clone = tmp_path / "clone.git"
+    git("clone", "--quiet", "--bare", git_server.url(), clone)
+    git("--git-dir", clone, "fsck", "--strict")
+    assert steps_of(clone, src) == list(range(300))
+    assert steps_of(clone, fork) == list(range(201)) + list(range(201, 260))
+    api = gitruns.Api(repo=str(clone))
+    lineage = api.run(fork).fork_from
+    api.store.close()
+    assert lineage is not None and lineage["run"] == src and lineage["step"] == 200
+    assert (
+        git("--git-dir", clone, "cat-file", "-t", lineage["commit"]).stdout.strip()
+        == "commit"
+    )
+
+
+def test_push_moves_only_run_branches(
+    git_daemon: GitServer, local: Path, repo: Repo, tmp_path: Path
+) -> None:
+    git_daemon.create()
+    log_run(local, "a1", range(5))
+    work = tmp_path / "code"
+    git("clone", "--quiet", local, work)
+    (work / "train.py").write_text("print('hi')\n")
+    git("add", ".", cwd=work)
+    git("commit", "--quiet", "-m", "code", cwd=work)
+    git("push", "--quiet", "origin", "HEAD:refs/heads/main", cwd=work)
+    git("--git-dir", local, "tag", "v1", "refs/heads/main")
+
+    remote.push(repo, git_daemon.url())
+
+    refs = git("ls-remote", git_daemon.url()).stdout
+    assert "refs/heads/runs/demo/a1" in refs
+    assert "refs/heads/main" not in refs and "refs/tags/v1" not in refs
+
+
+def test_push_reports_up_to_date_then_fast_forward(
+    git_daemon: GitServer, local: Path, repo: Repo
+) -> None:
+    git_daemon.create()
+    run = log_run(local, "r1", range(10))
+    remote.push(repo, git_daemon.url())
+
+    again = remote.push(repo, git_daemon.url())
+    log_run(local, "r1", range(10, 20), resume="must")
+    more = remote.push(repo, git_daemon.url())
+
+    assert statuses(again) == {run: "up to date"}
+    assert statuses(more) == {run: "fast-forward"}
+    assert more[0].old is not None and more[0].old != more[0].new
+    assert git("ls-remote", git_daemon.url()).stdout.split()[0] == tip(local, run)
+
+
+def test_push_selects_named_runs_or_a_project(
+    git_daemon: GitServer, local: Path, repo: Repo
+) -> None:
+    git_daemon.create()
+    log_run(local, "a1", range(3), project="alpha")
+    log_run(local, "b1", range(3), project="beta")
+    log_run(local, "b2", range(3), project="beta")
+
+    first = remote.push(repo, git_daemon.url(), [RunRef("beta", "b2")])
+    second = remote.push(repo, git_daemon.url(), project="alpha")
+
+    assert statuses(first) == {"beta/b2": "created"}
+    assert statuses(second) == {"alpha/a1": "created"}
+    refs = git("ls-remote", git_daemon.url()).stdout
+    assert "runs/beta/b1" not in refs
+    with pytest.raises(RunNotFoundError):
+        remote.push(repo, git_daemon.url(), [RunRef("beta", "nope")])
+
+
+def test_fork_pushed_before_its_parent_keeps_lineage(
+    http_backend: GitServer, local: Path, repo: Repo, tmp_path: Path
+) -> None:
+    http_backend.create()
+    src = log_run(local, "parent", range(50))
+    fork = log_run(local, "child", range(31, 40), fork_from=f"{src}?_step=30")
+
+    remote.push(repo, http_backend.url(), [RunRef("demo", "child")])
+
+    clone = tmp_path / "clone.git"
+    git("clone", "--quiet", "--bare", http_backend.url(), clone)
+    assert git(
+        "--git-dir", clone, "for-each-ref", "--format=%(refname)"
+    ).stdout.split() == ["refs/heads/runs/demo/child"]
+    assert steps_of(clone, fork) == list(range(40))
+    api = gitruns.Api(repo=str(clone))
+    lineage = api.run(fork).fork_from
+    api.store.close()
+    assert lineage is not None
+    git(
+        "--git-dir",
+        clone,
+        "merge-base",
+        "--is-ancestor",
+        lineage["commit"],
+        tip(clone, fork),
+    )
+
+
+# -- pull, fetch and divergence ---------------------------------------------------
+
+
+def test_pull_creates_then_fast_forwards_runs(
+    git_server: GitServer, local: Path, repo: Repo, tmp_path: Path
+) -> None:
+    git_server.create()
+    run = log_run(local, "r1", range(20))
+    remote.push(repo, git_server.url())
+    second = tmp_path / "second.git"
+    git("init", "--quiet", "--bare", second)
+    git("--git-dir", second, "remote", "add", "origin", git_server.url())
+
+    with closing(Repo(str(second))) as other:
+        created = remote.pull(other, "origin")
+        log_run(local, "r1", range(20, 30), resume="must")
+        remote.push(repo, git_server.url())
+        forwarded = remote.pull(other, "origin")
+        unchanged = remote.pull(other, "origin")
+
+    assert statuses(created) == {run: "created"}
+    assert statuses(forwarded) == {run: "fast-forward"}
+    assert statuses(unchanged) == {run: "up to date"}
+    assert steps_of(second, run) == list(range(30))
+    tracking = git("--git-dir", second, "rev-parse", f"refs/remotes/origin/runs/{run}")
+    assert tracking.stdout.strip() == tip(local, run)
+
+
+def test_fetch_writes_remote_tracking_refs_only(
+    git_daemon: GitServer, local: Path, repo: Repo, tmp_path: Path
+) -> None:
+    git_daemon.create()
+    run = log_run(local, "r1", range(5))
+    remote.push(repo, git_daemon.url())
+    second = tmp_path / "second.git"
+    git("init", "--quiet", "--bare", second)
+    git("--git-dir", second, "remote", "add", "team", git_daemon.url())
+
+    with closing(Repo(str(second))) as other:
+        fetched = remote.fetch(other, "team")
+        again = remote.fetch(other, "team")
+
+    assert statuses(fetched) == {run: "new"}
+    assert statuses(again) == {run: "up to date"}
+    refs = git(
+        "--git-dir", second, "for-each-ref", "--format=%(refname)"
+    ).stdout.split()
+    assert refs == [f"refs/remotes/team/runs/{run}"]
+
+
+def test_diverged_run_is_rejected_on_push_and_reported_by_pull(
+    git_server: GitServer, local: Path, repo: Repo, tmp_path: Path
+) -> None:
+    git_server.create()
+    run = log_run(local, "r1", range(10))
+    remote.push(repo, git_server.url())
+    other = tmp_path / "other.git"
+    git("clone", "--quiet", "--bare", git_server.url(), other)
+
+    # Both sides log after the common commit; the other side pushes first.
+    log_run(other, "r1", range(10, 15), resume="must")
+    log_run(local, "r1", range(10, 12), resume="must")
+    with closing(Repo(str(other))) as theirs:
+        remote.push(theirs, git_server.url())
+    ours_before = tip(local, run)
+
+    with pytest.raises(RemoteError, match="pull first"):
+        remote.push(repo, git_server.url())
+    with pytest.raises(DivergedError) as pulled:
+        remote.pull(repo, git_server.url())
+    with pytest.raises(DivergedError) as pushed:
+        remote.push(repo, git_server.url())
+
+    assert pulled.value.ref == f"runs/{run}"
+    assert pushed.value.local == ours_before
+    assert pushed.value.remote == tip(other, run)
+    assert tip(local, run) == ours_before
+    assert git("ls-remote", git_server.url()).stdout.split()[0] == tip(other, run)
+
+
+def test_force_push_says_what_it_replaced(
+    git_daemon: GitServer, local: Path, repo: Repo, tmp_path: Path
+) -> None:
+    git_daemon.create()
+    run = log_run(local, "r1", range(10))
+    remote.push(repo, git_daemon.url())
+    other = tmp_path / "other.git"
+    git("clone", "--quiet", "--bare", git_daemon.url(), other)
+    log_run(other, "r1", range(10, 15), resume="must")
+    with closing(Repo(str(other))) as theirs:
+        remote.push(theirs, git_daemon.url())
+    replaced = tip(other, run)
+    log_run(local, "r1", range(10, 12), resume="must")
+    remote.fetch(repo, git_daemon.url())
+
+    outcomes = remote.push(repo, git_daemon.url(), force=True)
+
+    assert statuses(outcomes) == {run: "forced"}
+    assert f"replaced {replaced[:10]}, dropping 1 commit" in outcomes[0].message
+    assert git("ls-remote", git_daemon.url()).stdout.split()[0] == tip(local, run)
+
+
+def test_pull_keeps_a_local_run_that_is_ahead(
+    git_daemon: GitServer, local: Path, repo: Repo
+) -> None:
+    git_daemon.create()
+    run = log_run(local, "r1", range(10))
+    remote.push(repo, git_daemon.url())
+    log_run(local, "r1", range(10, 20), resume="must")
+    before = tip(local, run)
+
+    outcomes = remote.pull(repo, git_daemon.url())
+
+    assert statuses(outcomes) == {run: "ahead"}
+    assert "push them" in outcomes[0].message
+    assert tip(local, run) == before
+
+
+# -- transports, remotes and credentials ----------------------------------------
+
+
+@pytest.mark.parametrize("form", ["path", "file-url"])
+def test_push_to_a_local_repository(
+    form: str, local: Path, repo: Repo, tmp_path: Path
+) -> None:
+    target = tmp_path / "target.git"
+    git("init", "--quiet", "--bare", target)
+    run = log_run(local, "r1", range(5))
+    url = str(target) if form == "path" else target.as_uri()
+
+    outcomes = remote.push(repo, url)
+
+    assert statuses(outcomes) == {run: "created"}
+    assert steps_of(target, run) == list(range(5))
+
+
+def test_push_over_ssh_url(local: Path, repo: Repo, tmp_path: Path) -> None:
+    target = tmp_path / "target.git"
+    git("init", "--quiet", "--bare", target)
+    run = log_run(local, "r1", range(5))
+    # Stands in for ssh: runs the remote command on this machine, as sshd would.
+    fake_ssh = tmp_path / "fake-ssh"
+    fake_ssh.write_text(
+        f"#!{sys.executable}\n"
+        "import subprocess, sys\n"
+        "sys.exit(subprocess.call(sys.argv[-1], shell=True))\n"
+    )
+    fake_ssh.chmod(fake_ssh.stat().st_mode | stat.S_IXUSR)
+
+    outcomes = remote.push(
+        repo, f"ssh://git@localhost{target}", ssh_command=str(fake_ssh)
+    )
+
+    assert statuses(outcomes) == {run: "created"}
+    assert steps_of(target, run) == list(range(5))
+
+
+def test_remote_name_comes_from_git_config(
+    git_daemon: GitServer, local: Path, repo: Repo
+) -> None:
+    git_daemon.create()
+    run = log_run(local, "r1", range(5))
+    git("--git-dir", local, "remote", "add", "shared", git_daemon.url())
+
+    outcomes = remote.push(repo, "shared")
+
+    assert statuses(outcomes) == {run: "created"}
+    with pytest.raises(
+        RemoteError, match="no remote named 'elsewhere'.*git remote add"
+    ):
+        remote.push(repo, "elsewhere")
+
+
+def test_credentials_in_urls_are_never_shown(
+    local: Path, repo: Repo, tmp_path: Path, git_env: dict[str, str]
+) -> None:
+    log_run(local, "r1", range(5))
+    with running_http_backend(
+        tmp_path / "http", tmp_path / "http.log", auth=("alice", "s3cret-token")
+    ) as server:
+        server.create()
+        good = server.url().replace("http://", "http://alice:s3cret-token@")
+        bad = server.url().replace("http://", "http://alice:wrong-pass@")
+        messages: list[str] = []
+
+        outcomes = remote.push(repo, good, progress=messages.append)
+        with pytest.raises(RemoteError) as refused:
+            remote.push(repo, bad)
+        git("--git-dir", local, "remote", "add", "origin", good)
+        runner = CliRunner()
+        result = runner.invoke(remote_cli.push, ["--repo", str(local)])
+
+    assert statuses(outcomes) == {"demo/r1": "created"}
+    assert "wrong-pass" not in str(refused.value) and "credentials" in str(
+        refused.value
+    )
+    assert "s3cret-token" not in "".join(messages)
+    assert result.exit_code == 0, result.output
+    assert "up to date" in result.output and "s3cret-token" not in result.output
+    assert "http://***:***@127.0.0.1" in result.output
+
+
+def test_mask_credentials() -> None:
+    assert remote.mask_credentials("https://user:pw@host/x") == "https://***:***@host/x"
+    assert remote.mask_credentials("https://ghp_token@host/x") == "https://***@host/x"
+    assert remote.mask_credentials("ssh://git:pw@host/x") == "ssh://git:***@host/x"
+    assert remote.mask_credentials("ssh://git@host/x") == "ssh://git@host/x"
+    assert remote.mask_credentials("/plain/path") == "/plain/path"
+
+
+def test_unreachable_server_is_a_remote_error(
+    local: Path, repo: Repo, git_env: dict[str, str]
+) -> None:
+    log_run(local, "r1", range(3))
+    from gitserver import free_port
+
+    with pytest.raises(RemoteError, match="check the URL"):
+        remote.push(repo, f"git://127.0.0.1:{free_port()}/runs.git")
+
+
+# -- the command line ---------------------------------------------------------
+
+
+def test_cli_push_pull_fetch(
+    git_daemon: GitServer, local: Path, tmp_path: Path
+) -> None:
+    git_daemon.create()
+    run = log_run(local, "r1", range(5))
+    git("--git-dir", local, "remote", "add", "origin", git_daemon.url())
+    second = tmp_path / "second.git"
+    git("init", "--quiet", "--bare", second)
+    git("--git-dir", second, "remote", "add", "origin", git_daemon.url())
+    runner = CliRunner()
+
+    pushed = runner.invoke(remote_cli.push, ["--repo", str(local)])
+    quiet = runner.invoke(remote_cli.push, ["-q", "--repo", str(local), "origin", "r1"])
+    fetched = runner.invoke(remote_cli.fetch, ["--repo", str(second)])
+    pulled = runner.invoke(
+        remote_cli.pull, ["-q", "--repo", str(second), "origin", run]
+    )
+
+    assert pushed.exit_code == 0, pushed.output
+    assert f"created      {run}" in pushed.stdout
+    assert "Writing objects" in pushed.stderr
+    assert quiet.exit_code == 0 and "up to date" in quiet.stdout
+    assert quiet.stderr == ""
+    assert fetched.exit_code == 0 and f"new          {run}" in fetched.stdout
+    assert pulled.exit_code == 0 and f"created      {run}" in pulled.stdout
+    assert tip(second, run) == tip(local, run)
+
+
+def test_cli_refused_push_exits_7_with_one_error_line(
+    git_daemon: GitServer, local: Path, tmp_path: Path
+) -> None:
+    git_daemon.create()
+    run = log_run(local, "r1", range(5))
+    other = tmp_path / "other.git"
+    remote.push(Repo(str(local)), git_daemon.url())
+    git("clone", "--quiet", "--bare", git_daemon.url(), other)
+    log_run(other, "r1", range(5, 8), resume="must")
+    with closing(Repo(str(other))) as theirs:
+        remote.push(theirs, git_daemon.url())
+    log_run(local, "r1", range(5, 7), resume="must")
+
+    result = CliRunner().invoke(
+        remote_cli.push, ["-q", "--repo", str(local), git_daemon.url()]
+    )
+
+    assert result.exit_code == 7
+    assert f"behind       {run}" in result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert (
+        len(errors) == 1 and "runs/demo/r1" in errors[0] and "pull first" in errors[0]
+    )
+
+
+@pytest.mark.parametrize("command", remote_cli.COMMANDS, ids=lambda c: c.name)
+def test_every_remote_command_has_help(command: object) -> None:
+    result = CliRunner().invoke(command, ["--help"])  # type: ignore[arg-type]
+    assert result.exit_code == 0
+    assert "--repo" in result.output and "--quiet" in result.output
+
+
+def test_git_subprocess_sees_no_user_config(git_env: dict[str, str]) -> None:
+    out = subprocess.run(
+        ["git", "config", "--list", "--show-origin"],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+    ).stdout
+    assert "global" not in out and ".gitconfig" not in out
