@@ -120,7 +120,8 @@ def _step_by_metric(store: RunStore, tip: Snapshot, key: str, text: str, spec: s
         if key not in chunk.columns:
             continue
         steps, values = chunk.column(key)
-        for step, value in zip(steps.tolist(), list(values)):
+        plain = values.tolist() if hasattr(values, "tolist") else list(values)
+        for step, value in zip(steps.tolist(), plain):
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ForkPointError(spec, f"{key} at step {step} is not a number")
             if previous is not None and value < previous[1]:

@@ -1,0 +1,54 @@
+"""Fixtures shared by the whole suite: a clean environment and a runs repository."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+#: The real training logs, read-only (see ../shared/data/real-runs/SOURCES.md).
+REAL_RUNS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-runs"
+
+_SCRUBBED = {
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_AUTHOR_NAME": "gitruns tests",
+    "GIT_AUTHOR_EMAIL": "tests@gitruns.invalid",
+    "GIT_COMMITTER_NAME": "gitruns tests",
+    "GIT_COMMITTER_EMAIL": "tests@gitruns.invalid",
+    "GIT_TERMINAL_PROMPT": "0",
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No user git config, no GITRUNS_* settings, and a cwd outside any repository.
+
+    Without the chdir, a test that omits repo= would write into the project's
+    own Git repository (the enclosing one).
+    """
+    for name in list(os.environ):
+        if name.startswith("GITRUNS_") or name in ("GIT_DIR", "GIT_WORK_TREE"):
+            monkeypatch.delenv(name)
+    for name, value in _SCRUBBED.items():
+        monkeypatch.setenv(name, value)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """Where a test's runs go (created on first use)."""
+    return tmp_path / "runs.git"
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    """Run the real git binary and return its stdout; fail the test on error."""
+    done = subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, f"git {' '.join(args)} failed:\n{done.stderr}"
+    return done.stdout

@@ -1,0 +1,129 @@
+"""The core CLI through click's CliRunner: output and exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+import gitruns
+from gitruns.cli import main
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def runs(repo: Path) -> Path:
+    with gitruns.init(project="p", id="base", config={"lr": 0.1}, repo=repo) as run:
+        for i in range(50):
+            run.log({"loss": 1 / (i + 1), "acc": i / 50})
+    fork = gitruns.init(
+        project="p", id="fk", fork_from="p/base?_step=20", config={"lr": 0.5}, repo=repo
+    )
+    for i in range(21, 40):
+        fork.log({"loss": 0.01, "acc": 0.99})
+    fork.finish()
+    return repo
+
+
+def _all_commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+    found = []
+    for name, command in group.commands.items():
+        found.append((prefix + name, command))
+        if isinstance(command, click.Group):
+            found += _all_commands(command, prefix + name + " ")
+    return found
+
+
+@pytest.mark.parametrize("name", [n for n, _ in _all_commands(main)])
+def test_every_command_has_help(name: str) -> None:
+    command = dict(_all_commands(main))[name]
+    assert command.help and len(command.help.strip()) > 10, name
+    code, out = invoke(*name.split(), "--help")
+    assert code == 0 and "Usage:" in out
+
+
+def test_runs_listing(runs: Path) -> None:
+    code, out = invoke("runs", "--repo", str(runs))
+    assert code == 0
+    assert "p/base" in out and "p/fk" in out and "p/base@20" in out
+    code, out = invoke("runs", "--repo", str(runs), "--json")
+    listed = {r["run"]: r for r in json.loads(out)}
+    assert listed["p/fk"]["fork_from"]["step"] == 20
+    assert listed["p/base"]["last_step"] == 49
+
+
+def test_show(runs: Path) -> None:
+    code, out = invoke("show", "fk", "--repo", str(runs))
+    assert code == 0
+    assert "forked     from p/base at step 20" in out
+    assert "lr" in out and "0.5" in out
+    code, out = invoke("show", "p/fk", "--repo", str(runs), "--json")
+    assert json.loads(out)["config"] == {"lr": 0.5}
+
+
+def test_history_formats(runs: Path) -> None:
+    code, out = invoke("history", "p/base", "--repo", str(runs), "-f", "csv", "--keys", "loss")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == 50 and float(rows[3]["loss"]) == 1 / 4
+    code, out = invoke("history", "p/base", "--repo", str(runs), "-f", "json", "--min-step", "48")
+    assert [json.loads(line)["_step"] for line in out.splitlines()] == [48, 49]
+    code, out = invoke("history", "p/base", "--repo", str(runs), "--max-step", "3")
+    assert out.splitlines()[0].split() == ["_step", "acc", "loss"]
+    assert len(out.splitlines()) == 4
+
+
+def test_lineage_and_diff(runs: Path) -> None:
+    code, out = invoke("lineage", "p/base", "--repo", str(runs))
+    assert "p/fk  forked from p/base at step 20" in out
+    code, out = invoke("diff", "p/base", "p/fk", "--repo", str(runs))
+    assert code == 0
+    assert "shared up to step 20" in out and "lr: 0.1 -> 0.5" in out
+    code, out = invoke("diff", "p/base", "p/fk", "--repo", str(runs), "--json")
+    data = json.loads(out)
+    assert data["diverge_step"] == 20 and data["config"] == {"lr": [0.1, 0.5]}
+
+
+def test_fork_and_rewind_commands(runs: Path) -> None:
+    code, out = invoke("fork", "p/base", "--step", "10", "--id", "cli", "--repo", str(runs))
+    assert code == 0 and "into p/cli" in out
+    assert gitruns.Api(runs).run("p/cli").last_step == 10
+    code, out = invoke("rewind", "p/base", "--step", "5", "--repo", str(runs))
+    assert code == 0 and "rewound p/base to step 5" in out
+    assert gitruns.Api(runs).run("p/base").last_step == 5
+
+
+@pytest.mark.parametrize(
+    ("args", "exit_code", "message"),
+    [
+        (["show", "ghost"], 3, "no run 'ghost'"),
+        (["fork", "p/base", "--step", "999"], 2, "committed steps up to 49"),
+        (["rewind", "p/base", "--step", "-3"], 2, "must not be negative"),
+        (["show", "bad..name"], 2, "invalid run id"),
+    ],
+)
+def test_errors_have_exit_codes(runs: Path, args: list[str], exit_code: int, message: str) -> None:
+    result = CliRunner().invoke(main, [*args, "--repo", str(runs)])
+    assert result.exit_code == exit_code, result.output
+    assert result.output.startswith("Error: ") and message in result.output
+
+
+def test_demo_runs_and_shows_the_fork(repo: Path) -> None:
+    code, out = invoke("demo", "--steps", "60", "--fork-at", "30", "--repo", str(repo))
+    assert code == 0
+    assert "forked digits/" in out and "diverges at step 31" in out
+    assert "lr: 0.05 -> 0.5" in out and "git --git-dir" in out
+    views = gitruns.Api(repo).runs("digits")
+    assert len(views) == 2
+    fork = next(v for v in views if v.fork_from)
+    assert fork.last_step == 59 and fork.fork_from["step"] == 30
+    accuracy = [r["eval/accuracy"] for r in fork.scan_history(keys=["eval/accuracy"])]
+    assert accuracy and all(0.0 <= a <= 1.0 for a in accuracy)

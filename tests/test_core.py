@@ -1,0 +1,386 @@
+"""The core contracts of DESIGN.md §2-§5: storage, fork, resume, rewind, read."""
+
+from __future__ import annotations
+
+import math
+import struct
+from pathlib import Path
+
+import pytest
+
+import gitruns
+from gitruns.errors import (
+    AmbiguousRunError,
+    ForkPointError,
+    InvalidNameError,
+    InvalidValueError,
+    RunExistsError,
+    RunNotFoundError,
+    StepOrderError,
+)
+from gitruns.store import RunStore
+from tests.conftest import git
+
+
+def seed_scenario(repo: Path) -> tuple[str, str]:
+    """DESIGN.md §5's reference scenario, as written (with repo=)."""
+    src = gitruns.init(project="demo", repo=repo)
+    for i in range(300):
+        src.log({"metric": i})
+    src.finish()
+
+    fork = gitruns.init(project="demo", fork_from=f"{src.id}?_step=200", repo=repo)
+    for i in range(200, 300):
+        wiggle = 0 if i < 250 else 2 * math.sin(i / 3.0)
+        fork.log({"metric": i + wiggle})
+        fork.log({"additional_metric": i * 1.1})
+    fork.finish()
+    return src.path, fork.path
+
+
+def test_seed_scenario(repo: Path) -> None:
+    src_path, fork_path = seed_scenario(repo)
+    api = gitruns.Api(repo)
+    src, fork = api.run(src_path), api.run(fork_path)
+
+    src_rows = list(src.scan_history())
+    fork_rows = list(fork.scan_history())
+    assert [r["_step"] for r in src_rows] == list(range(300))
+    assert [r["_step"] for r in fork_rows] == list(range(401))
+    assert fork_rows[:201] == src_rows[:201]
+    assert fork_rows[201] == {**fork_rows[201], "_step": 201, "metric": 200}
+    assert fork_rows[202]["additional_metric"] == 200 * 1.1
+    assert fork_rows[-1]["_step"] == 400
+    assert fork.fork_from is not None
+    assert fork.fork_from["run"] == src_path and fork.fork_from["step"] == 200
+    assert src.fork_from is None
+    assert src.state == fork.state == "finished"
+    assert src.summary == {"metric": 299}
+    assert fork.summary["additional_metric"] == 299 * 1.1
+
+
+def test_fork_leaves_source_untouched(repo: Path) -> None:
+    src = gitruns.init(project="p", id="src", repo=repo)
+    for i in range(300):
+        src.log({"m": i})
+    src.finish()
+    store = RunStore.open(repo)
+    before = store.tip(src.ref)
+    fork = gitruns.init(project="p", fork_from="p/src?_step=120", repo=repo)
+    fork.log({"m": -1})
+    fork.finish()
+    assert RunStore.open(repo).tip(src.ref) == before
+    assert [r["_step"] for r in gitruns.Api(repo).run("p/src").scan_history()] == list(range(300))
+
+
+def test_fork_inside_a_window_cuts_only_that_window(repo: Path) -> None:
+    src = gitruns.init(project="p", id="src", repo=repo, window=100)
+    for i in range(300):
+        src.log({"m": float(i)})
+    src.finish()
+    fork = gitruns.init(project="p", id="f", fork_from="p/src?_step=150", repo=repo)
+    assert fork.step == 151
+    fork.log({"m": 1000.0})
+    fork.finish()
+
+    store = RunStore.open(repo)
+    src_snap = store.read_snapshot(store.tip(src.ref))
+    fork_view = gitruns.Api(repo).run("p/f")
+    fork_first = store.read_snapshot(store.read_commit(store.tip(fork.ref)).parents[0])
+    # window 0 is shared by blob id; window 1 is cut, window 2 is gone
+    assert fork_first.history.blobs[0] == src_snap.history.blobs[0]
+    assert fork_first.history.blobs[100] != src_snap.history.blobs[100]
+    assert 200 not in fork_first.history.blobs
+    steps = [r["_step"] for r in fork_view.scan_history()]
+    assert steps == [*range(151), 151]
+    # the fork's first commit has as parent the source commit that holds step 150
+    parent = store.read_commit(fork_first.commit).parents[0]
+    assert parent.decode() == fork_view.fork_from["commit"]
+    assert 150 <= store.read_snapshot(parent).last_step
+
+
+def test_fork_parent_is_earliest_commit_holding_the_step(repo: Path) -> None:
+    src = gitruns.init(project="p", id="src", repo=repo, window=10)
+    for i in range(45):
+        src.log({"m": i})
+    src.finish()
+    fork = gitruns.init(project="p", id="f", fork_from="p/src?_step=23", repo=repo)
+    fork.finish()
+    store = RunStore.open(repo)
+    parent = gitruns.Api(repo).run("p/f").fork_from["commit"].encode()
+    assert store.read_snapshot(parent).last_step == 29  # the commit adding 20..29
+    grandparent = store.read_commit(parent).parents[0]
+    assert store.read_snapshot(grandparent).last_step == 19
+
+
+def test_fork_of_20000_steps_adds_one_chunk_and_few_objects(repo: Path) -> None:
+    src = gitruns.init(project="p", id="long", repo=repo)
+    for i in range(20_000):
+        src.log({"loss": 1.0 / (i + 1), "acc": i / 20_000})
+    src.finish()
+    git("gc", "-q", cwd=repo)
+    before = set(git("rev-list", "--objects", "--all", cwd=repo).split())
+    fork = gitruns.init(project="p", id="f", fork_from="p/long?_step=10500", repo=repo)
+    fork.finish()
+    after = set(git("rev-list", "--objects", "--all", cwd=repo).split())
+    new = after - before
+    store = RunStore.open(repo)
+    sizes = {sha: len(store.repo.object_store[sha.encode()].as_raw_string()) for sha in new if len(sha) == 40}
+    chunk_like = [s for s in sizes.values() if s > 4000]
+    assert len(chunk_like) == 1, sizes  # one cut window
+    assert len(new) <= 14  # blobs of run.json & co, a few trees, two commits
+    assert sum(sizes.values()) < 40_000
+
+
+def test_resume_modes(repo: Path) -> None:
+    run = gitruns.init(project="p", id="r1", repo=repo)
+    run.log({"a": 1})
+    run.finish()
+    with pytest.raises(RunExistsError, match="already exists.*resume='allow'"):
+        gitruns.init(project="p", id="r1", repo=repo)
+    with pytest.raises(RunExistsError):
+        gitruns.init(project="p", id="r1", resume="never", repo=repo)
+    with pytest.raises(RunNotFoundError, match="no run 'p/nope'"):
+        gitruns.init(project="p", id="nope", resume="must", repo=repo)
+    again = gitruns.init(project="p", id="r1", resume="must", repo=repo)
+    assert again.step == 1
+    again.log({"a": 2})
+    again.finish()
+    fresh = gitruns.init(project="p", id="r2", resume="allow", repo=repo)
+    fresh.finish()
+    rows = list(gitruns.Api(repo).run("p/r1").scan_history())
+    assert [(r["_step"], r["a"]) for r in rows] == [(0, 1), (1, 2)]
+
+
+def test_rewind_in_place_keeps_removed_steps_in_git(repo: Path) -> None:
+    run = gitruns.init(project="p", id="r", repo=repo, window=50)
+    for i in range(120):
+        run.log({"m": i})
+    run.finish()
+    store = RunStore.open(repo)
+    old_tip = store.tip(run.ref)
+    again = gitruns.init(project="p", resume_from="p/r?_step=70", repo=repo)
+    assert again.step == 71
+    again.log({"m": -71})
+    again.finish()
+    view = gitruns.Api(repo).run("p/r")
+    rows = list(view.scan_history())
+    assert [r["_step"] for r in rows] == list(range(72))
+    assert rows[-1]["m"] == -71
+    assert view.info["rewinds"][0]["step"] == 70
+    # the branch moved forward: the old tip is an ancestor of the new one
+    assert git("merge-base", "--is-ancestor", old_tip.decode(), view.tip, cwd=repo) == ""
+    assert "Gitruns-Rewind: 70" in git("log", "-3", "--format=%B", view.branch, cwd=repo)
+
+
+def test_log_step_semantics(repo: Path) -> None:
+    run = gitruns.init(project="p", id="s", repo=repo)
+    run.log({"a": 1}, step=5)
+    run.log({"b": 2}, step=5)
+    run.log({"a": 3}, step=5)  # a key logged twice keeps the later value
+    run.log({"c": 4}, commit=False)
+    run.log({"d": 5})
+    assert run.step == 6
+    with pytest.raises(StepOrderError, match="step 5 is below the current step 6.*rewind"):
+        run.log({"a": 0}, step=5)
+    run.log({"e": 6})
+    run.finish()
+    rows = list(gitruns.Api(repo).run("p/s").scan_history())
+    assert [{k: v for k, v in r.items() if k != "_timestamp"} for r in rows] == [
+        {"_step": 5, "a": 3, "b": 2, "c": 4, "d": 5},
+        {"_step": 6, "e": 6},
+    ]
+
+
+def test_exact_values_round_trip(repo: Path) -> None:
+    values = {
+        "nan": math.nan,
+        "inf": math.inf,
+        "ninf": -math.inf,
+        "nzero": -0.0,
+        "tiny": 5e-324,
+        "huge": 1.7976931348623157e308,
+        "i64": 2**63 - 1,
+        "i64min": -(2**63),
+        "flag": True,
+        "text": "héllo ✓",
+        "nothing": None,
+    }
+    with gitruns.init(project="p", id="v", repo=repo) as run:
+        run.log(values)
+    row = next(gitruns.Api(repo).run("p/v").scan_history())
+    for key, value in values.items():
+        got = row[key]
+        assert type(got) is type(value), key
+        if isinstance(value, float):
+            assert struct.pack("<d", got) == struct.pack("<d", value), key
+        else:
+            assert got == value, key
+
+
+def test_sparse_metrics_keep_gaps_and_keys_filter(repo: Path) -> None:
+    with gitruns.init(project="p", id="sp", repo=repo, window=7) as run:
+        for i in range(30):
+            row = {"loss": float(i)}
+            if i % 10 == 0:
+                row["eval"] = i / 10
+            run.log(row)
+    view = gitruns.Api(repo).run("p/sp")
+    evals = list(view.scan_history(keys=["eval"]))
+    assert [r["_step"] for r in evals] == [0, 10, 20]
+    assert all(set(r) == {"_step", "eval"} for r in evals)
+    window = list(view.scan_history(min_step=8, max_step=12))
+    assert [r["_step"] for r in window] == [8, 9, 10, 11]
+    cols = view.columns(["eval", "loss"])
+    assert cols["eval"][0].tolist() == [0, 10, 20]
+    assert cols["loss"][1].tolist() == [float(i) for i in range(30)]
+
+
+def test_bad_input_errors(repo: Path) -> None:
+    run = gitruns.init(project="p", id="bad", repo=repo)
+    with pytest.raises(InvalidNameError, match="metric key ''.*must not be empty"):
+        run.log({"": 1.0})
+    with pytest.raises(InvalidNameError, match="must be a string"):
+        run.log({3: 1.0})  # type: ignore[dict-item]
+    with pytest.raises(InvalidValueError, match="list is not a number, bool, str or None"):
+        run.log({"x": [1, 2]})
+    with pytest.raises(InvalidValueError, match="ints must fit in int64"):
+        run.log({"x": 2**64})
+    run.log({"ok": 1.0})
+    run.finish()
+    assert [r["ok"] for r in gitruns.Api(repo).run("p/bad").scan_history()] == [1.0]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("p/src?_step=300", "committed steps up to 299"),
+        ("p/src?_step=-1", "must not be negative"),
+        ("p/src?_step=1.5", "must be an integer"),
+        ("p/src?_step=abc", "must be an integer"),
+        ("p/src", "write it as '<run>\\?_step=N'"),
+        ("p/src?epoch=2", "not a step metric"),
+    ],
+)
+def test_fork_point_errors(repo: Path, spec: str, message: str) -> None:
+    src = gitruns.init(project="p", id="src", repo=repo)
+    for i in range(300):
+        src.log({"m": i})
+    src.finish()
+    with pytest.raises(ForkPointError, match=message):
+        gitruns.init(project="p", fork_from=spec, repo=repo)
+    assert len(gitruns.Api(repo).runs()) == 1  # nothing half-created
+
+
+def test_unknown_and_ambiguous_runs(repo: Path) -> None:
+    for project in ("a", "b"):
+        gitruns.init(project=project, id="same", repo=repo).finish()
+    with pytest.raises(AmbiguousRunError, match="a/same, b/same.*<project>/<run_id>"):
+        gitruns.init(project="c", fork_from="same?_step=0", repo=repo)
+    with pytest.raises(RunNotFoundError, match="no run 'ghost'"):
+        gitruns.Api(repo).run("ghost")
+    assert gitruns.Api(repo).run("entity/a/same").project == "a"
+
+
+@pytest.mark.parametrize(
+    "name", ["..", "a/b", "a\\b", "x.lock", "-x", ".x", "a b", "é", "a" * 65, "", "a..b"]
+)
+def test_unsafe_names_are_refused(repo: Path, name: str) -> None:
+    with pytest.raises(InvalidNameError):
+        gitruns.init(project=name, repo=repo)
+    with pytest.raises(InvalidNameError):
+        gitruns.init(project="ok", id=name, repo=repo)
+    assert not (repo / "refs" / "heads" / "runs").exists() or not any(
+        (repo / "refs" / "heads" / "runs").rglob("*")
+    )
+
+
+def test_fork_by_monotonic_step_metric(repo: Path) -> None:
+    src = gitruns.init(project="p", id="src", repo=repo)
+    src.define_metric("*", step_metric="epoch")
+    for i in range(40):
+        src.log({"loss": 1 / (i + 1), "epoch": i // 10})
+    src.finish()
+    fork = gitruns.init(project="p", id="f", fork_from="p/src?epoch=2", repo=repo)
+    assert fork.step == 30  # the last step of epoch 2 is 29
+    fork.finish()
+
+    bad = gitruns.init(project="p", id="bad", repo=repo)
+    bad.define_metric("*", step_metric="epoch")
+    for i, epoch in enumerate([0, 1, 2, 0, 1]):
+        bad.log({"epoch": epoch})
+    bad.finish()
+    with pytest.raises(ForkPointError, match="not monotonic: 2.0 at step 2 then 0 at step 3"):
+        gitruns.init(project="p", fork_from="p/bad?epoch=1", repo=repo)
+
+
+def test_define_metric_summary(repo: Path) -> None:
+    with gitruns.init(project="p", id="sm", repo=repo) as run:
+        run.define_metric("acc", summary="max")
+        for acc in (0.1, 0.9, 0.5):
+            run.log({"acc": acc, "loss": acc})
+        run.summary["best_note"] = "hand-set"
+        assert run.summary["acc"] == {"max": 0.9}
+    summary = gitruns.Api(repo).run("p/sm").summary
+    assert summary == {"acc": {"max": 0.9}, "loss": 0.5, "best_note": "hand-set"}
+
+
+def test_run_tree_is_valid_git(repo: Path, tmp_path: Path) -> None:
+    src_path, fork_path = seed_scenario(repo)
+    git("fsck", "--strict", "--no-dangling", cwd=repo)
+    branch = f"runs/{fork_path}"
+    files = git("ls-tree", "-r", "--name-only", branch, cwd=repo).split()
+    assert {"run.json", "config.json", "summary.json", "README.md", ".gitattributes"} <= set(files)
+    assert any(f.startswith("history/") and f.endswith(".msgpack") for f in files)
+    log = git("log", "--format=%s%n%b", branch, cwd=repo)
+    assert f"Gitruns-Fork-Of: {src_path}?_step=200" in log
+    assert f"{fork_path}: steps 201..400" in log
+    clone = tmp_path / "clone"
+    git("clone", "-q", "--mirror", str(repo), str(clone))
+    rows = list(gitruns.Api(clone).run(fork_path).scan_history())
+    assert len(rows) == 401
+    git("gc", "-q", cwd=repo)
+    assert len(list(gitruns.Api(repo).run(src_path).scan_history())) == 300
+
+
+def test_finished_run_leaves_few_loose_objects(repo: Path) -> None:
+    with gitruns.init(project="p", id="loose", repo=repo, window=10) as run:
+        for i in range(500):
+            run.log({"m": i})
+    counts = dict(
+        line.split(": ") for line in git("count-objects", "-v", cwd=repo).splitlines()
+    )
+    assert int(counts["count"]) == 0
+    assert int(counts["in-pack"]) > 50 * 3
+
+
+def test_storage_grows_linearly_with_flushes(repo: Path) -> None:
+    # a flush every step must not rewrite the window's earlier data
+    with gitruns.init(project="p", id="fl", repo=repo, flush_interval=0.0) as run:
+        for i in range(200):
+            run.log({"m": float(i)})
+    store = RunStore.open(repo)
+    snapshot = store.read_snapshot(store.tip(run.ref))
+    sizes = [len(store.read_blob(b, "chunk")) for b in snapshot.history.blobs.values()]
+    assert len(sizes) >= 100  # many partial segments in one window
+    assert max(sizes) < 3 * min(sizes) + 200  # none holds earlier segments' data
+
+
+def test_code_commit_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    git("init", "-q", "-b", "main", cwd=code)
+    (code / "train.py").write_text("print('v1')\n")
+    git("add", "train.py", cwd=code)
+    git("commit", "-qm", "v1", cwd=code)
+    head = git("rev-parse", "HEAD", cwd=code).strip()
+    (code / "train.py").write_text("print('v2')\n")
+    monkeypatch.chdir(code)
+    with gitruns.init(project="p", id="c") as run:  # runs live in the code repo
+        run.log({"m": 1})
+    view = gitruns.Api().run("p/c")
+    assert view.info["code"] == {"commit": head, "branch": "main", "dirty": True}
+    patch = git("show", "runs/p/c:code.patch", cwd=code)
+    assert "+print('v2')" in patch
+    assert git("branch", "--show-current", cwd=code).strip() == "main"
+    assert git("status", "--porcelain", cwd=code).strip() == "M train.py"
