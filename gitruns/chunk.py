@@ -9,7 +9,7 @@ import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, Union
 
 import msgpack
 import numpy as np
@@ -32,7 +32,9 @@ __all__ = [
     "Chunk",
     "Column",
     "Digest",
+    "RowsLike",
     "Value",
+    "ValuesLike",
     "build_chunk",
     "check_metric_name",
     "decode_chunk",
@@ -60,6 +62,9 @@ KINDS = ("f8", "i8", "bool", "str", "obj")
 
 #: A logged value, as it round-trips: exact type and, for floats, exact bits.
 Value: TypeAlias = float | int | bool | str | None
+#: Row indices or values as a writer buffers them: a sequence or a numpy array.
+RowsLike: TypeAlias = Union[Sequence[int], "np.ndarray[Any, Any]"]
+ValuesLike: TypeAlias = Union[Sequence[Value], "np.ndarray[Any, Any]"]
 
 # The first entry of every chunk document: this key, then [major, minor].
 _MAGIC = "gitruns.chunk"
@@ -237,7 +242,8 @@ class Chunk:
         columns: dict[str, Column] = {}
         for name, col in self.columns.items():
             if col.rows is None:
-                columns[name] = Column(col.kind, None, col.values[:keep])
+                if keep:
+                    columns[name] = Column(col.kind, None, col.values[:keep])
                 continue
             cut = int(np.searchsorted(col.rows, keep))
             if cut == 0:
@@ -322,7 +328,7 @@ def build_chunk(
     start: int,
     steps: Sequence[int],
     times: Sequence[float],
-    metrics: Mapping[str, tuple[Sequence[int], Sequence[Value]]],
+    metrics: Mapping[str, tuple[RowsLike, ValuesLike]],
     prefix: Mapping[str, Digest] | None = None,
 ) -> Chunk:
     """Build a chunk from the writer's columnar buffers.
@@ -379,9 +385,7 @@ def _frozen(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return arr
 
 
-def _build_column(
-    name: str, n: int, rows: Sequence[int], values: Sequence[Value]
-) -> Column:
+def _build_column(name: str, n: int, rows: RowsLike, values: ValuesLike) -> Column:
     rows_arr = np.array(rows, dtype=np.int64, ndmin=1)
     count = len(values)
     if len(rows_arr) != count:
@@ -397,7 +401,7 @@ def _build_column(
 
 
 def _typed_values(
-    name: str, values: Sequence[Value]
+    name: str, values: ValuesLike
 ) -> tuple[str, np.ndarray[Any, Any] | list[Value]]:
     # A numpy array already says its kind; no scan needed.
     if isinstance(values, np.ndarray):
@@ -407,20 +411,20 @@ def _typed_values(
             return "i8", _frozen(_int64_array(name, values.tolist()))
         if values.dtype.kind == "b":
             return "bool", _frozen(values.astype(np.bool_))
-        values = values.tolist()
+    seq: Sequence[Any] = values.tolist() if isinstance(values, np.ndarray) else values
 
     # The one pass over the values: the set of their types.
-    types = set(map(type, values))
+    types = set(map(type, seq))
     bases = {_base_kind(t) for t in types}
     if bases == {"f8"}:
-        return "f8", _frozen(np.array(values, dtype=np.float64))
+        return "f8", _frozen(np.array(seq, dtype=np.float64))
     if bases == {"i8"}:
-        return "i8", _frozen(_int64_array(name, values))
+        return "i8", _frozen(_int64_array(name, seq))
     if bases == {"bool"}:
-        return "bool", _frozen(np.array(values, dtype=np.bool_))
+        return "bool", _frozen(np.array(seq, dtype=np.bool_))
     if types == {str}:
-        return "str", list(values)
-    return "obj", [_scalar(name, v) for v in values]
+        return "str", list(seq)
+    return "obj", [_scalar(name, v) for v in seq]
 
 
 def _base_kind(t: type) -> str:
@@ -681,7 +685,7 @@ def _unpack_document(data: bytes, magic: str, source: str) -> dict[str, Any]:
 
     # Every container msgpack builds is counted: a hostile document of many
     # tiny maps or lists would otherwise cost far more memory than its bytes.
-    budget = [4 * MAX_METRICS + 64]
+    budget = [3 * MAX_METRICS + 64]
 
     def spend(obj: Any) -> Any:
         budget[0] -= 1
@@ -790,7 +794,9 @@ def _chunk_from(doc: dict[str, Any], source: str, verify: bool) -> Chunk:
             )
         columns[name] = col
 
-    prefix = _digest_map(prefix_doc, start, source)
+    # A window flushed in parts has several segments: the prefix of a later
+    # one covers earlier steps of the same window, so bound it by the first step.
+    prefix = _digest_map(prefix_doc, int(steps[0]) if len(steps) else start, source)
     chunk = Chunk(window, start, steps, times, columns, prefix)
     if verify:
         object.__setattr__(chunk, "_digests", digests)
@@ -927,7 +933,7 @@ def _digest_map(
             raise ChunkFormatError(
                 source,
                 f"prefix digest of {name!r} reaches step {digest.last_step}, "
-                f"not before the chunk's start {start}",
+                f"not before the chunk's first step {start}",
             )
         out[name] = digest
     return out

@@ -1,0 +1,1019 @@
+"""Tests of the chunk codec: round-trips, digests, golden files, hostile input.
+
+Regenerate the golden files after a deliberate format change with either::
+
+    python -m tests.test_chunk --regen          # from the repository root
+    GITRUNS_REGEN_GOLDEN=1 pytest tests/test_chunk.py -k golden
+
+and commit the ``tests/golden/`` diff together with the change to docs/FORMAT.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import sys
+import tracemalloc
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from gitruns.chunk import (
+    FORMAT_MAJOR,
+    FORMAT_MINOR,
+    MAX_CHUNK_BYTES,
+    MAX_NAME_CHARS,
+    Chunk,
+    Digest,
+    Value,
+    build_chunk,
+    check_metric_name,
+    decode_chunk,
+    decode_digests,
+    encode_chunk,
+    encode_digests,
+)
+from gitruns.errors import (
+    ChunkFormatError,
+    InvalidNameError,
+    InvalidValueError,
+    UnsupportedVersionError,
+)
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+REAL_RUNS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-runs"
+SOURCE = "blob 1234abcd (test)"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+FAST = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+# --------------------------------------------------------------------------
+# Helpers
+
+
+def bits(x: float) -> bytes:
+    return struct.pack("<d", x)
+
+
+def float_from_bits(b: int) -> float:
+    return float(struct.unpack("<d", struct.pack("<Q", b))[0])
+
+
+def same(a: object, b: object) -> bool:
+    """Exact equality of logged values: same type, floats by bit pattern."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return bits(a) == bits(b)  # type: ignore[arg-type]
+    return a == b
+
+
+def as_list(values: Any) -> list[Value]:
+    return values.tolist() if isinstance(values, np.ndarray) else list(values)
+
+
+def refused(
+    data: bytes, kind: type[ChunkFormatError] = ChunkFormatError, **kw: Any
+) -> ChunkFormatError:
+    """Assert decode_chunk refuses ``data`` with exactly ``kind``, naming SOURCE."""
+    with pytest.raises(ChunkFormatError) as info:
+        decode_chunk(data, source=SOURCE, **kw)
+    assert type(info.value) is kind, info.value
+    assert SOURCE in str(info.value)
+    return info.value
+
+
+def decodes_or_refuses(data: bytes) -> Chunk | None:
+    """Decode hostile bytes: a chunk that re-encodes, or exactly the one error."""
+    try:
+        chunk = decode_chunk(data, source=SOURCE)
+    except ChunkFormatError as exc:
+        assert type(exc) in (ChunkFormatError, UnsupportedVersionError)
+        assert SOURCE in str(exc)
+        return None
+    again = decode_chunk(encode_chunk(chunk), source=SOURCE)
+    assert again.steps.tolist() == chunk.steps.tolist()
+    return chunk
+
+
+def splice(doc: dict[str, Any], raw: bytes) -> bytes:
+    """Pack ``doc`` with the bin b"@@HOLE@@" replaced by the raw bytes ``raw``."""
+    packed: bytes = msgpack.packb(doc, use_bin_type=True)
+    hole: bytes = msgpack.packb(b"@@HOLE@@", use_bin_type=True)
+    assert packed.count(hole) == 1
+    return packed.replace(hole, raw)
+
+
+def naive_digest(steps: list[int], values: list[Value]) -> Digest:
+    """The digest definition of docs/FORMAT.md, one value at a time."""
+    numbers = [
+        float(v)
+        for v in values
+        if type(v) is int or (type(v) is float and not math.isnan(v))
+    ]
+    return Digest(
+        count=len(values),
+        first=values[0],
+        last=values[-1],
+        first_step=steps[0],
+        last_step=steps[-1],
+        min=min(numbers) if numbers else None,
+        max=max(numbers) if numbers else None,
+        sum=naive_sum(numbers) if numbers else None,
+        numeric_count=len(numbers),
+    )
+
+
+def naive_sum(numbers: list[float]) -> float:
+    if math.inf in numbers and -math.inf in numbers:
+        return math.nan
+    if math.inf in numbers or -math.inf in numbers:
+        return math.inf if math.inf in numbers else -math.inf
+    try:
+        return math.fsum(numbers)
+    except OverflowError:
+        return math.nan  # no reference: sum_close() accepts any float
+
+
+def sum_close(
+    ours: float | None, exact: float | None, numbers: int, scale: float
+) -> bool:
+    if ours is None or exact is None:
+        return ours is exact
+    if math.isnan(exact):
+        return isinstance(ours, float)
+    if math.isinf(exact):
+        return ours == exact
+    if math.isinf(ours):
+        return abs(exact) > 1e306  # overflow in one summation order only
+    return abs(ours - exact) <= numbers * 2.3e-16 * numbers * scale + 1e-300
+
+
+def assert_digest(ours: Digest, expected: Digest) -> None:
+    assert ours.count == expected.count
+    assert ours.numeric_count == expected.numeric_count
+    assert (ours.first_step, ours.last_step) == (
+        expected.first_step,
+        expected.last_step,
+    )
+    assert same(ours.first, expected.first) and same(ours.last, expected.last)
+    assert ours.min == expected.min and ours.max == expected.max
+    scale = max(abs(expected.min or 0.0), abs(expected.max or 0.0))
+    assert sum_close(ours.sum, expected.sum, ours.numeric_count, scale), (
+        ours,
+        expected,
+    )
+
+
+# --------------------------------------------------------------------------
+# Strategies
+
+special_floats = st.sampled_from(
+    [0.0, -0.0, math.inf, -math.inf, math.nan, 5e-324, -5e-324, 2.2250738585072014e-308,
+     1.7976931348623157e308, float_from_bits(0x7FF0000000000001),  # signalling NaN
+     float_from_bits(0xFFF8000000001234)]  # negative quiet NaN with a payload
+)  # fmt: skip
+any_float = st.one_of(
+    st.floats(), st.integers(0, 2**64 - 1).map(float_from_bits), special_floats
+)
+int64s = st.one_of(
+    st.integers(INT64_MIN, INT64_MAX), st.sampled_from([INT64_MIN, INT64_MAX, 0, -1])
+)
+texts = st.text(max_size=12)
+values_of_kind: dict[str, st.SearchStrategy[Any]] = {
+    "f8": any_float,
+    "i8": int64s,
+    "bool": st.booleans(),
+    "str": texts,
+    "obj": st.one_of(st.none(), st.booleans(), int64s, any_float, texts),
+}
+metric_names = st.text(
+    st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=40
+).filter(lambda s: s not in ("_step", "_timestamp"))
+
+
+@st.composite
+def chunk_args(draw: st.DrawFn, max_window: int = 48) -> dict[str, Any]:
+    """Arguments of build_chunk: a random window, sparse columns of every kind."""
+    window = draw(st.integers(1, max_window))
+    start = window * draw(st.one_of(st.just(0), st.integers(0, 2**40)))
+    offsets = draw(st.sets(st.integers(0, window - 1), max_size=window))
+    steps = [start + o for o in sorted(offsets)]
+    n = len(steps)
+    times = draw(st.lists(any_float, min_size=n, max_size=n))
+
+    metrics: dict[str, tuple[list[int], list[Value]]] = {}
+    if n:
+        for name in draw(st.lists(metric_names, unique=True, max_size=6)):
+            kind = draw(st.sampled_from(sorted(values_of_kind)))
+            rows = sorted(draw(st.sets(st.integers(0, n - 1), min_size=1)))
+            values = draw(
+                st.lists(values_of_kind[kind], min_size=len(rows), max_size=len(rows))
+            )
+            metrics[name] = (rows, values)
+
+    prefix: dict[str, Digest] = {}
+    if start > 0:
+        for name in draw(st.lists(metric_names, unique=True, max_size=3)):
+            size = min(5, start)
+            values = draw(st.lists(values_of_kind["obj"], min_size=1, max_size=size))
+            last = draw(st.integers(len(values) - 1, start - 1))
+            prefix[name] = naive_digest(
+                list(range(last - len(values) + 1, last + 1)), values
+            )
+    return {
+        "window": window,
+        "start": start,
+        "steps": steps,
+        "times": times,
+        "metrics": metrics,
+        "prefix": prefix,
+    }
+
+
+def expected_kind(values: list[Value]) -> str:
+    types = {type(v) for v in values}
+    return {
+        frozenset({float}): "f8",
+        frozenset({int}): "i8",
+        frozenset({bool}): "bool",
+        frozenset({str}): "str",
+    }.get(frozenset(types), "obj")
+
+
+def assert_matches_args(chunk: Chunk, args: dict[str, Any]) -> None:
+    """The chunk holds exactly what build_chunk was given, bit for bit."""
+    assert chunk.window == args["window"] and chunk.start == args["start"]
+    assert chunk.steps.tolist() == args["steps"]
+    assert [bits(t) for t in chunk.times.tolist()] == [bits(t) for t in args["times"]]
+    assert set(chunk.columns) == set(args["metrics"])
+    for name, (rows, values) in args["metrics"].items():
+        col = chunk.columns[name]
+        assert col.kind == expected_kind(values)
+        got_steps, got_values = chunk.column(name)
+        assert got_steps.tolist() == [args["steps"][r] for r in rows]
+        got = as_list(got_values)
+        assert len(got) == len(values)
+        assert all(same(a, b) for a, b in zip(got, values, strict=True))
+    assert set(chunk.prefix) == set(args["prefix"])
+    for name, digest in args["prefix"].items():
+        assert_digest(chunk.prefix[name], digest)
+
+
+# --------------------------------------------------------------------------
+# Round-trips
+
+
+@FAST
+@given(chunk_args())
+def test_round_trip_is_exact(args: dict[str, Any]) -> None:
+    chunk = build_chunk(**args)
+    assert_matches_args(chunk, args)
+
+    data = encode_chunk(chunk)
+    decoded = decode_chunk(data, source=SOURCE, verify=True)
+    assert_matches_args(decoded, args)
+    assert encode_chunk(decoded) == data
+
+
+@FAST
+@given(chunk_args())
+def test_digests_match_a_naive_computation(args: dict[str, Any]) -> None:
+    chunk = decode_chunk(encode_chunk(build_chunk(**args)))
+    digests = chunk.digests()
+    assert set(digests) == set(args["metrics"])
+    for name, (rows, values) in args["metrics"].items():
+        expected = naive_digest([args["steps"][r] for r in rows], values)
+        assert_digest(digests[name], expected)
+
+
+@FAST
+@given(chunk_args(), st.data())
+def test_totals_merge_prefix_and_chunk(
+    args: dict[str, Any], data: st.DataObject
+) -> None:
+    chunk = build_chunk(**args)
+    totals = chunk.totals()
+    assert set(totals) == set(args["prefix"]) | set(args["metrics"])
+    for name, digest in totals.items():
+        before = args["prefix"].get(name)
+        own = chunk.digests().get(name)
+        assert digest.count == (before.count if before else 0) + (
+            own.count if own else 0
+        )
+        if before:
+            assert same(digest.first, before.first)
+            assert digest.first_step == before.first_step
+        if own:
+            assert same(digest.last, own.last) and digest.last_step == own.last_step
+
+
+@FAST
+@given(st.lists(values_of_kind["obj"], min_size=3, max_size=40), st.data())
+def test_merged_is_associative_and_equals_the_whole(
+    values: list[Value], data: st.DataObject
+) -> None:
+    cut1 = data.draw(st.integers(1, len(values) - 2))
+    cut2 = data.draw(st.integers(cut1 + 1, len(values) - 1))
+    steps = list(range(len(values)))
+
+    def digest(lo: int, hi: int) -> Digest:
+        chunk = build_chunk(
+            1000, 0, steps, [0.0] * len(steps), {"m": (steps[lo:hi], values[lo:hi])}
+        )
+        return chunk.digests()["m"]
+
+    a, b, c = digest(0, cut1), digest(cut1, cut2), digest(cut2, len(values))
+    left, right = a.merged(b).merged(c), a.merged(b.merged(c))
+    whole = naive_digest(steps, values)
+    for got in (left, right):
+        assert_digest(got, whole)
+    # Apart from the float sum, regrouping changes nothing, not even a zero's sign.
+    for field in ("count", "numeric_count", "first_step", "last_step"):
+        assert getattr(left, field) == getattr(right, field)
+    for field in ("first", "last", "min", "max"):
+        assert same(getattr(left, field), getattr(right, field))
+
+
+def test_digest_rules_for_nan_bool_and_none() -> None:
+    chunk = build_chunk(
+        10,
+        0,
+        [0, 1, 2, 3, 4],
+        [0.0] * 5,
+        {
+            "f": ([0, 1, 2], [math.nan, 2.0, -1.0]),
+            "b": ([0, 1], [True, False]),
+            "o": ([0, 1, 2, 3, 4], [None, True, 3, math.nan, "x"]),
+            "n": ([4], [math.nan]),
+        },
+    )
+    d = chunk.digests()
+    assert (d["f"].count, d["f"].numeric_count, d["f"].min, d["f"].max) == (
+        3,
+        2,
+        -1.0,
+        2.0,
+    )
+    assert math.isnan(d["f"].first) and d["f"].sum == 1.0 and d["f"].mean() == 0.5  # type: ignore[arg-type]
+    assert (d["b"].numeric_count, d["b"].min, d["b"].sum, d["b"].mean()) == (
+        0,
+        None,
+        None,
+        None,
+    )
+    assert d["b"].first is True and d["b"].last is False
+    assert (d["o"].count, d["o"].numeric_count, d["o"].sum) == (5, 1, 3.0)
+    assert d["o"].first is None and d["o"].last == "x"
+    assert (d["n"].count, d["n"].numeric_count, d["n"].max, d["n"].mean()) == (
+        1,
+        0,
+        None,
+        None,
+    )
+
+
+@FAST
+@given(chunk_args(), st.data())
+def test_sliced_keeps_the_steps_up_to_max_step(
+    args: dict[str, Any], data: st.DataObject
+) -> None:
+    chunk = decode_chunk(encode_chunk(build_chunk(**args)))
+    max_step = data.draw(st.integers(args["start"] - 1, args["start"] + args["window"]))
+    cut = chunk.sliced(max_step)
+
+    expected = [r for r in chunk.rows() if r["_step"] <= max_step]  # type: ignore[operator]
+    got = list(cut.rows())
+    assert [sorted(r) for r in got] == [sorted(r) for r in expected]
+    assert all(same(g[k], e[k]) for g, e in zip(got, expected, strict=True) for k in e)
+    assert cut.prefix == chunk.prefix
+    for name, col in cut.columns.items():
+        assert col.rows is None or len(col.rows) < len(cut.steps)
+        assert cut.digests()[name].last_step <= max_step
+    # The slice is itself a valid chunk.
+    assert decode_chunk(encode_chunk(cut)).steps.tolist() == [
+        s for s in args["steps"] if s <= max_step
+    ]
+
+
+@FAST
+@given(chunk_args())
+def test_rows_hold_exactly_the_metrics_present(args: dict[str, Any]) -> None:
+    chunk = decode_chunk(encode_chunk(build_chunk(**args)))
+    expected: list[dict[str, Value]] = [
+        {"_step": s, "_timestamp": t}
+        for s, t in zip(args["steps"], args["times"], strict=True)
+    ]
+    for name, (rows, values) in args["metrics"].items():
+        for row, value in zip(rows, values, strict=True):
+            expected[row][name] = value
+    got = list(chunk.rows())
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected, strict=True):
+        assert set(g) == set(e)
+        assert all(same(g[k], e[k]) for k in e)
+
+
+def test_real_trainer_log_round_trips_with_its_gaps() -> None:
+    # An HF Trainer log: loss every 50 steps, eval every 1000, one final record.
+    state = json.loads(
+        (REAL_RUNS / "hf-whisper-tiny-nb-resumed" / "trainer_state.json").read_text()
+    )
+    records: dict[int, dict[str, Value]] = {}
+    for entry in state["log_history"]:
+        records.setdefault(entry["step"], {}).update(
+            {k: v for k, v in entry.items() if k != "step"}
+        )
+    window = 10_000
+    windows: dict[int, list[int]] = {}
+    for step in sorted(records):
+        windows.setdefault(step // window * window, []).append(step)
+
+    prefix: dict[str, Digest] = {}
+    for start, steps in sorted(windows.items()):
+        metrics: dict[str, tuple[list[int], list[Value]]] = {}
+        for row, step in enumerate(steps):
+            for key, value in records[step].items():
+                metrics.setdefault(key, ([], []))
+                metrics[key][0].append(row)
+                metrics[key][1].append(value)
+        chunk = build_chunk(
+            window, start, steps, [1.7e9 + s for s in steps], metrics, prefix
+        )
+        decoded = decode_chunk(
+            encode_chunk(chunk), source=f"window {start}", verify=True
+        )
+        for record in decoded.rows():
+            want = records[record["_step"]]  # type: ignore[index]
+            assert {k: v for k, v in record.items() if k[0] != "_"} == want
+        prefix = decoded.totals()
+
+    losses = [e["loss"] for e in state["log_history"] if "loss" in e]
+    assert prefix["loss"].count == len(losses) == 2000
+    assert prefix["loss"].min == min(losses) and prefix["loss"].max == max(losses)
+    assert prefix["loss"].mean() == pytest.approx(sum(losses) / len(losses))
+    assert prefix["eval_wer"].count == 100 and prefix["train_loss"].count == 1
+
+
+def test_digests_document_round_trips() -> None:
+    digests = {
+        "loss": naive_digest([0, 5], [2.5, math.nan]),
+        "note": naive_digest([3], ["ok"]),
+    }
+    data = encode_digests(digests)
+    back = decode_digests(data, source=SOURCE)
+    assert set(back) == set(digests)
+    for name in digests:
+        assert_digest(back[name], digests[name])
+    assert encode_digests(back) == data
+    with pytest.raises(ChunkFormatError) as info:
+        decode_digests(data[:-3], source=SOURCE)
+    assert type(info.value) is ChunkFormatError and SOURCE in str(info.value)
+    with pytest.raises(ChunkFormatError) as info:
+        decode_digests(encode_chunk(build_chunk(1, 0, [], [], {})), source=SOURCE)
+    assert "gitruns.digests" in str(info.value)
+
+
+# --------------------------------------------------------------------------
+# build_chunk contract
+
+
+def test_column_kind_follows_the_python_types() -> None:
+    metrics: dict[str, Any] = {
+        "f": ([0, 1], [1.0, np.float64(2.0)]),
+        "i": ([0, 1], [1, np.int64(2)]),
+        "b": ([0, 1], [True, np.bool_(False)]),
+        "s": ([0, 1], ["a", "b"]),
+        "mixed_num": ([0, 1], [1, 2.0]),
+        "with_none": ([0, 1], [None, 1.0]),
+        "arr": ([0, 1], np.array([3, 4], dtype=np.int32)),
+    }
+    chunk = build_chunk(10, 0, [0, 1], [0.0, 1.0], metrics)
+    kinds = {name: col.kind for name, col in chunk.columns.items()}
+    assert kinds == {
+        "f": "f8", "i": "i8", "b": "bool", "s": "str",
+        "mixed_num": "obj", "with_none": "obj", "arr": "i8",
+    }  # fmt: skip
+    assert as_list(chunk.columns["mixed_num"].values) == [1, 2.0]
+    assert type(as_list(chunk.columns["mixed_num"].values)[1]) is float
+
+
+@pytest.mark.parametrize(
+    "name", ["", "a\x00b", "tab\there", "\x7f", "x" * (MAX_NAME_CHARS + 1), "_step", 3]
+)
+def test_build_refuses_bad_metric_names(name: Any) -> None:
+    with pytest.raises(InvalidNameError):
+        build_chunk(10, 0, [0], [0.0], {name: ([0], [1.0])})
+    with pytest.raises(InvalidNameError):
+        check_metric_name(name)
+
+
+def test_build_accepts_usual_metric_names() -> None:
+    names = ["train/loss", "eval loss", "ü-λ", "x" * MAX_NAME_CHARS, "_runtime"]
+    chunk = build_chunk(10, 0, [0], [0.0], {n: ([0], [1.0]) for n in names})
+    assert list(decode_chunk(encode_chunk(chunk)).columns) == sorted(names)
+
+
+@pytest.mark.parametrize(
+    ("values", "error"),
+    [
+        ([2**63], InvalidValueError),
+        ([1, -(2**63) - 1], InvalidValueError),
+        ([None, 2**70], InvalidValueError),
+        ([object()], InvalidValueError),
+        ([b"bytes"], InvalidValueError),
+        ([[1, 2]], InvalidValueError),
+    ],
+)
+def test_build_refuses_values_it_cannot_store(values: list[Any], error: type) -> None:
+    rows = list(range(len(values)))
+    with pytest.raises(error) as info:
+        build_chunk(10, 0, rows, [0.0] * len(rows), {"m": (rows, values)})
+    assert "'m'" in str(info.value)
+
+
+def test_encode_refuses_unencodable_text() -> None:
+    chunk = build_chunk(10, 0, [0], [0.0], {"m": ([0], ["bad \ud800"])})
+    with pytest.raises(InvalidValueError):
+        encode_chunk(chunk)
+
+
+@pytest.mark.parametrize(
+    ("window", "start", "steps", "rows"),
+    [
+        (0, 0, [0], [0]),  # window < 1
+        (10, 5, [5], [0]),  # start not a multiple
+        (10, 0, [1, 1], [0]),  # steps not increasing
+        (10, 0, [3, 2], [0]),
+        (10, 0, [10], [0]),  # step outside the window
+        (10, 10, [9], [0]),
+        (10, 0, [0, 1], [1, 0]),  # rows not increasing
+        (10, 0, [0, 1], [2]),  # row out of range
+        (10, 0, [0, 1], [-1]),
+    ],
+)
+def test_build_refuses_a_broken_layout(
+    window: int, start: int, steps: list[int], rows: list[int]
+) -> None:
+    with pytest.raises(ValueError):
+        build_chunk(
+            window, start, steps, [0.0] * len(steps), {"m": (rows, [1.0] * len(rows))}
+        )
+
+
+def test_empty_metrics_are_left_out_and_arrays_frozen() -> None:
+    chunk = build_chunk(10, 0, [0, 1], [0.0, 1.0], {"m": ([], []), "k": ([1], [2.0])})
+    assert list(chunk.columns) == ["k"]
+    with pytest.raises(ValueError):
+        chunk.steps[0] = 5
+    assert chunk.column("k")[0].tolist() == [1]
+
+
+# --------------------------------------------------------------------------
+# Golden files
+
+
+def golden_chunks() -> dict[str, Callable[[], bytes]]:
+    nan_payload = float_from_bits(0x7FF8000000C0FFEE)
+    return {
+        "dense_f8": lambda: encode_chunk(
+            build_chunk(
+                4, 8, [8, 9, 10, 11], [1.7e9, 1.7e9 + 0.5, 1.7e9 + 1, 1.7e9 + 1.5],
+                {"loss": ([0, 1, 2, 3], [0.5, -0.0, math.inf, nan_payload])},
+            )
+        ),
+        "sparse_kinds": lambda: encode_chunk(
+            build_chunk(
+                10, 0, [0, 2, 3, 7, 9], [1.0, 2.0, 3.0, 4.0, 5.0],
+                {
+                    "acc": ([1, 3], [0.25, 5e-324]),
+                    "tokens": ([0, 1, 2, 3, 4], [INT64_MIN, -1, 0, 1, INT64_MAX]),
+                    "best": ([4], [True]),
+                    "note": ([0, 2], ["héllo", "✓ ok"]),
+                    "mixed": ([0, 1, 2, 3], [None, 1, 2.5, "x"]),
+                },
+            )
+        ),
+        "with_prefix": lambda: encode_chunk(
+            build_chunk(
+                100, 200, [200, 201], [10.0, 11.0],
+                {"loss": ([0, 1], [0.1, 0.2])},
+                prefix={
+                    "loss": Digest(200, 1.0, 0.15, 0, 199, 0.12, 1.0, 80.0, 200),
+                    "lr": Digest(2, 0.001, 0.002, 0, 100, 0.001, 0.002, 0.003, 2),
+                },
+            )
+        ),
+        "digests": lambda: encode_digests(
+            {"loss": Digest(3, 1.0, math.nan, 0, 9, 0.5, 1.0, 1.5, 2)}
+        ),
+    }  # fmt: skip
+
+
+def describe(data: bytes) -> str:
+    """A readable dump of a msgpack document: bins in hex, floats with their bits."""
+
+    def show(obj: Any, indent: str, nested: bool = False) -> Iterator[str]:
+        if isinstance(obj, dict):
+            for key, value in obj.items():
+                # The values of str and obj columns are a msgpack array in a bin.
+                inner = key == "values" and obj.get("kind") in ("str", "obj")
+                lines = list(show(value, indent + "  ", inner))
+                if len(lines) == 1 and not isinstance(value, (dict, list, bytes)):
+                    yield f"{indent}{key!r}: {lines[0].strip()}"
+                else:
+                    yield f"{indent}{key!r}:"
+                    yield from lines
+        elif isinstance(obj, list):
+            yield f"{indent}array of {len(obj)}"
+            for item in obj:
+                yield from show(item, indent + "  ")
+        elif isinstance(obj, bytes):
+            yield f"{indent}bin of {len(obj)}"
+            for i in range(0, len(obj), 16):
+                row = obj[i : i + 16]
+                yield f"{indent}  {row[:8].hex()} {row[8:].hex()}".rstrip()
+            if nested:
+                yield f"{indent}  holding:"
+                yield from show(msgpack.unpackb(obj, raw=False), indent + "    ")
+        elif isinstance(obj, float):
+            yield f"{indent}{obj!r} (0x{bits(obj)[::-1].hex()})"
+        else:
+            yield f"{indent}{obj!r}"
+
+    return "\n".join(show(msgpack.unpackb(data, raw=False), "")) + "\n"
+
+
+def write_golden() -> None:
+    GOLDEN.mkdir(exist_ok=True)
+    for name, make in golden_chunks().items():
+        data = make()
+        (GOLDEN / f"{name}.msgpack").write_bytes(data)
+        (GOLDEN / f"{name}.txt").write_text(describe(data), encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", sorted(golden_chunks()))
+def test_golden_files_decode_and_reencode_byte_for_byte(name: str) -> None:
+    if os.environ.get("GITRUNS_REGEN_GOLDEN"):
+        write_golden()
+    data = (GOLDEN / f"{name}.msgpack").read_bytes()
+
+    # The encoder still writes exactly these bytes, and reads them back.
+    assert golden_chunks()[name]() == data
+    assert (GOLDEN / f"{name}.txt").read_text(encoding="utf-8") == describe(data)
+    if name == "digests":
+        assert encode_digests(decode_digests(data, source=name)) == data
+    else:
+        assert encode_chunk(decode_chunk(data, source=name, verify=True)) == data
+
+
+def test_golden_dense_f8_keeps_its_float_bits() -> None:
+    chunk = decode_chunk((GOLDEN / "dense_f8.msgpack").read_bytes())
+    got = [bits(v) for v in as_list(chunk.column("loss")[1])]  # type: ignore[arg-type]
+    assert got == [
+        bits(0.5),
+        bits(-0.0),
+        bits(math.inf),
+        struct.pack("<Q", 0x7FF8000000C0FFEE),
+    ]
+
+
+# --------------------------------------------------------------------------
+# Versions
+
+
+def document(data: bytes) -> dict[str, Any]:
+    doc: dict[str, Any] = msgpack.unpackb(data, raw=False)
+    return doc
+
+
+def pack(doc: dict[str, Any]) -> bytes:
+    return msgpack.packb(doc, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def valid() -> bytes:
+    return (GOLDEN / "sparse_kinds.msgpack").read_bytes()
+
+
+def test_newer_major_version_asks_for_an_upgrade(valid: bytes) -> None:
+    doc = {"gitruns.chunk": [FORMAT_MAJOR + 1, 0], "something": "else entirely"}
+    exc = refused(pack(doc), UnsupportedVersionError)
+    assert "upgrade gitruns" in str(exc)
+    assert f"{FORMAT_MAJOR + 1}.0" in str(exc)
+    # Even when the rest of the document is beyond what this reader accepts.
+    newer = pack({"gitruns.chunk": [FORMAT_MAJOR + 1, 3]}) + b"\xc1" * 10
+    refused(newer, UnsupportedVersionError)
+
+
+def test_newer_minor_version_is_read_and_unknown_fields_ignored(valid: bytes) -> None:
+    doc = document(valid)
+    doc["gitruns.chunk"] = [FORMAT_MAJOR, FORMAT_MINOR + 5]
+    doc["future_field"] = {"anything": [1, 2, 3], "bin": b"\x00" * 100}
+    for col in doc["columns"].values():
+        col["future_encoding"] = "zstd-maybe"
+        col["digest"]["p99"] = 1.5
+    chunk = decode_chunk(pack(doc), source=SOURCE, verify=True)
+    expected = decode_chunk(valid)
+    assert [sorted(r.items(), key=str) for r in chunk.rows()] == [
+        sorted(r.items(), key=str) for r in expected.rows()
+    ]
+
+
+@pytest.mark.parametrize(
+    "version", [[0, 9], [1], [1, 0, 0], [1, -1], ["1", 0], [1.0, 0], None, "1.0"]
+)
+def test_malformed_versions_are_refused(valid: bytes, version: Any) -> None:
+    doc = document(valid)
+    doc["gitruns.chunk"] = version
+    refused(pack(doc))
+
+
+def test_version_entry_must_come_first(valid: bytes) -> None:
+    doc = document(valid)
+    doc["gitruns.chunk"] = doc.pop("gitruns.chunk")  # now last
+    exc = refused(pack(doc))
+    assert "first key" in str(exc)
+
+
+# --------------------------------------------------------------------------
+# Hostile input
+
+
+def test_truncated_at_every_byte_is_refused(valid: bytes) -> None:
+    for end in range(len(valid)):
+        refused(valid[:end])
+    refused(valid + b"\x00")
+
+
+def test_not_bytes_and_oversize_are_refused() -> None:
+    refused("a str")  # type: ignore[arg-type]
+    exc = refused(b"\x00" * (MAX_CHUNK_BYTES + 1))
+    assert "over the limit" in str(exc)
+
+
+# Replacements of every type; a field keeps the ones its rule allows out.
+WRONG = [None, True, -1, 2**64 - 1, 1.5, "x", b"x", [], {}, [1, 2], {"a": 1}]
+
+TOP_FIELDS = ["window", "start", "steps", "times", "columns", "prefix"]
+COLUMN_FIELDS = ["kind", "present", "values", "digest"]
+DIGEST_FIELDS = [
+    "count", "numeric_count", "first", "last", "first_step", "last_step",
+    "min", "max", "sum",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("field", TOP_FIELDS)
+def test_wrong_types_in_top_fields_are_refused(valid: bytes, field: str) -> None:
+    for wrong in WRONG:
+        doc = document(valid)
+        if field in ("columns", "prefix") and wrong == {}:
+            continue  # no metric at all is valid
+        doc[field] = wrong
+        refused(pack(doc))
+        del doc[field]
+        refused(pack(doc))
+
+
+@pytest.mark.parametrize("field", COLUMN_FIELDS)
+def test_wrong_types_in_column_fields_are_refused(valid: bytes, field: str) -> None:
+    for column in ["acc", "tokens", "best", "note", "mixed"]:
+        for wrong in WRONG:
+            doc = document(valid)
+            col = doc["columns"][column]
+            if field == "present" and "present" not in col and wrong is None:
+                continue  # absent is how a dense column says it
+            col[field] = wrong
+            refused(pack(doc))
+
+
+@pytest.mark.parametrize("field", DIGEST_FIELDS)
+def test_wrong_types_in_digests_are_refused(valid: bytes, field: str) -> None:
+    for wrong in WRONG:
+        if field in ("first", "last") and (
+            type(wrong) in (type(None), bool, float, str) or wrong == -1
+        ):
+            continue  # a value of a valid type: see the mismatch test
+        if field in ("min", "max", "sum") and type(wrong) is float:
+            continue
+        for where in ("column", "prefix"):
+            doc = document((GOLDEN / "with_prefix.msgpack").read_bytes())
+            if where == "column":
+                doc["columns"]["loss"]["digest"][field] = wrong
+            else:
+                doc["prefix"]["lr"][field] = wrong
+            refused(pack(doc))
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("window",), 0),
+        (("window",), 2**63),
+        (("start",), 7),  # not a multiple of the window
+        (("start",), -10),
+        (("start",), 2**63 - 10),  # window passes the int64 range
+        (("steps",), b"\x00" * 7),
+        (("steps",), struct.pack("<5q", 0, 2, 2, 7, 9)),  # not increasing
+        (("steps",), struct.pack("<5q", 0, 2, 3, 7, 10)),  # outside the window
+        (("times",), b"\x00" * 32),
+        (("columns", "acc", "kind"), "f4"),
+        (("columns", "acc", "kind"), "i8"),  # kind no longer matches the digest
+        (("columns", "acc", "present"), b"\x0a\x01"),  # bits past the rows
+        (("columns", "acc", "present"), b"\x1f"),  # all rows: should be absent
+        (("columns", "acc", "present"), b"\x00"),  # no value at all
+        (("columns", "acc", "values"), b"\x00" * 8),
+        (("columns", "best", "values"), b"\x02"),  # a bool byte that is not 0/1
+        (("columns", "note", "values"), msgpack.packb(["a", "b", "c"])),
+        (("columns", "note", "values"), msgpack.packb(["a", 1])),
+        (("columns", "note", "values"), msgpack.packb(["a"]) + b"\xa1b"),
+        (("columns", "note", "values"), msgpack.packb(["a", "b"]) + b"\xc0"),
+        (("columns", "note", "values"), b"\x92\xa1a"),  # truncated inside
+        (("columns", "mixed", "values"), msgpack.packb([None, 1, 2.5, [1]])),
+        (("columns", "mixed", "values"), msgpack.packb([None, 1, 2.5, {"a": 1}])),
+        (("columns", "mixed", "values"), msgpack.packb([None, 2**64 - 1, 2.5, "x"])),
+        (("columns", "mixed", "values"), msgpack.packb([None, b"x", 2.5, "x"])),
+        (("columns", "mixed", "values"), b"\x94\xc0\x01\xa1x\xd4\x01\x00"),  # ext
+        (("columns", "acc", "digest", "count"), 3),
+        (("columns", "acc", "digest", "count"), 0),
+        (("columns", "acc", "digest", "first_step"), 1),
+        (("columns", "acc", "digest", "last_step"), 2),
+        (("columns", "acc", "digest", "first"), 0.5),
+        (("columns", "acc", "digest", "last"), -5e-324),
+        (("columns", "tokens", "digest", "numeric_count"), 4),
+        (("columns", "note", "digest", "numeric_count"), 1),
+        (("columns", "acc", "digest", "numeric_count"), 3),
+        (("columns", "acc", "digest", "min"), None),
+        (("columns", "acc", "digest", "min"), 1.0),  # min > max
+        (("columns", "note", "digest", "min"), 1.0),  # stats without numbers
+        (("columns", "acc", "digest", "max"), math.nan),
+    ],
+)  # fmt: skip
+def test_inconsistent_fields_are_refused(
+    valid: bytes, path: tuple[str, ...], value: Any
+) -> None:
+    doc = document(valid)
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    refused(pack(doc))
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "a\x00", "line\nbreak", "\x9b", "x" * (MAX_NAME_CHARS + 1), "_timestamp"],
+)
+def test_bad_metric_names_are_refused(valid: bytes, name: str) -> None:
+    doc = document(valid)
+    doc["columns"][name] = doc["columns"].pop("acc")
+    refused(pack(doc))
+    doc = document((GOLDEN / "with_prefix.msgpack").read_bytes())
+    doc["prefix"][name] = doc["prefix"].pop("lr")
+    refused(pack(doc))
+
+
+def test_non_str_map_keys_are_refused(valid: bytes) -> None:
+    raw = valid.replace(b"\xa3acc", b"\xc4\x03acc")  # the key "acc" as a bin
+    assert raw != valid
+    refused(raw)
+
+
+def test_prefix_reaching_into_the_chunk_is_refused() -> None:
+    doc = document((GOLDEN / "with_prefix.msgpack").read_bytes())
+    doc["prefix"]["lr"]["last_step"] = 200
+    exc = refused(pack(doc))
+    assert "prefix" in str(exc)
+
+
+def test_lying_stats_are_caught_by_verify_and_never_used() -> None:
+    doc = document((GOLDEN / "with_prefix.msgpack").read_bytes())
+    doc["columns"]["loss"]["digest"]["min"] = -100.0
+    data = pack(doc)
+    exc = refused(data, verify=True)
+    assert "min" in str(exc)
+    # Without verify the stored stats are not trusted: digests come from values.
+    assert decode_chunk(data).digests()["loss"].min == 0.1
+
+
+GIB = 2**30
+HUGE_HEADERS = {
+    "bin32": b"\xc6" + struct.pack(">I", GIB),
+    "str32": b"\xdb" + struct.pack(">I", GIB),
+    "array32": b"\xdd\xff\xff\xff\xff",
+    "map32": b"\xdf\xff\xff\xff\xff",
+    "ext32": b"\xc9" + struct.pack(">I", GIB) + b"\x01",
+    "array16x1000": b"\xdc\xff\xff" * 1000,
+    "array32x1000": b"\xdd\x00\x0f\x42\x40" * 1000,
+    "map16x1000": b"\xde\xff\xff\xa1a" * 1000,
+}
+
+
+@pytest.mark.parametrize("header", sorted(HUGE_HEADERS))
+@pytest.mark.parametrize("where", ["top", "field", "value", "nested"])
+def test_huge_declared_lengths_allocate_nothing(
+    valid: bytes, header: str, where: str
+) -> None:
+    raw = HUGE_HEADERS[header]
+    doc = document(valid)
+    if where == "top":
+        data = raw
+    elif where == "field":
+        doc["window"] = b"@@HOLE@@"
+        data = splice(doc, raw)
+    elif where == "value":
+        data = splice({"gitruns.chunk": [1, 0], "steps": b"@@HOLE@@"}, raw)
+    else:  # inside the nested array of a str column
+        doc["columns"]["note"]["values"] = b"\x92\xa1a" + raw
+        data = pack(doc)
+
+    tracemalloc.start()
+    try:
+        refused(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 2**20, f"{peak} bytes traced"
+
+
+@pytest.mark.parametrize(
+    "unit", [b"\x91", b"\x81\xa1a", b"\xdc\x00\x01", b"\x92\xc0"], ids=repr
+)
+def test_deep_nesting_is_refused(valid: bytes, unit: bytes) -> None:
+    deep = unit * 100_000 + b"\xc0"
+    tracemalloc.start()
+    try:
+        refused(deep)
+        refused(splice({"gitruns.chunk": [1, 0], "prefix": b"@@HOLE@@"}, deep))
+        doc = document(valid)
+        doc["columns"]["mixed"]["values"] = b"\x94" + deep
+        refused(pack(doc))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20
+
+
+def test_many_small_containers_are_refused_before_memory_grows() -> None:
+    # Each one-byte empty map costs a dict of ~64 bytes: 64 MiB of them would
+    # be gigabytes. A budget of containers stops the decode early.
+    entry = b"\xdc\x00\x40" + b"\x80" * 64  # an array of 64 empty maps
+    body = b"\xde" + struct.pack(">H", 8000)
+    body += b"".join(b"\xa5" + f"k{i:04d}".encode() + entry for i in range(8000))
+    data = splice({"gitruns.chunk": [1, 0], "x": b"@@HOLE@@"}, body)
+    tracemalloc.start()
+    try:
+        exc = refused(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "too many maps and lists" in str(exc)
+    assert peak < 64 * 2**20
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_fuzz_arbitrary_bytes(data: bytes) -> None:
+    decodes_or_refuses(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["dense_f8", "sparse_kinds", "with_prefix"]),
+    st.lists(
+        st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4
+    ),
+    st.sampled_from(["replace", "insert", "delete"]),
+)
+def test_fuzz_mutated_valid_chunks(
+    name: str, edits: list[tuple[int, int]], how: str
+) -> None:
+    data = bytearray((GOLDEN / f"{name}.msgpack").read_bytes())
+    for pos, byte in edits:
+        pos %= len(data)
+        if how == "replace":
+            data[pos] = byte
+        elif how == "insert":
+            data.insert(pos, byte)
+        else:
+            del data[pos]
+    assume(bytes(data) != (GOLDEN / f"{name}.msgpack").read_bytes())
+    decodes_or_refuses(bytes(data))
+
+
+if __name__ == "__main__":
+    if "--regen" in sys.argv:
+        write_golden()
+        print(f"wrote {len(golden_chunks())} golden files to {GOLDEN}")
+    else:
+        print(__doc__)
