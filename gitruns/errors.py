@@ -8,6 +8,7 @@
     ├── StepOrderError                exit 2   a step below the current one
     ├── ForkPointError                exit 2   fork / rewind step not usable
     ├── RunNotFoundError              exit 3   no such run
+    ├── MetricNotFoundError           exit 3   no such metric in the runs
     ├── AmbiguousRunError             exit 3   a run id shared by projects
     ├── RunExistsError                exit 4   resume="never" on an existing run
     ├── RunLockedError                exit 4   another writer holds the run
@@ -213,6 +214,22 @@ class ImportFormatError(GitRunsError, ValueError):
     """A foreign log that an importer cannot read."""
 
     exit_code = 8
+
+
+class MetricNotFoundError(GitRunsError, LookupError):
+    """A metric that none of the runs asked about has logged."""
+
+    exit_code = 3
+
+    def __init__(self, run: str, metric: str, known: list[str]) -> None:
+        self.run = run
+        self.metric = metric
+        self.known = known
+        listing = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
+        super().__init__(
+            f"{run} logged no metric {metric!r} (it has: {listing or 'none'}); "
+            "name one of those"
+        )
 
 
 @contextmanager
