@@ -12,8 +12,11 @@ from dulwich.object_store import tree_lookup_path
 
 from gitruns.chunk import Chunk, decode_chunk, encode_chunk
 from gitruns.errors import (
+    ConflictError,
     ForkPointError,
+    GitRunsError,
     InvalidNameError,
+    RepositoryError,
     RunExistsError,
 )
 from gitruns.readme import render_readme
@@ -142,11 +145,13 @@ def _read_chunk(store: RunStore, blob: Sha, source: str) -> Chunk:
     return decode_chunk(store.read_blob(blob, source), source=source)
 
 
-def holding_commit(store: RunStore, tip: Snapshot, step: int) -> Sha:
+def holding_commit(store: RunStore, run: RunRef, tip: Snapshot, step: int) -> Sha:
     """The earliest commit on the tip's first-parent line that holds ``step``.
 
     That is the earliest commit whose tree has the same segment blob for
-    ``step`` as the tip, so its history up to ``step`` is the tip's.
+    ``step`` as the tip, so its history up to ``step`` is the tip's. The
+    segment index answers at once for runs written here; otherwise the
+    first-parent line is walked and the answer recorded.
     """
     assert tip.commit is not None
     start = tip.history.segment_at(step)
@@ -154,8 +159,21 @@ def holding_commit(store: RunStore, tip: Snapshot, step: int) -> Sha:
         return tip.commit
     blob = tip.history.blobs[start]
     path = chunk_path(start, tip.window).encode()
-    earliest = tip.commit
     lookup = store.repo.object_store.__getitem__
+
+    def holds(commit: Sha) -> bool:
+        try:
+            tree = store.read_commit(commit).tree
+            return bool(tree_lookup_path(lookup, tree, path)[1] == blob)
+        except (KeyError, RepositoryError):
+            return False
+
+    for owner in _runs_sharing(store, run, tip):
+        known = store.segment_creator(owner, start, blob)
+        if known is not None and holds(known):
+            return known
+
+    earliest = tip.commit
     for sha, commit in store.first_parent_chain(tip.commit):
         try:
             _, found = tree_lookup_path(lookup, commit.tree, path)
@@ -164,7 +182,28 @@ def holding_commit(store: RunStore, tip: Snapshot, step: int) -> Sha:
         if found != blob:
             break
         earliest = sha
+    store.record_segment(run, start, blob, earliest)
     return earliest
+
+
+def _runs_sharing(store: RunStore, run: RunRef, tip: Snapshot) -> list[RunRef]:
+    # The run itself, then the runs it was forked from (they added shared segments).
+    owners = [run]
+    info = tip.info
+    for _ in range(32):
+        fork = info.get("fork_from")
+        if not fork:
+            break
+        try:
+            source = store.resolve(str(fork["run"]))
+            source_tip = store.tip(source)
+        except GitRunsError:
+            break
+        if source_tip is None or source in owners:
+            break
+        owners.append(source)
+        info = store.read_snapshot(source_tip).info
+    return owners
 
 
 def cut_history(
@@ -212,7 +251,7 @@ def fork_run(
     assert tip_sha is not None
     tip = store.read_snapshot(tip_sha)
     step = step_of(store, source, tip, key, text, spec)
-    parent = holding_commit(store, tip, step)
+    parent = holding_commit(store, source, tip, step)
     base = tip if parent == tip_sha else store.read_snapshot(parent)
     history, totals, last = cut_history(store, base, step)
 
@@ -236,6 +275,7 @@ def fork_run(
     sha = store.write_commit(snapshot, [parent], message, readme)
     if not store.update_ref(new, None, sha, f"gitruns: fork of {source.path}"):
         raise RunExistsError(new.path)
+    _record_cut(store, new, base, history, step, sha)
     logger.info("forked %s at step %d into %s", source.path, step, new.path)
     return sha
 
@@ -268,8 +308,16 @@ def rewind_run(store: RunStore, run: RunRef, spec: str, key: str, text: str) -> 
     )
     sha = store.write_commit(snapshot, [tip_sha], message, render_readme(info, tip.config, summary))
     if not store.update_ref(run, tip_sha, sha, f"gitruns: rewind to step {step}"):
-        from gitruns.errors import ConflictError
-
         raise ConflictError(run.branch, 1)
+    _record_cut(store, run, tip, history, step, sha)
     logger.info("rewound %s to step %d", run.path, step)
     return sha
+
+
+def _record_cut(
+    store: RunStore, run: RunRef, base: Snapshot, history: History, step: int, commit: Sha
+) -> None:
+    # A cut segment is a new blob that ``commit`` added.
+    start = history.segment_at(step)
+    if start is not None and history.blobs[start] != base.history.blobs.get(start):
+        store.record_segment(run, start, history.blobs[start], commit)

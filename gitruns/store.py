@@ -555,6 +555,38 @@ class RunStore:
             yield sha, commit
             sha = Sha(commit.parents[0]) if commit.parents else None
 
+    # -- the segment index: which commit added a segment ------------------------
+
+    def _index_path(self, run: RunRef) -> Path:
+        return self.data_dir / "index" / run.project / f"{run.run_id}.seg"
+
+    def record_segment(self, run: RunRef, first_step: int, blob: Sha, commit: Sha) -> None:
+        """Note that ``commit`` added the segment ``blob`` at ``first_step``.
+
+        A cache, so that finding the commit that holds a step (for a fork)
+        costs the same for a run of any length; losing it only costs a walk.
+        """
+        path = self._index_path(run)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab") as f:
+                f.write(b"%d %s %s\n" % (first_step, blob, commit))
+        except OSError as exc:
+            logger.debug("segment index not written: %s", exc)
+
+    def segment_creator(self, run: RunRef, first_step: int, blob: Sha) -> Sha | None:
+        """The commit recorded as adding ``blob`` at ``first_step``, if any."""
+        try:
+            data = self._index_path(run).read_bytes()
+        except OSError:
+            return None
+        found = None
+        for line in data.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[1] == blob and parts[0] == b"%d" % first_step:
+                found = Sha(parts[2])
+        return found
+
     def pack_loose_objects(self) -> int:
         """Pack the repository's loose objects so a finished run leaves few files."""
         with mapped_errors("packing objects"):
