@@ -441,6 +441,9 @@ class RunWriter:
             raise ConflictError(self.run.branch, 1)
         new.commit = sha
         self._snapshot, self._tip, self._totals = new, sha, totals
+        if buffer.steps:
+            first = buffer.steps[0]
+            self.store.record_segment(self.run, first, history.blobs[first], sha)
         Journal.retire(job.journals)
         logger.info("run %s: committed %s as %s", self.run.path, what, sha[:10].decode())
 
