@@ -109,7 +109,10 @@ def train(
         rng = np.random.default_rng([run.config["seed"], step])
         pick = rng.integers(0, len(data.x_train), batch)
         loss = net.step(data.x_train[pick], data.y_train[pick], lr)
-        row: dict[str, Any] = {"train/loss": loss, "epoch": step * batch / len(data.x_train)}
+        row: dict[str, Any] = {
+            "train/loss": loss,
+            "epoch": step * batch / len(data.x_train),
+        }
         if step % eval_every == 0 or step == steps.stop - 1:
             row["eval/accuracy"] = net.accuracy(data.x_test, data.y_test)
         run.log(row, step=step)

@@ -49,7 +49,12 @@ class RunDiff:
 
 
 def _same(x: Any, y: Any) -> bool:
-    if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
+    if (
+        isinstance(x, float)
+        and isinstance(y, float)
+        and math.isnan(x)
+        and math.isnan(y)
+    ):
         return True
     return bool(type(x) is type(y) and x == y)
 

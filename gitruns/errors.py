@@ -95,9 +95,7 @@ class RunNotFoundError(GitRunsError, LookupError):
     def __init__(self, path: str, where: str = "") -> None:
         self.path = path
         where = f" in {where}" if where else ""
-        super().__init__(
-            f"no run {path!r}{where}; `gitruns runs` lists the runs there"
-        )
+        super().__init__(f"no run {path!r}{where}; `gitruns runs` lists the runs there")
 
 
 class AmbiguousRunError(GitRunsError, LookupError):

@@ -73,7 +73,9 @@ def create_run(
     return sha
 
 
-def step_of(store: RunStore, source: RunRef, tip: Snapshot, key: str, text: str, spec: str) -> int:
+def step_of(
+    store: RunStore, source: RunRef, tip: Snapshot, key: str, text: str, spec: str
+) -> int:
     """The step a fork or rewind point names, checked against the source run.
 
     Raises:
@@ -100,7 +102,9 @@ def step_of(store: RunStore, source: RunRef, tip: Snapshot, key: str, text: str,
     return step
 
 
-def _step_by_metric(store: RunStore, tip: Snapshot, key: str, text: str, spec: str) -> int:
+def _step_by_metric(
+    store: RunStore, tip: Snapshot, key: str, text: str, spec: str
+) -> int:
     declared = tip.info.get("metrics", {})
     is_step_metric = key in declared or any(
         isinstance(rule, Mapping) and rule.get("step_metric") == key
@@ -306,7 +310,9 @@ def rewind_run(store: RunStore, run: RunRef, spec: str, key: str, text: str) -> 
         f"{run.path}: rewind to step {step}\n\n"
         f"Gitruns-Run: {run.path}\nGitruns-Rewind: {step}\n"
     )
-    sha = store.write_commit(snapshot, [tip_sha], message, render_readme(info, tip.config, summary))
+    sha = store.write_commit(
+        snapshot, [tip_sha], message, render_readme(info, tip.config, summary)
+    )
     if not store.update_ref(run, tip_sha, sha, f"gitruns: rewind to step {step}"):
         raise ConflictError(run.branch, 1)
     _record_cut(store, run, tip, history, step, sha)
@@ -315,7 +321,12 @@ def rewind_run(store: RunStore, run: RunRef, spec: str, key: str, text: str) -> 
 
 
 def _record_cut(
-    store: RunStore, run: RunRef, base: Snapshot, history: History, step: int, commit: Sha
+    store: RunStore,
+    run: RunRef,
+    base: Snapshot,
+    history: History,
+    step: int,
+    commit: Sha,
 ) -> None:
     # A cut segment is a new blob that ``commit`` added.
     start = history.segment_at(step)

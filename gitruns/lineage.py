@@ -31,7 +31,9 @@ def ancestors(store: RunStore, run: RunRef) -> list[Edge]:
     view = RunView(store, run)
     while view.fork_from:
         fork = view.fork_from
-        edges.append(Edge(fork["run"], view.path, int(fork["step"]), str(fork["commit"])))
+        edges.append(
+            Edge(fork["run"], view.path, int(fork["step"]), str(fork["commit"]))
+        )
         parent = fork["run"]
         if parent in seen:
             break  # a crafted loop; lineage stops rather than spins
@@ -50,18 +52,24 @@ def fork_edges(store: RunStore) -> list[Edge]:
     for run in store.list_runs():
         fork = RunView(store, run).fork_from
         if fork:
-            edges.append(Edge(fork["run"], run.path, int(fork["step"]), str(fork["commit"])))
+            edges.append(
+                Edge(fork["run"], run.path, int(fork["step"]), str(fork["commit"]))
+            )
     return edges
 
 
-def descendants(store: RunStore, run: RunRef, edges: list[Edge] | None = None) -> list[Edge]:
+def descendants(
+    store: RunStore, run: RunRef, edges: list[Edge] | None = None
+) -> list[Edge]:
     """The fork edges below ``run``, depth first."""
     edges = fork_edges(store) if edges is None else edges
     children: dict[str, list[Edge]] = {}
     for edge in edges:
         children.setdefault(edge.parent, []).append(edge)
     found: list[Edge] = []
-    stack = sorted(children.get(run.path, []), key=lambda e: (e.step, e.child), reverse=True)
+    stack = sorted(
+        children.get(run.path, []), key=lambda e: (e.step, e.child), reverse=True
+    )
     seen = {run.path}
     while stack:
         edge = stack.pop()

@@ -157,13 +157,15 @@ class RunView:
         lo = -1 if min_step is None else min_step
         hi = None if max_step is None else max_step
         for chunk in self.chunks(min_step, max_step):
-            if keys is None:
-                for row in chunk.rows():
-                    step = row["_step"]
+            if keys is not None:
+                yield from _rows_with_keys(chunk, keys, lo, hi)
+            elif chunk.steps[0] >= lo and (hi is None or chunk.steps[-1] < hi):
+                yield from chunk.rows()
+            else:
+                steps = chunk.steps.tolist()
+                for step, row in zip(steps, chunk.rows()):
                     if step >= lo and (hi is None or step < hi):
                         yield row
-                continue
-            yield from _rows_with_keys(chunk, keys, lo, hi)
 
     def history(
         self,
@@ -236,7 +238,11 @@ def _rows_with_keys(
     for key in wanted:
         steps, values = chunk.column(key)
         step_list = steps.tolist()
-        columns[key] = dict(zip(step_list, values.tolist() if isinstance(values, np.ndarray) else values))
+        columns[key] = dict(
+            zip(
+                step_list, values.tolist() if isinstance(values, np.ndarray) else values
+            )
+        )
         common = set(step_list) if common is None else common & set(step_list)
     times = dict(zip(chunk.steps.tolist(), chunk.times.tolist()))
     for step in sorted(common if common is not None else times):

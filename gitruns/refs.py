@@ -5,15 +5,16 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from typing import NewType
+from dulwich.objects import ObjectID
 
 from gitruns.errors import InvalidNameError
 
 #: Every run branch lives under this prefix; nothing else in gitruns spells it.
 RUNS_PREFIX = b"refs/heads/runs/"
 
-#: A 40-hex-digit Git object id, as bytes (dulwich's own convention).
-Sha = NewType("Sha", bytes)
+#: A 40-hex-digit Git object id, as bytes: dulwich's own typed id, so that a
+#: branch name and an object id cannot be swapped unnoticed.
+Sha = ObjectID
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -35,9 +36,7 @@ def check_name(kind: str, name: object) -> str:
     if len(name) > 64:
         raise InvalidNameError(kind, name, "must be at most 64 characters")
     if not _NAME.fullmatch(name):
-        raise InvalidNameError(
-            kind, name, "use only letters, digits, '.', '_' and '-'"
-        )
+        raise InvalidNameError(kind, name, "use only letters, digits, '.', '_' and '-'")
     if name[0] in ".-":
         raise InvalidNameError(kind, name, "must not start with '.' or '-'")
     if ".." in name:
@@ -93,9 +92,7 @@ class RunRef:
             raise InvalidNameError("run ref", ref, "not ASCII") from None
         parts = rest.split("/")
         if len(parts) != 2:
-            raise InvalidNameError(
-                "run ref", ref, "must be runs/<project>/<run_id>"
-            )
+            raise InvalidNameError("run ref", ref, "must be runs/<project>/<run_id>")
         return cls(parts[0], parts[1])
 
     def __str__(self) -> str:

@@ -403,9 +403,7 @@ class RunStore:
             raise AmbiguousRunError(run_id, [m.path for m in matches])
         return matches[0]
 
-    def update_ref(
-        self, run: RunRef, old: Sha | None, new: Sha, message: str
-    ) -> bool:
+    def update_ref(self, run: RunRef, old: Sha | None, new: Sha, message: str) -> bool:
         """Move the run's branch from ``old`` to ``new`` if nobody moved it.
 
         Returns:
@@ -560,7 +558,9 @@ class RunStore:
     def _index_path(self, run: RunRef) -> Path:
         return self.data_dir / "index" / run.project / f"{run.run_id}.seg"
 
-    def record_segment(self, run: RunRef, first_step: int, blob: Sha, commit: Sha) -> None:
+    def record_segment(
+        self, run: RunRef, first_step: int, blob: Sha, commit: Sha
+    ) -> None:
         """Note that ``commit`` added the segment ``blob`` at ``first_step``.
 
         A cache, so that finding the commit that holds a step (for a fork)

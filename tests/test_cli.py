@@ -28,13 +28,15 @@ def runs(repo: Path) -> Path:
     fork = gitruns.init(
         project="p", id="fk", fork_from="p/base?_step=20", config={"lr": 0.5}, repo=repo
     )
-    for i in range(21, 40):
+    for _ in range(21, 40):
         fork.log({"loss": 0.01, "acc": 0.99})
     fork.finish()
     return repo
 
 
-def _all_commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+def _all_commands(
+    group: click.Group, prefix: str = ""
+) -> list[tuple[str, click.Command]]:
     found = []
     for name, command in group.commands.items():
         found.append((prefix + name, command))
@@ -71,10 +73,14 @@ def test_show(runs: Path) -> None:
 
 
 def test_history_formats(runs: Path) -> None:
-    code, out = invoke("history", "p/base", "--repo", str(runs), "-f", "csv", "--keys", "loss")
+    code, out = invoke(
+        "history", "p/base", "--repo", str(runs), "-f", "csv", "--keys", "loss"
+    )
     rows = list(csv.DictReader(io.StringIO(out)))
     assert len(rows) == 50 and float(rows[3]["loss"]) == 1 / 4
-    code, out = invoke("history", "p/base", "--repo", str(runs), "-f", "json", "--min-step", "48")
+    code, out = invoke(
+        "history", "p/base", "--repo", str(runs), "-f", "json", "--min-step", "48"
+    )
     assert [json.loads(line)["_step"] for line in out.splitlines()] == [48, 49]
     code, out = invoke("history", "p/base", "--repo", str(runs), "--max-step", "3")
     assert out.splitlines()[0].split() == ["_step", "acc", "loss"]
@@ -93,7 +99,9 @@ def test_lineage_and_diff(runs: Path) -> None:
 
 
 def test_fork_and_rewind_commands(runs: Path) -> None:
-    code, out = invoke("fork", "p/base", "--step", "10", "--id", "cli", "--repo", str(runs))
+    code, out = invoke(
+        "fork", "p/base", "--step", "10", "--id", "cli", "--repo", str(runs)
+    )
     assert code == 0 and "into p/cli" in out
     assert gitruns.Api(runs).run("p/cli").last_step == 10
     code, out = invoke("rewind", "p/base", "--step", "5", "--repo", str(runs))
@@ -110,7 +118,9 @@ def test_fork_and_rewind_commands(runs: Path) -> None:
         (["show", "bad..name"], 2, "invalid run id"),
     ],
 )
-def test_errors_have_exit_codes(runs: Path, args: list[str], exit_code: int, message: str) -> None:
+def test_errors_have_exit_codes(
+    runs: Path, args: list[str], exit_code: int, message: str
+) -> None:
     result = CliRunner().invoke(main, [*args, "--repo", str(runs)])
     assert result.exit_code == exit_code, result.output
     assert result.output.startswith("Error: ") and message in result.output

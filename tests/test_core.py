@@ -70,7 +70,9 @@ def test_fork_leaves_source_untouched(repo: Path) -> None:
     fork.log({"m": -1})
     fork.finish()
     assert RunStore.open(repo).tip(src.ref) == before
-    assert [r["_step"] for r in gitruns.Api(repo).run("p/src").scan_history()] == list(range(300))
+    assert [r["_step"] for r in gitruns.Api(repo).run("p/src").scan_history()] == list(
+        range(300)
+    )
 
 
 def test_fork_inside_a_window_cuts_only_that_window(repo: Path) -> None:
@@ -96,7 +98,7 @@ def test_fork_inside_a_window_cuts_only_that_window(repo: Path) -> None:
     # the fork's first commit has as parent the source commit that holds step 150
     parent = store.read_commit(fork_first.commit).parents[0]
     assert parent.decode() == fork_view.fork_from["commit"]
-    assert 150 <= store.read_snapshot(parent).last_step
+    assert store.read_snapshot(parent).last_step >= 150
 
 
 def test_fork_parent_is_earliest_commit_holding_the_step(repo: Path) -> None:
@@ -125,7 +127,11 @@ def test_fork_of_20000_steps_adds_one_chunk_and_few_objects(repo: Path) -> None:
     after = set(git("rev-list", "--objects", "--all", cwd=repo).split())
     new = after - before
     store = RunStore.open(repo)
-    sizes = {sha: len(store.repo.object_store[sha.encode()].as_raw_string()) for sha in new if len(sha) == 40}
+    sizes = {
+        sha: len(store.repo.object_store[sha.encode()].as_raw_string())
+        for sha in new
+        if len(sha) == 40
+    }
     chunk_like = [s for s in sizes.values() if s > 4000]
     assert len(chunk_like) == 1, sizes  # one cut window
     assert len(new) <= 14  # blobs of run.json & co, a few trees, two commits
@@ -169,8 +175,12 @@ def test_rewind_in_place_keeps_removed_steps_in_git(repo: Path) -> None:
     assert rows[-1]["m"] == -71
     assert view.info["rewinds"][0]["step"] == 70
     # the branch moved forward: the old tip is an ancestor of the new one
-    assert git("merge-base", "--is-ancestor", old_tip.decode(), view.tip, cwd=repo) == ""
-    assert "Gitruns-Rewind: 70" in git("log", "-3", "--format=%B", view.branch, cwd=repo)
+    assert (
+        git("merge-base", "--is-ancestor", old_tip.decode(), view.tip, cwd=repo) == ""
+    )
+    assert "Gitruns-Rewind: 70" in git(
+        "log", "-3", "--format=%B", view.branch, cwd=repo
+    )
 
 
 def test_log_step_semantics(repo: Path) -> None:
@@ -181,7 +191,9 @@ def test_log_step_semantics(repo: Path) -> None:
     run.log({"c": 4}, commit=False)
     run.log({"d": 5})
     assert run.step == 6
-    with pytest.raises(StepOrderError, match="step 5 is below the current step 6.*rewind"):
+    with pytest.raises(
+        StepOrderError, match="step 5 is below the current step 6.*rewind"
+    ):
         run.log({"a": 0}, step=5)
     run.log({"e": 6})
     run.finish()
@@ -242,7 +254,9 @@ def test_bad_input_errors(repo: Path) -> None:
         run.log({"": 1.0})
     with pytest.raises(InvalidNameError, match="must be a string"):
         run.log({3: 1.0})  # type: ignore[dict-item]
-    with pytest.raises(InvalidValueError, match="list is not a number, bool, str or None"):
+    with pytest.raises(
+        InvalidValueError, match="list is not a number, bool, str or None"
+    ):
         run.log({"x": [1, 2]})
     with pytest.raises(InvalidValueError, match="ints must fit in int64"):
         run.log({"x": 2**64})
@@ -283,7 +297,8 @@ def test_unknown_and_ambiguous_runs(repo: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["..", "a/b", "a\\b", "x.lock", "-x", ".x", "a b", "é", "a" * 65, "", "a..b"]
+    "name",
+    ["..", "a/b", "a\\b", "x.lock", "-x", ".x", "a b", "é", "a" * 65, "", "a..b"],
 )
 def test_unsafe_names_are_refused(repo: Path, name: str) -> None:
     with pytest.raises(InvalidNameError):
@@ -307,10 +322,12 @@ def test_fork_by_monotonic_step_metric(repo: Path) -> None:
 
     bad = gitruns.init(project="p", id="bad", repo=repo)
     bad.define_metric("*", step_metric="epoch")
-    for i, epoch in enumerate([0, 1, 2, 0, 1]):
+    for epoch in [0, 1, 2, 0, 1]:
         bad.log({"epoch": epoch})
     bad.finish()
-    with pytest.raises(ForkPointError, match="not monotonic: 2.0 at step 2 then 0 at step 3"):
+    with pytest.raises(
+        ForkPointError, match="not monotonic: 2.0 at step 2 then 0 at step 3"
+    ):
         gitruns.init(project="p", fork_from="p/bad?epoch=1", repo=repo)
 
 
@@ -330,7 +347,13 @@ def test_run_tree_is_valid_git(repo: Path, tmp_path: Path) -> None:
     git("fsck", "--strict", "--no-dangling", cwd=repo)
     branch = f"runs/{fork_path}"
     files = git("ls-tree", "-r", "--name-only", branch, cwd=repo).split()
-    assert {"run.json", "config.json", "summary.json", "README.md", ".gitattributes"} <= set(files)
+    assert {
+        "run.json",
+        "config.json",
+        "summary.json",
+        "README.md",
+        ".gitattributes",
+    } <= set(files)
     assert any(f.startswith("history/") and f.endswith(".msgpack") for f in files)
     log = git("log", "--format=%s%n%b", branch, cwd=repo)
     assert f"Gitruns-Fork-Of: {src_path}?_step=200" in log

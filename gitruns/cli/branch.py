@@ -15,13 +15,31 @@ from gitruns.writer import RunWriter, WriterOptions
 
 @click.command("fork")
 @click.argument("run")
-@click.option("--step", "step", required=True, help="Last step the fork inherits (or metric=value).")
-@click.option("--id", "new_id", default=None, help="Id of the new run (default: random).")
+@click.option(
+    "--step",
+    "step",
+    required=True,
+    help="Last step the fork inherits (or metric=value).",
+)
+@click.option(
+    "--id", "new_id", default=None, help="Id of the new run (default: random)."
+)
 @click.option("--name", default=None, help="Display name of the new run.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config to change in the fork (repeatable; VALUE is JSON or text).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Config to change in the fork (repeatable; VALUE is JSON or text).",
+)
 @with_store
 def fork_command(
-    store: RunStore, run: str, step: str, new_id: str | None, name: str | None, overrides: tuple[str, ...]
+    store: RunStore,
+    run: str,
+    step: str,
+    new_id: str | None,
+    name: str | None,
+    overrides: tuple[str, ...],
 ) -> None:
     """Fork RUN after a step into a new run that shares its history."""
     import json
@@ -29,7 +47,9 @@ def fork_command(
     source = store.resolve(run)
     key, _, value = step.partition("=") if "=" in step else ("_step", "", step)
     spec = f"{source.path}?{key}={value}"
-    new = RunRef(source.project, check_name("run id", new_id) if new_id else new_run_id())
+    new = RunRef(
+        source.project, check_name("run id", new_id) if new_id else new_run_id()
+    )
     config = {}
     for item in overrides:
         k, sep, v = item.partition("=")
@@ -40,11 +60,16 @@ def fork_command(
         except ValueError:
             config[k] = v
     window = store.read_snapshot(store.tip(source)).window  # type: ignore[arg-type]
-    info = _new_info(new, name, None, None, None, None, None, WriterOptions(window=window), None)
+    info = _new_info(
+        new, name, None, None, None, None, None, WriterOptions(window=window), None
+    )
     info["state"] = "finished"
     fork_run(store, source, spec, key, value, new, info, config)
     click.echo(f"forked {source.path} at {key}={value} into {new.path}")
-    click.echo(f"continue it with gitruns.init(id={new.run_id!r}, project={new.project!r}, resume='must')")
+    click.echo(
+        f"continue it with gitruns.init(project={new.project!r}, "
+        f"id={new.run_id!r}, resume='must')"
+    )
 
 
 @click.command("rewind")
@@ -59,8 +84,10 @@ def rewind_command(store: RunStore, run: str, step: int) -> None:
         sha = rewind_run(store, ref, f"{ref.path}?_step={step}", "_step", str(step))
     finally:
         writer.abandon()
-    click.echo(f"rewound {ref.path} to step {step} ({sha[:10].decode()}); "
-               f"the removed steps stay in `git log {ref.branch}`")
+    click.echo(
+        f"rewound {ref.path} to step {step} ({sha[:10].decode()}); "
+        f"the removed steps stay in `git log {ref.branch}`"
+    )
 
 
 @click.command("recover")

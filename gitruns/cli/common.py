@@ -56,7 +56,7 @@ class GitRunsGroup(click.Group):
 
 
 def dumps(value: Any) -> str:
-    """JSON for the terminal: sorted keys, NaN and infinities kept as Python writes them."""
+    """JSON for the terminal: sorted keys; NaN and infinities as Python writes them."""
     return json.dumps(value, sort_keys=True, default=str)
 
 

@@ -11,18 +11,33 @@ from gitruns.run import open_store
 
 
 @click.command("demo")
-@click.option("--steps", default=600, show_default=True, help="Training steps of the base run.")
-@click.option("--fork-at", default=300, show_default=True, help="Step the fork branches after.")
-@click.option("--lr", default=0.05, show_default=True, help="Learning rate of the base run.")
-@click.option("--fork-lr", default=0.5, show_default=True, help="Learning rate of the fork.")
+@click.option(
+    "--steps", default=600, show_default=True, help="Training steps of the base run."
+)
+@click.option(
+    "--fork-at", default=300, show_default=True, help="Step the fork branches after."
+)
+@click.option(
+    "--lr", default=0.05, show_default=True, help="Learning rate of the base run."
+)
+@click.option(
+    "--fork-lr", default=0.5, show_default=True, help="Learning rate of the fork."
+)
 @repo_option
 @click.pass_context
 def demo_command(
-    ctx: click.Context, steps: int, fork_at: int, lr: float, fork_lr: float, repo: str | None
+    ctx: click.Context,
+    steps: int,
+    fork_at: int,
+    lr: float,
+    fork_lr: float,
+    repo: str | None,
 ) -> None:
     """Train a real classifier on scikit-learn's digits, fork it, compare the runs."""
     if not 0 <= fork_at < steps - 1:
-        raise click.BadParameter("must be below --steps minus one", param_hint="--fork-at")
+        raise click.BadParameter(
+            "must be below --steps minus one", param_hint="--fork-at"
+        )
     base, fork = run_demo(repo, steps, fork_at, lr, fork_lr, echo=click.echo)
     store = open_store(repo)
     click.echo("")
@@ -35,5 +50,10 @@ def demo_command(
     store.close()
     click.echo("")
     click.echo(f"runs are branches of the Git repository {git_dir}:")
-    click.echo(f"  git --git-dir {git_dir} log --oneline --graph runs/{base} runs/{fork}")
-    click.echo(f"  gitruns history {fork} --keys eval/accuracy" + (f" --repo {repo}" if repo else ""))
+    click.echo(
+        f"  git --git-dir {git_dir} log --oneline --graph runs/{base} runs/{fork}"
+    )
+    click.echo(
+        f"  gitruns history {fork} --keys eval/accuracy"
+        + (f" --repo {repo}" if repo else "")
+    )

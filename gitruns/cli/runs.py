@@ -33,7 +33,7 @@ def _view(store: RunStore, path: str) -> RunView:
 def runs_command(store: RunStore, project: str | None, as_json: bool) -> None:
     """List the runs of the repository."""
     views = [RunView(store, ref) for ref in store.list_runs(project)]
-    records = [
+    records: list[dict[str, Any]] = [
         {
             "run": v.path,
             "name": v.name,
@@ -58,7 +58,9 @@ def runs_command(store: RunStore, project: str | None, as_json: bool) -> None:
                 r["name"],
                 r["state"],
                 r["last_step"],
-                f"{r['fork_from']['run']}@{r['fork_from']['step']}" if r["fork_from"] else "",
+                f"{r['fork_from']['run']}@{r['fork_from']['step']}"
+                if r["fork_from"]
+                else "",
                 r["updated"],
             ]
             for r in records
@@ -89,18 +91,24 @@ def show_command(store: RunStore, run: str, as_json: bool) -> None:
     info = view.info
     click.echo(click.style(f"{view.path}", bold=True) + f"  ({view.name})")
     click.echo(f"  state      {view.state}")
-    click.echo(f"  steps      {'none' if view.last_step is None else f'0..{view.last_step}'}")
+    click.echo(
+        f"  steps      {'none' if view.last_step is None else f'0..{view.last_step}'}"
+    )
     click.echo(f"  branch     {view.branch}  ({view.tip[:10]})")
     click.echo(f"  created    {info.get('created')}  updated {info.get('updated')}")
     if view.fork_from:
         f = view.fork_from
-        click.echo(f"  forked     from {f['run']} at step {f['step']} ({f['commit'][:10]})")
+        click.echo(
+            f"  forked     from {f['run']} at step {f['step']} ({f['commit'][:10]})"
+        )
     for rewind in info.get("rewinds") or []:
         click.echo(f"  rewound    to step {rewind['step']} at {rewind['at']}")
     code = info.get("code")
     if code:
         dirty = " (dirty)" if code.get("dirty") else ""
-        click.echo(f"  code       {code.get('commit', '')[:10]} on {code.get('branch')}{dirty}")
+        click.echo(
+            f"  code       {code.get('commit', '')[:10]} on {code.get('branch')}{dirty}"
+        )
     if view.source:
         click.echo(f"  imported   {dumps(view.source)}")
     echo_mapping("config", view.config)
@@ -109,7 +117,12 @@ def show_command(store: RunStore, run: str, as_json: bool) -> None:
 
 @click.command("history")
 @click.argument("run")
-@click.option("--keys", "-k", multiple=True, help="Only steps with these metrics (repeat or comma-separate).")
+@click.option(
+    "--keys",
+    "-k",
+    multiple=True,
+    help="Only steps with these metrics (repeat or comma-separate).",
+)
 @click.option("--min-step", type=int, default=None, help="First step (inclusive).")
 @click.option("--max-step", type=int, default=None, help="Stop before this step.")
 @click.option(
@@ -139,7 +152,9 @@ def history_command(
             click.echo(dumps(row))
         return
     rows_list = list(rows)
-    columns = ["_step"] + sorted({k for r in rows_list for k in r} - {"_step", "_timestamp"})
+    columns = ["_step"] + sorted(
+        {k for r in rows_list for k in r} - {"_step", "_timestamp"}
+    )
     if form == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(columns)
@@ -178,7 +193,9 @@ def lineage_command(store: RunStore, run: str, as_json: bool) -> None:
     chain = [ref.path]
     for edge in up:
         chain.append(f"{edge.parent} (forked at step {edge.step})")
-    click.echo("ancestors:   " + (" <- ".join(chain) if up else f"{ref.path} (a root run)"))
+    click.echo(
+        "ancestors:   " + (" <- ".join(chain) if up else f"{ref.path} (a root run)")
+    )
     if not down:
         click.echo("descendants: none")
         return
@@ -187,7 +204,9 @@ def lineage_command(store: RunStore, run: str, as_json: bool) -> None:
     for edge in down:
         depth[edge.child] = depth.get(edge.parent, 0) + 1
         indent = "  " * depth[edge.child]
-        click.echo(f"{indent}{edge.child}  forked from {edge.parent} at step {edge.step}")
+        click.echo(
+            f"{indent}{edge.child}  forked from {edge.parent} at step {edge.step}"
+        )
 
 
 @click.command("diff")
@@ -202,20 +221,25 @@ def diff_command(store: RunStore, a: str, b: str, as_json: bool) -> None:
         click.echo(dumps(result.as_dict()))
         return
     click.echo(f"--- {result.a}\n+++ {result.b}")
-    if result.common_run is None:
+    if result.common_run is None or result.diverge_step is None:
         click.echo("history: no shared history")
     else:
         click.echo(
-            f"history: shared up to step {result.diverge_step} (of {result.common_run}), "
-            f"diverges at step {result.diverge_step + 1}"
+            f"history: shared up to step {result.diverge_step} "
+            f"(of {result.common_run}), diverges at step {result.diverge_step + 1}"
         )
     for title, changes in (("config", result.config), ("summary", result.summary)):
         click.echo(click.style(title, bold=True) + ("" if changes else ": same"))
         for key, (x, y) in changes.items():
             click.echo(f"  {key}: {fmt(x) or '(none)'} -> {fmt(y) or '(none)'}")
     if result.metrics:
-        click.echo(click.style("metrics", bold=True) + "  (at divergence -> last of each)")
+        click.echo(
+            click.style("metrics", bold=True) + "  (at divergence -> last of each)"
+        )
         echo_table(
             ["  METRIC", "AT DIVERGENCE", result.a, result.b],
-            [["  " + m.name, m.at_divergence, m.last_a, m.last_b] for m in result.metrics],
+            [
+                ["  " + m.name, m.at_divergence, m.last_a, m.last_b]
+                for m in result.metrics
+            ],
         )
