@@ -1050,7 +1050,7 @@ def _close_sum(stored: Digest, computed: Digest) -> bool:
     # Any summation order stays within n * eps * sum(|x|) of the true sum,
     # and sum(|x|) <= n * max(|min|, |max|).
     n = computed.numeric_count
-    bound = n * n * 2.3e-16 * max(abs(computed.min), abs(computed.max))
+    bound = n * n * 2.0**-52 * max(abs(computed.min), abs(computed.max))
     return abs(a - b) <= 2 * bound
 
 

@@ -625,6 +625,8 @@ def describe(data: bytes) -> str:
 
     def show(obj: Any, indent: str, nested: bool = False) -> Iterator[str]:
         if isinstance(obj, dict):
+            if not obj:
+                yield f"{indent}(empty map)"
             for key, value in obj.items():
                 # The values of str and obj columns are a msgpack array in a bin.
                 inner = key == "values" and obj.get("kind") in ("str", "obj")
