@@ -8,6 +8,13 @@ from pathlib import Path
 
 import pytest
 
+pytest.register_assert_rewrite("tests.gitserver")
+
+# The loopback Git servers' fixtures, for every test module.
+from tests.gitserver import git_daemon, git_env, git_server, http_backend  # noqa: E402
+
+__all__ = ["git_daemon", "git_env", "git_server", "http_backend"]
+
 #: The real training logs, read-only (see ../shared/data/real-runs/SOURCES.md).
 REAL_RUNS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-runs"
 

@@ -12,12 +12,10 @@ from pathlib import Path
 
 import pytest
 
-pytest.register_assert_rewrite("gitserver")
-pytest_plugins = ["gitserver"]
 
 from click.testing import CliRunner  # noqa: E402
 from dulwich.repo import Repo  # noqa: E402
-from gitserver import (  # noqa: E402
+from tests.gitserver import (  # noqa: E402
     GitDaemon,
     GitServer,
     git,
@@ -454,7 +452,7 @@ def test_unreachable_server_is_a_remote_error(
     local: Path, repo: Repo, git_env: dict[str, str]
 ) -> None:
     log_run(local, "r1", range(3))
-    from gitserver import free_port
+    from tests.gitserver import free_port
 
     with pytest.raises(RemoteError, match="check the URL"):
         remote.push(repo, f"git://127.0.0.1:{free_port()}/runs.git")
