@@ -8,6 +8,8 @@ from gitruns import __version__
 from gitruns.cli.branch import fork_command, recover_command, rewind_command
 from gitruns.cli.common import GitRunsGroup
 from gitruns.cli.demo import demo_command
+from gitruns.cli.imports import import_command
+from gitruns.cli.remote import fetch, pull, push
 from gitruns.cli.runs import (
     diff_command,
     history_command,
@@ -38,5 +40,9 @@ for command in (
     rewind_command,
     recover_command,
     demo_command,
+    push,
+    pull,
+    fetch,
+    import_command,
 ):
     main.add_command(command)
