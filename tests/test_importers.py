@@ -555,6 +555,17 @@ def test_import_writes_runs_and_reimport_writes_nothing(repo: Path) -> None:
     git("fsck", "--strict", cwd=repo)
 
 
+def test_progress_counts_every_row(repo: Path) -> None:
+    ticks: list[int] = []
+    source = REAL_RUNS / "hf-whisper-tiny-nb-resumed"
+    import_runs("hf-trainer", [source], repo=repo, progress=ticks.append)
+    assert sum(ticks) == 2000 and len(ticks) > 1
+
+    ticks.clear()
+    import_runs("hf-trainer", [source], repo=repo, progress=ticks.append)
+    assert sum(ticks) == 2000  # nothing written, but the bar still completes
+
+
 def test_restart_forks_are_written_as_forks(tmp_path: Path, repo: Path) -> None:
     log = _keras(
         tmp_path / "log.csv", [(0, 1.0), (1, 0.9), (2, 0.8), (1, 0.85), (2, 0.7)]

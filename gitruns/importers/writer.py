@@ -139,7 +139,8 @@ def _existing(api: Any, ref: RunRef, run: ImportedRun) -> tuple[Status, str] | N
             f"{ref.path} exists and was not imported from this source; nothing "
             "written. Import into another --project to keep both"
         )
-    expected = run.records[-1].step if run.records else None
+    logged = [r.step for r in run.records if r.metrics]
+    expected = logged[-1] if logged else None
     if view.last_step != expected or view.state == "running":
         return "incomplete", (
             f"{ref.path} holds an unfinished import of this source (last step "
