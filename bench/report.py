@@ -286,7 +286,7 @@ def _fmt(value: Any, spec: str = ".3g") -> str:
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain, aligned text table (markdown-compatible)."""
     cells = [[_fmt(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(header)]
     # Numbers align right so their magnitudes line up; words align left.
     numeric = [
         all(isinstance(row[i], (int, float)) or row[i] is None for row in rows)
@@ -318,49 +318,83 @@ def render(results: Result) -> str:
         f"{meta.get('date')}; medians of {results.get('repeats_note')}"
     )
 
-    rows = []
-    for r in results.get("logging", []):
-        if r["status"] != "ok":
-            rows.append([r["label"], r["tool"], r["status"], *[None] * 9])
-            continue
-        lat = r.get("latency") or {}
-        st = r.get("storage") or {}
-        rows.append(
-            [
-                r["label"],
-                r["tool"],
-                r.get("version", ""),
-                r["us_per_call"],
-                r["us_per_point"],
-                r.get("init_seconds"),
-                lat.get("median_us"),
-                lat.get("p99_us"),
-                lat.get("max_us"),
-                lat.get("max_over_median"),
-                st.get("bytes_per_point"),
-                st.get("gc_bytes_per_point"),
-            ]
-        )
+    logs = results.get("logging", [])
+    ok = [r for r in logs if r["status"] == "ok"]
     parts.append(
-        "## logging (end to end: log calls + commits + close)\n"
+        "## logging: end to end (log calls + commits + close)\n"
+        + table(
+            ["workload", "tool", "version", "µs/call", "µs/point", "init s", "status"],
+            [
+                [
+                    r["label"],
+                    r["tool"],
+                    r.get("version", ""),
+                    r.get("us_per_call"),
+                    r.get("us_per_point"),
+                    r.get("init_seconds"),
+                    r["status"]
+                    + (f": {r['reason'][:60]}" if r["status"] != "ok" else ""),
+                ]
+                for r in logs
+            ],
+        )
+    )
+    parts.append(
+        "## log() latency per call (edge: a call that opens or closes a window)\n"
         + table(
             [
                 "workload",
                 "tool",
-                "version",
-                "µs/call",
-                "µs/point",
-                "init s",
                 "p50 µs",
                 "p99 µs",
-                "max µs",
+                "p99.9 µs",
+                "max edge µs",
+                "max other µs",
                 "max/p50",
-                "B/point",
-                "B/pt gc",
             ],
-            rows,
+            [
+                [
+                    r["label"],
+                    r["tool"],
+                    lat.get("median_us"),
+                    lat.get("p99_us"),
+                    lat.get("p999_us"),
+                    lat.get("boundary_max_us"),
+                    lat.get("other_max_us"),
+                    lat.get("max_over_median"),
+                ]
+                for r in ok
+                if (lat := r.get("latency"))
+            ],
         )
     )
+    parts.append(
+        "## storage after the run (gc: after `git gc`; float64 floor = 8 B/point)\n"
+        + table(
+            ["workload", "tool", "B/point", "B/point gc", "bytes", "files/loose"],
+            [
+                [
+                    r["label"],
+                    r["tool"],
+                    st.get("bytes_per_point"),
+                    st.get("gc_bytes_per_point"),
+                    st.get("bytes"),
+                    st.get("loose_objects", st.get("files")),
+                ]
+                for r in ok
+                if (st := r.get("storage"))
+            ],
+        )
+    )
+    f32 = results.get("float32")
+    if f32:
+        if _ok(f32):
+            parts[-1] += (
+                f"\nfloat32 mode ({f32.get('setting')}), {f32['label']}: "
+                f"{f32['storage']['bytes_per_point']:.3g} B/point"
+            )
+        else:
+            parts[-1] += f"\nfloat32 mode: {f32['status']}: {f32.get('reason', '')}"
 
     rat = ratios(results)
     if rat:
@@ -497,23 +531,39 @@ def render(results: Result) -> str:
 
     listing = results.get("listing", {})
     if listing:
+        make = listing.get("make", {})
+        note = ""
+        if _ok(make):
+            note = (
+                f"\n{make['real_runs']} runs made by gitruns at "
+                f"{make['per_run_ms']:.1f} ms each, the rest copied from them; "
+                f"{make['packs']} pack files in the repository"
+            )
+        rows = [
+            ["gitruns Api.runs()", listing.get("gitruns")],
+            ["git for-each-ref", listing.get("git")],
+        ]
         parts.append(
-            f"## listing {listing.get('runs')} runs\n"
+            f"## listing {listing.get('runs')} runs{note}\n"
             + table(
-                ["how", "status", "ms", "ms with state", "runs"],
+                ["how", "status", "ms", "ms with .state", "runs"],
                 [
                     [
                         name,
-                        r["status"],
+                        r.get("status"),
                         _ms(r.get("seconds")),
                         _ms(r.get("with_state_seconds")),
                         r.get("runs"),
                     ]
-                    for name, r in listing.items()
-                    if isinstance(r, dict)
+                    for name, r in rows
+                    if r
                 ],
             )
         )
+        if not _ok(make):
+            parts[-1] += (
+                f"\nmaking the runs: {make.get('status')} {make.get('reason', '')}"
+            )
 
     parts.append(
         "## goals\n"

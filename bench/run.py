@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -52,8 +52,8 @@ class Profile:
     memory: tuple[Workload, ...]
     list_runs: int
     list_repeats: int
+    peer_workloads: int = 99
     timeout: float = 900.0
-    notes: list[str] = field(default_factory=list)
 
 
 PROFILES = {
@@ -83,9 +83,10 @@ PROFILES = {
             Workload(1_000, 100),
             Workload(10_000, 0, sparse=True),
         ),
-        repeats=3,
+        repeats=2,
         peer_repeats=1,
-        peer_max_points=20_000,
+        peer_max_points=100_000,
+        peer_workloads=1,
         fork_steps=(1_000, 10_000, 100_000),
         fork_repeats=2,
         read=Workload(10_000, 10),
@@ -220,7 +221,8 @@ def bench_logging(h: Harness, p: Profile, peers: tuple[str, ...]) -> list[Result
             base = {**work.to_params(), "latency": False, "storage": False}
             what = f"{work.label} {tool}"
             if tool in PEERS:
-                if work.points > p.peer_max_points:
+                index = p.workloads.index(work)
+                if work.points > p.peer_max_points or index >= p.peer_workloads:
                     rows.append(
                         {
                             "label": work.label,
@@ -260,6 +262,14 @@ def bench_logging(h: Harness, p: Profile, peers: tuple[str, ...]) -> list[Result
                 }
             )
     return rows
+
+
+def bench_float32(h: Harness, p: Profile) -> Result:
+    """The first workload with gitruns' float32 storage, where it exists."""
+    work = p.workloads[0]
+    params = {**work.to_params(), "latency": False, "storage": True}
+    result = h.case("log.gitruns-float32", params, f"{work.label} float32")
+    return {"label": work.label, **result}
 
 
 def bench_fork(h: Harness, p: Profile) -> list[Result]:
@@ -530,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "logging" in sections:
             results["logging"] = bench_logging(h, profile, peers)
+            results["float32"] = bench_float32(h, profile)
         if "fork" in sections:
             results["fork"] = bench_fork(h, profile)
         if "read" in sections:

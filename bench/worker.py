@@ -27,6 +27,7 @@ CASES: dict[str, tuple[str, str]] = {
     "log.floor-dulwich": ("floors", "log_dulwich"),
     "columns-file": ("floors", "columns_file"),
     "log.gitruns": ("gitruns_cases", "log"),
+    "log.gitruns-float32": ("gitruns_cases", "log_float32"),
     "log.wandb": ("peers", "log_wandb"),
     "log.tensorboardx": ("peers", "log_tensorboardx"),
     "log.mlflow": ("peers", "log_mlflow"),
