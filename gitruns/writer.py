@@ -11,6 +11,7 @@ segment files, so no byte already committed is written again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -21,13 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from gitruns.chunk import Chunk, Digest, build_chunk, decode_chunk, encode_chunk
-from gitruns.errors import ConflictError, GitRunsError, RepositoryError, StepOrderError
-from gitruns.journal import Journal, RunLock
+from gitruns.errors import (
+    ConflictError,
+    GitRunsError,
+    InvalidValueError,
+    RepositoryError,
+    RunNotFoundError,
+    StepOrderError,
+)
+from gitruns.journal import Journal, Record, RunLock
 from gitruns.readme import render_readme
 from gitruns.refs import RunRef, Sha
 from gitruns.store import RunStore, Snapshot, chunk_path
 from gitruns.summary import summarize
-from gitruns.values import Value
+from gitruns.values import INT64_MAX, Value, unencodable
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +314,11 @@ class RunWriter:
             self._run_job(job)
 
     def set_meta(self, **meta: Any) -> None:
-        """Queue run metadata (config, name, summary overrides...) for the next commit."""
+        """Queue run metadata (config, name, summary overrides...) for the next commit.
+
+        ``extra`` maps root tree names to ``(mode, sha)`` entries (saved files)
+        that the next commit adds or replaces; every other key goes to run.json.
+        """
         if self._meta is None:
             self._meta = {}
         self._meta.update(meta)
@@ -402,11 +414,13 @@ class RunWriter:
         snapshot = self._snapshot
         info = dict(snapshot.info)
         config = snapshot.config
+        extra = snapshot.extra
         overrides = {k: snapshot.summary.get(k) for k in info.get("summary_set", [])}
         if job.meta:
             meta = dict(job.meta)
             config = meta.pop("config", config)
             overrides = meta.pop("summary_overrides", overrides)
+            extra = {**extra, **meta.pop("extra", {})}
             info.update(meta)
             info["summary_set"] = sorted(overrides)
         if job.state is not None:
@@ -428,7 +442,7 @@ class RunWriter:
         info["updated"] = now_iso()
 
         summary = summarize(totals, info.get("metrics", {}), overrides)
-        new = Snapshot(None, info, config, summary, history, snapshot.extra)
+        new = Snapshot(None, info, config, summary, history, extra)
         if buffer.steps:
             what = f"steps {buffer.steps[0]}..{buffer.steps[-1]}"
         else:
