@@ -317,6 +317,10 @@ def render(results: Result) -> str:
         f"{meta.get('cores')} cores, Python {meta.get('python')}, "
         f"{meta.get('date')}; medians of {results.get('repeats_note')}"
     )
+    source = meta.get("gitruns") or {}
+    if source:
+        dirty = " + uncommitted edits" if source.get("dirty") else ""
+        parts[-1] += f"\ngitruns at {str(source.get('commit'))[:10]}{dirty}"
 
     logs = results.get("logging", [])
     ok = [r for r in logs if r["status"] == "ok"]

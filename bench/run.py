@@ -117,12 +117,14 @@ PROFILES = {
 class Harness:
     """Runs cases in fresh worker processes and keeps a progress line going."""
 
-    def __init__(self, scratch: Path, timeout: float, verbose: bool) -> None:
+    def __init__(
+        self, scratch: Path, timeout: float, verbose: bool, source: Path
+    ) -> None:
         self.scratch = scratch
         self.timeout = timeout
         self.verbose = verbose
         self.count = 0
-        root = str(BENCH.parent)
+        root = str(source)
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = os.pathsep.join(
             p for p in (root, self.env.get("PYTHONPATH", "")) if p
@@ -429,6 +431,42 @@ def bench_listing(h: Harness, p: Profile) -> Result:
     return out
 
 
+def gitruns_source(commit: str | None, scratch: Path) -> tuple[Path, Result]:
+    """Where the workers import gitruns from, and which code that is.
+
+    With ``commit``, the ``gitruns`` package of that commit is exported into
+    the scratch directory, so edits in progress in the work tree cannot change
+    the code under measurement halfway through a run.
+    """
+    root = BENCH.parent
+
+    def rev(*args: str) -> str:
+        out = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True
+        )
+        return out.stdout.strip()
+
+    if commit is None:
+        dirty = bool(rev("status", "--porcelain", "--", "gitruns"))
+        return root, {
+            "path": str(root),
+            "commit": rev("rev-parse", "HEAD"),
+            "dirty": dirty,
+        }
+    sha = rev("rev-parse", "--verify", f"{commit}^{{commit}}")
+    if not sha:
+        raise SystemExit(f"error: {commit!r} is not a commit of {root}")
+    target = scratch / "gitruns-src"
+    target.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", sha, "gitruns"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target, {"path": str(root), "commit": sha, "dirty": False}
+
+
 def machine() -> Result:
     """What the figures were measured on."""
     cpu = platform.processor() or platform.machine()
@@ -494,6 +532,11 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(SECTIONS),
         help=f"comma-separated sections of: {', '.join(SECTIONS)}",
     )
+    parser.add_argument(
+        "--commit",
+        help="benchmark the gitruns package of this commit (e.g. HEAD) instead "
+        "of the work tree, so edits in progress cannot change it mid-run",
+    )
     parser.add_argument("--repeats", type=int, help="override the profile's repeats")
     parser.add_argument(
         "--keep", type=Path, help="keep scratch repositories in this directory"
@@ -529,10 +572,11 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(scratch_ctx.name)
 
     t0 = time.perf_counter()
-    h = Harness(scratch, profile.timeout, args.verbose)
+    source, source_meta = gitruns_source(args.commit, scratch)
+    h = Harness(scratch, profile.timeout, args.verbose, source)
     results: Result = {
         "profile": profile.name,
-        "meta": machine(),
+        "meta": {**machine(), "gitruns": source_meta},
         "repeats_note": f"{profile.repeats} runs (peers {profile.peer_repeats}, "
         f"forks {profile.fork_repeats}, reads {profile.read_repeats})",
         "peers_requested": list(peers),

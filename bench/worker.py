@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
-sys.path[:0] = [str(BENCH), str(BENCH.parent)]
+# gitruns comes from PYTHONPATH (run.py may point it at an exported commit);
+# the work tree is only the fallback for a worker started by hand.
+sys.path.insert(0, str(BENCH))
+sys.path.append(str(BENCH.parent))
 
 from common import MissingTool, Result  # noqa: E402
 
