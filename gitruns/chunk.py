@@ -7,7 +7,8 @@ import math
 import re
 import struct
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from itertools import islice
 from typing import Any, TypeAlias, Union
 
@@ -303,15 +304,17 @@ def check_metric_name(name: object) -> str:
     Raises:
         InvalidNameError: naming the rule that was broken.
     """
+    if not isinstance(name, str):
+        raise InvalidNameError("metric key", name, "must be a string")
     reason = _name_problem(name)
-    if reason or not isinstance(name, str):
+    if reason:
         raise InvalidNameError("metric key", name, reason)
     return name
 
 
-def _name_problem(name: object) -> str:
-    if not isinstance(name, str):
-        return "must be a string"
+@lru_cache(maxsize=4096)
+def _name_problem(name: str) -> str:
+    # Cached: a run's chunks repeat the same names, and decode checks them all.
     if not name:
         return "must not be empty"
     if len(name) > MAX_NAME_CHARS:
@@ -386,11 +389,14 @@ def _frozen(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 
 
 def _build_column(name: str, n: int, rows: RowsLike, values: ValuesLike) -> Column:
-    rows_arr = np.array(rows, dtype=np.int64, ndmin=1)
     count = len(values)
-    if len(rows_arr) != count:
-        raise ValueError(f"metric {name!r}: {len(rows_arr)} rows for {count} values")
-    if rows_arr[0] < 0 or rows_arr[-1] >= n or np.any(rows_arr[1:] <= rows_arr[:-1]):
+    if len(rows) != count:
+        raise ValueError(f"metric {name!r}: {len(rows)} rows for {count} values")
+    if isinstance(rows, np.ndarray):
+        rows_arr = rows.astype(np.int64)
+    else:
+        rows_arr = np.fromiter(rows, dtype=np.int64, count=count)
+    if rows_arr[0] < 0 or rows_arr[-1] >= n or (rows_arr[1:] <= rows_arr[:-1]).any():
         raise ValueError(
             f"metric {name!r}: rows must be strictly increasing and in [0, {n})"
         )
@@ -591,18 +597,20 @@ def _encode_values(name: str, col: Column) -> bytes:
         raise InvalidValueError(name, exc.object, "not valid unicode") from None
 
 
-def _digest_doc(d: Digest) -> dict[str, Any]:
-    return {
-        "count": d.count,
-        "first": d.first,
-        "last": d.last,
-        "first_step": d.first_step,
-        "last_step": d.last_step,
-        "min": d.min,
-        "max": d.max,
-        "sum": d.sum,
-        "numeric_count": d.numeric_count,
-    }
+def _digest_doc(d: Digest) -> list[Any]:
+    # An array, not a map: a run's chunks hold one digest per metric twice
+    # over, and keyless arrays unpack twice as fast.
+    return [
+        d.count,
+        d.first,
+        d.last,
+        d.first_step,
+        d.last_step,
+        d.min,
+        d.max,
+        d.sum,
+        d.numeric_count,
+    ]
 
 
 def _pack(obj: object) -> bytes:
@@ -666,7 +674,7 @@ def decode_digests(data: bytes, *, source: str = "digests") -> dict[str, Digest]
     try:
         doc = _unpack_document(data, _DIGESTS_MAGIC, source)
         digests = _get(doc, "digests", dict, source)
-        return _digest_map(digests, None, source)
+        return _digest_map(digests, _INT64_MAX + 1, source)
     except ChunkFormatError:
         raise
     except Exception as exc:  # noqa: BLE001 - hostile input meets one error type
@@ -785,7 +793,7 @@ def _chunk_from(doc: dict[str, Any], source: str, verify: bool) -> Chunk:
         col, stored = _column_from(name, col_doc, n, source)
         if verify:
             digests[name] = _digest_of(col, steps)
-            mismatch = _digest_mismatch(stored, digests[name])
+            mismatch = _digest_mismatch(_new_digest(stored), digests[name])
         else:
             mismatch = _quick_mismatch(stored, col, steps)
         if mismatch:
@@ -796,7 +804,7 @@ def _chunk_from(doc: dict[str, Any], source: str, verify: bool) -> Chunk:
 
     # A window flushed in parts has several segments: the prefix of a later
     # one covers earlier steps of the same window, so bound it by the first step.
-    prefix = _digest_map(prefix_doc, int(steps[0]) if len(steps) else start, source)
+    prefix = _digest_map(prefix_doc, int(steps[0]) if n else start, source)
     chunk = Chunk(window, start, steps, times, columns, prefix)
     if verify:
         object.__setattr__(chunk, "_digests", digests)
@@ -822,52 +830,60 @@ def _layout_problem(
         return f"{n} steps, over the limit of {MAX_ROWS}"
     if n and (steps[0] < start or steps[-1] >= start + window):
         return f"steps {steps[0]}..{steps[-1]} are outside [{start}, {start + window})"
-    if n > 1 and not np.all(steps[1:] > steps[:-1]):
+    if n > 1 and not (steps[1:] > steps[:-1]).all():
         return "steps are not strictly increasing"
     return ""
 
 
-def _column_from(name: str, doc: object, n: int, source: str) -> tuple[Column, Digest]:
-    where = f"metric {name!r}"
-    if not isinstance(doc, dict):
-        raise ChunkFormatError(source, f"{where}: column is not a map")
+def _column_from(
+    name: str, doc: object, n: int, source: str
+) -> tuple[Column, _DigestFields]:
+    if type(doc) is not dict:
+        raise ChunkFormatError(source, f"metric {name!r}: column is not a map")
     kind = doc.get("kind")
     if kind not in KINDS:
-        raise ChunkFormatError(source, f"{where}: unknown kind {kind!r:.40}")
+        raise ChunkFormatError(source, f"metric {name!r}: unknown kind {kind!r:.40}")
 
     # Presence: a little-endian bitmap over the rows, absent when dense.
     rows: np.ndarray[Any, np.dtype[np.int64]] | None = None
     count = n
     present = doc.get("present")
     if present is not None:
-        if not isinstance(present, bytes) or len(present) != (n + 7) // 8:
+        if type(present) is not bytes or len(present) != (n + 7) // 8:
             raise ChunkFormatError(
-                source, f"{where}: present must be a bin of {(n + 7) // 8} bytes"
+                source, f"metric {name!r}: present must be {(n + 7) // 8} bytes"
             )
         bits = np.unpackbits(np.frombuffer(present, dtype=np.uint8), bitorder="little")
         if bits[n:].any():
-            raise ChunkFormatError(source, f"{where}: present has bits past the rows")
-        rows = np.flatnonzero(bits).astype(np.int64)
+            raise ChunkFormatError(
+                source, f"metric {name!r}: present has bits past the rows"
+            )
+        rows = np.flatnonzero(bits).astype(np.int64, copy=False)
         count = len(rows)
         if count == n:
-            raise ChunkFormatError(source, f"{where}: present given for a dense column")
+            raise ChunkFormatError(
+                source, f"metric {name!r}: present given for a dense column"
+            )
     if count == 0:
-        raise ChunkFormatError(source, f"{where}: the column holds no value")
+        raise ChunkFormatError(source, f"metric {name!r}: the column holds no value")
 
-    values = _values_from(where, kind, doc.get("values"), count, source)
-    digest = _digest_from(where, doc.get("digest"), source)
-    return Column(kind, rows, values), digest
+    values = _values_from(name, kind, doc.get("values"), count, source)
+    stored = _digest_fields(name, doc.get("digest"), source)
+    return Column(kind, rows, values), stored
 
 
 def _values_from(
-    where: str, kind: str, blob: object, count: int, source: str
+    name: str, kind: str, blob: object, count: int, source: str
 ) -> np.ndarray[Any, Any] | list[Value]:
-    if not isinstance(blob, bytes):
-        raise ChunkFormatError(source, f"{where}: values must be a bin")
-    width = 1 if kind == "bool" else 8
-    if kind in ("f8", "i8", "bool") and len(blob) != width * count:
+    if type(blob) is not bytes:
+        raise ChunkFormatError(source, f"metric {name!r}: values must be a bin")
+    if (
+        kind in ("f8", "i8", "bool")
+        and len(blob) != (1 if kind == "bool" else 8) * count
+    ):
         raise ChunkFormatError(
-            source, f"{where}: values is {len(blob)} bytes for {count} {kind} values"
+            source,
+            f"metric {name!r}: values is {len(blob)} bytes for {count} {kind} values",
         )
     if kind == "f8":
         return np.frombuffer(blob, dtype=_F8).astype(np.float64, copy=False)
@@ -876,24 +892,24 @@ def _values_from(
     if kind == "bool":
         raw = np.frombuffer(blob, dtype=np.uint8)
         if (raw > 1).any():
-            raise ChunkFormatError(source, f"{where}: a bool byte is not 0 or 1")
+            raise ChunkFormatError(source, f"metric {name!r}: a bool is not 0 or 1")
         return raw.view(np.bool_)
 
-    items = _unpack_scalars(where, blob, count, source)
+    items = _unpack_scalars(name, blob, count, source)
     types = set(map(type, items))
     if kind == "str" and types != {str}:
-        raise ChunkFormatError(source, f"{where}: a str column holds a non-str")
+        raise ChunkFormatError(source, f"metric {name!r}: a str column holds a non-str")
     if kind == "obj":
         if not types <= set(_SCALARS):
-            raise ChunkFormatError(source, f"{where}: an obj column holds a container")
-        if int in types and not all(
-            _INT64_MIN <= v <= _INT64_MAX for v in items if type(v) is int
-        ):
-            raise ChunkFormatError(source, f"{where}: an int outside int64")
+            raise ChunkFormatError(
+                source, f"metric {name!r}: an obj column holds a container"
+            )
+        if int in types and not all(_is_value(v) for v in items if type(v) is int):
+            raise ChunkFormatError(source, f"metric {name!r}: an int outside int64")
     return items
 
 
-def _unpack_scalars(where: str, blob: bytes, count: int, source: str) -> list[Value]:
+def _unpack_scalars(name: str, blob: bytes, count: int, source: str) -> list[Value]:
     # The nested array is read header first and then item by item with
     # containers forbidden, so a hostile array costs no more than its bytes.
     unpacker = msgpack.Unpacker(
@@ -910,87 +926,101 @@ def _unpack_scalars(where: str, blob: bytes, count: int, source: str) -> list[Va
         declared = unpacker.read_array_header()
         if declared != count:
             raise ChunkFormatError(
-                source, f"{where}: {declared} values for {count} present rows"
+                source, f"metric {name!r}: {declared} values for {count} present rows"
             )
         items: list[Value] = list(islice(unpacker, count))
     except (ValueError, msgpack.UnpackException, RecursionError) as exc:
-        raise ChunkFormatError(source, f"{where}: bad values ({exc})") from None
+        raise ChunkFormatError(source, f"metric {name!r}: bad values ({exc})") from None
     if len(items) != count or unpacker.tell() != len(blob):
-        raise ChunkFormatError(source, f"{where}: values array is truncated or padded")
+        raise ChunkFormatError(
+            source, f"metric {name!r}: values array is truncated or padded"
+        )
     return items
 
 
-def _digest_map(
-    doc: dict[str, Any], start: int | None, source: str
-) -> dict[str, Digest]:
+# Digest fields in the order of Digest's constructor.
+_DigestFields: TypeAlias = tuple[
+    int, Value, Value, int, int, "float | None", "float | None", "float | None", int
+]
+_DIGEST_FIELDS = tuple(f.name for f in fields(Digest))
+_DIGEST_LEN = len(_DIGEST_FIELDS)
+
+
+def _new_digest(values: _DigestFields) -> Digest:
+    # Decoding builds one digest per metric per chunk from checked fields;
+    # filling __dict__ skips the nine object.__setattr__ calls of a frozen
+    # dataclass's __init__, which would be most of a decode's time.
+    digest = object.__new__(Digest)
+    digest.__dict__.update(zip(_DIGEST_FIELDS, values))
+    return digest
+
+
+def _digest_map(doc: dict[str, Any], before: int, source: str) -> dict[str, Digest]:
     if len(doc) > MAX_METRICS:
         raise ChunkFormatError(source, f"{len(doc)} digests, over {MAX_METRICS}")
     out: dict[str, Digest] = {}
     for name, item in doc.items():
         _check_name(name, source)
-        digest = _digest_from(f"digest of {name!r}", item, source)
-        if start is not None and digest.last_step >= start:
+        values = _digest_fields(name, item, source, prefix=True)
+        if values[4] >= before:
             raise ChunkFormatError(
                 source,
-                f"prefix digest of {name!r} reaches step {digest.last_step}, "
-                f"not before the chunk's first step {start}",
+                f"prefix digest of {name!r} reaches step {values[4]}, "
+                f"not before the chunk's first step {before}",
             )
-        out[name] = digest
+        out[name] = _new_digest(values)
     return out
 
 
-def _digest_from(where: str, doc: object, source: str) -> Digest:
-    if not isinstance(doc, dict):
-        raise ChunkFormatError(source, f"{where}: digest is not a map")
-    try:
-        count = doc["count"]
-        numeric_count = doc["numeric_count"]
-        first_step = doc["first_step"]
-        last_step = doc["last_step"]
-        first = doc["first"]
-        last = doc["last"]
-        lo = doc["min"]
-        hi = doc["max"]
-        total = doc["sum"]
-    except KeyError as exc:
-        raise ChunkFormatError(source, f"{where}: digest has no {exc}") from None
+def _digest_fields(
+    name: str, doc: object, source: str, *, prefix: bool = False
+) -> _DigestFields:
+    """Return a stored digest's fields, checked one by one and against each other."""
+
+    def bad(reason: str) -> ChunkFormatError:
+        where = "prefix digest" if prefix else "digest"
+        return ChunkFormatError(source, f"{where} of {name!r}: {reason}")
+
+    if type(doc) is not list or len(doc) < _DIGEST_LEN:
+        raise bad(f"is not an array of {_DIGEST_LEN}")
+    # Later minor versions may append fields; they are ignored here.
+    count, first, last, first_step, last_step, lo, hi, total, numeric_count = doc[
+        :_DIGEST_LEN
+    ]
 
     if not (
-        _is_count(count)
-        and _is_count(numeric_count)
-        and _is_count(first_step)
-        and _is_count(last_step)
+        type(count) is int
+        and type(numeric_count) is int
+        and type(first_step) is int
+        and type(last_step) is int
     ):
-        raise ChunkFormatError(source, f"{where}: digest counts and steps must be ints")
-    if count < 1 or numeric_count > count or first_step > last_step:
-        raise ChunkFormatError(source, f"{where}: digest counts or steps out of order")
+        raise bad("counts and steps must be ints")
+    if not (
+        1 <= count <= _INT64_MAX
+        and 0 <= numeric_count <= count
+        and 0 <= first_step <= last_step <= _INT64_MAX
+    ):
+        raise bad("counts or steps out of range")
     if (count == 1) != (first_step == last_step):
-        raise ChunkFormatError(source, f"{where}: digest steps do not match its count")
+        raise bad("steps do not match the count")
     if not (_is_value(first) and _is_value(last)):
-        raise ChunkFormatError(source, f"{where}: digest first/last is not a value")
+        raise bad("first/last is not a value")
     if numeric_count == 0:
         if not (lo is None and hi is None and total is None):
-            raise ChunkFormatError(source, f"{where}: digest has stats but no numbers")
+            raise bad("has stats but no numbers")
     else:
         if not (type(lo) is float and type(hi) is float and type(total) is float):
-            raise ChunkFormatError(
-                source, f"{where}: digest min/max/sum must be floats"
-            )
+            raise bad("min/max/sum must be floats")
         if not lo <= hi:
-            raise ChunkFormatError(source, f"{where}: digest min is not <= max")
-    return Digest(
-        count, first, last, first_step, last_step, lo, hi, total, numeric_count
-    )
-
-
-def _is_count(value: object) -> bool:
-    return type(value) is int and 0 <= value <= _INT64_MAX
+            raise bad("min is not <= max")
+    return (count, first, last, first_step, last_step, lo, hi, total, numeric_count)
 
 
 def _is_value(value: object) -> bool:
-    if type(value) is int:
-        return _INT64_MIN <= value <= _INT64_MAX
-    return type(value) in _SCALARS
+    kind = type(value)
+    if kind is int:
+        return _INT64_MIN <= value <= _INT64_MAX  # type: ignore[operator]
+    return kind in _SCALARS
 
 
 def _digest_mismatch(stored: Digest, computed: Digest) -> str:
@@ -1008,28 +1038,41 @@ def _digest_mismatch(stored: Digest, computed: Digest) -> str:
 
 
 def _quick_mismatch(
-    stored: Digest, col: Column, steps: np.ndarray[Any, np.dtype[np.int64]]
+    stored: _DigestFields, col: Column, steps: np.ndarray[Any, np.dtype[np.int64]]
 ) -> str:
-    # The O(1) part of _digest_mismatch: what can be checked without a pass
-    # over the values.
+    # The part of _digest_mismatch that needs no pass over the values.
+    count, first, last, first_step, last_step, _, _, _, numeric_count = stored
     values = col.values
-    if stored.count != len(values):
+    if count != len(values):
         return "count"
-    first_row = 0 if col.rows is None else int(col.rows[0])
-    last_row = len(steps) - 1 if col.rows is None else int(col.rows[-1])
-    if stored.first_step != steps[first_row] or stored.last_step != steps[last_row]:
-        return "first_step/last_step"
-    first: Value
-    last: Value
-    if isinstance(values, np.ndarray):
-        first, last = values[0].item(), values[-1].item()
-    else:
-        first, last = values[0], values[-1]
-    if not (_same_value(stored.first, first) and _same_value(stored.last, last)):
+    rows = col.rows
+    if first_step != (steps[0] if rows is None else steps[rows[0]]):
+        return "first_step"
+    if last_step != (steps[-1] if rows is None else steps[rows[-1]]):
+        return "last_step"
+
+    kind = col.kind
+    if kind == "f8" and isinstance(values, np.ndarray):
+        # By bit pattern: NaN payloads and -0.0 included.
+        if type(first) is not float or type(last) is not float:
+            return "first/last"
+        pack = _F8_BITS.pack
+        if pack(first) != pack(float(values[0])) or pack(last) != pack(
+            float(values[-1])
+        ):
+            return "first/last"
+    elif kind in ("i8", "bool"):
+        expected = int if kind == "i8" else bool
+        if type(first) is not expected or type(last) is not expected:
+            return "first/last"
+        if first != values[0] or last != values[-1]:
+            return "first/last"
+    elif not (_same_value(first, values[0]) and _same_value(last, values[-1])):
         return "first/last"
-    if col.kind in ("bool", "str") and stored.numeric_count:
+
+    if kind in ("bool", "str") and numeric_count:
         return "numeric_count"
-    if col.kind == "i8" and stored.numeric_count != stored.count:
+    if kind == "i8" and numeric_count != count:
         return "numeric_count"
     return ""
 
@@ -1055,7 +1098,7 @@ def _close_sum(stored: Digest, computed: Digest) -> bool:
 
 
 def _check_name(name: object, source: str) -> None:
-    reason = _name_problem(name)
+    reason = _name_problem(name) if type(name) is str else "must be a string"
     if reason:
         raise ChunkFormatError(source, f"metric name {name!r:.80} {reason}")
 

@@ -623,13 +623,20 @@ def golden_chunks() -> dict[str, Callable[[], bytes]]:
 def describe(data: bytes) -> str:
     """A readable dump of a msgpack document: bins in hex, floats with their bits."""
 
-    def show(obj: Any, indent: str, nested: bool = False) -> Iterator[str]:
+    def show(obj: Any, indent: str, role: str = "") -> Iterator[str]:
         if isinstance(obj, dict):
             if not obj:
                 yield f"{indent}(empty map)"
             for key, value in obj.items():
-                # The values of str and obj columns are a msgpack array in a bin.
-                inner = key == "values" and obj.get("kind") in ("str", "obj")
+                # The values of str and obj columns are a msgpack array in a bin;
+                # a digest is an array whose fields have names.
+                inner = ""
+                if key == "values" and obj.get("kind") in ("str", "obj"):
+                    inner = "nested"
+                elif key == "digest" or role == "digests":
+                    inner = "digest"
+                elif key in ("prefix", "digests"):
+                    inner = "digests"
                 lines = list(show(value, indent + "  ", inner))
                 if len(lines) == 1 and not isinstance(value, (dict, list, bytes)):
                     yield f"{indent}{key!r}: {lines[0].strip()}"
@@ -638,14 +645,16 @@ def describe(data: bytes) -> str:
                     yield from lines
         elif isinstance(obj, list):
             yield f"{indent}array of {len(obj)}"
-            for item in obj:
-                yield from show(item, indent + "  ")
+            for i, item in enumerate(obj):
+                label = f"{DIGEST_FIELDS[i]}: " if role == "digest" else ""
+                for line in show(item, indent + "  "):
+                    yield f"{indent}  {label}{line.strip()}"
         elif isinstance(obj, bytes):
             yield f"{indent}bin of {len(obj)}"
             for i in range(0, len(obj), 16):
                 row = obj[i : i + 16]
                 yield f"{indent}  {row[:8].hex()} {row[8:].hex()}".rstrip()
-            if nested:
+            if role == "nested":
                 yield f"{indent}  holding:"
                 yield from show(msgpack.unpackb(obj, raw=False), indent + "    ")
         elif isinstance(obj, float):
@@ -724,7 +733,7 @@ def test_newer_minor_version_is_read_and_unknown_fields_ignored(valid: bytes) ->
     doc["future_field"] = {"anything": [1, 2, 3], "bin": b"\x00" * 100}
     for col in doc["columns"].values():
         col["future_encoding"] = "zstd-maybe"
-        col["digest"]["p99"] = 1.5
+        col["digest"].append(1.5)  # a field appended by a later minor version
     chunk = decode_chunk(pack(doc), source=SOURCE, verify=True)
     expected = decode_chunk(valid)
     assert [sorted(r.items(), key=str) for r in chunk.rows()] == [
@@ -770,9 +779,10 @@ WRONG = [None, True, -1, 2**64 - 1, 1.5, "x", b"x", [], {}, [1, 2], {"a": 1}]
 TOP_FIELDS = ["window", "start", "steps", "times", "columns", "prefix"]
 COLUMN_FIELDS = ["kind", "present", "values", "digest"]
 DIGEST_FIELDS = [
-    "count", "numeric_count", "first", "last", "first_step", "last_step",
-    "min", "max", "sum",
+    "count", "first", "last", "first_step", "last_step",
+    "min", "max", "sum", "numeric_count",
 ]  # fmt: skip
+DIGEST_INDEX = {name: i for i, name in enumerate(DIGEST_FIELDS)}
 
 
 @pytest.mark.parametrize("field", TOP_FIELDS)
@@ -811,9 +821,9 @@ def test_wrong_types_in_digests_are_refused(valid: bytes, field: str) -> None:
         for where in ("column", "prefix"):
             doc = document((GOLDEN / "with_prefix.msgpack").read_bytes())
             if where == "column":
-                doc["columns"]["loss"]["digest"][field] = wrong
+                doc["columns"]["loss"]["digest"][DIGEST_INDEX[field]] = wrong
             else:
-                doc["prefix"]["lr"][field] = wrong
+                doc["prefix"]["lr"][DIGEST_INDEX[field]] = wrong
             refused(pack(doc))
 
 
@@ -868,7 +878,10 @@ def test_inconsistent_fields_are_refused(
     target = doc
     for key in path[:-1]:
         target = target[key]
-    target[path[-1]] = value
+    if isinstance(target, list):  # a digest
+        target[DIGEST_INDEX[path[-1]]] = value
+    else:
+        target[path[-1]] = value
     refused(pack(doc))
 
 
@@ -893,14 +906,14 @@ def test_non_str_map_keys_are_refused(valid: bytes) -> None:
 
 def test_prefix_reaching_into_the_chunk_is_refused() -> None:
     doc = document((GOLDEN / "with_prefix.msgpack").read_bytes())
-    doc["prefix"]["lr"]["last_step"] = 200
+    doc["prefix"]["lr"][DIGEST_INDEX["last_step"]] = 200
     exc = refused(pack(doc))
     assert "prefix" in str(exc)
 
 
 def test_lying_stats_are_caught_by_verify_and_never_used() -> None:
     doc = document((GOLDEN / "with_prefix.msgpack").read_bytes())
-    doc["columns"]["loss"]["digest"]["min"] = -100.0
+    doc["columns"]["loss"]["digest"][DIGEST_INDEX["min"]] = -100.0
     data = pack(doc)
     exc = refused(data, verify=True)
     assert "min" in str(exc)
