@@ -132,20 +132,34 @@ def _numeric(values: Any) -> tuple[np.ndarray[Any, np.dtype[np.bool_]], FloatArr
     return keep, floats
 
 
-class _Columns:
+class ColumnCache:
     """Each run's columns, read once however many metrics are drawn."""
 
     def __init__(self) -> None:
         self._seen: dict[str, dict[str, tuple[IntArray, Any]]] = {}
 
     def get(self, view: RunView) -> dict[str, tuple[IntArray, Any]]:
+        """``view.columns()``, read on first use."""
         if view.path not in self._seen:
             self._seen[view.path] = view.columns()
         return self._seen[view.path]
 
 
+def drawable_metrics(view: RunView, columns: ColumnCache | None = None) -> list[str]:
+    """The run's metrics that have at least one number to draw, sorted."""
+    cols = (columns or ColumnCache()).get(view)
+    found = []
+    for name, (_, values) in cols.items():
+        if name in (_STEP, _TIME):
+            continue
+        keep, _ = _numeric(values)
+        if keep.any():
+            found.append(name)
+    return sorted(found)
+
+
 def _points(
-    view: RunView, metric: str, x: str, columns: _Columns
+    view: RunView, metric: str, x: str, columns: ColumnCache
 ) -> tuple[IntArray, FloatArray, FloatArray]:
     """(steps, x, y) of the run's drawable values of ``metric`` against ``x``."""
     cols = columns.get(view)
@@ -244,7 +258,7 @@ def trace(
     metric: str,
     x: str = _STEP,
     max_points: int = MAX_POINTS,
-    columns: _Columns | None = None,
+    columns: ColumnCache | None = None,
 ) -> list[Curve]:
     """Work out what to draw for each run: its points, where it starts, its fork.
 
@@ -267,7 +281,7 @@ def trace(
     Raises:
         MetricNotFoundError: no run logged ``metric`` (or ``x``) as numbers.
     """
-    columns = columns or _Columns()
+    columns = columns or ColumnCache()
     unique = list({v.path: v for v in views}.values())
     points = {v.path: _points(v, metric, x, columns) for v in unique}
     drawn = {path for path, (steps, _, _) in points.items() if len(steps)}

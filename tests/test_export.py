@@ -1,0 +1,335 @@
+"""Export: CSV and JSON lines that import back to the same history."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import gitruns
+from gitruns.cli.common import GitRunsGroup
+from gitruns.cli.export import export_command
+from gitruns.export import csv_cell, export_history
+from gitruns.importers import ImportedRun, ParsedSource, Record, write_runs
+from gitruns.importers.model import digest_bytes, finish
+from gitruns.importers.table import read_table
+from gitruns.reader import RunView
+
+# Values that trip naive writers: every float spelling, int64 ends, types.
+ODD_VALUES: list[Any] = [
+    0.1,
+    -0.0,
+    math.nan,
+    math.inf,
+    -math.inf,
+    5e-324,
+    1.7976931348623157e308,
+    1 / 3,
+    2**63 - 1,
+    -(2**63),
+    True,
+    None,
+    'a, "quoted" text',
+]
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    """Run the export command as ``gitruns`` would (errors mapped to exit codes)."""
+    result = CliRunner().invoke(GitRunsGroup(commands=[export_command]), list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def same(a: Any, b: Any) -> bool:
+    """Same stored value: same type, and for floats the same bits."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return struct.pack("<d", a) == struct.pack("<d", b)
+    return bool(a == b)
+
+
+def same_number(a: Any, b: Any) -> bool:
+    """Same value as CSV keeps it: an int may come back as the equal float."""
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        if isinstance(a, bool) or isinstance(b, bool):
+            return a is b
+        return (math.isnan(a) and math.isnan(b)) or (
+            a == b and math.copysign(1, a) == math.copysign(1, b)
+        )
+    return same(a, b)
+
+
+def rows_match(
+    left: list[dict[str, Any]], right: list[dict[str, Any]], eq: Any
+) -> None:
+    assert len(left) == len(right)
+    for a, b in zip(left, right):
+        assert a.keys() == b.keys(), (a, b)
+        for key in a:
+            assert eq(a[key], b[key]), (a["_step"], key, a[key], b[key])
+
+
+@pytest.fixture
+def seed(repo: Path) -> tuple[RunView, RunView]:
+    """DESIGN.md section 5: a run of 300 steps and its fork at 200."""
+    src = gitruns.init(project="demo", id="source", repo=repo)
+    for i in range(300):
+        src.log({"metric": i})
+    src.finish()
+    fork = gitruns.init(
+        project="demo", id="forked", fork_from="source?_step=200", repo=repo
+    )
+    for i in range(200, 300):
+        wiggle = 0 if i < 250 else 2 * math.sin(i / 3.0)
+        fork.log({"metric": i + wiggle})
+        fork.log({"additional_metric": i * 1.1})
+    fork.finish()
+    api = gitruns.Api(repo)
+    return api.run("demo/source"), api.run("demo/forked")
+
+
+@pytest.fixture
+def odd(repo: Path) -> RunView:
+    """A run holding every awkward value, sparse metrics and a text metric."""
+    with gitruns.init(project="odd", id="values", repo=repo) as run:
+        for i, value in enumerate(ODD_VALUES):
+            row: dict[str, Any] = {"x": value, "loss": 1.0 / (i + 1)}
+            if i % 3 == 0:
+                row["eval"] = i * 0.25
+            run.log(row)
+    return gitruns.Api(repo).run("odd/values")
+
+
+@pytest.mark.parametrize("value", [v for v in ODD_VALUES if isinstance(v, float)])
+def test_csv_cell_floats_read_back_bit_for_bit(value: float) -> None:
+    text = csv_cell(value)
+    assert same(float(text), value), text
+
+
+def test_csv_cell_spelling() -> None:
+    assert [csv_cell(v) for v in (math.nan, math.inf, -math.inf, -0.0)] == [
+        "nan",
+        "inf",
+        "-inf",
+        "-0.0",
+    ]
+    assert csv_cell(None) == "" and csv_cell(True) == "True" and csv_cell(7) == "7"
+
+
+def test_csv_export_of_the_seed_fork(seed: tuple[RunView, RunView]) -> None:
+    _, fork = seed
+    code, out, err = invoke("export", "demo/forked", "--repo", str(fork.store.git_dir))
+    assert code == 0, err
+    table = list(csv.reader(io.StringIO(out)))
+    assert table[0] == ["_step", "_timestamp", "additional_metric", "metric"]
+    body = table[1:]
+    assert [int(r[0]) for r in body] == list(range(401))
+
+    # Inherited steps, the fork's own steps, and the gaps of sparse metrics.
+    by_step = {int(r[0]): r for r in body}
+    assert by_step[200][2:] == ["", "200"]
+    assert by_step[201][2:] == ["", "200"]
+    assert by_step[202][2:] == [repr(200 * 1.1), ""]
+    assert float(by_step[399][3]) == 299 + 2 * math.sin(299 / 3.0)
+    history = list(fork.scan_history())
+    assert [float(r[1]) for r in body] == [r["_timestamp"] for r in history]
+
+
+def test_jsonl_export_is_scan_history(
+    odd: RunView, seed: tuple[RunView, RunView]
+) -> None:
+    for view in (odd, *seed):
+        out = io.StringIO()
+        count = export_history(view, out, "jsonl")
+        lines = out.getvalue().splitlines()
+        assert count == len(lines) == len(list(view.scan_history()))
+        rows_match(
+            [json.loads(line) for line in lines], list(view.scan_history()), same
+        )
+
+
+def test_csv_export_reads_back_with_the_importers_reader(
+    odd: RunView, tmp_path: Path
+) -> None:
+    path = tmp_path / "odd.csv"
+    with path.open("w", newline="") as handle:
+        assert export_history(odd, handle, "csv") == len(ODD_VALUES)
+    table = read_table(path)
+    assert table.header == ["_step", "_timestamp", "eval", "loss", "x"]
+    assert table.column("loss") == [1.0 / (i + 1) for i in range(len(ODD_VALUES))]
+    assert table.column("eval") == [i * 0.25 if i % 3 == 0 else None for i in range(13)]
+    # A column of mixed types stays text in CSV; JSON lines keeps the types.
+    assert table.column("x") == [csv_cell(v) or None for v in ODD_VALUES]
+
+
+def _import_csv(path: Path, repo: Path) -> RunView:
+    """Import a gitruns CSV export with the importers' reader, rules and writer."""
+    table = read_table(path)
+    steps, times = table.column("_step"), table.column("_timestamp")
+    assert steps is not None and times is not None
+    names = [n for n in table.header if n not in ("_step", "_timestamp")]
+    run = ImportedRun(
+        format="gitruns-csv", path=str(path), digest=digest_bytes([path.read_bytes()])
+    )
+    for i, step in enumerate(steps):
+        metrics = {
+            n: table.column(n)[i] for n in names if table.column(n)[i] is not None
+        }  # type: ignore[index]
+        run.records.append(Record(step, times[i], metrics))
+    return _write(run, repo)
+
+
+def _import_jsonl(path: Path, repo: Path) -> RunView:
+    """Import a gitruns JSON lines export through the importers' rules and writer."""
+    run = ImportedRun(
+        format="gitruns-jsonl", path=str(path), digest=digest_bytes([path.read_bytes()])
+    )
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        step, when = row.pop("_step"), row.pop("_timestamp")
+        run.records.append(Record(step, when, row))
+    return _write(run, repo)
+
+
+def _write(run: ImportedRun, repo: Path) -> RunView:
+    report = write_runs(finish(ParsedSource(runs=[run])), repo=repo, project="back")
+    assert [o.status for o in report.outcomes] == ["imported"]
+    return gitruns.Api(repo).run(report.outcomes[0].path)
+
+
+def test_round_trip_csv_export_import(
+    seed: tuple[RunView, RunView], tmp_path: Path
+) -> None:
+    _, fork = seed
+    path = tmp_path / "fork.csv"
+    code, _, err = invoke(
+        "export", "demo/forked", "-o", str(path), "--repo", str(fork.store.git_dir)
+    )
+    assert code == 0 and "exported 401 steps" in err
+    back = _import_csv(path, tmp_path / "back.git")
+    # The mixed int/float column comes back as floats of the same values.
+    rows_match(list(back.scan_history()), list(fork.scan_history()), same_number)
+    assert back.summary.keys() == fork.summary.keys()
+
+
+def test_round_trip_jsonl_export_import_is_exact(
+    seed: tuple[RunView, RunView], odd: RunView, tmp_path: Path
+) -> None:
+    for view in (odd, seed[1]):
+        path = tmp_path / f"{view.id}.jsonl"
+        with path.open("w") as handle:
+            export_history(view, handle, "jsonl")
+        back = _import_jsonl(path, tmp_path / f"{view.id}.git")
+        rows_match(list(back.scan_history()), list(view.scan_history()), same)
+
+
+def test_round_trip_gives_the_same_pandas_history(
+    seed: tuple[RunView, RunView], tmp_path: Path
+) -> None:
+    pandas = pytest.importorskip("pandas")
+    _, fork = seed
+    path = tmp_path / "fork.jsonl"
+    with path.open("w") as handle:
+        export_history(fork, handle, "jsonl")
+    back = _import_jsonl(path, tmp_path / "back.git")
+    pandas.testing.assert_frame_equal(
+        back.history(pandas=True), fork.history(pandas=True)
+    )
+    keys = ["additional_metric"]
+    pandas.testing.assert_frame_equal(back.history(keys), fork.history(keys))
+
+
+def test_keys_and_step_range_pick_rows_as_scan_history(
+    seed: tuple[RunView, RunView],
+) -> None:
+    _, fork = seed
+    repo = str(fork.store.git_dir)
+    code, out, _ = invoke(
+        "export",
+        "forked",
+        "-f",
+        "jsonl",
+        "-k",
+        "additional_metric",
+        "--min-step",
+        "250",
+        "--max-step",
+        "300",
+        "--repo",
+        repo,
+    )
+    assert code == 0
+    got = [json.loads(line) for line in out.splitlines()]
+    want = list(fork.scan_history(["additional_metric", "_timestamp"], 250, 300))
+    assert [r["_step"] for r in got] == list(range(250, 300, 2))
+    rows_match(got, want, same)
+
+    code, out, _ = invoke(
+        "export", "forked", "-k", "metric", "--max-step", "5", "--repo", repo
+    )
+    assert out.splitlines()[0] == "_step,_timestamp,metric"
+    assert [line.split(",")[2] for line in out.splitlines()[1:]] == [
+        "0",
+        "1",
+        "2",
+        "3",
+        "4",
+    ]
+
+
+def test_unknown_key_is_a_clear_error(
+    seed: tuple[RunView, RunView], tmp_path: Path
+) -> None:
+    _, fork = seed
+    target = tmp_path / "out.csv"
+    code, _, err = invoke(
+        "export",
+        "forked",
+        "-k",
+        "loss",
+        "-o",
+        str(target),
+        "--repo",
+        str(fork.store.git_dir),
+    )
+    assert code == 3
+    assert "logged no metric 'loss'" in err and "additional_metric, metric" in err
+    # Nothing half-written is left behind.
+    assert list(tmp_path.glob("*out.csv*")) == []
+
+
+def test_output_file_matches_stdout(
+    seed: tuple[RunView, RunView], tmp_path: Path
+) -> None:
+    _, fork = seed
+    repo = str(fork.store.git_dir)
+    for fmt in ("csv", "jsonl"):
+        target = tmp_path / f"fork.{fmt}"
+        code, out, _ = invoke("export", "forked", "-f", fmt, "--repo", repo)
+        assert code == 0
+        assert (
+            invoke("export", "forked", "-f", fmt, "-o", str(target), "--repo", repo)[0]
+            == 0
+        )
+        assert target.read_text() == out
+    assert sorted(
+        p.name for p in tmp_path.iterdir() if p.suffix in (".csv", ".jsonl", ".tmp")
+    ) == [
+        "fork.csv",
+        "fork.jsonl",
+    ]
+
+
+def test_export_of_an_unknown_run(repo: Path) -> None:
+    gitruns.init(project="p", id="one", repo=repo).finish()
+    code, _, err = invoke("export", "nope", "--repo", str(repo))
+    assert code == 3 and "no run 'nope'" in err
