@@ -90,6 +90,7 @@ def refused(
         decode_chunk(data, source=SOURCE, **kw)
     assert type(info.value) is kind, info.value
     assert SOURCE in str(info.value)
+    assert info.value.__cause__ is None, "an internal error reached the safety net"
     return info.value
 
 
@@ -100,6 +101,7 @@ def decodes_or_refuses(data: bytes) -> Chunk | None:
     except ChunkFormatError as exc:
         assert type(exc) in (ChunkFormatError, UnsupportedVersionError)
         assert SOURCE in str(exc)
+        assert exc.__cause__ is None, f"an internal error reached the safety net: {exc}"
         return None
     again = decode_chunk(encode_chunk(chunk), source=SOURCE)
     assert again.steps.tolist() == chunk.steps.tolist()
