@@ -1,0 +1,414 @@
+"""The pre-receive and pre-push hooks, run by real git servers and a real git push."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from dulwich.objects import ObjectID
+from dulwich.refs import Ref
+from dulwich.repo import Repo
+
+import gitruns
+from gitruns import hooks, remote
+from gitruns.chunk import build_chunk, encode_chunk
+from gitruns.cli import hooks as hooks_cli
+from gitruns.errors import RemoteError
+from gitruns.refs import RunRef, Sha
+from gitruns.store import RunStore
+from tests.gitserver import GitServer, git, scrubbed_env
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def log_run(repo: Path, run_id: str, steps: range, **init: object) -> str:
+    """Write a run (or more of one) with the public API; return its path."""
+    run = gitruns.init(project="demo", id=run_id, repo=str(repo), **init)  # type: ignore[arg-type]
+    for step in steps:
+        run.log({"loss": 1.0 / (step + 1)}, step=step)
+    run.finish()
+    return f"demo/{run_id}"
+
+
+def craft_commit(
+    repo: Path, path: str, steps: list[int], data: bytes | None = None
+) -> str:
+    """Commit a segment on top of a run, bypassing the writer's own rules."""
+    store = RunStore.open(repo, create=False)
+    try:
+        run = store.resolve(path)
+        tip = store.tip(run)
+        assert tip is not None
+        snapshot = store.read_snapshot(tip)
+        window = snapshot.window
+        if data is None:
+            chunk = build_chunk(
+                window,
+                steps[0] // window * window,
+                steps,
+                [time.time()] * len(steps),
+                {"loss": (list(range(len(steps))), [0.5] * len(steps))},
+            )
+            data = encode_chunk(chunk)
+        snapshot.history.add(steps[0], store.blob(data))
+        snapshot.info["last_step"] = steps[-1]
+        sha = store.write_commit(snapshot, [tip], f"{path}: crafted\n", "crafted\n")
+        assert store.update_ref(run, tip, sha, "crafted")
+        return sha.decode()
+    finally:
+        store.close()
+
+
+def tip(repo: Path, path: str) -> str:
+    return git("--git-dir", repo, "rev-parse", f"refs/heads/runs/{path}").stdout.strip()
+
+
+def remote_refs(url: str) -> dict[str, str]:
+    lines = git("ls-remote", url).stdout.splitlines()
+    return {ref: sha for sha, ref in (line.split("\t") for line in lines)}
+
+
+@pytest.fixture
+def local(tmp_path: Path, git_env: dict[str, str]) -> Path:
+    path = tmp_path / "local.git"
+    git("init", "--quiet", "--bare", path)
+    return path
+
+
+@pytest.fixture
+def repo(local: Path) -> Iterator[Repo]:
+    with closing(Repo(str(local))) as r:
+        yield r
+
+
+@pytest.fixture
+def guarded(git_daemon: GitServer) -> GitServer:
+    """A git daemon whose repository has the gitruns pre-receive hook."""
+    path = git_daemon.create()
+    with closing(Repo(str(path))) as served:
+        hooks.install_hook(served, "pre-receive")
+    return git_daemon
+
+
+def stock_push(
+    local: Path, url: str, *refspecs: str
+) -> subprocess.CompletedProcess[str]:
+    return git("--git-dir", local, "push", url, *refspecs, check=False)
+
+
+# -- pre-receive on a real server ---------------------------------------------------
+
+
+def test_valid_pushes_pass(git_server: GitServer, local: Path, repo: Repo) -> None:
+    path = git_server.create()
+    with closing(Repo(str(path))) as served:
+        hooks.install_hook(served, "pre-receive")
+    src = log_run(local, "src", range(120))
+    fork = log_run(local, "fork", range(51, 70), fork_from=f"{src}?_step=50")
+
+    # A fork before its parent, the parent, more steps, then a rewind.
+    first = remote.push(repo, git_server.url(), [RunRef("demo", "fork")])
+    second = remote.push(repo, git_server.url())
+    log_run(local, "src", range(120, 130), resume="must")
+    third = remote.push(repo, git_server.url())
+    log_run(local, "src", range(91, 95), resume_from=f"{src}?_step=90")
+    fourth = remote.push(repo, git_server.url(), [RunRef("demo", "src")])
+
+    assert [o.status for o in first] == ["created"]
+    assert {o.run.path: o.status for o in second} == {
+        src: "created",
+        fork: "up to date",
+    }
+    assert {o.run.path: o.status for o in third}[src] == "fast-forward"
+    assert [o.status for o in fourth] == ["fast-forward"]
+    assert remote_refs(git_server.url())[f"refs/heads/runs/{src}"] == tip(local, src)
+
+
+def test_force_push_is_rejected(
+    guarded: GitServer, local: Path, tmp_path: Path
+) -> None:
+    run = log_run(local, "r1", range(10))
+    assert (
+        stock_push(
+            local, guarded.url(), "refs/heads/runs/*:refs/heads/runs/*"
+        ).returncode
+        == 0
+    )
+    other = tmp_path / "other.git"
+    git("clone", "--quiet", "--bare", guarded.url(), other)
+    log_run(other, "r1", range(10, 15), resume="must")
+    assert stock_push(other, guarded.url(), f"refs/heads/runs/{run}").returncode == 0
+    log_run(local, "r1", range(10, 12), resume="must")
+
+    pushed = stock_push(local, guarded.url(), f"+refs/heads/runs/{run}")
+
+    assert pushed.returncode != 0
+    at = tip(local, run)[:10]
+    assert f"gitruns: refused refs/heads/runs/{run} {at}: not a fast-forward" in (
+        pushed.stderr
+    )
+    assert remote_refs(guarded.url())[f"refs/heads/runs/{run}"] == tip(other, run)
+
+
+def test_deletion_is_rejected(guarded: GitServer, local: Path) -> None:
+    run = log_run(local, "r1", range(10))
+    stock_push(local, guarded.url(), f"refs/heads/runs/{run}")
+
+    pushed = stock_push(local, guarded.url(), f":refs/heads/runs/{run}")
+
+    assert pushed.returncode != 0
+    assert f"refused refs/heads/runs/{run} {tip(local, run)[:10]}: " in pushed.stderr
+    assert "cannot be deleted" in pushed.stderr
+    assert f"refs/heads/runs/{run}" in remote_refs(guarded.url())
+
+
+def test_malformed_chunk_is_rejected(
+    guarded: GitServer, local: Path, repo: Repo
+) -> None:
+    run = log_run(local, "r1", range(10))
+    remote.push(repo, guarded.url())
+    bad = craft_commit(local, run, [10, 11], data=b"\x82\xa3not a chunk")
+
+    with pytest.raises(RemoteError) as refused:
+        remote.push(repo, guarded.url())
+
+    message = str(refused.value)
+    assert f"refs/heads/runs/{run} {bad[:10]}: malformed chunk" in message
+    assert "history/0000/00/000000000010.msgpack" in message
+    assert remote_refs(guarded.url())[f"refs/heads/runs/{run}"] != bad
+
+
+def test_step_order_violation_is_rejected(guarded: GitServer, local: Path) -> None:
+    run = log_run(local, "r1", range(10))
+    stock_push(local, guarded.url(), f"refs/heads/runs/{run}")
+    bad = craft_commit(local, run, [5, 6])
+
+    pushed = stock_push(local, guarded.url(), f"refs/heads/runs/{run}")
+
+    assert pushed.returncode != 0
+    assert (
+        f"refused refs/heads/runs/{run} {bad[:10]}: step order: a segment starts at "
+        "step 5, not after the run's step 9"
+    ) in pushed.stderr
+
+
+def test_a_commit_of_another_run_is_rejected(guarded: GitServer, local: Path) -> None:
+    run = log_run(local, "r1", range(5))
+
+    pushed = stock_push(
+        local, guarded.url(), f"refs/heads/runs/{run}:refs/heads/runs/demo/r2"
+    )
+
+    assert pushed.returncode != 0
+    assert (
+        f"run.json names run {run}, but this commit belongs to demo/r2" in pushed.stderr
+    )
+
+
+def test_bad_run_ref_name_is_rejected_and_other_refs_pass(
+    guarded: GitServer, local: Path, tmp_path: Path
+) -> None:
+    run = log_run(local, "r1", range(5))
+    work = tmp_path / "code"
+    git("init", "--quiet", work)
+    git("commit", "--quiet", "--allow-empty", "-m", "code", cwd=work)
+
+    nested = stock_push(
+        local, guarded.url(), f"refs/heads/runs/{run}:refs/heads/runs/demo/r1/x"
+    )
+    code = git("push", guarded.url(), "HEAD:refs/heads/main", cwd=work, check=False)
+
+    assert nested.returncode != 0
+    assert "refs/heads/runs/demo/r1/x" in nested.stderr
+    assert "not a valid run branch" in nested.stderr
+    assert code.returncode == 0, code.stderr
+
+
+def test_one_bad_ref_refuses_the_whole_push(guarded: GitServer, local: Path) -> None:
+    good = log_run(local, "good", range(5))
+    bad_run = log_run(local, "bad", range(5))
+    craft_commit(local, bad_run, [2, 3])
+
+    pushed = stock_push(
+        local, guarded.url(), "--atomic", "refs/heads/runs/*:refs/heads/runs/*"
+    )
+
+    assert pushed.returncode != 0
+    refused = [
+        line for line in pushed.stderr.splitlines() if "gitruns: refused" in line
+    ]
+    assert len(refused) == 1 and "demo/bad" in refused[0]
+    assert f"refs/heads/runs/{good}" not in remote_refs(guarded.url())
+
+
+def test_unchecked_commits_cannot_be_smuggled_through_another_branch(
+    guarded: GitServer, local: Path
+) -> None:
+    run = log_run(local, "r1", range(10))
+    stock_push(local, guarded.url(), f"refs/heads/runs/{run}")
+    craft_commit(local, run, [3, 4])
+    # Outside runs/ anything goes, so the bad commit reaches the server's objects.
+    assert (
+        stock_push(
+            local, guarded.url(), f"refs/heads/runs/{run}:refs/heads/junk"
+        ).returncode
+        == 0
+    )
+
+    pushed = stock_push(local, guarded.url(), f"refs/heads/runs/{run}")
+
+    assert pushed.returncode != 0 and "step order" in pushed.stderr
+
+
+def test_server_config_can_allow_rewrites(guarded: GitServer, local: Path) -> None:
+    run = log_run(local, "r1", range(5))
+    stock_push(local, guarded.url(), f"refs/heads/runs/{run}")
+    git("config", "gitruns.allowRewrite", "true", cwd=guarded.base / "runs.git")
+
+    deleted = stock_push(local, guarded.url(), f":refs/heads/runs/{run}")
+
+    assert deleted.returncode == 0, deleted.stderr
+    assert f"refs/heads/runs/{run}" not in remote_refs(guarded.url())
+
+
+def test_pre_receive_checks_only_the_new_commits(local: Path, tmp_path: Path) -> None:
+    log_run(local, "r1", range(40))
+    for first in range(40, 100, 10):
+        log_run(local, "r1", range(first, first + 10), resume="must")
+    branch = Ref(RunRef("demo", "r1").ref)
+    with closing(Repo(str(local))) as r:
+        head = Sha(r.refs[branch])
+        old = Sha(
+            git("--git-dir", local, "rev-parse", f"{head.decode()}^")
+            .stdout.strip()
+            .encode()
+        )
+        # As the server sees it during pre-receive: the branch still at ``old``.
+        r.refs[branch] = ObjectID(old)
+        checker = hooks.server_checker(r, None, allow_rewrite=False)
+        store_view = hooks.Checker(
+            r.object_store, lambda sha, run: False, allow_rewrite=False
+        )
+
+        update = hooks.RefUpdate(branch, old, head)
+        assert checker.check([update]) == []
+        assert store_view.check([hooks.RefUpdate(update.ref, None, head)]) == []
+
+    assert len(checker._checked) == 1
+    count = git("--git-dir", local, "rev-list", "--count", head.decode())
+    assert len(store_view._checked) == int(count.stdout)
+
+
+# -- pre-push on the client ---------------------------------------------------------
+
+
+def test_pre_push_stops_a_bad_run_before_it_leaves(
+    git_daemon: GitServer, tmp_path: Path, git_env: dict[str, str]
+) -> None:
+    git_daemon.create()
+    work = tmp_path / "project"
+    git("init", "--quiet", work)
+    git("remote", "add", "origin", git_daemon.url(), cwd=work)
+    run = log_run(work, "r1", range(10))
+    result = CliRunner().invoke(hooks_cli.install, ["--repo", str(work)])
+    assert result.exit_code == 0, result.output
+    assert (
+        git(
+            "push", "origin", f"refs/heads/runs/{run}", cwd=work, check=False
+        ).returncode
+        == 0
+    )
+    git("fetch", "--quiet", "origin", cwd=work)
+    bad = craft_commit(work, run, [4, 5])
+
+    pushed = git("push", "origin", f"refs/heads/runs/{run}", cwd=work, check=False)
+
+    assert pushed.returncode != 0
+    assert (
+        f"gitruns: refused refs/heads/runs/{run} {bad[:10]}: step order"
+        in pushed.stderr
+    )
+    assert remote_refs(git_daemon.url())[f"refs/heads/runs/{run}"] != bad
+
+
+def test_parse_pre_push_lines() -> None:
+    zero = "0" * 40
+    lines = [
+        f"refs/heads/runs/p/a {'a' * 40} refs/heads/runs/p/a {zero}",
+        f"(delete) {zero} refs/heads/runs/p/b {'b' * 40}",
+    ]
+
+    updates = hooks.parse_pre_push(lines)
+
+    assert updates == [
+        hooks.RefUpdate(b"refs/heads/runs/p/a", None, Sha(b"a" * 40)),
+        hooks.RefUpdate(b"refs/heads/runs/p/b", Sha(b"b" * 40), None),
+    ]
+
+
+# -- installing ---------------------------------------------------------------------
+
+
+def test_source_tree_hooks_are_the_installed_script(tmp_path: Path) -> None:
+    for kind in ("pre-receive", "pre-push"):
+        script = ROOT / "hooks" / kind
+        assert script.read_text() == hooks.hook_script(kind)
+        assert os.access(script, os.X_OK)
+
+
+def test_source_tree_hook_runs_from_a_checkout(local: Path) -> None:
+    # No update under runs/: the hook has nothing to say and lets the push in.
+    zero = "0" * 40
+    proc = subprocess.run(
+        [str(ROOT / "hooks" / "pre-receive")],
+        input=f"{zero} {'a' * 40} refs/heads/main\n",
+        capture_output=True,
+        text=True,
+        cwd=local,
+        env=scrubbed_env({"GIT_DIR": str(local)}),
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_install_writes_this_interpreter_and_keeps_foreign_hooks(local: Path) -> None:
+    runner = CliRunner()
+
+    first = runner.invoke(hooks_cli.install, ["--server", "--repo", str(local)])
+    again = runner.invoke(hooks_cli.install, ["--server", "--repo", str(local)])
+    (local / "hooks" / "pre-push").write_text("#!/bin/sh\nexit 0\n")
+    foreign = runner.invoke(hooks_cli.install, ["--repo", str(local)])
+    forced = runner.invoke(hooks_cli.install, ["--force", "--repo", str(local)])
+
+    installed = (local / "hooks" / "pre-receive").read_text()
+    assert first.exit_code == 0 and again.exit_code == 0
+    assert installed.startswith(f"#!{sys.executable}\n")
+    assert os.access(local / "hooks" / "pre-receive", os.X_OK)
+    assert foreign.exit_code == 1 and "not a gitruns hook" in foreign.output
+    assert forced.exit_code == 0
+    assert "gitruns.hooks" in (local / "hooks" / "pre-push").read_text()
+
+
+def test_hook_reports_unknown_kind() -> None:
+    err = io.StringIO()
+    status = hooks.run_hook("update", [], io.BytesIO(b""), err, {})
+    assert status == 2 and "unknown hook" in err.getvalue()
+
+
+def test_hooks_commands_have_help() -> None:
+    runner = CliRunner()
+    for command in (
+        hooks_cli.hooks,
+        hooks_cli.install,
+        hooks_cli.setup,
+        hooks_cli.textconv,
+    ):
+        result = runner.invoke(command, ["--help"])
+        assert result.exit_code == 0 and len(result.output) > 80
