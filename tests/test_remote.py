@@ -11,26 +11,24 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+from dulwich.repo import Repo
 
-
-from click.testing import CliRunner  # noqa: E402
-from dulwich.repo import Repo  # noqa: E402
-from tests.gitserver import (  # noqa: E402
+import gitruns
+from gitruns import remote
+from gitruns.cli import remote as remote_cli
+from gitruns.errors import (
+    DivergedError,
+    RemoteError,
+    RunNotFoundError,
+)
+from gitruns.refs import RunRef
+from tests.gitserver import (
     GitDaemon,
     GitServer,
     git,
     running_http_backend,
 )
-
-import gitruns  # noqa: E402
-from gitruns import remote  # noqa: E402
-from gitruns.cli import remote as remote_cli  # noqa: E402
-from gitruns.errors import (  # noqa: E402
-    DivergedError,
-    RemoteError,
-    RunNotFoundError,
-)
-from gitruns.refs import RunRef  # noqa: E402
 
 
 def log_run(
