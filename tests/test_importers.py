@@ -470,6 +470,52 @@ def test_wandb_framing_spans_blocks_and_stops_at_damage() -> None:
 # --- rules on synthetic logs ----------------------------------------------------------
 
 
+def test_wandb_copies_of_one_run_are_imported_once(tmp_path: Path) -> None:
+    needs("wandb")
+    torn = (
+        REAL_RUNS
+        / "wandb-sb3-ppo-cartpole"
+        / "wandb"
+        / "latest-run"
+        / "run-32lj2b8u.wandb"
+    )
+    data = torn.read_bytes()
+    for folder, size in (("early", len(data) // 2), ("late", len(data))):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "run-32lj2b8u.wandb").write_bytes(data[:size])
+    parsed = read_source("wandb", [tmp_path])
+
+    run = only(parsed.runs)
+    assert run.path.endswith("late/run-32lj2b8u.wandb") and len(run.records) == 3312
+    (snapshot,) = parsed.skipped
+    assert "early" in snapshot.path and "snapshot" in snapshot.reason
+
+
+def test_tensorboard_session_that_goes_back_is_a_fork(tmp_path: Path) -> None:
+    needs("tensorboard")
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    writer = EventFileWriter(str(tmp_path / "run"))
+    for when, (step, loss) in enumerate(
+        [(0, 1.0), (10, 0.5), (20, 0.25), (10, 0.4), (30, 0.1)]
+    ):
+        value = Summary.Value(tag="loss", simple_value=loss)
+        writer.add_event(
+            Event(wall_time=1000.0 + when, step=step, summary=Summary(value=[value]))
+        )
+    writer.close()
+    root, fork = read_source("tensorboard", [tmp_path]).runs
+
+    assert root.steps == [0, 10, 20] and root.fork_of is None
+    assert fork.fork_of == (root.run_id, 0) and column(fork, "loss") == {
+        10: 0.4000000059604645,
+        30: 0.10000000149011612,
+    }
+    assert root.records[1].timestamp == 1001.0
+
+
 def _keras(path: Path, rows: list[tuple[int, float]]) -> Path:
     path.write_text("epoch,loss\n" + "".join(f"{e},{v}\n" for e, v in rows))
     return path
