@@ -245,7 +245,7 @@ def test_round_trip_gives_the_same_pandas_history(
         back.history(pandas=True), fork.history(pandas=True)
     )
     keys = ["additional_metric"]
-    pandas.testing.assert_frame_equal(back.history(keys), fork.history(keys))
+    pandas.testing.assert_frame_equal(back.history(keys=keys), fork.history(keys=keys))
 
 
 def test_keys_and_step_range_pick_rows_as_scan_history(
@@ -269,7 +269,11 @@ def test_keys_and_step_range_pick_rows_as_scan_history(
     )
     assert code == 0
     got = [json.loads(line) for line in out.splitlines()]
-    want = list(fork.scan_history(["additional_metric", "_timestamp"], 250, 300))
+    want = list(
+        fork.scan_history(
+            keys=["additional_metric", "_timestamp"], min_step=250, max_step=300
+        )
+    )
     assert [r["_step"] for r in got] == list(range(250, 300, 2))
     rows_match(got, want, same)
 
