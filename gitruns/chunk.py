@@ -342,7 +342,8 @@ def build_chunk(
         times: wall-clock unix seconds, one per step.
         metrics: name -> (row indices into ``steps``, values at those rows);
             rows strictly increasing. A metric with no value is left out.
-        prefix: digests of the run's history before this window.
+        prefix: digests of the run's history before ``steps[0]`` (earlier
+            segments of the same window included).
 
     Returns:
         The chunk; each column's kind is chosen from the Python types of its
@@ -545,10 +546,14 @@ def _fsum(values: np.ndarray[Any, Any]) -> float:
 def encode_chunk(chunk: Chunk) -> bytes:
     """Return the msgpack bytes of ``chunk`` (layout: docs/FORMAT.md).
 
+    The bytes are decoded again before they are returned: what encode_chunk
+    writes, decode_chunk reads.
+
     Raises:
         InvalidValueError: a str value that is not valid unicode.
-        ValueError: a chunk that breaks the layout, or encodes to more than
-            MAX_CHUNK_BYTES (flush smaller segments).
+        ValueError: a chunk that decode_chunk would refuse (a writer bug), or
+            one that encodes to more than MAX_CHUNK_BYTES (flush smaller
+            segments).
     """
     problem = _layout_problem(chunk.window, chunk.start, chunk.steps, chunk.times)
     if problem:
@@ -582,9 +587,17 @@ def encode_chunk(chunk: Chunk) -> bytes:
     data = _pack(document)
     if len(data) > MAX_CHUNK_BYTES:
         raise ValueError(
-            f"chunk of steps {chunk.steps[0]}..{chunk.steps[-1]} encodes to "
-            f"{len(data)} bytes, over {MAX_CHUNK_BYTES}; flush smaller segments"
+            f"a chunk of {n} steps from {chunk.start} encodes to {len(data)} "
+            f"bytes, over {MAX_CHUNK_BYTES}; flush smaller segments"
         )
+
+    # Read it back, so no chunk is stored that a reader would refuse (a Chunk
+    # made by hand, or a prefix that overlaps the steps). It costs a tenth of
+    # building and encoding.
+    try:
+        decode_chunk(data, source="being written")
+    except ChunkFormatError as exc:
+        raise ValueError(f"refusing to write a malformed chunk: {exc.reason}") from None
     return data
 
 

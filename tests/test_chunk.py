@@ -32,6 +32,7 @@ from gitruns.chunk import (
     MAX_CHUNK_BYTES,
     MAX_NAME_CHARS,
     Chunk,
+    Column,
     Digest,
     Value,
     build_chunk,
@@ -571,6 +572,23 @@ def test_build_refuses_a_broken_layout(
         build_chunk(
             window, start, steps, [0.0] * len(steps), {"m": (rows, [1.0] * len(rows))}
         )
+
+
+def test_encode_refuses_what_decode_would_refuse() -> None:
+    first = build_chunk(10, 10, [10, 11], [0.0, 1.0], {"m": ([0, 1], [1.0, 2.0])})
+    overlapping = build_chunk(
+        10, 10, [11], [1.0], {"m": ([0], [3.0])}, prefix=first.totals()
+    )
+    with pytest.raises(ValueError, match="prefix digest of 'm' reaches step 11"):
+        encode_chunk(overlapping)
+    by_hand = Chunk(
+        10, 10, first.steps, first.times, {"m": Column("str", None, [1, 2])}, {}
+    )
+    with pytest.raises(ValueError, match="malformed"):
+        encode_chunk(by_hand)
+    # A later segment of the same window, after the first: fine.
+    later = build_chunk(10, 10, [12], [2.0], {"m": ([0], [3.0])}, prefix=first.totals())
+    assert decode_chunk(encode_chunk(later)).totals()["m"].count == 3
 
 
 def test_empty_metrics_are_left_out_and_arrays_frozen() -> None:
