@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import logging
 import math
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dulwich.errors import NotGitRepository
+from dulwich.file import FileLocked
 from dulwich.objects import Blob, Commit, Tree
 from dulwich.refs import Ref
 from dulwich.repo import Repo
@@ -423,7 +426,7 @@ class RunStore:
                             Ref(run.ref), old, new, message=message.encode()
                         )
                     )
-                except FileExistsError:
+                except (FileExistsError, FileLocked):
                     # Another process holds the ref's lock file for a moment.
                     time.sleep(min(0.002 * 2**attempt, 0.1))
         raise ConflictError(run.branch, 50)
@@ -433,7 +436,7 @@ class RunStore:
     def add(self, obj: Blob | Tree | Commit) -> None:
         """Store an object after dulwich has checked it."""
         obj.check()
-        self.repo.object_store.add_object(obj)
+        _write_loose(self.repo.object_store, obj)
 
     def blob(self, data: bytes) -> Sha:
         """Store bytes as a blob and return its id."""
@@ -591,6 +594,38 @@ class RunStore:
         """Pack the repository's loose objects so a finished run leaves few files."""
         with mapped_errors("packing objects"):
             return int(self.repo.object_store.pack_loose_objects())
+
+
+def _write_loose(objects: Any, obj: Blob | Tree | Commit) -> None:
+    """Write one loose object as Git does: a temporary file renamed into place.
+
+    dulwich's ``add_object`` takes ``<object>.lock`` first, which fails when
+    another process stores the same object at that moment (a sweep's runs
+    share blobs) and forever after a writer is killed holding it. Objects are
+    named by their content, so renaming one copy over another is harmless,
+    and Git ignores (and prunes) the ``tmp_obj_*`` file a killed writer leaves.
+    """
+    hexsha = obj.id.decode()
+    folder = os.path.join(objects.path, hexsha[:2])
+    path = os.path.join(folder, hexsha[2:])
+    with contextlib.suppress(FileNotFoundError, PermissionError):
+        # Already there: refresh its time so that a concurrent gc keeps it.
+        os.utime(path)
+        return
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="tmp_obj_", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(obj.as_legacy_object())
+            if objects.fsync_object_files:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def trailers(message: bytes) -> Mapping[str, str]:
