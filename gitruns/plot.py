@@ -135,13 +135,14 @@ def _numeric(values: Any) -> tuple[np.ndarray[Any, np.dtype[np.bool_]], FloatArr
 class ColumnCache:
     """Each run's columns, read once however many metrics are drawn."""
 
-    def __init__(self) -> None:
+    def __init__(self, keys: Iterable[str] | None = None) -> None:
+        self._keys = None if keys is None else set(keys)
         self._seen: dict[str, dict[str, tuple[IntArray, Any]]] = {}
 
     def get(self, view: RunView) -> dict[str, tuple[IntArray, Any]]:
-        """``view.columns()``, read on first use."""
+        """``view.columns(keys)``, read on first use."""
         if view.path not in self._seen:
-            self._seen[view.path] = view.columns()
+            self._seen[view.path] = view.columns(self._keys)
         return self._seen[view.path]
 
 
@@ -281,12 +282,14 @@ def trace(
     Raises:
         MetricNotFoundError: no run logged ``metric`` (or ``x``) as numbers.
     """
-    columns = columns or ColumnCache()
+    columns = columns or ColumnCache({metric, x})
     unique = list({v.path: v for v in views}.values())
     points = {v.path: _points(v, metric, x, columns) for v in unique}
     drawn = {path for path, (steps, _, _) in points.items() if len(steps)}
     if not drawn:
-        logged = {k for v in unique for k in columns.get(v)}
+        # Only now read every column, to name what the runs did log.
+        everything = ColumnCache()
+        logged = {k for v in unique for k in everything.get(v)}
         missing = x if metric in logged and x not in logged else metric
         names = ", ".join(v.path for v in unique)
         raise MetricNotFoundError(names, missing, sorted(logged - {_STEP, _TIME}))
