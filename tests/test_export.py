@@ -176,15 +176,17 @@ def _import_csv(path: Path, repo: Path) -> RunView:
     table = read_table(path)
     steps, times = table.column("_step"), table.column("_timestamp")
     assert steps is not None and times is not None
-    names = [n for n in table.header if n not in ("_step", "_timestamp")]
+    metrics = {
+        name: cells
+        for name, cells in zip(table.header, table.columns)
+        if name not in ("_step", "_timestamp")
+    }
     run = ImportedRun(
         format="gitruns-csv", path=str(path), digest=digest_bytes([path.read_bytes()])
     )
     for i, step in enumerate(steps):
-        metrics = {
-            n: table.column(n)[i] for n in names if table.column(n)[i] is not None
-        }  # type: ignore[index]
-        run.records.append(Record(step, times[i], metrics))
+        row = {k: cells[i] for k, cells in metrics.items() if cells[i] is not None}
+        run.records.append(Record(step, times[i], row))
     return _write(run, repo)
 
 
