@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -434,9 +435,10 @@ def bench_listing(h: Harness, p: Profile) -> Result:
 def gitruns_source(commit: str | None, scratch: Path) -> tuple[Path, Result]:
     """Where the workers import gitruns from, and which code that is.
 
-    With ``commit``, the ``gitruns`` package of that commit is exported into
-    the scratch directory, so edits in progress in the work tree cannot change
-    the code under measurement halfway through a run.
+    With ``commit``, the ``gitruns`` package of that commit (or, for
+    ``worktree``, of the work tree as it is now) is copied into the scratch
+    directory, so edits in progress cannot change the code under measurement
+    halfway through a run.
     """
     root = BENCH.parent
 
@@ -446,13 +448,17 @@ def gitruns_source(commit: str | None, scratch: Path) -> tuple[Path, Result]:
         )
         return out.stdout.strip()
 
-    if commit is None:
+    if commit is None or commit == "worktree":
         dirty = bool(rev("status", "--porcelain", "--", "gitruns"))
-        return root, {
-            "path": str(root),
-            "commit": rev("rev-parse", "HEAD"),
-            "dirty": dirty,
-        }
+        meta = {"path": str(root), "commit": rev("rev-parse", "HEAD"), "dirty": dirty}
+        if commit is None:
+            return root, meta
+        # A copy of the work tree as it is now, edits in progress included.
+        target = scratch / "gitruns-src" / "gitruns"
+        shutil.copytree(
+            root / "gitruns", target, ignore=shutil.ignore_patterns("__pycache__")
+        )
+        return target.parent, meta
     sha = rev("rev-parse", "--verify", f"{commit}^{{commit}}")
     if not sha:
         raise SystemExit(f"error: {commit!r} is not a commit of {root}")
@@ -534,8 +540,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--commit",
-        help="benchmark the gitruns package of this commit (e.g. HEAD) instead "
-        "of the work tree, so edits in progress cannot change it mid-run",
+        help="benchmark the gitruns package of this commit (e.g. HEAD), or "
+        "'worktree' for a copy of the work tree taken at the start, so edits in "
+        "progress cannot change the code under measurement mid-run",
     )
     parser.add_argument("--repeats", type=int, help="override the profile's repeats")
     parser.add_argument(
