@@ -1,23 +1,30 @@
 """What log() accepts: metric keys and values, checked on the hot path.
 
-Keys are non-empty strings of at most 256 characters, without control
-characters; ``/`` separates namespaces (``train/loss``) but may not lead,
-trail or repeat; a leading ``_`` is reserved for gitruns (``_step``,
-``_timestamp``). Values are stored exactly as one of: float (any float64,
-NaN and infinities included), int (int64 range), bool, str (up to
-:data:`MAX_STR` characters) or None. numpy scalars and 0-d arrays or tensors
-are unwrapped to the Python value of the same kind; a nested dict is
-flattened with ``/``. Anything else, including lists, is refused.
+Keys are non-empty strings of at most 256 characters, valid Unicode, without
+control characters; ``/`` separates namespaces (``train/loss``) but may not
+lead, trail or repeat; a leading ``_`` is reserved for gitruns (``_step``,
+``_timestamp``). A nested dict is flattened with ``/`` (``{"train": {"loss":
+x}}`` is ``train/loss``); a key reached twice in one call is refused.
+
+Values are stored exactly, as one of: float (any float64: NaN, infinities,
+-0.0 and subnormals included), int (int64 range; beyond it refused), bool,
+str (valid Unicode, up to :data:`MAX_STR` characters) or None. Subclasses of
+those (IntEnum, numpy.float64, numpy.str_) are stored as their plain kind;
+numpy scalars of any real dtype and 0-d arrays or tensors are unwrapped to the
+Python value of the same kind (a float32 is widened to float64 exactly).
+Anything else (lists, tuples, complex numbers, bytes, numpy.longdouble,
+arrays with elements) is refused with an error naming the key: nothing is
+silently dropped or coerced.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Union
+from typing import Any
 
 from gitruns.errors import InvalidNameError, InvalidValueError
 
-Value = Union[float, int, bool, str, None]
+Value = float | int | bool | str | None
 
 MAX_KEY = 256
 MAX_STR = 65_536
@@ -47,6 +54,13 @@ def check_key(key: object) -> str:
         raise InvalidNameError(
             "metric key", key, "'/' separates namespaces: no leading, trailing or '//'"
         )
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidNameError(
+                "metric key", key, "must be valid Unicode (it holds a lone surrogate)"
+            ) from None
     return key
 
 
@@ -73,7 +87,16 @@ def to_value(key: str, value: Any) -> Value:
     item = getattr(value, "item", None)
     if item is not None and getattr(value, "shape", None) in ((), []):
         # numpy scalars and 0-d arrays / tensors: unwrap to the Python value.
-        return to_value(key, item())
+        inner = item()
+        if type(inner) is kind:
+            # numpy.longdouble unwraps to itself: float64 cannot hold it exactly.
+            raise InvalidValueError(
+                key,
+                value,
+                f"{kind.__name__} does not fit a float64 exactly; "
+                "convert it with float() if rounding is fine",
+            )
+        return to_value(key, inner)
     raise InvalidValueError(
         key,
         value,
@@ -107,7 +130,34 @@ def clean_row(data: Any, known: set[str]) -> dict[str, Value]:
                     raise InvalidNameError(
                         "metric key", inner, f"keys nested under {key!r} must be str"
                     )
-            row.update(clean_row({f"{key}/{k}": v for k, v in value.items()}, known))
+            flat = clean_row({f"{key}/{k}": v for k, v in value.items()}, known)
+            for name in flat:
+                if name in row or name in data:
+                    raise InvalidNameError(
+                        "metric key",
+                        name,
+                        "is given twice in one log() call (once nested); give it once",
+                    )
+            row.update(flat)
         else:
             row[key] = to_value(key, value)
     return row
+
+
+def unencodable(row: Mapping[str, Value]) -> InvalidValueError:
+    """The error for a row the journal could not encode, naming the culprit.
+
+    Strings are only checked here, after encoding failed, so that the hot
+    path does not pay for a rare mistake.
+    """
+    for key, value in row.items():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return InvalidValueError(
+                    key,
+                    value,
+                    "a str must be valid Unicode (it holds a lone surrogate)",
+                )
+    return InvalidValueError("<row>", dict(row), "it cannot be encoded")

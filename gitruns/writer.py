@@ -16,12 +16,21 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from gitruns.chunk import Chunk, Digest, build_chunk, decode_chunk, encode_chunk
+from gitruns.chunk import (
+    MAX_CHUNK_BYTES,
+    MAX_METRICS,
+    MAX_ROWS,
+    Chunk,
+    Digest,
+    build_chunk,
+    decode_chunk,
+    encode_chunk,
+)
 from gitruns.errors import (
     ConflictError,
     GitRunsError,
@@ -30,7 +39,7 @@ from gitruns.errors import (
     RunNotFoundError,
     StepOrderError,
 )
-from gitruns.journal import Journal, Record, RunLock
+from gitruns.journal import Journal, RunLock
 from gitruns.readme import render_readme
 from gitruns.refs import RunRef, Sha
 from gitruns.store import RunStore, Snapshot, chunk_path
@@ -40,6 +49,17 @@ from gitruns.values import INT64_MAX, Value, unencodable
 logger = logging.getLogger(__name__)
 
 FSYNC_MODES = ("never", "commit", "always")
+
+#: A ref lock file older than this is left over, even if no run lock says so.
+STALE_REF_LOCK_SECONDS = 60.0
+
+#: A segment is handed off once its journal holds this many bytes or its
+#: buffer this many metrics, so that every segment fits in one chunk.
+SEGMENT_BYTES = MAX_CHUNK_BYTES // 4
+SEGMENT_METRICS = MAX_METRICS // 2
+
+#: The most one log() call may hold, journaled (the rest of a chunk's room).
+MAX_CALL_BYTES = MAX_CHUNK_BYTES // 4
 
 
 def now_iso(ts: float | None = None) -> str:
@@ -70,8 +90,10 @@ class WriterOptions:
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {FSYNC_MODES}, not {self.fsync!r}")
-        if not isinstance(self.window, int) or self.window < 1:
-            raise ValueError(f"window must be a positive int, not {self.window!r}")
+        if not isinstance(self.window, int) or not 1 <= self.window <= MAX_ROWS:
+            raise ValueError(
+                f"window must be an int in 1..{MAX_ROWS}, not {self.window!r}"
+            )
 
 
 class Buffer:
@@ -103,13 +125,22 @@ class Buffer:
 
 @dataclass
 class Job:
-    """A segment (possibly empty) and the run metadata to commit with it."""
+    """A segment (possibly empty) and the run metadata to commit with it.
+
+    Attributes:
+        buffer: the rows to commit.
+        journals: the journal files that hold them; deleted once committed.
+        meta: run metadata to commit with them.
+        state: the run's new state, if it changes.
+        upto: the newest journal file handed off with or before this job; a
+            retry after a failed commit replays the journal up to it.
+    """
 
     buffer: Buffer
     journals: list[Path]
     meta: dict[str, Any] | None = None
     state: str | None = None
-    done: threading.Event = field(default_factory=threading.Event)
+    upto: Path | None = None
 
 
 class RunWriter:
@@ -141,13 +172,13 @@ class RunWriter:
         self._totals = self._tip_totals(snapshot)
 
         # Pending state, owned by the caller's thread.
-        last = snapshot.last_step
-        self._step = max(0 if last is None else last + 1, snapshot.info.get("next_step", 0))
+        self._step = _next_step(snapshot)
         self._row: dict[str, Value] | None = None
         self._row_time = 0.0
         self._buffer = Buffer()
         self._last_flush = time.monotonic()
         self._meta: dict[str, Any] | None = None
+        self._handed_off: Path | None = None
 
         self._error: BaseException | None = None
         self._queue: queue.Queue[Job | None] = queue.Queue()
@@ -157,22 +188,22 @@ class RunWriter:
     # -- opening ------------------------------------------------------------
 
     @classmethod
-    def open(
-        cls, store: RunStore, run: RunRef, options: WriterOptions
-    ) -> RunWriter:
+    def open(cls, store: RunStore, run: RunRef, options: WriterOptions) -> RunWriter:
         """Lock an existing run, commit what its journal holds, and start writing.
 
         Raises:
-            RunLockedError: if another live process writes the run.
+            RunLockedError: if another live writer holds the run.
             RunNotFoundError: if the run has no branch.
+            RepositoryError: if the repository cannot be written.
         """
-        lock = RunLock(store.data_dir / "locks" / run.project / f"{run.run_id}.lk", run.path)
+        lock = RunLock(
+            store.data_dir / "locks" / run.project / f"{run.run_id}.lk", run.path
+        )
         lock.acquire()
         try:
+            _clear_stale_ref_lock(store, run, lock.stale_holder is not None)
             tip = store.tip(run)
             if tip is None:
-                from gitruns.errors import RunNotFoundError
-
                 raise RunNotFoundError(run.path, str(store.git_dir))
             writer = cls(store, run, store.read_snapshot(tip), options, lock)
             writer.recover()
@@ -194,8 +225,7 @@ class RunWriter:
         snapshot = self.store.read_snapshot(tip)
         self._snapshot, self._tip = snapshot, tip
         self._totals = self._tip_totals(snapshot)
-        last = snapshot.last_step
-        self._step = max(0 if last is None else last + 1, snapshot.info.get("next_step", 0))
+        self._step = _next_step(snapshot)
 
     def _tip_totals(self, snapshot: Snapshot) -> dict[str, Digest]:
         if not snapshot.history.starts:
@@ -211,32 +241,60 @@ class RunWriter:
         Returns:
             How many steps were recovered.
         """
-        stale = self._journal.files()
-        if not stale:
+        files = self._journal.files()
+        if not files:
             return 0
+        return self._replay(files)
+
+    def _replay(
+        self,
+        files: list[Path],
+        state: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> int:
+        """Commit what ``files`` hold beyond the committed steps, then retire them.
+
+        Records at or below the last committed step were committed before a
+        crash that came between moving the branch and deleting the journal.
+        """
         last = self._snapshot.last_step
+        floor = -1 if last is None else last
         rows: dict[int, tuple[float, dict[str, Value]]] = {}
-        previous = -1 if last is None else last
-        for step, when, data in self._journal.replay():
-            if step <= (-1 if last is None else last):
-                continue  # committed before the crash
+        journaled_meta: dict[str, Any] = {}
+        previous = floor
+        for record in self._journal.replay(files):
+            step = record.step
+            if step is None:
+                journaled_meta.update(record.data)
+                continue
+            if step <= floor:
+                continue
             if step < previous:
-                logger.warning("journal step %d after %d ignored", step, previous)
+                logger.warning(
+                    "run %s: journal step %d after %d ignored",
+                    self.run.path,
+                    step,
+                    previous,
+                )
                 continue
             previous = step
             if step in rows:
-                rows[step][1].update(data)
+                rows[step][1].update(record.data)
             else:
-                rows[step] = (when, dict(data))
+                rows[step] = (record.when, dict(record.data))
+        journaled_meta.update(meta or {})
+
+        # One commit per window, the journal retired with the last one.
         buffer = Buffer()
         for step in sorted(rows):
             if buffer.steps and step // self.window != buffer.window_index:
                 self._commit(Job(buffer, []))
                 buffer = Buffer()
             buffer.add(step, rows[step][0], rows[step][1], self.window)
-        self._commit(Job(buffer, stale))
+        self._commit(Job(buffer, files, journaled_meta or None, state))
+
         if rows:
-            self._step = max(rows) + 1
+            self._step = max(self._step, max(rows) + 1)
             logger.warning(
                 "run %s: recovered %d journaled steps (%d..%d)",
                 self.run.path,
@@ -260,7 +318,17 @@ class RunWriter:
         commit: bool | None = None,
         when: float | None = None,
     ) -> None:
-        """Accept one validated row; see DESIGN.md §5 for step and commit."""
+        """Accept one validated row; see DESIGN.md §5 for step and commit.
+
+        The row is in the journal when this returns, so a crash of the
+        process after that loses none of it.
+
+        Raises:
+            StepOrderError: for a step below the current one.
+            InvalidValueError: for a step beyond int64 or a bad time stamp.
+            RepositoryError: if the journal cannot be written (disk full,
+                read-only repository); the call is then not recorded.
+        """
         if self._closed:
             raise GitRunsError(
                 f"run {self.run.path} is finished; start a new run or resume it"
@@ -272,14 +340,37 @@ class RunWriter:
         elif step != current:
             if step < current:
                 raise StepOrderError(self.run.path, step, current)
+            if step > INT64_MAX:
+                raise InvalidValueError("step", step, "a step must fit in int64")
+        if when is None:
+            when = time.time()
+        elif type(when) is not float:
+            when = _as_time(when)
+        try:
+            record = self._journal.encode(step, when, row)
+        except ValueError:
+            raise unencodable(row) from None
+        if len(record) > MAX_CALL_BYTES:
+            raise InvalidValueError(
+                "<row>",
+                f"<{len(row)} keys>",
+                f"one log() call may hold {MAX_CALL_BYTES >> 20} MiB; split it",
+            )
+
+        # Nothing above changed any state: a refused call leaves no trace.
+        if step != current:
             if self._row is not None:
                 self._close_row()
             self._step = step
-        if when is None:
-            when = time.time()
-        if self._row is None:
+        opened = self._row is None
+        if opened:
             self._open_row(step, when)
-        self._journal.append(step, when, row)
+        try:
+            self._journal.write(record)
+        except GitRunsError:
+            if opened:
+                self._row = None
+            raise
         self._row.update(row)  # type: ignore[union-attr]
         if ends_step:
             self._close_row()
@@ -290,6 +381,9 @@ class RunWriter:
         if buffer.steps and (
             step // self.window != buffer.window_index
             or time.monotonic() - self._last_flush >= self.options.flush_interval
+            or self._journal.size >= SEGMENT_BYTES
+            or len(buffer.metrics) >= SEGMENT_METRICS
+            or len(buffer.steps) >= MAX_ROWS
         ):
             self._handoff()
         self._row = {}
@@ -304,7 +398,21 @@ class RunWriter:
 
     def _handoff(self, state: str | None = None) -> None:
         journal = self._journal.rotate()
-        job = Job(self._buffer, [journal] if journal else [], self._meta, state)
+        if journal is not None:
+            self._handed_off = journal
+            if self._row is not None:
+                # The open row's records went with the rotated file, which the
+                # job deletes; keep them on disk for the row's own commit.
+                self._journal.write(
+                    self._journal.encode(self._step, self._row_time, self._row)
+                )
+        job = Job(
+            self._buffer,
+            [journal] if journal else [],
+            self._meta,
+            state,
+            self._handed_off,
+        )
         self._buffer = Buffer()
         self._meta = None
         self._last_flush = time.monotonic()
@@ -314,11 +422,16 @@ class RunWriter:
             self._run_job(job)
 
     def set_meta(self, **meta: Any) -> None:
-        """Queue run metadata (config, name, summary overrides...) for the next commit.
+        """Journal run metadata (config, name, summary overrides...) to commit next."""
+        if self._closed:
+            logger.warning(
+                "run %s is finished; %s not stored", self.run.path, ", ".join(meta)
+            )
+            return
+        self._journal.write(self._journal.encode_meta(time.time(), meta))
+        self._add_meta(meta)
 
-        ``extra`` maps root tree names to ``(mode, sha)`` entries (saved files)
-        that the next commit adds or replaces; every other key goes to run.json.
-        """
+    def _add_meta(self, meta: dict[str, Any]) -> None:
         if self._meta is None:
             self._meta = {}
         self._meta.update(meta)
@@ -359,25 +472,57 @@ class RunWriter:
         return self._snapshot
 
     def finish(self, state: str, **meta: Any) -> Sha:
-        """Commit everything with the run's final state; release the run."""
+        """Commit everything with the run's final state; release the run.
+
+        A run that ``crashed`` is committed from its journal, not from the
+        buffers in memory: the crash (or the signal that stopped the
+        process) may have struck half-way through updating them, while each
+        journal record was written whole.
+
+        Raises:
+            RepositoryError: if committing failed; the journal keeps what
+                was logged, and ``gitruns recover`` commits it later.
+        """
         if self._closed:
             return self._tip
-        if self._row is not None:
-            self._close_row()
-        self.set_meta(**meta)
-        self._handoff(state=state)
         try:
-            if self._thread is not None:
-                self._queue.put(None)
-                self._thread.join()
-                self._thread = None
-            self._wait()
+            if state == "crashed":
+                self._finish_from_journal(meta)
+            else:
+                if self._row is not None:
+                    self._close_row()
+                self._add_meta(meta)
+                self._handoff(state=state)
+                self._stop_thread()
+                self._wait()
             self.store.pack_loose_objects()
         finally:
             self._closed = True
             self._journal.close()
             self._lock.release()
         return self._tip
+
+    def _finish_from_journal(self, meta: dict[str, Any]) -> None:
+        self._stop_thread()
+        self._journal.close()
+        pending = dict(self._meta or {})
+        pending.update(meta)
+        self._row, self._buffer, self._meta = None, Buffer(), None
+        self._error = None  # the journal holds whatever a failed commit held
+        try:
+            self._replay(self._journal.files(), state="crashed", meta=pending)
+        except Exception as exc:
+            raise RepositoryError(
+                f"run {self.run.path}: committing failed: {exc}; what was logged "
+                f"is kept in the journal, run `gitruns recover {self.run.path}` "
+                "once the cause is fixed"
+            ) from exc
+
+    def _stop_thread(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
 
     def abandon(self) -> None:
         """Stop without committing; the journal keeps what was accepted."""
@@ -402,13 +547,29 @@ class RunWriter:
                 self._queue.task_done()
 
     def _run_job(self, job: Job) -> None:
-        if self._error is not None:
-            return  # keep the journal: later rows need the failed ones first
+        failed = self._error
         try:
-            self._commit(job)
+            if failed is None:
+                self._commit(job)
+            else:
+                # An earlier commit failed and left its rows in the journal;
+                # commit everything up to this job from there, in order.
+                files = [p for p in self._journal.files() if job.upto and p <= job.upto]
+                self._replay(files, job.state, job.meta)
         except Exception as exc:  # noqa: BLE001 - reported at flush/finish
             self._error = exc
-            logger.error("run %s: commit failed, journal kept: %s", self.run.path, exc)
+            if failed is None:
+                logger.error(
+                    "run %s: commit failed, the journal keeps the rows: %s",
+                    self.run.path,
+                    exc,
+                )
+            return
+        if failed is not None:
+            self._error = None
+            logger.warning(
+                "run %s: committing works again after: %s", self.run.path, failed
+            )
 
     def _commit(self, job: Job) -> None:
         snapshot = self._snapshot
@@ -459,7 +620,9 @@ class RunWriter:
             first = buffer.steps[0]
             self.store.record_segment(self.run, first, history.blobs[first], sha)
         Journal.retire(job.journals)
-        logger.info("run %s: committed %s as %s", self.run.path, what, sha[:10].decode())
+        logger.info(
+            "run %s: committed %s as %s", self.run.path, what, sha[:10].decode()
+        )
 
 
 def _build(buffer: Buffer, window: int, prefix: dict[str, Digest]) -> Chunk:
@@ -471,3 +634,45 @@ def _build(buffer: Buffer, window: int, prefix: dict[str, Digest]) -> Chunk:
         buffer.metrics,
         prefix=prefix,
     )
+
+
+def _next_step(snapshot: Snapshot) -> int:
+    last = snapshot.last_step
+    after = snapshot.info.get("next_step")
+    floor = after if isinstance(after, int) and not isinstance(after, bool) else 0
+    return max(0 if last is None else last + 1, floor)
+
+
+def _as_time(when: Any) -> float:
+    if isinstance(when, bool) or not isinstance(when, (int, float)):
+        try:
+            return float(when.__float__())
+        except (AttributeError, TypeError, ValueError):
+            raise InvalidValueError(
+                "timestamp", when, "a time stamp is seconds since the epoch, a float"
+            ) from None
+    return float(when)
+
+
+def _clear_stale_ref_lock(store: RunStore, run: RunRef, holder_died: bool) -> None:
+    """Remove the lock file of the run's ref if a dead writer left it behind.
+
+    A writer killed while moving the branch leaves ``<ref>.lock``, and no
+    later update of the branch can succeed while it is there. The caller
+    holds the run's lock, so only a dead writer (or a stuck foreign tool,
+    after a minute) can own it.
+    """
+    path = store.git_dir / (run.ref.decode() + ".lock")
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if holder_died or age > STALE_REF_LOCK_SECONDS:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        logger.warning(
+            "run %s: removed %s, left %.0f s ago by a writer that is gone",
+            run.path,
+            path,
+            age,
+        )
