@@ -8,6 +8,7 @@ from gitruns import __version__
 from gitruns.cli.branch import fork_command, recover_command, rewind_command
 from gitruns.cli.common import GitRunsGroup
 from gitruns.cli.demo import demo_command
+from gitruns.cli.export import export_command, plot_command, report_command
 from gitruns.cli.imports import import_command
 from gitruns.cli.remote import fetch, pull, push
 from gitruns.cli.runs import (
@@ -24,8 +25,8 @@ from gitruns.cli.runs import (
 def main() -> None:
     """Experiment runs stored as Git branches: log, fork, compare, share.
 
-    Exit codes: 0 ok, 1 other error, 2 bad input or usage, 3 run not found or
-    ambiguous, 4 run exists or is locked, 5 malformed chunk, 6 repository
+    Exit codes: 0 ok, 1 other error, 2 bad input or usage, 3 run or metric not
+    found, or ambiguous run, 4 run exists or is locked, 5 malformed chunk, 6 repository
     error, 7 remote error, 8 import error.
     """
 
@@ -44,5 +45,8 @@ for command in (
     pull,
     fetch,
     import_command,
+    export_command,
+    plot_command,
+    report_command,
 ):
     main.add_command(command)
