@@ -16,6 +16,7 @@ from dulwich.client import (
     HTTPProxyUnauthorized,
     HTTPUnauthorized,
     InvalidWants,
+    LocalGitClient,
     get_transport_and_path,
 )
 from dulwich.errors import (
@@ -194,7 +195,7 @@ def _client(
 ) -> tuple[GitClient, str]:
     with _remote_errors(remote, f"connecting to {remote}"):
         try:
-            return get_transport_and_path(
+            client, path = get_transport_and_path(
                 remote.url,
                 config=repo.get_config_stack(),
                 operation=operation,
@@ -205,6 +206,8 @@ def _client(
                 f"cannot use {remote} as a remote: {mask_credentials(str(exc))}; "
                 "pass a path or a file://, ssh://, git:// or http(s):// URL"
             ) from exc
+    _local_without_bitmaps(client)
+    return client, path
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
@@ -225,6 +228,43 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 
 _TRANSPORT_ERRORS = _transport_errors()
+
+
+@contextmanager
+def _graph_walks(repo: BaseRepo) -> Iterator[None]:
+    """Make dulwich find what to send by walking commits, not by pack bitmaps.
+
+    dulwich 1.2.21 reads a ``.bitmap`` for every pack once any pack has one
+    (``git gc`` writes one), and the packs dulwich writes itself have none:
+    a push or fetch after ``git gc`` and more logging fails with
+    FileNotFoundError. Run histories are short walks, so little is lost.
+    """
+    # TODO: drop once dulwich's find_commit_bitmaps skips packs without a bitmap.
+    store = repo.object_store
+    provider = type(store).get_reachability_provider
+
+    def graph_only(prefer_bitmaps: bool = True) -> Any:
+        return provider(store, prefer_bitmaps=False)
+
+    store.get_reachability_provider = graph_only  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del store.get_reachability_provider
+
+
+def _local_without_bitmaps(client: GitClient) -> None:
+    """Have a path remote open its repository with :func:`_graph_walks` too."""
+    if not isinstance(client, LocalGitClient):
+        return
+    opener = client._open_repo
+
+    @contextmanager
+    def open_repo(path: str | bytes) -> Iterator[Any]:
+        with opener(path) as repo, _graph_walks(repo):
+            yield repo
+
+    client._open_repo = open_repo  # type: ignore[method-assign,assignment]
 
 
 @contextmanager
@@ -456,7 +496,7 @@ def push(
         )
         return count, _counting(records, count, tap)
 
-    with _remote_errors(target, f"pushing to {target}"):
+    with _remote_errors(target, f"pushing to {target}"), _graph_walks(repo):
         result = client.send_pack(
             path.encode(),
             update_refs,
@@ -468,12 +508,31 @@ def push(
     outcomes = [
         _reported(outcome, result.ref_status, tap) for outcome in planned.values()
     ]
+    _remember_pushed(repo, target, outcomes)
     for outcome in outcomes:
         log = logger.info if outcome.ok else logger.warning
         log("push to %s: %s", target, outcome)
     if check:
         check_outcomes(outcomes, target, f"push to {target}")
     return outcomes
+
+
+def _remember_pushed(
+    repo: BaseRepo, target: Remote, outcomes: Sequence[RefOutcome]
+) -> None:
+    """Point remote-tracking refs at what the remote now has, as ``git push`` does.
+
+    The pre-push hook reads them to know which commits the remote holds.
+    """
+    for outcome in outcomes:
+        tracking = target.tracking_ref(outcome.ref)
+        if tracking is None or not outcome.ok or outcome.new is None:
+            continue
+        if _read_ref(repo, tracking) != outcome.new:
+            message = f"gitruns push {target.name}: {outcome.status}".encode()
+            repo.refs.set_if_equals(
+                Ref(tracking), None, ObjectID(outcome.new), message=message
+            )
 
 
 def _plan_push(
@@ -625,7 +684,7 @@ def _fetch(
             {ObjectID(s) for s in offered.values() if ObjectID(s) not in store}
         )
 
-    with _remote_errors(target, f"fetching from {target}"):
+    with _remote_errors(target, f"fetching from {target}"), _graph_walks(repo):
         client.fetch(
             path.encode(),
             repo,

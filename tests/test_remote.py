@@ -236,6 +236,43 @@ def test_fork_pushed_before_its_parent_keeps_lineage(
     )
 
 
+def test_push_updates_remote_tracking_refs(
+    git_daemon: GitServer, local: Path, repo: Repo
+) -> None:
+    git_daemon.create()
+    run = log_run(local, "r1", range(5))
+    git("--git-dir", local, "remote", "add", "origin", git_daemon.url())
+
+    remote.push(repo, "origin")
+
+    tracking = git("--git-dir", local, "rev-parse", f"refs/remotes/origin/runs/{run}")
+    assert tracking.stdout.strip() == tip(local, run)
+
+
+def test_push_and_pull_after_git_gc_and_more_logging(
+    git_daemon: GitServer, local: Path, repo: Repo, tmp_path: Path
+) -> None:
+    # git gc writes a pack bitmap; the packs gitruns writes next have none.
+    git_daemon.create()
+    run = log_run(local, "r1", range(50))
+    remote.push(repo, git_daemon.url())
+    other = tmp_path / "other.git"
+    git("init", "--quiet", "--bare", other)
+    with closing(Repo(str(other))) as theirs:
+        remote.pull(theirs, str(local))
+    git("--git-dir", local, "gc", "--quiet")
+    log_run(local, "r1", range(50, 60), resume="must")
+    assert len(list((local / "objects" / "pack").glob("*.bitmap"))) == 1
+
+    pushed = remote.push(repo, git_daemon.url())
+    with closing(Repo(str(other))) as theirs:
+        pulled = remote.pull(theirs, str(local))
+
+    assert statuses(pushed) == {run: "fast-forward"}
+    assert statuses(pulled) == {run: "fast-forward"}
+    assert steps_of(other, run) == list(range(60))
+
+
 # -- pull, fetch and divergence ---------------------------------------------------
 
 
