@@ -10,8 +10,8 @@ a real ``git daemon --enable=receive-pack`` on 127.0.0.1:
 - ``stock git push``: the same branch pushed by the git binary, the floor;
 - ``gitruns push + pre-receive``: the same first push with the gitruns
   hook installed, which decodes and checks every chunk;
-- ``incremental + pre-receive``: 1,000 more steps pushed on top, where the
-  hook checks only the new commit.
+- ``incremental``: 1,000 more steps pushed on top, without and with the hook
+  (which checks only the new commits).
 """
 
 from __future__ import annotations
@@ -120,6 +120,9 @@ def main() -> None:
                 more = range(first, first + 1000)
                 log_run(local, "long", more, args.metrics, resume="must")
                 with closing(Repo(str(local))) as repo:
+                    figures.setdefault("incremental (1,000 steps)", []).append(
+                        timed(remote.push, repo, plain, [run])
+                    )
                     figures.setdefault("incremental + pre-receive", []).append(
                         timed(remote.push, repo, hooked, [run])
                     )
