@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import fcntl
 import json
 import logging
 import math
@@ -591,9 +592,21 @@ class RunStore:
         return found
 
     def pack_loose_objects(self) -> int:
-        """Pack the repository's loose objects so a finished run leaves few files."""
+        """Pack the repository's loose objects so a finished run leaves few files.
+
+        The runs of a sweep finish together, and a packer deletes the loose
+        objects it packed, under the feet of another that listed them too:
+        packing takes a repository-wide lock (``.`` starts no project name).
+        """
         with mapped_errors("packing objects"):
-            return int(self.repo.object_store.pack_loose_objects())
+            lock = self.data_dir / "locks" / ".pack.lk"
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                return int(self.repo.object_store.pack_loose_objects())
+            finally:
+                os.close(fd)
 
 
 def _write_loose(objects: Any, obj: Blob | Tree | Commit) -> None:
