@@ -21,12 +21,16 @@ import gitruns
 from gitruns import hooks, remote
 from gitruns.chunk import build_chunk, encode_chunk
 from gitruns.cli import hooks as hooks_cli
+from gitruns.cli.common import GitRunsGroup
 from gitruns.errors import RemoteError
 from gitruns.refs import RunRef, Sha
 from gitruns.store import RunStore
 from tests.gitserver import GitServer, git, scrubbed_env
 
 ROOT = Path(__file__).resolve().parents[1]
+
+#: The commands of gitruns/cli/hooks.py under a root group, as the CLI has them.
+cli = GitRunsGroup(commands=hooks_cli.COMMANDS)
 
 
 def log_run(repo: Path, run_id: str, steps: range, **init: object) -> str:
@@ -318,7 +322,7 @@ def test_pre_push_stops_a_bad_run_before_it_leaves(
     git("init", "--quiet", work)
     git("remote", "add", "origin", git_daemon.url(), cwd=work)
     run = log_run(work, "r1", range(10))
-    result = CliRunner().invoke(hooks_cli.install, ["--repo", str(work)])
+    result = CliRunner().invoke(cli, ["hooks", "install", "--repo", str(work)])
     assert result.exit_code == 0, result.output
     assert (
         git(
@@ -381,11 +385,11 @@ def test_source_tree_hook_runs_from_a_checkout(local: Path) -> None:
 def test_install_writes_this_interpreter_and_keeps_foreign_hooks(local: Path) -> None:
     runner = CliRunner()
 
-    first = runner.invoke(hooks_cli.install, ["--server", "--repo", str(local)])
-    again = runner.invoke(hooks_cli.install, ["--server", "--repo", str(local)])
+    first = runner.invoke(cli, ["hooks", "install", "--server", "--repo", str(local)])
+    again = runner.invoke(cli, ["hooks", "install", "--server", "--repo", str(local)])
     (local / "hooks" / "pre-push").write_text("#!/bin/sh\nexit 0\n")
-    foreign = runner.invoke(hooks_cli.install, ["--repo", str(local)])
-    forced = runner.invoke(hooks_cli.install, ["--force", "--repo", str(local)])
+    foreign = runner.invoke(cli, ["hooks", "install", "--repo", str(local)])
+    forced = runner.invoke(cli, ["hooks", "install", "--force", "--repo", str(local)])
 
     installed = (local / "hooks" / "pre-receive").read_text()
     assert first.exit_code == 0 and again.exit_code == 0

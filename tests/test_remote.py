@@ -17,6 +17,7 @@ from dulwich.repo import Repo
 import gitruns
 from gitruns import remote
 from gitruns.cli import remote as remote_cli
+from gitruns.cli.main import main
 from gitruns.errors import (
     DivergedError,
     RemoteError,
@@ -463,7 +464,7 @@ def test_credentials_in_urls_are_never_shown(
             remote.push(repo, bad)
         git("--git-dir", local, "remote", "add", "origin", good)
         runner = CliRunner()
-        result = runner.invoke(remote_cli.push, ["--repo", str(local)])
+        result = runner.invoke(main, ["push", "--repo", str(local)])
 
     assert statuses(outcomes) == {"demo/r1": "created"}
     assert "wrong-pass" not in str(refused.value) and "credentials" in str(
@@ -507,12 +508,10 @@ def test_cli_push_pull_fetch(
     git("--git-dir", second, "remote", "add", "origin", git_daemon.url())
     runner = CliRunner()
 
-    pushed = runner.invoke(remote_cli.push, ["--repo", str(local)])
-    quiet = runner.invoke(remote_cli.push, ["-q", "--repo", str(local), "origin", "r1"])
-    fetched = runner.invoke(remote_cli.fetch, ["--repo", str(second)])
-    pulled = runner.invoke(
-        remote_cli.pull, ["-q", "--repo", str(second), "origin", run]
-    )
+    pushed = runner.invoke(main, ["push", "--repo", str(local)])
+    quiet = runner.invoke(main, ["push", "-q", "--repo", str(local), "origin", "r1"])
+    fetched = runner.invoke(main, ["fetch", "--repo", str(second)])
+    pulled = runner.invoke(main, ["pull", "-q", "--repo", str(second), "origin", run])
 
     assert pushed.exit_code == 0, pushed.output
     assert f"created      {run}" in pushed.stdout
@@ -538,7 +537,7 @@ def test_cli_refused_push_exits_7_with_one_error_line(
     log_run(local, "r1", range(5, 7), resume="must")
 
     result = CliRunner().invoke(
-        remote_cli.push, ["-q", "--repo", str(local), git_daemon.url()]
+        main, ["push", "-q", "--repo", str(local), git_daemon.url()]
     )
 
     assert result.exit_code == 7

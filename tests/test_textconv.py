@@ -12,7 +12,11 @@ import gitruns
 from gitruns import textconv
 from gitruns.chunk import build_chunk, encode_chunk
 from gitruns.cli import hooks as hooks_cli
+from gitruns.cli.common import GitRunsGroup
 from tests.gitserver import git
+
+#: The commands of gitruns/cli/hooks.py under a root group, as the CLI has them.
+cli = GitRunsGroup(commands=hooks_cli.COMMANDS)
 
 
 @pytest.fixture
@@ -94,7 +98,7 @@ def test_textconv_command_prints_a_chunk_file(tmp_path: Path) -> None:
     path = tmp_path / "000000000000.msgpack"
     path.write_bytes(encode_chunk(chunk))
 
-    result = CliRunner().invoke(hooks_cli.textconv, [str(path)])
+    result = CliRunner().invoke(cli, ["textconv", str(path)])
 
     assert result.exit_code == 0
     assert result.output.splitlines()[2:] == [
@@ -114,8 +118,8 @@ def test_a_damaged_file_gives_one_line_not_an_error(tmp_path: Path) -> None:
 
 
 def test_git_log_p_shows_metric_rows_after_setup(runs: Path) -> None:
-    result = CliRunner().invoke(hooks_cli.setup, ["--repo", str(runs)])
-    again = CliRunner().invoke(hooks_cli.setup, ["--repo", str(runs)])
+    result = CliRunner().invoke(cli, ["setup", "--repo", str(runs)])
+    again = CliRunner().invoke(cli, ["setup", "--repo", str(runs)])
 
     log = git("--git-dir", runs, "log", "-p", "runs/demo/fork").stdout
     diff = git("--git-dir", runs, "diff", "runs/demo/src", "runs/demo/fork").stdout
@@ -148,7 +152,7 @@ def test_setup_in_a_code_repository_keeps_its_work_tree(
     run.log({"loss": 0.25}, step=0)
     run.finish()
 
-    result = CliRunner().invoke(hooks_cli.setup, ["--repo", str(code)])
+    result = CliRunner().invoke(cli, ["setup", "--repo", str(code)])
     log = git("log", "-p", "runs/demo/r1", cwd=code).stdout
 
     assert result.exit_code == 0, result.output

@@ -2,45 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
 from gitruns import hooks as run_hooks
 from gitruns import textconv as diff_driver
-from gitruns.errors import GitRunsError
-from gitruns.store import RunStore, locate_repository
-
-_REPO_HELP = (
-    "The repository (default: $GITRUNS_REPO, the enclosing Git repository, "
-    "else ./.gitruns)."
-)
-
-
-@contextmanager
-def _cli_errors() -> Iterator[None]:
-    """Print a gitruns error as one ``Error:`` line and exit with its code."""
-    try:
-        yield
-    except GitRunsError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-
-
-@contextmanager
-def _open_store(repo: str | None) -> Iterator[RunStore]:
-    path, may_create = locate_repository(
-        repo, os.environ.get("GITRUNS_REPO"), Path.cwd()
-    )
-    store = RunStore.open(path, create=may_create)
-    try:
-        yield store
-    finally:
-        store.close()
+from gitruns.cli.common import with_store
+from gitruns.store import RunStore
 
 
 def _package_parent() -> str:
@@ -60,8 +30,8 @@ def hooks() -> None:
     "the client's pre-push.",
 )
 @click.option("--force", is_flag=True, help="Replace a hook gitruns did not write.")
-@click.option("--repo", type=click.Path(), help=_REPO_HELP)
-def install(server: bool, force: bool, repo: str | None) -> None:
+@with_store
+def install(server: bool, force: bool, store: RunStore) -> None:
     """Install the gitruns hook into a repository.
 
     pre-receive refuses pushes that delete or rewrite a run branch, hold a
@@ -70,8 +40,7 @@ def install(server: bool, force: bool, repo: str | None) -> None:
     and this gitruns.
     """
     kind = "pre-receive" if server else "pre-push"
-    with _cli_errors(), _open_store(repo) as store:
-        target = run_hooks.install_hook(store.repo, kind, force=force)
+    target = run_hooks.install_hook(store.repo, kind, force=force)
     click.echo(f"installed {kind} hook: {target}")
     if server:
         click.echo(
@@ -81,16 +50,15 @@ def install(server: bool, force: bool, repo: str | None) -> None:
 
 
 @click.command("setup")
-@click.option("--repo", type=click.Path(), help=_REPO_HELP)
-def setup(repo: str | None) -> None:
+@with_store
+def setup(store: RunStore) -> None:
     """Make `git diff` and `git log -p` show metric chunks as text rows.
 
     Configures the gitruns diff driver (diff.gitruns.textconv) in the
     repository and marks the chunks in its info/attributes.
     """
     command = diff_driver.driver_command(sys.executable, _package_parent())
-    with _cli_errors(), _open_store(repo) as store:
-        changed = diff_driver.configure(store.repo, command)
+    changed = diff_driver.configure(store.repo, command)
     for change in changed:
         click.echo(f"set {change}")
     if not changed:

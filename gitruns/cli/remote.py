@@ -3,45 +3,16 @@
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 import click
 
 from gitruns import remote as remotes
+from gitruns.cli.common import with_store
 from gitruns.errors import GitRunsError, InvalidNameError
 from gitruns.refs import RunRef, check_name
 from gitruns.remote import RefOutcome
-from gitruns.store import RunStore, locate_repository
-
-_REPO_HELP = (
-    "The repository of the runs (default: $GITRUNS_REPO, the enclosing Git "
-    "repository, else ./.gitruns)."
-)
-
-
-@contextmanager
-def _cli_errors() -> Iterator[None]:
-    """Print a gitruns error as one ``Error:`` line and exit with its code."""
-    try:
-        yield
-    except GitRunsError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-
-
-@contextmanager
-def _open_store(repo: str | None) -> Iterator[RunStore]:
-    path, may_create = locate_repository(
-        repo, os.environ.get("GITRUNS_REPO"), Path.cwd()
-    )
-    store = RunStore.open(path, create=may_create)
-    try:
-        yield store
-    finally:
-        store.close()
+from gitruns.store import RunStore
 
 
 def _ssh_command() -> str | None:
@@ -101,7 +72,6 @@ def _show(outcomes: Sequence[RefOutcome], where: str, verb: str) -> None:
 
 _remote_argument = click.argument("remote", required=False, default="origin")
 _runs_argument = click.argument("runs", nargs=-1, metavar="[RUN]...")
-_repo_option = click.option("--repo", type=click.Path(), help=_REPO_HELP)
 _project_option = click.option("--project", "-p", help="Only the runs of this project.")
 _quiet_option = click.option(
     "--quiet", "-q", is_flag=True, help="Show no transfer progress."
@@ -122,7 +92,7 @@ _quiet_option = click.option(
 )
 @_project_option
 @_quiet_option
-@_repo_option
+@with_store
 def push(
     remote: str,
     runs: tuple[str, ...],
@@ -130,7 +100,7 @@ def push(
     atomic: bool,
     project: str | None,
     quiet: bool,
-    repo: str | None,
+    store: RunStore,
 ) -> None:
     """Push run branches (all, a project's, or the RUNs named) to REMOTE.
 
@@ -138,22 +108,21 @@ def push(
     refs/heads/runs/... moves; each run's outcome is the server's own. A run
     the server refused, or that diverged, makes the command fail (exit 7).
     """
-    with _cli_errors(), _open_store(repo) as store:
-        selected = _local_runs(store, runs)
-        outcomes = remotes.push(
-            store.repo,
-            remote,
-            selected,
-            project=project,
-            force=force,
-            atomic=atomic,
-            progress=_progress(quiet),
-            ssh_command=_ssh_command(),
-            check=False,
-        )
-        target = remotes.resolve_remote(store.repo, remote, push=True)
-        _show(outcomes, f"to {target}", "push")
-        remotes.check_outcomes(outcomes, target, f"push to {target}")
+    selected = _local_runs(store, runs)
+    outcomes = remotes.push(
+        store.repo,
+        remote,
+        selected,
+        project=project,
+        force=force,
+        atomic=atomic,
+        progress=_progress(quiet),
+        ssh_command=_ssh_command(),
+        check=False,
+    )
+    target = remotes.resolve_remote(store.repo, remote, push=True)
+    _show(outcomes, f"to {target}", "push")
+    remotes.check_outcomes(outcomes, target, f"push to {target}")
 
 
 @click.command("pull")
@@ -161,32 +130,31 @@ def push(
 @_runs_argument
 @_project_option
 @_quiet_option
-@_repo_option
+@with_store
 def pull(
     remote: str,
     runs: tuple[str, ...],
     project: str | None,
     quiet: bool,
-    repo: str | None,
+    store: RunStore,
 ) -> None:
     """Fetch runs from REMOTE, fast-forward local runs and create missing ones.
 
     A run that diverged (both sides logged after a common commit) is reported
     and left as it is (exit 7); a local run ahead of the remote is kept.
     """
-    with _cli_errors(), _open_store(repo) as store:
-        outcomes = remotes.pull(
-            store.repo,
-            remote,
-            _remote_runs(store, runs),
-            project=project,
-            progress=_progress(quiet),
-            ssh_command=_ssh_command(),
-            check=False,
-        )
-        target = remotes.resolve_remote(store.repo, remote)
-        _show(outcomes, f"from {target}", "pull")
-        remotes.check_outcomes(outcomes, target, f"pull from {target}")
+    outcomes = remotes.pull(
+        store.repo,
+        remote,
+        _remote_runs(store, runs),
+        project=project,
+        progress=_progress(quiet),
+        ssh_command=_ssh_command(),
+        check=False,
+    )
+    target = remotes.resolve_remote(store.repo, remote)
+    _show(outcomes, f"from {target}", "pull")
+    remotes.check_outcomes(outcomes, target, f"pull from {target}")
 
 
 @click.command("fetch")
@@ -194,26 +162,25 @@ def pull(
 @_runs_argument
 @_project_option
 @_quiet_option
-@_repo_option
+@with_store
 def fetch(
     remote: str,
     runs: tuple[str, ...],
     project: str | None,
     quiet: bool,
-    repo: str | None,
+    store: RunStore,
 ) -> None:
     """Fetch runs from REMOTE into refs/remotes/REMOTE/runs/..., moving no run."""
-    with _cli_errors(), _open_store(repo) as store:
-        outcomes = remotes.fetch(
-            store.repo,
-            remote,
-            _remote_runs(store, runs),
-            project=project,
-            progress=_progress(quiet),
-            ssh_command=_ssh_command(),
-        )
-        target = remotes.resolve_remote(store.repo, remote)
-        _show(outcomes, f"from {target}", "fetch")
+    outcomes = remotes.fetch(
+        store.repo,
+        remote,
+        _remote_runs(store, runs),
+        project=project,
+        progress=_progress(quiet),
+        ssh_command=_ssh_command(),
+    )
+    target = remotes.resolve_remote(store.repo, remote)
+    _show(outcomes, f"from {target}", "fetch")
 
 
 #: The commands of this module, for the root group to register.
