@@ -738,19 +738,24 @@ def _unpack_document(data: bytes, magic: str, source: str) -> dict[str, Any]:
     return doc
 
 
+# Room for a map header, a key of up to 64 bytes and [major, minor].
+_VERSION_ENTRY_BYTES = 128
+
+
 def _check_version(data: bytes, magic: str, source: str) -> None:
     # The version is read on its own first, so a newer major version is
     # reported as such even if the rest uses a layout this reader rejects.
     unpacker = msgpack.Unpacker(
         raw=False,
-        max_buffer_size=len(data) or 1,
+        max_buffer_size=_VERSION_ENTRY_BYTES,
         max_array_len=2,
         max_map_len=0,
         max_str_len=64,
         max_bin_len=0,
         max_ext_len=0,
     )
-    unpacker.feed(data)
+    # Only the head is fed: the Unpacker copies what it is given.
+    unpacker.feed(memoryview(data)[:_VERSION_ENTRY_BYTES])
     try:
         unpacker.read_map_header()
         key = unpacker.unpack()
