@@ -704,7 +704,8 @@ def parse_pre_push(lines: Iterable[str]) -> list[RefUpdate]:
     return updates
 
 
-def _allow_rewrite(repo: BaseRepo) -> bool:
+def rewrites_allowed(repo: BaseRepo) -> bool:
+    """Whether the repository's ``gitruns.allowRewrite`` lifts the append-only rule."""
     try:
         return bool(
             repo.get_config().get_boolean(ALLOW_REWRITE[0], ALLOW_REWRITE[1], False)
@@ -755,7 +756,7 @@ def run_hook(
                 checker = server_checker(
                     repo,
                     main if environ.get("GIT_OBJECT_DIRECTORY") else None,
-                    allow_rewrite=_allow_rewrite(repo),
+                    allow_rewrite=rewrites_allowed(repo),
                 )
                 return _report(checker.check(updates), stderr, "push")
         if kind == "pre-push":
@@ -768,7 +769,7 @@ def run_hook(
                 checker = client_checker(
                     repo,
                     remote if configured else None,
-                    allow_rewrite=_allow_rewrite(repo),
+                    allow_rewrite=rewrites_allowed(repo),
                 )
                 return _report(checker.check(updates), stderr, "push")
     except GitRunsError as exc:
@@ -840,6 +841,15 @@ def hooks_dir(repo: Repo) -> Path:
         return Path(repo.controldir()) / "hooks"
     path = Path(os.fsdecode(configured)).expanduser()
     return path if path.is_absolute() else Path(repo.path) / path
+
+
+def installed(repo: Repo, kind: str) -> bool:
+    """Whether the repository has the gitruns hook ``kind`` installed."""
+    target = hooks_dir(repo) / kind
+    try:
+        return "gitruns.hooks" in target.read_text(errors="replace")
+    except OSError:
+        return False
 
 
 def install_hook(repo: Repo, kind: str, *, force: bool = False) -> Path:

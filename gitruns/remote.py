@@ -27,8 +27,9 @@ from dulwich.errors import (
 )
 from dulwich.objects import Commit, ObjectID
 from dulwich.refs import Ref
-from dulwich.repo import BaseRepo
+from dulwich.repo import BaseRepo, Repo
 
+from gitruns import hooks
 from gitruns.errors import DivergedError, GitRunsError, RemoteError, RunNotFoundError
 from gitruns.refs import RUNS_PREFIX, RunRef, Sha, check_name
 
@@ -440,6 +441,7 @@ def push(
     progress: Progress | None = None,
     ssh_command: str | None = None,
     check: bool = True,
+    verify: bool = True,
 ) -> list[RefOutcome]:
     """Push run branches, and only run branches, to a remote.
 
@@ -453,6 +455,8 @@ def push(
         progress: gets the transfer's progress text.
         ssh_command: the ssh program for ``ssh://`` URLs (``GIT_SSH_COMMAND``).
         check: raise when the server or the fast-forward rule refused a ref.
+        verify: run the pre-push checks first when the repository has the
+            gitruns pre-push hook installed, as ``git push`` would.
 
     Returns:
         One outcome per selected run, sorted by ref, as the server reported it.
@@ -473,6 +477,7 @@ def push(
     client, path = _client(repo, target, "push", ssh_command)
     tap = _ProgressTap(progress)
     planned: dict[bytes, RefOutcome] = {}
+    checker = _pre_push_checker(repo, target) if verify else None
 
     def update_refs(remote_refs: dict[Ref, ObjectID]) -> dict[Ref, ObjectID]:
         planned.clear()
@@ -482,6 +487,8 @@ def push(
             planned[ref] = outcome
             if outcome.status in _SENT_STATUSES:
                 sending[Ref(ref)] = ObjectID(sha)
+        if checker is not None:
+            _verify(checker, planned, sending)
         return sending
 
     def generate_pack_data(
@@ -515,6 +522,37 @@ def push(
     if check:
         check_outcomes(outcomes, target, f"push to {target}")
     return outcomes
+
+
+def _pre_push_checker(repo: BaseRepo, target: Remote) -> hooks.Checker | None:
+    if not isinstance(repo, Repo) or not hooks.installed(repo, "pre-push"):
+        return None
+    return hooks.client_checker(
+        repo, target.name, allow_rewrite=hooks.rewrites_allowed(repo)
+    )
+
+
+def _verify(
+    checker: hooks.Checker,
+    planned: dict[bytes, RefOutcome],
+    sending: dict[Ref, ObjectID],
+) -> None:
+    """Drop the refs the pre-push checks refuse; nothing of them is sent."""
+    updates = [
+        hooks.RefUpdate(ref, planned[ref].old, planned[ref].new) for ref in sending
+    ]
+    for rejection in checker.check(updates):
+        before = planned[rejection.ref]
+        at = rejection.commit[:10].decode() if rejection.commit else "-"
+        planned[rejection.ref] = RefOutcome(
+            before.ref,
+            "rejected",
+            before.old,
+            before.new,
+            f"pre-push check at {at}: {rejection.reason}",
+            side="remote",
+        )
+        del sending[Ref(rejection.ref)]
 
 
 def _remember_pushed(

@@ -343,6 +343,25 @@ def test_pre_push_stops_a_bad_run_before_it_leaves(
     assert remote_refs(git_daemon.url())[f"refs/heads/runs/{run}"] != bad
 
 
+def test_gitruns_push_runs_an_installed_pre_push_check(
+    git_daemon: GitServer, local: Path, repo: Repo
+) -> None:
+    git_daemon.create()
+    good = log_run(local, "good", range(5))
+    bad_run = log_run(local, "bad", range(5))
+    bad = craft_commit(local, bad_run, [1, 2])
+    hooks.install_hook(repo, "pre-push")
+
+    checked = remote.push(repo, git_daemon.url(), check=False)
+    unchecked = remote.push(repo, git_daemon.url(), verify=False)
+
+    outcomes = {o.run.path: o for o in checked}
+    assert outcomes[good].status == "created"
+    assert outcomes[bad_run].status == "rejected"
+    assert outcomes[bad_run].message.startswith(f"pre-push check at {bad[:10]}: step")
+    assert {o.run.path: o.status for o in unchecked}[bad_run] == "created"
+
+
 def test_parse_pre_push_lines() -> None:
     zero = "0" * 40
     lines = [

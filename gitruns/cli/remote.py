@@ -90,6 +90,12 @@ _quiet_option = click.option(
 @click.option(
     "--atomic", is_flag=True, help="Ask the server to accept every run or none."
 )
+@click.option(
+    "--no-verify",
+    "no_verify",
+    is_flag=True,
+    help="Skip the checks of an installed gitruns pre-push hook.",
+)
 @_project_option
 @_quiet_option
 @with_store
@@ -98,6 +104,7 @@ def push(
     runs: tuple[str, ...],
     force: bool,
     atomic: bool,
+    no_verify: bool,
     project: str | None,
     quiet: bool,
     store: RunStore,
@@ -116,6 +123,7 @@ def push(
         project=project,
         force=force,
         atomic=atomic,
+        verify=not no_verify,
         progress=_progress(quiet),
         ssh_command=_ssh_command(),
         check=False,
