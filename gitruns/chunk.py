@@ -459,7 +459,7 @@ def _scalar(name: str, value: object) -> Value:
         if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX:
             raise InvalidValueError(name, value, "ints must fit in 64 bits")
         return value  # type: ignore[return-value]
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
         return _scalar(name, int(value))

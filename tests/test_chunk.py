@@ -503,15 +503,24 @@ def test_column_kind_follows_the_python_types() -> None:
         "mixed_num": ([0, 1], [1, 2.0]),
         "with_none": ([0, 1], [None, 1.0]),
         "arr": ([0, 1], np.array([3, 4], dtype=np.int32)),
+        "np_mixed": (
+            [0, 1, 2, 3],
+            [None, np.bool_(True), np.int64(3), np.float32(0.5)],
+        ),
     }
-    chunk = build_chunk(10, 0, [0, 1], [0.0, 1.0], metrics)
+    chunk = build_chunk(10, 0, [0, 1, 2, 3], [0.0, 1.0, 2.0, 3.0], metrics)
     kinds = {name: col.kind for name, col in chunk.columns.items()}
     assert kinds == {
         "f": "f8", "i": "i8", "b": "bool", "s": "str",
-        "mixed_num": "obj", "with_none": "obj", "arr": "i8",
+        "mixed_num": "obj", "with_none": "obj", "arr": "i8", "np_mixed": "obj",
     }  # fmt: skip
     assert as_list(chunk.columns["mixed_num"].values) == [1, 2.0]
     assert type(as_list(chunk.columns["mixed_num"].values)[1]) is float
+    # numpy scalars are stored as the Python values they stand for.
+    decoded = decode_chunk(encode_chunk(chunk))
+    got = as_list(decoded.columns["np_mixed"].values)
+    assert [type(v) for v in got] == [type(None), bool, int, float]
+    assert got == [None, True, 3, 0.5]
 
 
 @pytest.mark.parametrize(
