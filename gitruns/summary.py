@@ -7,11 +7,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from gitruns.chunk import Digest
+from gitruns.errors import InvalidValueError
 
 SUMMARY_MODES = ("last", "first", "min", "max", "mean", "none")
 
+#: W&B's ``summary="best"`` resolves to one of these by the metric's goal.
+_BEST = {"minimize": "min", "maximize": "max"}
 
-def metric_rule(definitions: Mapping[str, Mapping[str, Any]], name: str) -> Mapping[str, Any]:
+
+def metric_rule(
+    definitions: Mapping[str, Mapping[str, Any]], name: str
+) -> Mapping[str, Any]:
     """The define_metric rule for ``name``: an exact entry, else the first glob."""
     if name in definitions:
         return definitions[name]
@@ -19,6 +25,40 @@ def metric_rule(definitions: Mapping[str, Mapping[str, Any]], name: str) -> Mapp
         if any(c in pattern for c in "*?[") and fnmatch.fnmatchcase(name, pattern):
             return rule
     return {}
+
+
+def summary_modes(summary: str | None, goal: str | None = None) -> str | None:
+    """Check define_metric's ``summary=`` and return it normalized.
+
+    ``"best"`` becomes ``"min"`` or ``"max"`` by ``goal``, as W&B reads it.
+
+    Raises:
+        InvalidValueError: for an unknown mode, or ``best`` without a goal.
+    """
+    if summary is None:
+        return None
+    if goal is not None and goal not in _BEST:
+        raise InvalidValueError(
+            "goal", goal, "use 'minimize' or 'maximize' (or leave it out)"
+        )
+    modes = []
+    for mode in str(summary).replace(" ", "").split(","):
+        if mode == "best":
+            if goal is None:
+                raise InvalidValueError(
+                    "summary",
+                    summary,
+                    "'best' needs goal='minimize' or goal='maximize'; "
+                    "or ask for 'min' or 'max' directly",
+                )
+            mode = _BEST[goal]
+        if mode not in SUMMARY_MODES:
+            raise InvalidValueError(
+                "summary", summary, f"use some of {', '.join(SUMMARY_MODES)}"
+            )
+        if mode not in modes:
+            modes.append(mode)
+    return ",".join(modes)
 
 
 def summarize(
@@ -29,8 +69,9 @@ def summarize(
     """The summary dict a reader sees.
 
     A metric's summary is its last value unless define_metric asked for other
-    aggregates, in which case it is a dict such as ``{"max": 0.93}``. Values the
-    user set on ``run.summary`` win over derived ones.
+    aggregates, in which case it is a dict such as ``{"max": 0.93}``; ``none``
+    leaves the metric out. Values the user set on ``run.summary`` win over
+    derived ones.
     """
     summary: dict[str, Any] = {}
     for name, digest in totals.items():
@@ -58,3 +99,18 @@ def aggregate(digest: Digest, mode: str) -> Any:
     if mode == "mean":
         return digest.mean()
     raise ValueError(f"unknown summary mode {mode!r}; use one of {SUMMARY_MODES}")
+
+
+def visible(
+    summary: Mapping[str, Any], definitions: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The summary without metrics that define_metric marked ``hidden``.
+
+    Hidden metrics stay in ``summary.json``; views meant for people (the run's
+    README, ``gitruns show``) leave them out, as W&B leaves them off its charts.
+    """
+    return {
+        name: value
+        for name, value in summary.items()
+        if not metric_rule(definitions, name).get("hidden")
+    }
