@@ -1,16 +1,75 @@
-"""gitruns: experiment runs stored as Git branches.
+"""gitruns: experiment runs stored as Git branches, with W&B's names.
 
-A training script calls :func:`init`, :meth:`Run.log` per step and
-:meth:`Run.finish`; :class:`Api` reads runs back.
+A training script calls :func:`init`, then :func:`log` per step and
+:func:`finish`; ``import gitruns as wandb`` runs a typical W&B script.
+:class:`Api` reads runs back, filters them and edits them.
 """
 
-from __future__ import annotations
+import typing as _typing
 
 from gitruns.api import Api
 from gitruns.errors import GitRunsError
 from gitruns.reader import RunView
-from gitruns.run import Run, init
+from gitruns.run import (
+    Audio,
+    Histogram,
+    Html,
+    Image,
+    Object3D,
+    Run,
+    Settings,
+    Table,
+    Video,
+    config,
+    define_metric,
+    finish,
+    init,
+    log,
+    login,
+    save,
+    setup,
+    summary,
+    unwatch,
+    watch,
+)
+from gitruns.run import unsupported as _unsupported
 
 __version__ = "0.1.0"
 
-__all__ = ["Api", "GitRunsError", "Run", "RunView", "__version__", "init"]
+# W&B's module-level state: init() points these at the current run, finish()
+# back here. ``run`` and ``summary`` shadow the submodules of those names, as
+# ``wandb.run`` does: import from them by name (``from gitruns.run import Run``).
+run: Run | None = None
+
+__all__ = [
+    "Api",
+    "Audio",
+    "GitRunsError",
+    "Histogram",
+    "Html",
+    "Image",
+    "Object3D",
+    "Run",
+    "RunView",
+    "Settings",
+    "Table",
+    "Video",
+    "__version__",
+    "config",
+    "define_metric",
+    "finish",
+    "init",
+    "log",
+    "login",
+    "run",
+    "save",
+    "setup",
+    "summary",
+    "unwatch",
+    "watch",
+]
+
+
+def __getattr__(name: str) -> _typing.NoReturn:
+    # Only reached for names the package lacks: say which W&B ones and why.
+    raise _unsupported(name, __name__)
