@@ -23,6 +23,7 @@ from pathlib import Path
 from gitruns.errors import ImportFormatError
 from gitruns.importers import csv_logs
 from gitruns.importers.dvclive_dir import parse_dvclive
+from gitruns.importers.gitruns_export import parse_csv_export, parse_jsonl_export
 from gitruns.importers.hf_trainer import parse_llamafactory, parse_trainer_state
 from gitruns.importers.mlflow_store import parse_mlflow
 from gitruns.importers.model import (
@@ -98,6 +99,16 @@ FORMATS: dict[str, Format] = {
             parse_mlflow,
         ),
         Format("wandb", "W&B run folders or .wandb files", parse_wandb),
+        Format(
+            "gitruns-csv",
+            "gitruns export --format csv files (_step, _timestamp, metrics)",
+            parse_csv_export,
+        ),
+        Format(
+            "gitruns-jsonl",
+            "gitruns export --format jsonl files, types exact",
+            parse_jsonl_export,
+        ),
     )
 }
 
