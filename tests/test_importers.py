@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from gitruns.cli.common import GitRunsGroup
 from gitruns.cli.imports import import_command
 from gitruns.errors import ImportFormatError
 from gitruns.importers import ImportedRun, import_runs, read_source
+from gitruns.importers.gitruns_export import read_cell
 from gitruns.importers.wandb_log import BLOCK, FILE_HEADER, scan
 from tests.conftest import REAL_RUNS, git
 
@@ -734,3 +736,164 @@ def test_cli_errors_exit_with_the_import_code(repo: Path, tmp_path: Path) -> Non
     assert done.exit_code == ImportFormatError.exit_code == 8
     assert "no such file" in done.output
     assert _cli("--help").output.count("sb3-monitor") == 1
+
+
+# --- gitruns' own exports -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cell", "value"),
+    [
+        ("", None),
+        ("0", 0),
+        ("-12", -12),
+        ("9223372036854775807", INT64_MAX),
+        ("9223372036854775808", "9223372036854775808"),  # beyond int64: text
+        ("0.1", 0.1),
+        ("-0.0", -0.0),
+        ("5e-324", 5e-324),
+        ("1.7976931348623157e+308", 1.7976931348623157e308),
+        ("inf", math.inf),
+        ("-inf", -math.inf),
+        ("True", True),
+        ("False", False),
+        ("true", "true"),
+        (" 1", " 1"),
+        ("1_000", "1_000"),
+        ("0x1f", "0x1f"),
+        ("1.2.3", "1.2.3"),
+    ],
+)
+def test_gitruns_csv_cells_are_typed_one_by_one(cell: str, value: Any) -> None:
+    got = read_cell(cell)
+    assert type(got) is type(value)
+    if isinstance(value, float):
+        assert struct.pack("<d", got) == struct.pack("<d", value)
+    else:
+        assert got == value
+
+
+def test_gitruns_csv_nan_and_every_column_typed_per_cell(tmp_path: Path) -> None:
+    path = tmp_path / "run.csv"
+    # A BOM and \r\n endings (a spreadsheet saved it), a blank line, a quoted
+    # cell with a line break, and a column gitruns refuses as a metric name.
+    path.write_bytes(
+        "\ufeff_step,_timestamp,loss,note,_hidden\r\n"
+        "0,1700000000.25,1,,x\r\n"
+        "\r\n"
+        '1,1700000001.5,nan,"two\r\nlines",y\r\n'
+        "2,,0.5,True,z\r\n".encode()
+    )
+    run = only(read_source("gitruns-csv", [path]).runs)
+
+    assert run.steps == [0, 1, 2] and run.name == "run"
+    assert [r.timestamp for r in run.records] == [1700000000.25, 1700000001.5, None]
+    loss = column(run, "loss")
+    assert type(loss[0]) is int and math.isnan(loss[1]) and loss[2] == 0.5
+    assert column(run, "note") == {1: "two\r\nlines", 2: True}
+    assert "_hidden" not in run.keys
+    assert any("'_hidden'" in note for note in run.notes)
+
+
+def test_gitruns_jsonl_keeps_types_and_python_spellings(tmp_path: Path) -> None:
+    path = tmp_path / "run.jsonl"
+    path.write_text(
+        '{"_step":0,"_timestamp":1700000000.5,"a":NaN,"b":Infinity,"c":-Infinity}\n'
+        '{"_step":1,"_timestamp":1700000001,"a":1,"b":1.0,"c":null,"d":true}\n'
+        '{"_step":2,"a":-0.0,"big":18446744073709551616,"deep":{"x":1},'
+        '"s":"one\u2028line"}\n',
+        encoding="utf-8",
+    )
+    run = only(read_source("gitruns-jsonl", [path]).runs)
+
+    first, second, third = (r.metrics for r in run.records)
+    assert math.isnan(first["a"]) and first["b"] == math.inf and first["c"] == -math.inf
+    assert [type(second[k]) for k in "abcd"] == [int, float, type(None), bool]
+    assert math.copysign(1, third["a"]) == -1
+    assert third["big"] == "18446744073709551616" and third["s"] == "one\u2028line"
+    assert "deep" not in third and any("deep (dict)" in n for n in run.notes)
+    assert [r.timestamp for r in run.records] == [1700000000.5, 1700000001.0, None]
+    assert type(run.records[1].timestamp) is float
+
+
+def test_gitruns_export_whose_steps_go_back_is_a_run_and_a_fork(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "two.jsonl"
+    rows = [(0, 1.0), (1, 0.9), (2, 0.8), (2, 0.7), (1, 0.95), (2, 0.85)]
+    path.write_text("".join(f'{{"_step":{s},"loss":{v}}}\n' for s, v in rows))
+    root, fork = read_source("gitruns-jsonl", [path]).runs
+
+    # Two rows of step 2 merge (the later value wins and is reported).
+    assert column(root, "loss") == {0: 1.0, 1: 0.9, 2: 0.7}
+    assert [(c.step, c.values) for c in root.conflicts] == [(2, (0.8, 0.7))]
+    assert fork.fork_of == (root.run_id, 0)
+    assert column(fork, "loss") == {1: 0.95, 2: 0.85}
+
+
+def test_gitruns_exports_in_a_folder_skip_other_files(tmp_path: Path) -> None:
+    (tmp_path / "mine.csv").write_text("_step,_timestamp,loss\n0,1.5,0.25\n")
+    (tmp_path / "keras.csv").write_text("epoch,loss\n0,0.25\n")
+    (tmp_path / "mine.jsonl").write_text('{"_step":0,"loss":0.25}\n')
+    (tmp_path / "other.jsonl").write_text('{"step":0,"loss":0.25}\n')
+
+    csv_source = read_source("gitruns-csv", [tmp_path])
+    assert [Path(r.path).name for r in csv_source.runs] == ["mine.csv"]
+    assert [(Path(s.path).name, s.reason) for s in csv_source.skipped] == [
+        ("keras.csv", "not a gitruns export (no _step column)")
+    ]
+    jsonl_source = read_source("gitruns-jsonl", [tmp_path])
+    assert [Path(r.path).name for r in jsonl_source.runs] == ["mine.jsonl"]
+    assert [Path(s.path).name for s in jsonl_source.skipped] == ["other.jsonl"]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        (
+            "keras.csv",
+            "epoch,loss\n0,1\n",
+            "no _step column; is this a gitruns export?",
+        ),
+        ("short.csv", "_step,loss\n0,1\n1\n", "line 3 has 1 cells, the header 2"),
+        ("twice.csv", "_step,loss,loss\n0,1,2\n", "names 'loss' twice"),
+        ("half.csv", "_step,loss\n0.5,1\n", "row 2 has 0.5 in step column '_step'"),
+        ("time.csv", "_step,_timestamp\n0,noon\n", "line 2 has _timestamp='noon'"),
+        ("torn.jsonl", '{"_step":0}\n{"_step":1,"lo', "line 2 is not JSON"),
+        ("list.jsonl", '{"_step":0}\n[1]\n', "line 2 is not an object with _step"),
+        ("bool.jsonl", '{"_step":true}\n', "True in step column '_step'"),
+        ("other.jsonl", '{"step":0}\n', "line 1 has no _step; is this a gitruns"),
+    ],
+)
+def test_gitruns_export_errors_name_the_line_and_the_fix(
+    tmp_path: Path, name: str, text: str, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    fmt = "gitruns-csv" if name.endswith(".csv") else "gitruns-jsonl"
+    with pytest.raises(ImportFormatError, match=re.escape(message)):
+        read_source(fmt, [path])
+
+
+def test_cli_imports_a_gitruns_export(repo: Path, tmp_path: Path) -> None:
+    path = tmp_path / "run.csv"
+    path.write_text("_step,_timestamp,loss\n0,1700000000.5,1\n5,1700000002.0,0.5\n")
+    done = _cli("gitruns-csv", str(path), "--repo", str(repo))
+    assert done.exit_code == 0, done.output
+    assert "1 imported" in done.output
+
+    (view,) = gitruns.Api(repo=repo).runs()
+    assert view.project == "imported" and view.name == "run"
+    assert list(view.scan_history()) == [
+        {"_step": 0, "_timestamp": 1700000000.5, "loss": 1},
+        {"_step": 5, "_timestamp": 1700000002.0, "loss": 0.5},
+    ]
+    assert view.source is not None and view.source["format"] == "gitruns-csv"
+    again = _cli("gitruns-csv", str(path), "--repo", str(repo))
+    assert "0 imported, 1 already imported" in again.output
+
+    keras = str(REAL_RUNS / "keras-csvlogger-mnist" / "training_log.csv")
+    refused = _cli("gitruns-csv", keras, "--repo", str(repo))
+    assert refused.exit_code == ImportFormatError.exit_code
+    help_text = _cli("--help").output
+    assert "gitruns-csv" in help_text and "gitruns-jsonl" in help_text
