@@ -12,7 +12,7 @@ from gitruns.errors import ConflictError, InvalidValueError
 from gitruns.reader import RunView
 from gitruns.readme import render_readme
 from gitruns.refs import RunRef, Sha
-from gitruns.run import _plain, open_store
+from gitruns.run import open_store, plain_value
 from gitruns.store import RunStore, Snapshot
 from gitruns.writer import RunWriter, WriterOptions, now_iso
 
@@ -115,8 +115,16 @@ class Api:
         return runs
 
     def run(self, path: str) -> ApiRun:
-        """One run by ``id``, ``project/id``, ``entity/project/id`` or W&B's
-        ``entity/project/runs/id``."""
+        """One run by its path.
+
+        Args:
+            path: ``id``, ``project/id``, ``entity/project/id`` or W&B's
+                ``entity/project/runs/id``.
+
+        Raises:
+            RunNotFoundError: if no run matches.
+            AmbiguousRunError: if a bare id names runs in several projects.
+        """
         parts = path.strip("/").split("/")
         if len(parts) == 4 and parts[2] == "runs":
             parts = [parts[1], parts[3]]
@@ -335,7 +343,7 @@ class ApiRun(RunView):
         for field in ("config", "summary"):
             if field in edits:
                 old: Mapping[str, Any] = getattr(base, field)
-                new = {str(k): _plain(v) for k, v in edits[field].items()}
+                new = {str(k): plain_value(v) for k, v in edits[field].items()}
                 changed = {k: v for k, v in new.items() if k not in old or old[k] != v}
                 removed = sorted(set(old) - set(new))
                 if changed or removed:

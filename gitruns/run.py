@@ -193,7 +193,7 @@ def _reinit(value: Any) -> str:
 # -- config and summary -------------------------------------------------------
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """A config or summary value as JSON stores it (numpy, enums, paths...)."""
     kind = type(value)
     if value is None or kind in (bool, int, float, str):
@@ -203,23 +203,23 @@ def _plain(value: Any) -> Any:
             # Subclasses (IntEnum, numpy.float64) become their plain kind.
             return plain(value)
     if isinstance(value, enum.Enum):
-        return _plain(value.value)
+        return plain_value(value.value)
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_value(v) for k, v in value.items()}
     if isinstance(value, argparse.Namespace):
-        return _plain(vars(value))
+        return plain_value(vars(value))
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_value(v) for v in value]
     if isinstance(value, (set, frozenset)):
-        return sorted((_plain(v) for v in value), key=repr)
+        return sorted((plain_value(v) for v in value), key=repr)
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _plain(dataclasses.asdict(value))
+        return plain_value(dataclasses.asdict(value))
     tolist = getattr(value, "tolist", None)
     if callable(tolist):
         # numpy arrays and scalars, tensors: their Python values.
-        return _plain(tolist())
+        return plain_value(tolist())
     logger.debug("storing %s value %r as its str()", kind.__name__, value)
     return str(value)
 
@@ -328,7 +328,7 @@ class Config(MutableMapping[str, Any]):
         if not new:
             return
         allow = self._allow_val_change if allow_val_change is None else allow_val_change
-        clean = {str(k): _plain(v) for k, v in new.items()}
+        clean = {str(k): plain_value(v) for k, v in new.items()}
         if not allow:
             for key, value in clean.items():
                 if key in self._data and not _same(self._data[key], value):
@@ -383,7 +383,7 @@ class Summary(MutableMapping[str, Any]):
         return self._current()[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self._overrides[str(key)] = _plain(value)
+        self._overrides[str(key)] = plain_value(value)
         self._on_change(dict(self._overrides))
 
     def __delitem__(self, key: str) -> None:
@@ -823,7 +823,9 @@ class Run:
             base = "."
         kept = self._keep_files(pattern, base, "", strict=True)
         if policy != "now":
-            self._watched.append((pattern, base, ""))
+            # Absolute, so that a chdir before finish() finds the same files.
+            watched = (os.path.abspath(pattern), os.path.abspath(base), "")
+            self._watched.append(watched)
         return kept
 
     def _keep_files(
@@ -1490,7 +1492,7 @@ def init(
         start_config = {
             k: v for k, v in start_config.items() if k not in config_exclude_keys
         }
-    start_config = {str(k): _plain(v) for k, v in start_config.items()}
+    start_config = {str(k): plain_value(v) for k, v in start_config.items()}
 
     # Runs this process already has open.
     open_runs = active_runs()
