@@ -362,6 +362,20 @@ def test_init_refuses_unknown_keywords_and_modes(repo: Path) -> None:
     with pytest.raises(InvalidValueError, match="reinit"):
         gitruns.init(reinit="sometimes", repo=repo)
     assert not repo.exists()
+    with pytest.raises(InvalidValueError, match="pass id="):
+        gitruns.init(resume="must", repo=repo)
+
+
+def test_an_exception_in_the_with_block_marks_the_run_crashed(repo: Path) -> None:
+    with (
+        pytest.raises(ZeroDivisionError),
+        gitruns.init(project="ctx", repo=repo) as run,
+    ):
+        run.log({"x": 1})
+        _ = 1 / 0
+    assert run.finished and gitruns.run is None
+    view = gitruns.Api(repo=repo).run(run.path)
+    assert (view.state, view.info["exit_code"], view.last_step) == ("crashed", 1, 0)
 
 
 def test_ignored_integrations_warn_once(
