@@ -775,6 +775,13 @@ def run_hook(
     except GitRunsError as exc:
         stderr.write(f"gitruns: {exc}\n")
         return 1
+    except Exception as exc:  # noqa: BLE001 - a hook fails closed, in one line
+        logger.debug("hook %s failed", kind, exc_info=True)
+        stderr.write(
+            f"gitruns: the {kind} check itself failed ({type(exc).__name__}: {exc}); "
+            "the push is refused until it runs; report this with the gitruns version\n"
+        )
+        return 1
     stderr.write(f"gitruns: unknown hook {kind!r}; use pre-receive or pre-push\n")
     return 2
 

@@ -419,6 +419,21 @@ def test_install_writes_this_interpreter_and_keeps_foreign_hooks(local: Path) ->
     assert "gitruns.hooks" in (local / "hooks" / "pre-push").read_text()
 
 
+def test_a_hook_that_cannot_read_the_repository_fails_closed(tmp_path: Path) -> None:
+    err = io.StringIO()
+    line = f"{'0' * 40} {'a' * 40} refs/heads/runs/demo/r1\n".encode()
+    not_a_repository = tmp_path / "file"
+    not_a_repository.write_text("x")
+
+    status = hooks.run_hook(
+        "pre-receive", [], io.BytesIO(line), err, {"GIT_DIR": str(not_a_repository)}
+    )
+
+    assert status == 1
+    assert err.getvalue().startswith("gitruns: the pre-receive check itself failed")
+    assert len(err.getvalue().splitlines()) == 1
+
+
 def test_hook_reports_unknown_kind() -> None:
     err = io.StringIO()
     status = hooks.run_hook("update", [], io.BytesIO(b""), err, {})
