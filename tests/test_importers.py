@@ -198,7 +198,7 @@ def test_sb3_tensorboard_runs_and_the_aborted_duplicate() -> None:
         "tensorboard", [REAL_RUNS / "wandb-sb3-ppo-cartpole" / "logs"]
     ).runs
 
-    by_name = {r.name: r for r in runs}
+    by_name = {str(r.name): r for r in runs}
     assert sorted(by_name) == [f"ppo/PPO_{i}" for i in range(1, 7)]
     assert by_name["ppo/PPO_1"].steps == [2048, 4096, 6144, 8192, 10240]
     assert by_name["ppo/PPO_6"].steps == [2048, 4096, 6144, 8192]
