@@ -24,7 +24,7 @@ def check_name(kind: str, name: object) -> str:
     """Return ``name`` if it is a safe project or run id, else raise.
 
     Letters, digits, ``.``, ``_`` and ``-``; at most 64 characters; not
-    starting with ``.`` or ``-``; no ``..``; not ending in ``.lock``.
+    starting with ``.`` or ``-``; no ``..``; not ending in ``.`` or ``.lock``.
 
     Raises:
         InvalidNameError: naming the rule that was broken.
@@ -43,6 +43,9 @@ def check_name(kind: str, name: object) -> str:
         raise InvalidNameError(kind, name, "must not contain '..'")
     if name.endswith(".lock"):
         raise InvalidNameError(kind, name, "must not end in '.lock'")
+    if name.endswith("."):
+        # Git refuses a ref name that ends with a dot.
+        raise InvalidNameError(kind, name, "must not end with '.'")
     return name
 
 
