@@ -257,6 +257,8 @@ def mapped_errors(what: str) -> Iterator[None]:
         hint = ""
         if isinstance(exc, OSError) and exc.errno == 28:
             hint = "; free some disk space, the journal keeps what was logged"
-        elif isinstance(exc, PermissionError):
+        elif isinstance(exc, PermissionError) or (
+            isinstance(exc, OSError) and exc.errno == 30  # EROFS
+        ):
             hint = "; check that the repository is writable"
         raise RepositoryError(f"{what} failed: {exc}{hint}") from exc
