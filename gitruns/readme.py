@@ -6,6 +6,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from gitruns.summary import visible
+
 
 def _cell(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
@@ -54,7 +56,8 @@ def render_readme(
             "",
         ]
     lines += ["## Config", ""] + _table(config, ("key", "value"))
-    lines += ["## Summary", ""] + _table(summary, ("metric", "value"))
+    shown = visible(summary, info.get("metrics") or {})
+    lines += ["## Summary", ""] + _table(shown, ("metric", "value"))
     lines += [
         "Metrics are in `history/` (msgpack chunks); read them with "
         f"`gitruns history {path}`.",

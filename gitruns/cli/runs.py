@@ -20,6 +20,7 @@ from gitruns.diff import diff_runs
 from gitruns.lineage import ancestors, descendants
 from gitruns.reader import RunView
 from gitruns.store import RunStore
+from gitruns.summary import visible
 
 
 def _view(store: RunStore, path: str) -> RunView:
@@ -112,7 +113,7 @@ def show_command(store: RunStore, run: str, as_json: bool) -> None:
     if view.source:
         click.echo(f"  imported   {dumps(view.source)}")
     echo_mapping("config", view.config)
-    echo_mapping("summary", view.summary)
+    echo_mapping("summary", visible(view.summary, view.info.get("metrics") or {}))
 
 
 @click.command("history")
