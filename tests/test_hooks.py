@@ -22,12 +22,30 @@ from gitruns import hooks, remote
 from gitruns.chunk import build_chunk, encode_chunk
 from gitruns.cli import hooks as hooks_cli
 from gitruns.cli.common import GitRunsGroup
+from gitruns.cli.main import main
 from gitruns.errors import RemoteError
 from gitruns.refs import RunRef, Sha
 from gitruns.store import RunStore
 from tests.gitserver import GitServer, git, scrubbed_env
 
 ROOT = Path(__file__).resolve().parents[1]
+REAL_RUNS = ROOT.parent / "shared" / "data" / "real-runs"
+
+#: One sample of every importer over the real logs: (format, path under REAL_RUNS).
+IMPORTS = [
+    ("hf-trainer", "hf-whisper-large-v2-ja"),
+    ("hf-trainer", "hf-whisper-tiny-nb-resumed"),
+    ("llamafactory", "llamafactory-mistral-translator"),
+    ("tensorboard", "hf-t5-summarization-tb"),
+    ("lightning", "lightning-csvlogger-opal"),
+    ("keras", "keras-csvlogger-mnist"),
+    ("ultralytics", "ultralytics-yolov8-fire-smoke"),
+    ("sb3-monitor", "wandb-sb3-ppo-cartpole/logs"),
+    ("dvclive", "dvclive-sound-event-detection"),
+    ("mlflow", "mlflow-filestore-nested"),
+    ("mlflow", "mlflow-sqlite-hyperopt/mlflow.db"),
+    ("wandb", "wandb-hf-trainer-alpaca"),
+]
 
 #: The commands of gitruns/cli/hooks.py under a root group, as the CLI has them.
 cli = GitRunsGroup(commands=hooks_cli.COMMANDS)
@@ -134,6 +152,23 @@ def test_valid_pushes_pass(git_server: GitServer, local: Path, repo: Repo) -> No
     assert {o.run.path: o.status for o in third}[src] == "fast-forward"
     assert [o.status for o in fourth] == ["fast-forward"]
     assert remote_refs(git_server.url())[f"refs/heads/runs/{src}"] == tip(local, src)
+
+
+def test_every_imported_real_run_passes(
+    guarded: GitServer, local: Path, repo: Repo
+) -> None:
+    runner = CliRunner()
+    for fmt, sample in IMPORTS:
+        result = runner.invoke(
+            main, ["import", fmt, str(REAL_RUNS / sample), "--repo", str(local)]
+        )
+        assert result.exit_code == 0, result.output
+
+    outcomes = remote.push(repo, guarded.url(), check=False)
+
+    assert len(outcomes) > 40
+    assert [str(o) for o in outcomes if not o.ok] == []
+    assert len(remote_refs(guarded.url())) == len(outcomes)
 
 
 def test_force_push_is_rejected(
