@@ -171,6 +171,23 @@ def test_every_imported_real_run_passes(
     assert len(remote_refs(guarded.url())) == len(outcomes)
 
 
+def test_partial_windows_forks_and_rewinds_inside_a_window_pass(
+    guarded: GitServer, local: Path, repo: Repo
+) -> None:
+    # A tiny window and a zero flush interval: every step is its own commit and
+    # segment, and fork and rewind points fall inside windows.
+    settings = {"window": 10, "flush_interval": 0.0}
+    src = log_run(local, "src", range(37), **settings)
+    log_run(local, "fork", range(24, 41), fork_from=f"{src}?_step=23", **settings)
+    log_run(local, "src", range(16, 30), resume_from=f"{src}?_step=15", **settings)
+    segments = git("--git-dir", local, "ls-tree", "-r", "--name-only", f"runs/{src}")
+
+    outcomes = remote.push(repo, guarded.url(), check=False)
+
+    assert segments.stdout.count(".msgpack") > 4
+    assert [str(o) for o in outcomes if not o.ok] == []
+
+
 def test_force_push_is_rejected(
     guarded: GitServer, local: Path, tmp_path: Path
 ) -> None:
