@@ -256,10 +256,6 @@ def test_round_trip_jsonl_has_none_of_the_csv_limits(
     assert all(r["none"] is None for r in rows)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the import writer skips records without metrics (importers/writer.py)",
-)
 def test_round_trip_keeps_a_step_with_nothing_logged(
     repo: Path, tmp_path: Path
 ) -> None:

@@ -88,6 +88,7 @@ def _new_run(fmt: str, file: Path, raw: bytes) -> ImportedRun:
         path=str(file),
         name=file.stem,
         digest=digest_bytes([raw]),
+        keep_empty_steps=True,
     )
 
 
@@ -215,9 +216,9 @@ def parse_csv_export(path: Path, options: ImportOptions) -> ParsedSource:
     the epoch) the step's time, every other column a metric, each cell typed
     by :func:`read_cell`. CSV keeps values, not types, so three things do not
     come back as they were logged: text that reads as a number or a bool
-    (``"1.5"``, ``"True"``) comes back as one; None and the empty string
-    come back as "not logged"; and a step at which nothing was logged is
-    left out. ``gitruns-jsonl`` has none of these limits. Under a folder,
+    (``"1.5"``, ``"True"``) comes back as one, and None and the empty
+    string come back as "not logged". ``gitruns-jsonl`` has none of these
+    limits. Under a folder,
     ``*.csv`` files without a ``_step`` column are skipped.
 
     Raises:
@@ -233,7 +234,7 @@ def parse_jsonl_export(path: Path, options: ImportOptions) -> ParsedSource:
     Each line is one step, as ``scan_history()`` yielded it: ``_step``,
     ``_timestamp`` and the metrics with their exact types (ints stay ints,
     ``null`` is a logged None, ``NaN``, ``Infinity`` and ``-Infinity`` as
-    Python writes them). Only a step at which nothing was logged is left out.
+    Python writes them).
     Under a folder, ``*.jsonl`` files whose first line has no ``_step`` are
     skipped.
 

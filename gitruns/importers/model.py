@@ -119,6 +119,8 @@ class ImportedRun:
         stats: counts (rows read, rows merged, dropped values, counter resets).
         run_id: the gitruns run id, set by :func:`normalise`.
         fork_of: ``(run_id, step)`` of the run this one forks from, if any.
+        keep_empty_steps: write steps that hold no metric (gitruns' own
+            exports have them; other tools' empty rows are noise).
     """
 
     format: str
@@ -140,6 +142,7 @@ class ImportedRun:
     stats: Stats = field(default_factory=Stats)
     run_id: str = ""
     fork_of: tuple[str, int] | None = None
+    keep_empty_steps: bool = False
 
     @property
     def steps(self) -> list[int]:

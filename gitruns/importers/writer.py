@@ -139,7 +139,7 @@ def _existing(api: Any, ref: RunRef, run: ImportedRun) -> tuple[Status, str] | N
             f"{ref.path} exists and was not imported from this source; nothing "
             "written. Import into another --project to keep both"
         )
-    logged = [r.step for r in run.records if r.metrics]
+    logged = [r.step for r in run.records if r.metrics or run.keep_empty_steps]
     expected = logged[-1] if logged else None
     if view.last_step != expected or view.state == "running":
         return "incomplete", (
@@ -181,7 +181,7 @@ def _write(
             new.define_metric(definition["name"], step_metric=definition["step_metric"])
         done = 0
         for rec in run.records:
-            if rec.metrics:
+            if rec.metrics or run.keep_empty_steps:
                 new.log(rec.metrics, step=rec.step, timestamp=rec.timestamp)
             done += 1
             if progress is not None and done % 256 == 0:
