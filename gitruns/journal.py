@@ -164,8 +164,8 @@ class Journal:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
             raise RepositoryError(
-                f"cannot create the journal {path} ({exc}); nothing can be logged "
-                "until it can. " + _fix_for(exc)
+                f"cannot create the journal {path} ({exc}); this log() call was "
+                "not recorded, what was accepted before it is kept. " + _fix_for(exc)
             ) from exc
         self._seq += 1
         self._fd, self._path, self._end = fd, path, os.fstat(fd).st_size
@@ -191,16 +191,21 @@ def read_records(path: Path) -> Iterator[Record]:
     A damaged record can only be a file's last one (see the module
     docstring), and log() never returned for it.
     """
-    count = 0
+    count = end = 0
     try:
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             unpacker = msgpack.Unpacker(
                 f, raw=False, strict_map_key=True, max_buffer_size=_MAX_RECORD
             )
             for item in unpacker:
                 record = _record(item)
                 count += 1
+                # Where this record ends; at the end, tell() may count a cut one.
+                end = unpacker.tell()
                 yield record
+            if end < size:
+                raise ValueError(f"{size - end} bytes of a cut record")
     except FileNotFoundError:
         return
     except (ValueError, msgpack.UnpackException) as exc:
