@@ -1,0 +1,126 @@
+"""Many writers: a sweep into one repository, one writer per run, stale locks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import gitruns
+from gitruns.errors import RunLockedError
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import sweep  # noqa: E402
+
+
+def test_a_sweep_of_ten_writers_and_three_forks_keeps_every_step(
+    tmp_path: Path,
+) -> None:
+    outcome = sweep.sweep(tmp_path, runs=10, forks=3, steps=300)
+
+    assert outcome.failed == []
+    assert outcome.missing_runs == []
+    assert outcome.steps_wrong == 0
+    # 10 runs of 300, 3 forks of the 300-step source plus 75 each, and the source.
+    fork_steps = sum((i + 1) * sweep.SOURCE_STEPS // 4 + 1 + 75 for i in range(3))
+    assert outcome.steps_checked == 10 * 300 + fork_steps + sweep.SOURCE_STEPS
+    assert outcome.fsck is None
+    assert len(outcome.timings) == 13
+
+
+_HOLDER = """
+    import sys, time, gitruns
+    run = gitruns.init(project="p", id="held", repo=sys.argv[1], save_code=False,
+                       resume="allow")
+    for i in range(20):
+        run.log({"loss": float(i)})
+    print("holding", flush=True)
+    time.sleep(120)
+"""
+
+
+def start_holder(repo: Path) -> subprocess.Popen[str]:
+    """A process that opens run p/held, logs 20 steps and keeps it open."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_HOLDER), str(repo)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "holding"
+    return child
+
+
+def test_a_second_writer_is_told_the_host_and_pid_of_the_first(repo: Path) -> None:
+    holder = start_holder(repo)
+    try:
+        with pytest.raises(RunLockedError) as refused:
+            gitruns.init(project="p", id="held", resume="allow", repo=repo)
+    finally:
+        holder.kill()
+        holder.wait()
+    error = refused.value
+    assert (error.host, error.pid) == (socket.gethostname(), holder.pid)
+    assert f"pid {holder.pid} on {socket.gethostname()}" in str(error)
+    assert "finish that writer first" in str(error)
+
+
+def test_a_second_writer_in_the_same_process_is_refused(repo: Path) -> None:
+    first = gitruns.init(project="p", id="twice", repo=repo, save_code=False)
+    with pytest.raises(RunLockedError) as refused:
+        gitruns.init(project="p", id="twice", resume="allow", repo=repo)
+    assert refused.value.pid == os.getpid()
+    first.log({"loss": 1.0})
+    first.finish()
+    again = gitruns.init(project="p", id="twice", resume="must", repo=repo)
+    assert again.step == 1
+    again.finish()
+
+
+def test_the_lock_of_a_killed_writer_is_recovered_and_logged(
+    repo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    holder = start_holder(repo)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+
+    with caplog.at_level(logging.WARNING, logger="gitruns"):
+        run = gitruns.init(project="p", id="held", resume="must", repo=repo)
+    assert (
+        f"recovered the lock left by pid {holder.pid} on {socket.gethostname()}"
+        in caplog.text
+    )
+    assert "recovered 20 journaled steps (0..19)" in caplog.text
+    assert run.step == 20
+    run.log({"loss": 20.0})
+    run.finish()
+    view = gitruns.Api(repo).run("p/held")
+    assert [row["loss"] for row in view.scan_history()] == [float(i) for i in range(21)]
+
+
+def test_a_ref_lock_left_by_a_killed_writer_is_removed(
+    repo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    holder = start_holder(repo)
+    # As if it died while moving its branch: the ref's lock file stays.
+    ref_lock = repo / "refs" / "heads" / "runs" / "p" / "held.lock"
+    ref_lock.write_text("0" * 40 + "\n")
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+
+    with caplog.at_level(logging.WARNING, logger="gitruns"):
+        run = gitruns.init(project="p", id="held", resume="must", repo=repo)
+        run.log({"loss": 20.0})
+        run.finish()
+    assert not ref_lock.exists()
+    assert "held.lock, left" in caplog.text
+    assert gitruns.Api(repo).run("p/held").last_step == 20

@@ -1,0 +1,230 @@
+"""Values: every row of the README's table is stored exactly, or refused clearly."""
+
+from __future__ import annotations
+
+import enum
+import fractions
+import math
+import struct
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import gitruns
+from gitruns.errors import InvalidValueError
+from gitruns.fork import create_run
+from gitruns.refs import RunRef
+from gitruns.run import _new_info
+from gitruns.store import RunStore
+from gitruns.values import MAX_STR, clean_row
+from gitruns.writer import RunWriter, WriterOptions
+
+try:
+    import torch
+except ImportError:  # not installed on purpose: the rows are skipped
+    torch = None
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+class Meters(float):
+    pass
+
+
+class Tag(str):
+    pass
+
+
+def bits(value: float) -> bytes:
+    return struct.pack("<d", value)
+
+
+# (id, what the user logs, what gitruns stores: same type, same bits)
+STORED: list[tuple[str, Any, Any]] = [
+    ("float", 0.1, 0.1),
+    ("float NaN", math.nan, math.nan),
+    ("float +inf", math.inf, math.inf),
+    ("float -inf", -math.inf, -math.inf),
+    ("float -0.0", -0.0, -0.0),
+    ("smallest subnormal", 5e-324, 5e-324),
+    ("largest subnormal", 2.225073858507201e-308, 2.225073858507201e-308),
+    ("largest float", 1.7976931348623157e308, 1.7976931348623157e308),
+    ("int", 42, 42),
+    ("int64 max", 2**63 - 1, 2**63 - 1),
+    ("int64 min", -(2**63), -(2**63)),
+    ("bool True", True, True),
+    ("bool False", False, False),
+    ("str", "héllo 日本語 🙂", "héllo 日本語 🙂"),
+    ("empty str", "", ""),
+    ("longest str", "s" * MAX_STR, "s" * MAX_STR),
+    ("None", None, None),
+    ("IntEnum", Level.HIGH, 3),
+    ("float subclass", Meters(2.5), 2.5),
+    ("str subclass", Tag("x"), "x"),
+    ("numpy float64", np.float64(0.1), 0.1),
+    ("numpy float32", np.float32(0.1), float(np.float32(0.1))),
+    ("numpy float32 NaN", np.float32("nan"), math.nan),
+    ("numpy float32 -0.0", np.float32(-0.0), -0.0),
+    ("numpy float32 inf", np.float32("inf"), math.inf),
+    ("numpy float16", np.float16(0.1), float(np.float16(0.1))),
+    ("numpy int8", np.int8(-128), -128),
+    ("numpy int16", np.int16(-32768), -32768),
+    ("numpy int32", np.int32(2**31 - 1), 2**31 - 1),
+    ("numpy int64", np.int64(-(2**63)), -(2**63)),
+    ("numpy uint8", np.uint8(255), 255),
+    ("numpy uint16", np.uint16(65535), 65535),
+    ("numpy uint32", np.uint32(2**32 - 1), 2**32 - 1),
+    ("numpy uint64 in range", np.uint64(2**63 - 1), 2**63 - 1),
+    ("numpy bool", np.bool_(True), True),
+    ("numpy str", np.str_("s"), "s"),
+    ("0-d float64 array", np.array(2.5), 2.5),
+    ("0-d float32 array NaN", np.array(np.nan, dtype=np.float32), math.nan),
+    ("0-d int32 array", np.array(7, dtype=np.int32), 7),
+    ("0-d bool array", np.array(False), False),
+]
+if torch is not None:
+    STORED += [
+        ("torch 0-d float32", torch.tensor(0.5), 0.5),
+        ("torch 0-d int64", torch.tensor(3), 3),
+        ("torch 0-d bool", torch.tensor(True), True),
+    ]
+
+# (id, what the user logs, a fragment of the error)
+REFUSED: list[tuple[str, Any, str]] = [
+    ("int above int64", 2**63, "must fit in int64"),
+    ("int below int64", -(2**63) - 1, "must fit in int64"),
+    ("numpy uint64 above int64", np.uint64(2**64 - 1), "must fit in int64"),
+    ("str too long", "s" * (MAX_STR + 1), f"limited to {MAX_STR} characters"),
+    ("list", [1.0, 2.0], "list is not a number"),
+    ("tuple", (1.0,), "tuple is not a number"),
+    ("set", {1.0}, "set is not a number"),
+    ("bytes", b"raw", "bytes is not a number"),
+    ("complex", 1j, "complex is not a number"),
+    ("numpy complex64", np.complex64(1j), "complex is not a number"),
+    ("Decimal", Decimal("0.1"), "Decimal is not a number"),
+    ("Fraction", fractions.Fraction(1, 3), "Fraction is not a number"),
+    ("datetime", datetime(2024, 1, 1), "datetime is not a number"),
+    ("numpy datetime64", np.datetime64("2024-01-01"), "is not a number"),
+    ("1-element array", np.array([1.0]), "ndarray is not a number"),
+    ("2-d array", np.zeros((2, 2)), "ndarray is not a number"),
+    ("object", object(), "object is not a number"),
+]
+if np.finfo(np.longdouble).nmant > np.finfo(np.float64).nmant:
+    REFUSED.append(
+        ("numpy longdouble", np.longdouble(1) / 3, "does not fit a float64 exactly")
+    )
+if torch is not None:
+    REFUSED.append(("torch 1-d tensor", torch.tensor([1.0]), "is not a number"))
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal in type and, for floats, in every bit."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return bits(a) == bits(b)
+    return bool(a == b)
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Every STORED value, logged once, read back committed and recovered.
+
+    ``committed``: logged and finished normally. ``recovered``: logged, the
+    writer dropped as by a crash, and the journal committed by the next open.
+    """
+    repo = tmp_path_factory.mktemp("values") / "runs.git"
+    store = RunStore.open(repo)
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        for how in ("committed", "recovered"):
+            ref = RunRef("values", how)
+            options = WriterOptions(background=False)
+            info = _new_info(ref, None, None, None, None, None, None, options, None)
+            create_run(store, ref, info, {})
+            writer = RunWriter.open(store, ref, options)
+            known: set[str] = set()
+            for name, value, _ in STORED:
+                writer.log(clean_row({name: value}, known))
+            if how == "committed":
+                writer.finish("finished")
+            else:
+                writer.abandon()
+                RunWriter.open(store, ref, options).finish("crashed")
+            rows = gitruns.Api(store).run(ref.path).scan_history()
+            out[how] = {k: v for row in rows for k, v in row.items() if k[0] != "_"}
+    finally:
+        store.close()
+    return out
+
+
+@pytest.mark.parametrize("how", ["committed", "recovered"])
+@pytest.mark.parametrize(
+    ("name", "value", "expected"), STORED, ids=[row[0] for row in STORED]
+)
+def test_value_is_stored_exactly(
+    stored: dict[str, dict[str, Any]], how: str, name: str, value: Any, expected: Any
+) -> None:
+    assert name in stored[how]
+    assert same(stored[how][name], expected), (stored[how][name], expected)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"), REFUSED, ids=[row[0] for row in REFUSED]
+)
+def test_value_is_refused_with_a_clear_error(
+    name: str, value: Any, fragment: str
+) -> None:
+    with pytest.raises(InvalidValueError) as refused:
+        clean_row({"metric": value}, set())
+    assert fragment in str(refused.value)
+    assert refused.value.key == "metric"
+    assert str(refused.value).startswith("cannot log 'metric'")
+
+
+def test_a_refused_value_stores_nothing_and_the_run_goes_on(repo: Path) -> None:
+    run = gitruns.init(project="values", id="refused", repo=repo, save_code=False)
+    run.log({"loss": 1.0})
+    for _, value, _ in REFUSED[:6]:
+        with pytest.raises(InvalidValueError):
+            run.log({"loss": 2.0, "bad": value})
+    with pytest.raises(InvalidValueError, match="lone surrogate"):
+        run.log({"note": "\udc80"})
+    assert run.step == 1
+    run.log({"loss": 3.0})
+    run.finish()
+    rows = list(gitruns.Api(repo).run("values/refused").scan_history())
+    assert [(r["_step"], r["loss"]) for r in rows] == [(0, 1.0), (1, 3.0)]
+    assert all("bad" not in r and "note" not in r for r in rows)
+
+
+def test_one_metric_may_change_kind_from_step_to_step(repo: Path) -> None:
+    values: list[Any] = [1, 2.5, True, "text", None, math.nan, -(2**63), -0.0]
+    run = gitruns.init(project="values", id="mixed", repo=repo, save_code=False)
+    for value in values:
+        run.log({"m": value})
+    run.finish()
+    got = [row.get("m") for row in gitruns.Api(repo).run("values/mixed").scan_history()]
+    assert len(got) == len(values)
+    assert all(same(a, b) for a, b in zip(got, values)), got
+
+
+def test_a_nested_dict_is_flattened_and_a_list_inside_it_refused() -> None:
+    assert clean_row({"eval": {"wer": 0.25, "n": 3}}, set()) == {
+        "eval/wer": 0.25,
+        "eval/n": 3,
+    }
+    with pytest.raises(InvalidValueError) as refused:
+        clean_row({"eval": {"hist": [1, 2]}}, set())
+    assert refused.value.key == "eval/hist"
+
+
+def test_log_refuses_a_payload_that_is_not_a_dict() -> None:
+    with pytest.raises(InvalidValueError, match="takes a dict"):
+        clean_row([("loss", 1.0)], set())
