@@ -10,7 +10,15 @@ from gitruns.lineage import divergence
 from gitruns.reader import RunView
 from gitruns.store import RunStore
 
-_MISSING = object()
+
+class _Missing:
+    """A key one run does not have (distinct from a value of None)."""
+
+    def __repr__(self) -> str:
+        return "(missing)"
+
+
+MISSING: Any = _Missing()
 
 
 @dataclass
@@ -42,10 +50,15 @@ class RunDiff:
             "b": self.b,
             "common_run": self.common_run,
             "diverge_step": self.diverge_step,
-            "config": {k: list(v) for k, v in self.config.items()},
-            "summary": {k: list(v) for k, v in self.summary.items()},
+            "config": {k: _plain(v) for k, v in self.config.items()},
+            "summary": {k: _plain(v) for k, v in self.summary.items()},
             "metrics": [vars(m) for m in self.metrics],
         }
+
+
+def _plain(pair: tuple[Any, Any]) -> list[Any]:
+    # JSON has no "missing": both a missing key and None become null there.
+    return [None if v is MISSING else v for v in pair]
 
 
 def _same(x: Any, y: Any) -> bool:
@@ -62,9 +75,9 @@ def _same(x: Any, y: Any) -> bool:
 def _changes(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     out = {}
     for key in sorted(set(a) | set(b)):
-        x, y = a.get(key, _MISSING), b.get(key, _MISSING)
+        x, y = a.get(key, MISSING), b.get(key, MISSING)
         if not _same(x, y):
-            out[key] = (None if x is _MISSING else x, None if y is _MISSING else y)
+            out[key] = (x, y)
     return out
 
 

@@ -124,6 +124,12 @@ class RunView:
         return self.info.get("job_type")
 
     @property
+    def first_step(self) -> int | None:
+        """The first committed step, or None."""
+        starts = self.snapshot.history.starts
+        return starts[0] if starts else None
+
+    @property
     def last_step(self) -> int | None:
         """The last committed step, or None."""
         return self.snapshot.last_step

@@ -137,3 +137,19 @@ def test_demo_runs_and_shows_the_fork(repo: Path) -> None:
     assert fork.last_step == 59 and fork.fork_from["step"] == 30
     accuracy = [r["eval/accuracy"] for r in fork.scan_history(keys=["eval/accuracy"])]
     assert accuracy and all(0.0 <= a <= 1.0 for a in accuracy)
+
+
+def test_diff_tells_a_missing_key_from_none(repo: Path) -> None:
+    gitruns.init(project="p", id="a", config={"x": None, "y": 1}, repo=repo).finish()
+    gitruns.init(project="p", id="b", config={"y": 2}, repo=repo).finish()
+    code, out = invoke("diff", "p/a", "p/b", "--repo", str(repo))
+    assert "x: None -> (missing)" in out and "y: 1 -> 2" in out
+    assert "history: no shared history" in out
+
+
+def test_show_names_the_first_step(repo: Path) -> None:
+    with gitruns.init(project="p", id="late", repo=repo) as run:
+        run.log({"m": 1}, step=25)
+        run.log({"m": 2}, step=50)
+    code, out = invoke("show", "p/late", "--repo", str(repo))
+    assert "steps      25..50" in out

@@ -16,7 +16,7 @@ from gitruns.cli.common import (
     json_option,
     with_store,
 )
-from gitruns.diff import diff_runs
+from gitruns.diff import MISSING, diff_runs
 from gitruns.lineage import ancestors, descendants
 from gitruns.reader import RunView
 from gitruns.store import RunStore
@@ -92,9 +92,7 @@ def show_command(store: RunStore, run: str, as_json: bool) -> None:
     info = view.info
     click.echo(click.style(f"{view.path}", bold=True) + f"  ({view.name})")
     click.echo(f"  state      {view.state}")
-    click.echo(
-        f"  steps      {'none' if view.last_step is None else f'0..{view.last_step}'}"
-    )
+    click.echo(f"  steps      {_span(view)}")
     click.echo(f"  branch     {view.branch}  ({view.tip[:10]})")
     click.echo(f"  created    {info.get('created')}  updated {info.get('updated')}")
     if view.fork_from:
@@ -165,6 +163,20 @@ def history_command(
     echo_table(columns, ([row.get(c) for c in columns] for row in rows_list))
 
 
+def _cell(value: Any) -> str:
+    if value is MISSING:
+        return "(missing)"
+    if value is None:
+        return "None"
+    return fmt(value) or repr(value)
+
+
+def _span(view: RunView) -> str:
+    if view.first_step is None or view.last_step is None:
+        return "none"
+    return f"{view.first_step}..{view.last_step}"
+
+
 def _csv(value: Any) -> str:
     if value is None:
         return ""
@@ -232,7 +244,7 @@ def diff_command(store: RunStore, a: str, b: str, as_json: bool) -> None:
     for title, changes in (("config", result.config), ("summary", result.summary)):
         click.echo(click.style(title, bold=True) + ("" if changes else ": same"))
         for key, (x, y) in changes.items():
-            click.echo(f"  {key}: {fmt(x) or '(none)'} -> {fmt(y) or '(none)'}")
+            click.echo(f"  {key}: {_cell(x)} -> {_cell(y)}")
     if result.metrics:
         click.echo(
             click.style("metrics", bold=True) + "  (at divergence -> last of each)"
