@@ -533,6 +533,19 @@ def render(results: Result) -> str:
             )
         )
 
+    rss = [f for f in results.get("fork", []) if _ok(f)]
+    if rss:
+        parts.append(
+            "## peak RSS growth while logging the fork sources (1 metric)\n"
+            + table(
+                ["run", "RSS growth MB", "log s"],
+                [
+                    [f["label"], _mb(f["rss_growth_bytes"]), f["build_seconds"]]
+                    for f in rss
+                ],
+            )
+        )
+
     listing = results.get("listing", {})
     if listing:
         make = listing.get("make", {})

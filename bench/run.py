@@ -152,8 +152,12 @@ class Harness:
         t0 = time.perf_counter()
         try:
             with log.open("wb") as sink:
+                # Run in the scratch directory: gitruns records the code commit
+                # of the working directory, and the bench's own checkout would
+                # make that cost depend on where the bench was started.
                 subprocess.run(
                     cmd,
+                    cwd=self.scratch,
                     env=self.env,
                     stdout=sink,
                     stderr=subprocess.STDOUT,
