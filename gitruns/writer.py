@@ -244,18 +244,33 @@ class RunWriter:
         files = self._journal.files()
         if not files:
             return 0
-        return self._replay(files)
+        steps = self._replay(files)
+        if steps:
+            self._step = max(self._step, steps[-1] + 1)
+            logger.warning(
+                "run %s: recovered %d journaled steps (%d..%d)",
+                self.run.path,
+                len(steps),
+                steps[0],
+                steps[-1],
+            )
+        return len(steps)
 
     def _replay(
         self,
         files: list[Path],
         state: str | None = None,
         meta: dict[str, Any] | None = None,
-    ) -> int:
+    ) -> list[int]:
         """Commit what ``files`` hold beyond the committed steps, then retire them.
 
         Records at or below the last committed step were committed before a
         crash that came between moving the branch and deleting the journal.
+        The committer thread calls this too, so it leaves the caller's step
+        alone.
+
+        Returns:
+            The steps committed, in order.
         """
         last = self._snapshot.last_step
         floor = -1 if last is None else last
@@ -292,17 +307,7 @@ class RunWriter:
                 buffer = Buffer()
             buffer.add(step, rows[step][0], rows[step][1], self.window)
         self._commit(Job(buffer, files, journaled_meta or None, state))
-
-        if rows:
-            self._step = max(self._step, max(rows) + 1)
-            logger.warning(
-                "run %s: recovered %d journaled steps (%d..%d)",
-                self.run.path,
-                len(rows),
-                min(rows),
-                max(rows),
-            )
-        return len(rows)
+        return sorted(rows)
 
     # -- the caller's side --------------------------------------------------
 
@@ -495,7 +500,13 @@ class RunWriter:
                 self._handoff(state=state)
                 self._stop_thread()
                 self._wait()
-            self.store.pack_loose_objects()
+            try:
+                self.store.pack_loose_objects()
+            except GitRunsError as exc:
+                # Housekeeping: everything is committed; git gc packs later.
+                logger.warning(
+                    "run %s: loose objects not packed: %s", self.run.path, exc
+                )
         finally:
             self._closed = True
             self._journal.close()
@@ -510,13 +521,15 @@ class RunWriter:
         self._row, self._buffer, self._meta = None, Buffer(), None
         self._error = None  # the journal holds whatever a failed commit held
         try:
-            self._replay(self._journal.files(), state="crashed", meta=pending)
+            steps = self._replay(self._journal.files(), state="crashed", meta=pending)
         except Exception as exc:
             raise RepositoryError(
                 f"run {self.run.path}: committing failed: {exc}; what was logged "
                 f"is kept in the journal, run `gitruns recover {self.run.path}` "
                 "once the cause is fixed"
             ) from exc
+        if steps:
+            self._step = max(self._step, steps[-1] + 1)
 
     def _stop_thread(self) -> None:
         if self._thread is not None:
