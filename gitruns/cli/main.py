@@ -9,6 +9,7 @@ from gitruns.cli.branch import fork_command, recover_command, rewind_command
 from gitruns.cli.common import GitRunsGroup
 from gitruns.cli.demo import demo_command
 from gitruns.cli.export import export_command, plot_command, report_command
+from gitruns.cli.hooks import hooks, setup, textconv
 from gitruns.cli.imports import import_command
 from gitruns.cli.remote import fetch, pull, push
 from gitruns.cli.runs import (
@@ -48,5 +49,8 @@ for command in (
     export_command,
     plot_command,
     report_command,
+    hooks,
+    setup,
+    textconv,
 ):
     main.add_command(command)
