@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -184,6 +185,7 @@ class RunWriter:
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._pid = os.getpid()
 
     # -- opening ------------------------------------------------------------
 
@@ -489,6 +491,11 @@ class RunWriter:
                 was logged, and ``gitruns recover`` commits it later.
         """
         if self._closed:
+            return self._tip
+        if os.getpid() != self._pid:
+            # A forked child (a data loader worker) exiting through atexit
+            # must not finish its parent's run under the parent's feet.
+            logger.warning("run %s: not finished from a forked child", self.run.path)
             return self._tip
         try:
             if state == "crashed":

@@ -340,6 +340,38 @@ def test_an_exception_in_the_training_loop_marks_the_run_crashed_and_keeps_data(
     assert fsck_problem(repo) is None
 
 
+def test_a_forked_child_that_exits_leaves_its_parents_run_alone(
+    repo: Path, tmp_path: Path
+) -> None:
+    ack = tmp_path / "ack"
+    child = python(
+        _LOGGER
+        + """
+    for i in range(5):
+        log({"loss": float(i)})
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)  # a worker's normal exit runs atexit in the child
+    os.waitpid(pid, 0)
+    try:
+        gitruns.init(project="crash", id="victim", resume="must", repo=repo)
+    except gitruns.GitRunsError as exc:
+        print(type(exc).__name__, flush=True)
+    for i in range(5, 10):
+        log({"loss": float(i)})
+    run.finish()
+    """,
+        str(repo),
+        str(ack),
+    )
+    out, err = child.communicate()
+    assert child.returncode == 0, err
+    assert out.strip() == "RunLockedError"  # the parent still holds the run
+    assert "not finished from a forked child" in err or err == ""
+    assert history(repo, "crash/victim") == {s: {"loss": float(s)} for s in range(10)}
+    assert run_json(repo, "crash/victim")["state"] == "finished"
+
+
 # -- a full disk and a read-only repository -------------------------------------
 
 
