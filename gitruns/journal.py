@@ -62,9 +62,13 @@ class Journal:
         existing = self.files()
         self._seq = int(existing[-1].stem) + 1 if existing else 0
         self._fd = -1
-        self._end = 0
+        #: Bytes written to the current file.
+        self.size = 0
         self._path: Path | None = None
         self._packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+        #: ``pack([step, time, row])``: :meth:`encode` without a call around it,
+        #: for the hot path (it raises what msgpack raises).
+        self.pack = self._packer.pack
 
     def files(self) -> list[Path]:
         """The journal files present, oldest first."""
@@ -76,11 +80,6 @@ class Journal:
     def current(self) -> Path | None:
         """The file being appended to, if one is open."""
         return self._path
-
-    @property
-    def size(self) -> int:
-        """Bytes written to the current file."""
-        return self._end
 
     def encode(self, step: int, when: float, row: dict[str, Any]) -> bytes:
         """The record of one log() call, ready for :meth:`write`.
@@ -116,19 +115,15 @@ class Journal:
             RepositoryError: if the record could not be written whole (disk
                 full, read-only file system); the file is left as it was.
         """
-        if self._fd < 0:
-            self._open()
+        fd = self._fd
+        if fd < 0:
+            fd = self._open()
         try:
-            done = os.write(self._fd, record)
-            while done < len(record):
-                # A regular file writes whole unless space runs out; try once
-                # more so that the kernel reports why.
-                more = os.write(self._fd, record[done:])
-                if more <= 0:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                done += more
+            done = os.write(fd, record)
+            if done != len(record):
+                self._write_rest(fd, record, done)
             if self.fsync:
-                os.fsync(self._fd)
+                os.fsync(fd)
         except OSError as exc:
             self._cut_back()
             raise RepositoryError(
@@ -136,12 +131,22 @@ class Journal:
                 "call was not recorded, what was accepted before it is kept. "
                 + _fix_for(exc)
             ) from exc
-        self._end += len(record)
+        self.size += len(record)
+
+    @staticmethod
+    def _write_rest(fd: int, record: bytes, done: int) -> None:
+        # A regular file writes whole unless space runs out; go on so that
+        # the kernel says why.
+        while done < len(record):
+            more = os.write(fd, record[done:])
+            if more <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            done += more
 
     def _cut_back(self) -> None:
         # Leave no partial record behind: the next record must be readable.
         with contextlib.suppress(OSError):
-            os.ftruncate(self._fd, self._end)
+            os.ftruncate(self._fd, self.size)
 
     def rotate(self) -> Path | None:
         """Close the current file, if any, and return it; the next write starts one."""
@@ -150,14 +155,14 @@ class Journal:
             fd, self._fd = self._fd, -1
             with contextlib.suppress(OSError):
                 os.close(fd)
-        self._path, self._end = None, 0
+        self._path, self.size = None, 0
         return path
 
     def close(self) -> None:
         """Close the open file, keeping it on disk."""
         self.rotate()
 
-    def _open(self) -> None:
+    def _open(self) -> int:
         path = self.folder / f"{self._seq:08d}{SUFFIX}"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -168,9 +173,10 @@ class Journal:
                 "not recorded, what was accepted before it is kept. " + _fix_for(exc)
             ) from exc
         self._seq += 1
-        self._fd, self._path, self._end = fd, path, os.fstat(fd).st_size
+        self._fd, self._path, self.size = fd, path, os.fstat(fd).st_size
         if self.fsync:
             _fsync_dir(self.folder)
+        return fd
 
     @staticmethod
     def retire(paths: list[Path]) -> None:

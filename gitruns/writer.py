@@ -164,6 +164,7 @@ class RunWriter:
             store.data_dir / "journal" / run.project / run.run_id,
             fsync=options.fsync == "always",
         )
+        self._pack = self._journal.pack
         if options.fsync != "never":
             store.repo.object_store.fsync_object_files = True
 
@@ -354,8 +355,9 @@ class RunWriter:
         elif type(when) is not float:
             when = _as_time(when)
         try:
-            record = self._journal.encode(step, when, row)
-        except ValueError:
+            record = self._pack([step, when, row])
+        except (TypeError, ValueError, OverflowError):
+            # A str that is not valid Unicode (UnicodeEncodeError).
             raise unencodable(row) from None
         if len(record) > MAX_CALL_BYTES:
             raise InvalidValueError(
