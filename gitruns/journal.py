@@ -3,7 +3,8 @@
 Each accepted log() call is one msgpack record ``[step, time, row]`` written
 to the journal with a single ``write(2)`` before log() returns, so a killed
 process loses nothing it accepted: the kernel holds the bytes. Run metadata
-(config, name, summary overrides) is journaled too, as ``[nil, time, json]``.
+(config, name, summary overrides, saved files) is journaled too, as
+``[nil, time, {"json": ..., "extra": ...}]``.
 A journal file covers the rows of one pending segment; the writer starts a
 new file when it hands a segment to be committed and deletes the old one once
 the run's branch points at the commit that holds it.

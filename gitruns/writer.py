@@ -7,6 +7,11 @@ finish. The committer encodes the segment, writes its blob, trees and commit,
 moves the branch by compare-and-swap and then deletes the journal file that
 held those rows. A window flushed in several parts is stored as several
 segment files, so no byte already committed is written again.
+
+The journal is the source of truth until a commit lands: a commit that fails
+(a full disk) is retried from it at the next hand-off, a run that crashed is
+committed from it rather than from buffers a signal may have cut short, and
+the next writer of a killed run commits what it holds (:meth:`RunWriter.recover`).
 """
 
 from __future__ import annotations
@@ -77,9 +82,10 @@ class WriterOptions:
         window: steps per window; a new run's window is fixed for its life.
         flush_interval: seconds after which buffered rows are committed even
             though their window is not full.
-        fsync: ``never`` (survives a process crash), ``commit`` (also fsync
-            Git objects at each commit) or ``always`` (also fsync the journal
-            at every log() call, which survives power loss).
+        fsync: ``never`` (what log() accepted survives a process crash),
+            ``commit`` (also fsync each commit's objects: committed steps
+            survive a power loss) or ``always`` (also fsync the journal at
+            every log() call: every accepted step survives a power loss).
         background: commit on a thread of its own rather than in log().
     """
 
