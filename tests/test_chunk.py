@@ -50,7 +50,8 @@ from gitruns.errors import (
 )
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
-REAL_RUNS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-runs"
+from tests.conftest import REAL_RUNS  # noqa: E402
+
 SOURCE = "blob 1234abcd (test)"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 FAST = settings(

@@ -26,10 +26,10 @@ from gitruns.cli.main import main
 from gitruns.errors import RemoteError
 from gitruns.refs import RunRef, Sha
 from gitruns.store import RunStore
+from tests.conftest import REAL_RUNS
 from tests.gitserver import GitServer, git, scrubbed_env
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL_RUNS = ROOT.parent / "shared" / "data" / "real-runs"
 
 #: One sample of every importer over the real logs: (format, path under REAL_RUNS).
 IMPORTS = [
