@@ -897,3 +897,20 @@ def test_cli_imports_a_gitruns_export(repo: Path, tmp_path: Path) -> None:
     assert refused.exit_code == ImportFormatError.exit_code
     help_text = _cli("--help").output
     assert "gitruns-csv" in help_text and "gitruns-jsonl" in help_text
+
+
+def test_sparse_tensorboard_steps_fit_a_window(repo: Path) -> None:
+    # SB3 logs every 2048 steps: a window of ~1000 rows would exceed a chunk's
+    # row limit if the run were dense, so it is capped, and the import works.
+    from click.testing import CliRunner
+
+    from gitruns.cli import main
+
+    source = REAL_RUNS / "wandb-sb3-ppo-cartpole" / "logs" / "ppo" / "PPO_1"
+    result = CliRunner().invoke(
+        main, ["import", "tensorboard", str(source), "--repo", str(repo)]
+    )
+    assert result.exit_code == 0, result.output
+    (view,) = gitruns.Api(repo).runs()
+    assert view.info["window"] <= 1_000_000
+    assert view.last_step == 10240

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gitruns.chunk import MAX_ROWS
 from gitruns.errors import GitRunsError, RunNotFoundError
 from gitruns.importers.model import ImportedRun, ParsedSource, Skipped, project_name
 from gitruns.refs import RunRef
@@ -59,7 +60,8 @@ def _window(run: ImportedRun) -> int:
 
     A log written every 500 steps would otherwise make a chunk, and a commit,
     of one row each. The window is 1, 2 or 5 times a power of ten, never
-    below the default of 1000.
+    below the default of 1000 nor above the most rows a chunk may hold
+    (a run may be dense later, and a window must fit one chunk).
     """
     if len(run.records) < 2:
         return 1000
@@ -69,8 +71,8 @@ def _window(run: ImportedRun) -> int:
         for factor in (1, 2, 5):
             window: int = factor * 10**exponent
             if window >= wanted:
-                return window
-    return 10**18
+                return min(window, MAX_ROWS)
+    return MAX_ROWS
 
 
 def _source(run: ImportedRun, refs: dict[str, RunRef]) -> dict[str, Any]:
