@@ -74,7 +74,10 @@ class Api:
     ) -> None:
         if isinstance(repo, Mapping):
             repo, overrides = None, repo
-        self.store = repo if isinstance(repo, RunStore) else open_store(repo)
+        if isinstance(repo, RunStore):
+            self.store = repo
+        else:
+            self.store = open_store(repo, create=False)
         self.overrides = dict(overrides or {})
 
     def runs(

@@ -1305,18 +1305,23 @@ _open_stores: weakref.WeakSet[RunStore] = weakref.WeakSet()
 
 
 def open_store(
-    repo: str | os.PathLike[str] | None = None, start: Path | None = None
+    repo: str | os.PathLike[str] | None = None,
+    start: Path | None = None,
+    *,
+    create: bool = True,
 ) -> RunStore:
     """Open the repository: repo=, GITRUNS_REPO, the enclosing one, or ./.gitruns.
 
     Args:
         repo: an explicit repository.
         start: the folder to search from instead of the working directory.
+        create: make a bare repository there if there is none (writers do;
+            readers should not turn a typo into an empty repository).
     """
-    path, create = locate_repository(
+    path, may_create = locate_repository(
         repo, os.environ.get("GITRUNS_REPO"), start or Path.cwd()
     )
-    store = RunStore.open(path, create=create)
+    store = RunStore.open(path, create=create and may_create)
     if not _open_stores:
         atexit.register(_close_stores)
     _open_stores.add(store)

@@ -153,3 +153,14 @@ def test_show_names_the_first_step(repo: Path) -> None:
         run.log({"m": 2}, step=50)
     code, out = invoke("show", "p/late", "--repo", str(repo))
     assert "steps      25..50" in out
+
+
+def test_reading_a_missing_repository_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "typo"
+    result = CliRunner().invoke(main, ["runs", "--repo", str(missing)])
+    assert result.exit_code == 6
+    assert "is not a Git repository" in result.output
+    assert not missing.exists()
+    with pytest.raises(gitruns.GitRunsError):
+        gitruns.Api(missing)
+    assert not missing.exists()

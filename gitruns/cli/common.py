@@ -28,19 +28,27 @@ repo_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
-def with_store(func: F) -> F:
-    """Open the repository named by --repo and pass it as ``store``."""
+def with_store(func: F | None = None, *, create: bool = False) -> Any:
+    """Open the repository named by --repo and pass it as ``store``.
 
-    @repo_option
-    @wraps(func)
-    def wrapper(*args: Any, repo: str | None, **kwargs: Any) -> Any:
-        store = open_store(repo)
-        try:
-            return func(*args, store=store, **kwargs)
-        finally:
-            store.close()
+    Args:
+        create: make the repository if there is none (commands that bring runs
+            in); other commands say there is no repository instead.
+    """
 
-    return wrapper  # type: ignore[return-value]
+    def decorate(func: F) -> F:
+        @repo_option
+        @wraps(func)
+        def wrapper(*args: Any, repo: str | None, **kwargs: Any) -> Any:
+            store = open_store(repo, create=create)
+            try:
+                return func(*args, store=store, **kwargs)
+            finally:
+                store.close()
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate(func) if func is not None else decorate
 
 
 class GitRunsGroup(click.Group):

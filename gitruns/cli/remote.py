@@ -138,7 +138,7 @@ def push(
 @_runs_argument
 @_project_option
 @_quiet_option
-@with_store
+@with_store(create=True)
 def pull(
     remote: str,
     runs: tuple[str, ...],
@@ -170,7 +170,7 @@ def pull(
 @_runs_argument
 @_project_option
 @_quiet_option
-@with_store
+@with_store(create=True)
 def fetch(
     remote: str,
     runs: tuple[str, ...],

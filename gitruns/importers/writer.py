@@ -13,6 +13,7 @@ from gitruns.chunk import MAX_ROWS
 from gitruns.errors import GitRunsError, RunNotFoundError
 from gitruns.importers.model import ImportedRun, ParsedSource, Skipped, project_name
 from gitruns.refs import RunRef
+from gitruns.run import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +243,8 @@ def write_runs(
             parent_ref = refs[run.run_id]
             refs[run.parent] = RunRef(parent_ref.project, run.parent)
 
-    api = gitruns.Api(repo=repo)
+    # Importing brings runs in: make the repository if there is none yet.
+    api = gitruns.Api(repo=open_store(repo))
     try:
         for run in _order(parsed.runs):
             ref = refs[run.run_id]
