@@ -40,7 +40,7 @@ class RunDiff:
     config: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     summary: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     common_run: str | None = None
-    diverge_step: int | None = None
+    last_shared_step: int | None = None
     metrics: list[MetricMove] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -49,7 +49,7 @@ class RunDiff:
             "a": self.a,
             "b": self.b,
             "common_run": self.common_run,
-            "diverge_step": self.diverge_step,
+            "last_shared_step": self.last_shared_step,
             "config": {k: _plain(v) for k, v in self.config.items()},
             "summary": {k: _plain(v) for k, v in self.summary.items()},
             "metrics": [vars(m) for m in self.metrics],
@@ -88,7 +88,7 @@ def diff_runs(store: RunStore, a: RunView, b: RunView) -> RunDiff:
     result.summary = _changes(a.summary, b.summary)
     shared = divergence(store, a.ref, b.ref)
     if shared is not None:
-        result.common_run, result.diverge_step = shared
+        result.common_run, result.last_shared_step = shared
 
     names = sorted(set(a.summary) | set(b.summary))
     cols_a, cols_b = a.columns(names), b.columns(names)
@@ -96,9 +96,11 @@ def diff_runs(store: RunStore, a: RunView, b: RunView) -> RunDiff:
         if name not in cols_a or name not in cols_b:
             continue
         at = None
-        if result.diverge_step is not None:
+        if result.last_shared_step is not None:
             steps, values = cols_a[name]
-            upto = [i for i, s in enumerate(steps.tolist()) if s <= result.diverge_step]
+            upto = [
+                i for i, s in enumerate(steps.tolist()) if s <= result.last_shared_step
+            ]
             if upto:
                 at = _py(values[upto[-1]])
         result.metrics.append(

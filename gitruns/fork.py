@@ -97,7 +97,12 @@ def step_of(
         raise ForkPointError(
             spec,
             f"run {source.path} has committed steps up to {last}; "
-            f"pick a step in 0..{last} (or finish the source run first)",
+            f"pick a step in 0..{last}"
+            + (
+                " (or let the source run commit more first)"
+                if tip.info.get("state") == "running"
+                else ""
+            ),
         )
     return step
 
@@ -251,6 +256,8 @@ def fork_run(
     """
     if new == source:
         raise InvalidNameError("run id", new.run_id, "a fork needs an id of its own")
+    if store.tip(new) is not None:
+        raise RunExistsError(new.path)
     tip_sha = store.tip(source)
     assert tip_sha is not None
     tip = store.read_snapshot(tip_sha)
@@ -294,6 +301,8 @@ def rewind_run(store: RunStore, run: RunRef, spec: str, key: str, text: str) -> 
     assert tip_sha is not None
     tip = store.read_snapshot(tip_sha)
     step = step_of(store, run, tip, key, text, spec)
+    if step == tip.last_step:
+        return tip_sha  # nothing after the step: no commit to make
     history, totals, last = cut_history(store, tip, step)
     info = dict(tip.info)
     info["rewinds"] = [

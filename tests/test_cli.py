@@ -95,7 +95,7 @@ def test_lineage_and_diff(runs: Path) -> None:
     assert "shared up to step 20" in out and "lr: 0.1 -> 0.5" in out
     code, out = invoke("diff", "p/base", "p/fk", "--repo", str(runs), "--json")
     data = json.loads(out)
-    assert data["diverge_step"] == 20 and data["config"] == {"lr": [0.1, 0.5]}
+    assert data["last_shared_step"] == 20 and data["config"] == {"lr": [0.1, 0.5]}
 
 
 def test_fork_and_rewind_commands(runs: Path) -> None:

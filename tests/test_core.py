@@ -407,3 +407,30 @@ def test_code_commit_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert "+print('v2')" in patch
     assert git("branch", "--show-current", cwd=code).strip() == "main"
     assert git("status", "--porcelain", cwd=code).strip() == "M train.py"
+
+
+def test_rewind_to_the_last_step_writes_nothing(repo: Path) -> None:
+    with gitruns.init(project="p", id="r", repo=repo) as run:
+        for i in range(5):
+            run.log({"m": i})
+    store = RunStore.open(repo)
+    tip = store.tip(run.ref)
+    again = gitruns.init(project="p", resume_from="p/r?_step=4", repo=repo)
+    assert again.step == 5
+    again.finish()
+    assert store.read_commit(store.tip(run.ref)).parents == [tip]  # only finish
+    assert "rewinds" not in gitruns.Api(repo).run("p/r").info or not gitruns.Api(
+        repo
+    ).run("p/r").info["rewinds"]
+
+
+def test_fork_into_an_existing_id_writes_nothing(repo: Path) -> None:
+    with gitruns.init(project="p", id="src", repo=repo) as run:
+        run.log({"m": 1})
+    gitruns.init(project="p", id="taken", repo=repo).finish()
+    before = set(git("rev-list", "--all", "--objects", cwd=repo).split())
+    loose_before = git("count-objects", cwd=repo)
+    with pytest.raises(RunExistsError):
+        gitruns.init(project="p", id="taken", fork_from="p/src?_step=0", repo=repo)
+    assert set(git("rev-list", "--all", "--objects", cwd=repo).split()) == before
+    assert git("count-objects", cwd=repo) == loose_before

@@ -234,12 +234,12 @@ def diff_command(store: RunStore, a: str, b: str, as_json: bool) -> None:
         click.echo(dumps(result.as_dict()))
         return
     click.echo(f"--- {result.a}\n+++ {result.b}")
-    if result.common_run is None or result.diverge_step is None:
+    if result.common_run is None or result.last_shared_step is None:
         click.echo("history: no shared history")
     else:
         click.echo(
-            f"history: shared up to step {result.diverge_step} "
-            f"(of {result.common_run}), diverges at step {result.diverge_step + 1}"
+            f"history: shared up to step {result.last_shared_step} "
+            f"(of {result.common_run}), diverges at step {result.last_shared_step + 1}"
         )
     for title, changes in (("config", result.config), ("summary", result.summary)):
         click.echo(click.style(title, bold=True) + ("" if changes else ": same"))
