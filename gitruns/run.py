@@ -18,6 +18,7 @@ import io
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -26,7 +27,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any, NoReturn
 
 from dulwich.objects import Tree
@@ -1117,6 +1118,19 @@ def _install_hooks() -> None:
 
     sys.excepthook = excepthook
     sys.exit = exit
+
+    # SIGTERM (a scheduler's stop) ends the script as an exit would, so atexit
+    # finishes its runs as crashed; only where nobody chose another handler.
+    main = threading.current_thread() is threading.main_thread()
+    if main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    global _exit_code
+    _exit_code = 128 + signum
+    signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM kills at once
+    raise SystemExit(128 + signum)
 
 
 def _remember(run: Run, publish: bool) -> None:

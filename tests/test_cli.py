@@ -164,3 +164,13 @@ def test_reading_a_missing_repository_creates_nothing(tmp_path: Path) -> None:
     with pytest.raises(gitruns.GitRunsError):
         gitruns.Api(missing)
     assert not missing.exists()
+
+
+def test_recover_skips_a_run_a_live_writer_holds(repo: Path) -> None:
+    live = gitruns.init(project="p", id="live", repo=repo)
+    live.log({"m": 1})
+    result = CliRunner().invoke(main, ["recover", "p/live", "--repo", str(repo)])
+    assert result.exit_code == 4
+    assert "skipped p/live" in result.output and "being written" in result.output
+    live.finish()
+    assert gitruns.Api(repo).run("p/live").state == "finished"

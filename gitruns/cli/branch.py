@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from gitruns.cli.common import with_store
+from gitruns.errors import RunLockedError
 from gitruns.fork import fork_run, rewind_run
 from gitruns.journal import Journal
 from gitruns.refs import RunRef, check_name, new_run_id
@@ -106,8 +107,22 @@ def recover_command(store: RunStore, runs: tuple[str, ...]) -> None:
     if not refs:
         click.echo("nothing to recover")
         return
+    locked = 0
     for ref in refs:
-        writer = RunWriter.open(store, ref, WriterOptions(background=False))
+        try:
+            writer = RunWriter.open(store, ref, WriterOptions(background=False))
+        except RunLockedError as exc:
+            # A live writer commits its own journal; go on with the others.
+            click.echo(f"skipped {ref.path}: {exc}", err=True)
+            locked += 1
+            continue
         state = writer.snapshot.info.get("state")
         writer.finish("crashed" if state == "running" else str(state))
         click.echo(f"recovered {ref.path}: steps up to {writer.snapshot.last_step}")
+    if locked:
+        error = click.ClickException(
+            f"{locked} run(s) are being written by live processes, which commit "
+            "their own journals; run `gitruns recover` again once they stop"
+        )
+        error.exit_code = RunLockedError.exit_code
+        raise error
