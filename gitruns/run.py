@@ -470,6 +470,23 @@ class Table(Media):
 _warned_media: set[tuple[str, str]] = set()
 
 
+def _is_media(value: Any) -> bool:
+    # A W&B media object, or a list of them (a gallery of images).
+    if isinstance(value, Media):
+        return True
+    return (
+        isinstance(value, (list, tuple))
+        and bool(value)
+        and all(isinstance(v, Media) for v in value)
+    )
+
+
+def _media_kind(value: Any) -> str:
+    if isinstance(value, Media):
+        return value.kind
+    return f"{value[0].kind} list"
+
+
 def _without_media(data: Any, run: str, prefix: str = "") -> Any:
     """``data`` without Media values (nested too), warning once per key."""
     if not isinstance(data, Mapping):
@@ -477,7 +494,7 @@ def _without_media(data: Any, run: str, prefix: str = "") -> Any:
     kept: dict[Any, Any] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
-        if isinstance(value, Media):
+        if _is_media(value):
             if (run, name) not in _warned_media:
                 _warned_media.add((run, name))
                 logger.warning(
@@ -485,7 +502,7 @@ def _without_media(data: Any, run: str, prefix: str = "") -> Any:
                     "the key is left out (log numbers, str or bools instead)",
                     run,
                     name,
-                    value.kind,
+                    _media_kind(value),
                 )
             continue
         if isinstance(value, Mapping):

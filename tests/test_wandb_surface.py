@@ -305,6 +305,7 @@ def test_media_values_are_left_out_with_one_warning(
         for i in range(3):
             run.log({"img": gitruns.Image(np.zeros((2, 2))), "loss": float(i)})
         run.log({"eval": {"table": gitruns.Table(columns=["a"]), "acc": 0.5}})
+        run.log({"gallery": [gitruns.Image(), gitruns.Image()], "acc": 0.6})
     with pytest.raises(InvalidValueError, match="not a number"):
         run.log({"bad": object(), "img": gitruns.Image()})
     with pytest.raises(AttributeError, match="W&B compatibility"):
@@ -312,10 +313,12 @@ def test_media_values_are_left_out_with_one_warning(
     run.finish()
 
     warned = [r.getMessage() for r in caplog.records if "does not store" in r.message]
-    assert len(warned) == 2 and "'eval/table'" in warned[1]
+    assert len(warned) == 3 and "'eval/table'" in warned[1]
+    assert "'gallery' is a wandb.Image list" in warned[2]
     rows = list(gitruns.Api(repo=repo).run(run.path).scan_history())
     assert [sorted(r) for r in rows] == [["_step", "_timestamp", "loss"]] * 3 + [
-        ["_step", "_timestamp", "eval/acc"]
+        ["_step", "_timestamp", "eval/acc"],
+        ["_step", "_timestamp", "acc"],
     ]
 
 
