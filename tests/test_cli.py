@@ -174,3 +174,14 @@ def test_recover_skips_a_run_a_live_writer_holds(repo: Path) -> None:
     assert "skipped p/live" in result.output and "being written" in result.output
     live.finish()
     assert gitruns.Api(repo).run("p/live").state == "finished"
+
+
+def test_runs_points_a_plain_clone_at_pull(runs: Path, tmp_path: Path) -> None:
+    from tests.conftest import git
+
+    clone = tmp_path / "clone"
+    git("clone", "-q", str(runs), str(clone))
+    result = CliRunner().invoke(main, ["runs", "--repo", str(clone)])
+    assert result.exit_code == 0
+    assert "2 run(s) are on remote 'origin'" in result.output
+    assert "gitruns pull origin" in result.output
