@@ -185,3 +185,19 @@ def test_runs_points_a_plain_clone_at_pull(runs: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert "2 run(s) are on remote 'origin'" in result.output
     assert "gitruns pull origin" in result.output
+
+
+def test_history_keys_never_logged_together_or_at_all(runs: Path) -> None:
+    with gitruns.init(project="p", id="apart", repo=runs) as run:
+        run.log({"a": 1})
+        run.log({"b": 2})
+    result = CliRunner().invoke(
+        main, ["history", "p/apart", "-k", "a,b", "--repo", str(runs)]
+    )
+    assert result.exit_code == 0
+    assert "no step of p/apart has all of: a, b" in result.output
+    result = CliRunner().invoke(
+        main, ["history", "p/apart", "-k", "nosuch", "--repo", str(runs)]
+    )
+    assert result.exit_code == 3
+    assert "logged no metric 'nosuch' (it has: a, b)" in result.output

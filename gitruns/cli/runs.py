@@ -18,6 +18,7 @@ from gitruns.cli.common import (
     with_store,
 )
 from gitruns.diff import MISSING, diff_runs
+from gitruns.errors import MetricNotFoundError
 from gitruns.lineage import ancestors, descendants
 from gitruns.reader import RunView
 from gitruns.store import RunStore
@@ -139,7 +140,8 @@ def show_command(store: RunStore, run: str, as_json: bool) -> None:
     "--keys",
     "-k",
     multiple=True,
-    help="Only steps with these metrics (repeat or comma-separate).",
+    help="Only steps at which all these metrics were logged (repeat or "
+    "comma-separate).",
 )
 @click.option("--min-step", type=int, default=None, help="First step (inclusive).")
 @click.option("--max-step", type=int, default=None, help="Stop before this step.")
@@ -164,12 +166,13 @@ def history_command(
     """Print a run's metric history, one row per step."""
     view = _view(store, run)
     wanted = [k for part in keys for k in part.split(",") if k] or None
-    rows = view.scan_history(wanted, min_step, max_step)
+    rows_list = list(view.scan_history(wanted, min_step, max_step))
+    if not rows_list and wanted:
+        _explain_no_rows(view, wanted)
     if form == "json":
-        for row in rows:
+        for row in rows_list:
             click.echo(dumps(row))
         return
-    rows_list = list(rows)
     columns = ["_step"] + sorted(
         {k for r in rows_list for k in r} - {"_step", "_timestamp"}
     )
@@ -180,6 +183,15 @@ def history_command(
             writer.writerow([_csv(row.get(c)) for c in columns])
         return
     echo_table(columns, ([row.get(c) for c in columns] for row in rows_list))
+
+
+def _explain_no_rows(view: RunView, wanted: list[str]) -> None:
+    # Tell "never logged" (an error) from "never logged together" (a note).
+    logged = {name for chunk in view.chunks() for name in chunk.columns}
+    for key in wanted:
+        if key not in logged and key not in ("_step", "_timestamp"):
+            raise MetricNotFoundError(view.path, key, sorted(logged))
+    click.echo(f"no step of {view.path} has all of: {', '.join(wanted)}", err=True)
 
 
 def _cell(value: Any) -> str:
