@@ -6,7 +6,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import click
 
@@ -26,6 +26,14 @@ repo_option = click.option(
 )
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@overload
+def with_store(func: F) -> F: ...
+
+
+@overload
+def with_store(*, create: bool) -> Callable[[F], F]: ...
 
 
 def with_store(func: F | None = None, *, create: bool = False) -> Any:

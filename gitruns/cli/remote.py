@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import click
 
@@ -20,10 +22,43 @@ def _ssh_command() -> str | None:
     return os.environ.get("GIT_SSH_COMMAND") or os.environ.get("GIT_SSH") or None
 
 
-def _progress(quiet: bool) -> Callable[[str], None] | None:
-    if quiet:
-        return None
-    return lambda text: click.echo(text, err=True, nl=False)
+class _Progress:
+    """Transfer progress on stderr: redrawn in place on a terminal, else by line.
+
+    The transports send ``\r``-separated updates; a log file gets only each
+    line's final state, and an unfinished last line is ended on close.
+    """
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.pending = ""
+
+    def __call__(self, text: str) -> None:
+        if self.tty:
+            click.echo(text, err=True, nl=False)
+            self.pending = text.rsplit("\n", 1)[-1]
+            return
+        *done, self.pending = (self.pending + text).split("\n")
+        for line in done:
+            final = line.rstrip("\r").rsplit("\r", 1)[-1]
+            if final.strip():
+                click.echo(final, err=True)
+
+    def close(self) -> None:
+        final = self.pending.rstrip("\r").rsplit("\r", 1)[-1]
+        if final.strip():
+            click.echo("" if self.tty else final, err=True)
+        self.pending = ""
+
+
+@contextmanager
+def _progress(quiet: bool) -> Iterator[_Progress | None]:
+    sink = None if quiet else _Progress()
+    try:
+        yield sink
+    finally:
+        if sink is not None:
+            sink.close()
 
 
 def _local_runs(store: RunStore, names: Sequence[str]) -> list[RunRef] | None:
@@ -116,18 +151,19 @@ def push(
     the server refused, or that diverged, makes the command fail (exit 7).
     """
     selected = _local_runs(store, runs)
-    outcomes = remotes.push(
-        store.repo,
-        remote,
-        selected,
-        project=project,
-        force=force,
-        atomic=atomic,
-        verify=not no_verify,
-        progress=_progress(quiet),
-        ssh_command=_ssh_command(),
-        check=False,
-    )
+    with _progress(quiet) as progress:
+        outcomes = remotes.push(
+            store.repo,
+            remote,
+            selected,
+            project=project,
+            force=force,
+            atomic=atomic,
+            verify=not no_verify,
+            progress=progress,
+            ssh_command=_ssh_command(),
+            check=False,
+        )
     target = remotes.resolve_remote(store.repo, remote, push=True)
     _show(outcomes, f"to {target}", "push")
     remotes.check_outcomes(outcomes, target, f"push to {target}")
@@ -151,15 +187,16 @@ def pull(
     A run that diverged (both sides logged after a common commit) is reported
     and left as it is (exit 7); a local run ahead of the remote is kept.
     """
-    outcomes = remotes.pull(
-        store.repo,
-        remote,
-        _remote_runs(store, runs),
-        project=project,
-        progress=_progress(quiet),
-        ssh_command=_ssh_command(),
-        check=False,
-    )
+    with _progress(quiet) as progress:
+        outcomes = remotes.pull(
+            store.repo,
+            remote,
+            _remote_runs(store, runs),
+            project=project,
+            progress=progress,
+            ssh_command=_ssh_command(),
+            check=False,
+        )
     target = remotes.resolve_remote(store.repo, remote)
     _show(outcomes, f"from {target}", "pull")
     remotes.check_outcomes(outcomes, target, f"pull from {target}")
@@ -179,14 +216,15 @@ def fetch(
     store: RunStore,
 ) -> None:
     """Fetch runs from REMOTE into refs/remotes/REMOTE/runs/..., moving no run."""
-    outcomes = remotes.fetch(
-        store.repo,
-        remote,
-        _remote_runs(store, runs),
-        project=project,
-        progress=_progress(quiet),
-        ssh_command=_ssh_command(),
-    )
+    with _progress(quiet) as progress:
+        outcomes = remotes.fetch(
+            store.repo,
+            remote,
+            _remote_runs(store, runs),
+            project=project,
+            progress=progress,
+            ssh_command=_ssh_command(),
+        )
     target = remotes.resolve_remote(store.repo, remote)
     _show(outcomes, f"from {target}", "fetch")
 
