@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from gitruns.errors import ConflictError, InvalidValueError
+from gitruns.errors import ConflictError, InvalidArgumentError
 from gitruns.reader import RunView
 from gitruns.readme import render_readme
 from gitruns.refs import RunRef, Sha
@@ -408,7 +408,7 @@ def matches(run: RunView, query: Mapping[str, Any]) -> bool:
     for key, condition in query.items():
         if key in ("$and", "$or", "$nor"):
             if not isinstance(condition, (list, tuple)):
-                raise InvalidValueError("filters", condition, f"{key} takes a list")
+                raise InvalidArgumentError("filters", condition, f"{key} takes a list")
             results = (matches(run, part) for part in condition)
             if key == "$and" and not all(results):
                 return False
@@ -418,7 +418,7 @@ def matches(run: RunView, query: Mapping[str, Any]) -> bool:
                 return False
             continue
         if key.startswith("$"):
-            raise InvalidValueError(
+            raise InvalidArgumentError(
                 "filters", key, "use $and, $or or $nor here, or a field name"
             )
         found, value = field_value(run, key)
@@ -445,7 +445,7 @@ def field_value(run: RunView, key: str) -> tuple[bool, Any]:
     if key in _FIELDS:
         value = _FIELDS[key](run)
         return value is not None, value
-    raise InvalidValueError(
+    raise InvalidArgumentError(
         "filters",
         key,
         "filter on config.<key>, summary.<key>, or one of " + ", ".join(_FIELDS),
@@ -486,7 +486,7 @@ def _test(op: str, found: bool, value: Any, arg: Any) -> bool:
     if op == "$nin":
         return not _test("$in", found, value, arg)
     if op not in OPERATORS:
-        raise InvalidValueError("filters", op, f"use one of {', '.join(OPERATORS)}")
+        raise InvalidArgumentError("filters", op, f"use one of {', '.join(OPERATORS)}")
     if not found:
         return False
     # A list field (tags) matches when the whole list or any element does.
@@ -495,7 +495,7 @@ def _test(op: str, found: bool, value: Any, arg: Any) -> bool:
         return any(_equal(c, arg) for c in candidates)
     if op == "$in":
         if not isinstance(arg, (list, tuple, set)):
-            raise InvalidValueError("filters", arg, "$in takes a list")
+            raise InvalidArgumentError("filters", arg, "$in takes a list")
         return any(_equal(c, a) for c in candidates for a in arg)
     if op == "$regex":
         return any(isinstance(c, str) and re.search(str(arg), c) for c in candidates)

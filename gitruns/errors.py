@@ -5,6 +5,7 @@
     GitRunsError                      exit 1   anything gitruns refuses
     ├── InvalidNameError              exit 2   project, run id or metric key
     ├── InvalidValueError             exit 2   a value log() cannot store
+    │   └── InvalidArgumentError      exit 2   an argument of init(), save(), filters
     ├── StepOrderError                exit 2   a step below the current one
     ├── ForkPointError                exit 2   fork / rewind step not usable
     ├── RunNotFoundError              exit 3   no such run
@@ -57,6 +58,15 @@ class InvalidValueError(GitRunsError, ValueError):
         self.key = key
         self.value = value
         super().__init__(f"cannot log {key!r} = {value!r:.80}: {reason}")
+
+
+class InvalidArgumentError(InvalidValueError):
+    """An argument of init(), config, save() or a filter that gitruns refuses."""
+
+    def __init__(self, name: str, value: object, reason: str) -> None:
+        self.key = name
+        self.value = value
+        GitRunsError.__init__(self, f"invalid {name}={value!r:.80}: {reason}")
 
 
 class StepOrderError(GitRunsError, ValueError):

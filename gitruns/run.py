@@ -35,6 +35,7 @@ from dulwich.objects import Tree
 from gitruns.chunk import Digest
 from gitruns.errors import (
     GitRunsError,
+    InvalidArgumentError,
     InvalidValueError,
     RunExistsError,
     RunNotFoundError,
@@ -173,7 +174,7 @@ def _env_setting(name: str) -> Any:
 def _mode(value: Any) -> str:
     mode = _MODE_ALIASES.get(value, value)
     if mode not in MODES:
-        raise InvalidValueError("mode", value, f"use one of {', '.join(MODES)}")
+        raise InvalidArgumentError("mode", value, f"use one of {', '.join(MODES)}")
     return str(mode)
 
 
@@ -185,7 +186,7 @@ def _reinit(value: Any) -> str:
     if value is False:
         return "return_previous"
     if value not in REINIT_MODES:
-        raise InvalidValueError(
+        raise InvalidArgumentError(
             "reinit", value, f"use True, False or one of {', '.join(REINIT_MODES)}"
         )
     return str(value)
@@ -241,7 +242,7 @@ def _as_mapping(data: Any, what: str) -> dict[str, Any]:
     try:
         return dict(data)
     except (TypeError, ValueError):
-        raise InvalidValueError(
+        raise InvalidArgumentError(
             what, data, "pass a dict, an argparse Namespace or a dataclass"
         ) from None
 
@@ -333,7 +334,7 @@ class Config(MutableMapping[str, Any]):
         if not allow:
             for key, value in clean.items():
                 if key in self._data and not _same(self._data[key], value):
-                    raise InvalidValueError(
+                    raise InvalidArgumentError(
                         f"config.{key}",
                         value,
                         f"it is already {self._data[key]!r}; pass "
@@ -784,7 +785,7 @@ class Run:
             InvalidValueError: for an unknown summary mode or goal.
         """
         if not isinstance(name, str) or not name:
-            raise InvalidValueError("define_metric", name, "name a metric or a glob")
+            raise InvalidArgumentError("define_metric", name, "name a metric or a glob")
         modes = summary_modes(summary, goal)
         rule = {
             k: v
@@ -831,7 +832,7 @@ class Run:
                 ``base_path``, or an unknown policy.
         """
         if policy not in ("live", "now", "end"):
-            raise InvalidValueError("policy", policy, "use 'live', 'now' or 'end'")
+            raise InvalidArgumentError("policy", policy, "use 'live', 'now' or 'end'")
         pattern = os.fspath(glob_str)
         if base_path is not None:
             base = os.fspath(base_path)
@@ -861,7 +862,7 @@ class Run:
                 name = prefix + _tree_path(path, base)
                 size = os.path.getsize(path)
                 if size > MAX_SAVE_BYTES:
-                    error = InvalidValueError(
+                    error = InvalidArgumentError(
                         "save",
                         path,
                         f"it is {size} bytes, over the {MAX_SAVE_BYTES}-byte limit "
@@ -1024,10 +1025,10 @@ def _ignore(_: Any) -> None:
 
 def _as_step(step: Any) -> int:
     if isinstance(step, bool) or not hasattr(step, "__index__"):
-        raise InvalidValueError("step", step, "a step must be a non-negative int")
+        raise InvalidArgumentError("step", step, "a step must be a non-negative int")
     value = int(step.__index__())
     if value < 0:
-        raise InvalidValueError("step", step, "a step must be a non-negative int")
+        raise InvalidArgumentError("step", step, "a step must be a non-negative int")
     return value
 
 
@@ -1036,11 +1037,11 @@ def _tree_path(path: str, base: str) -> str:
     relative = os.path.relpath(os.path.abspath(path), os.path.abspath(base))
     parts = Path(relative).parts
     if not parts or parts[0] == ".." or os.path.isabs(relative):
-        raise InvalidValueError(
+        raise InvalidArgumentError(
             "save", path, f"it is outside base_path {base!r}; pass a base_path above it"
         )
     if any(part.lower() == ".git" for part in parts):
-        raise InvalidValueError("save", path, "Git trees cannot hold a '.git' entry")
+        raise InvalidArgumentError("save", path, "Git trees cannot hold a '.git' entry")
     return "/".join(parts)
 
 
@@ -1053,10 +1054,12 @@ def _write_tree(store: RunStore, files: Mapping[str, Sha], path: str) -> Sha:
         for folder in folders:
             child = node.setdefault(folder, {})
             if not isinstance(child, dict):
-                raise InvalidValueError("save", path, f"{folder!r} is a file already")
+                raise InvalidArgumentError(
+                    "save", path, f"{folder!r} is a file already"
+                )
             node = child
         if isinstance(node.get(leaf), dict):
-            raise InvalidValueError("save", path, f"{leaf!r} is a folder already")
+            raise InvalidArgumentError("save", path, f"{leaf!r} is a folder already")
         node[leaf] = sha
 
     def write(node: dict[str, Any]) -> Sha:
@@ -1514,7 +1517,7 @@ def init(
 
     # Config: what the script passed, less the keys it asked to leave out.
     if config_exclude_keys is not None and config_include_keys is not None:
-        raise InvalidValueError(
+        raise InvalidArgumentError(
             "config_include_keys",
             config_include_keys,
             "pass config_include_keys or config_exclude_keys, not both",
@@ -1597,7 +1600,7 @@ def _open_run(
     allow_val_change: bool,
 ) -> Run:
     if fork_from is not None and resume_from is not None:
-        raise InvalidValueError(
+        raise InvalidArgumentError(
             "fork_from", fork_from, "pass fork_from or resume_from, not both"
         )
 
@@ -1625,7 +1628,9 @@ def _open_run(
         path, key, text = split_spec(resume_from)
         ref = store.resolve(path)
         if run_id is not None and run_id != ref.run_id:
-            raise InvalidValueError("id", run_id, f"resume_from names run {ref.path}")
+            raise InvalidArgumentError(
+                "id", run_id, f"resume_from names run {ref.path}"
+            )
         writer = RunWriter.open(store, ref, options)
         try:
             rewind_run(store, ref, resume_from, key, text)
@@ -1639,7 +1644,9 @@ def _open_run(
 
     project = check_name("project", project)
     if resume == "must" and run_id is None:
-        raise InvalidValueError("resume", resume, "pass id= to name the run to resume")
+        raise InvalidArgumentError(
+            "resume", resume, "pass id= to name the run to resume"
+        )
     ref = RunRef(
         project, check_name("run id", run_id) if run_id is not None else new_run_id()
     )
@@ -1647,7 +1654,7 @@ def _open_run(
     if resume is True or resume == "auto":
         resume = "allow"
     if resume not in (None, False, "allow", "must", "never"):
-        raise InvalidValueError("resume", resume, "use 'allow', 'must' or 'never'")
+        raise InvalidArgumentError("resume", resume, "use 'allow', 'must' or 'never'")
 
     if exists and fork_from is None:
         if resume in (None, False, "never"):
