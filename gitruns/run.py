@@ -18,6 +18,7 @@ import io
 import logging
 import math
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -1013,10 +1014,12 @@ class DisabledRun(Run):
         return []
 
     def finish(self, exit_code: int | None = None, quiet: bool | None = None) -> None:
-        """Forget the run; there is nothing to commit."""
+        """Forget the run and its scratch folder; there is nothing to commit."""
         if not self._finished:
             self._finished = True
             _forget(self)
+            if self._dir is not None:
+                shutil.rmtree(self._dir, ignore_errors=True)
 
 
 def _ignore(_: Any) -> None:
