@@ -337,7 +337,7 @@ class ApiRun(RunView):
         finally:
             writer.abandon()
         self._commit = sha
-        self.__dict__.pop("snapshot", None)
+        self.refresh()
         self._edits = {}
 
     def _changes(self, base: Snapshot) -> dict[str, Any]:

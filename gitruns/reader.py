@@ -11,7 +11,14 @@ import numpy as np
 from gitruns.chunk import Chunk, decode_chunk
 from gitruns.errors import RunNotFoundError
 from gitruns.refs import RunRef, Sha
-from gitruns.store import RunStore, Snapshot, chunk_path
+from gitruns.store import (
+    CONFIG_JSON,
+    RUN_JSON,
+    SUMMARY_JSON,
+    RunStore,
+    Snapshot,
+    chunk_path,
+)
 
 
 class RunView:
@@ -26,12 +33,35 @@ class RunView:
         return f"<RunView {self.path}>"
 
     @cached_property
-    def snapshot(self) -> Snapshot:
-        """The run's tree at its tip, parsed."""
+    def commit(self) -> Sha:
+        """The commit the view reads: the branch tip when first asked."""
         commit = self._commit or self.store.tip(self.ref)
         if commit is None:
             raise RunNotFoundError(self.path, str(self.store.git_dir))
-        return self.store.read_snapshot(commit)
+        return commit
+
+    @cached_property
+    def snapshot(self) -> Snapshot:
+        """The run's tree at its tip, parsed (history trees included)."""
+        return self.store.read_snapshot(self.commit)
+
+    def _json(self, name: bytes) -> Any:
+        # run.json, config.json or summary.json alone: listing runs and their
+        # state need not read history trees.
+        if "snapshot" in self.__dict__:
+            snapshot = self.snapshot
+            return {RUN_JSON: snapshot.info, CONFIG_JSON: snapshot.config}.get(
+                name, snapshot.summary
+            )
+        cache = self.__dict__.setdefault("_json_cache", {})
+        if name not in cache:
+            cache[name] = self.store.read_json(self.commit, name)
+        return cache[name]
+
+    def refresh(self) -> None:
+        """Forget what was read, so the next access reads the branch tip again."""
+        for name in ("commit", "snapshot", "_json_cache"):
+            self.__dict__.pop(name, None)
 
     # -- identity -----------------------------------------------------------
 
@@ -58,8 +88,7 @@ class RunView:
     @property
     def tip(self) -> str:
         """The commit the view reads, as hex."""
-        assert self.snapshot.commit is not None
-        return self.snapshot.commit.decode()
+        return self.commit.decode()
 
     @property
     def url(self) -> str:
@@ -69,7 +98,10 @@ class RunView:
     @property
     def info(self) -> dict[str, Any]:
         """The run's ``run.json``."""
-        return self.snapshot.info
+        info = self._json(RUN_JSON)
+        if not isinstance(info, dict):
+            raise RunNotFoundError(self.path, str(self.store.git_dir))
+        return info
 
     @property
     def name(self) -> str:
@@ -84,12 +116,12 @@ class RunView:
     @property
     def config(self) -> dict[str, Any]:
         """The run's hyper-parameters."""
-        return self.snapshot.config
+        return dict(self._json(CONFIG_JSON) or {})
 
     @property
     def summary(self) -> dict[str, Any]:
         """Per metric summary, as of the tip."""
-        return self.snapshot.summary
+        return dict(self._json(SUMMARY_JSON) or {})
 
     @property
     def fork_from(self) -> dict[str, Any] | None:
@@ -132,7 +164,8 @@ class RunView:
     @property
     def last_step(self) -> int | None:
         """The last committed step, or None."""
-        return self.snapshot.last_step
+        value = self.info.get("last_step")
+        return value if isinstance(value, int) else None
 
     # -- history ------------------------------------------------------------
 

@@ -516,7 +516,7 @@ class RunWriter:
                 self._stop_thread()
                 self._wait()
             try:
-                self.store.pack_loose_objects()
+                self.store.tidy()
             except GitRunsError as exc:
                 # Housekeeping: everything is committed; git gc packs later.
                 logger.warning(

@@ -367,14 +367,25 @@ def test_run_tree_is_valid_git(repo: Path, tmp_path: Path) -> None:
 
 
 def test_finished_run_leaves_few_loose_objects(repo: Path) -> None:
-    with gitruns.init(project="p", id="loose", repo=repo, window=10) as run:
-        for i in range(500):
+    from gitruns.store import PACK_THRESHOLD
+
+    with gitruns.init(project="p", id="small", repo=repo, window=100) as run:
+        for i in range(1000):
+            run.log({"m": i})
+    small = dict(
+        line.split(": ") for line in git("count-objects", "-v", cwd=repo).splitlines()
+    )
+    assert 10 * 4 < int(small["count"]) <= PACK_THRESHOLD  # a few, left loose
+
+    with gitruns.init(project="p", id="many", repo=repo, window=2) as run:
+        for i in range(1000):
             run.log({"m": i})
     counts = dict(
         line.split(": ") for line in git("count-objects", "-v", cwd=repo).splitlines()
     )
-    assert int(counts["count"]) == 0
-    assert int(counts["in-pack"]) > 50 * 3
+    assert int(counts["count"]) == 0  # past the threshold: all packed
+    assert int(counts["in-pack"]) > 500 * 3
+    assert len(list(gitruns.Api(repo).run("p/many").scan_history())) == 1000
 
 
 def test_storage_grows_linearly_with_flushes(repo: Path) -> None:
