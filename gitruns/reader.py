@@ -226,12 +226,9 @@ class RunView:
         want = None if keys is None else list(keys)
         if want is not None and x_axis != "_step" and x_axis not in want:
             want.append(x_axis)
-        rows = list(self.scan_history(want, min_step, max_step))
-        if samples is not None and len(rows) > samples > 0:
-            picks = np.linspace(0, len(rows) - 1, samples).round().astype(int)
-            rows = [rows[i] for i in sorted(set(picks.tolist()))]
         if not pandas:
-            return rows
+            rows = list(self.scan_history(want, min_step, max_step))
+            return [rows[i] for i in _sample(len(rows), samples)]
         try:
             import pandas as pd
         except ImportError:
@@ -239,31 +236,105 @@ class RunView:
                 "history(pandas=True) needs pandas: pip install 'gitruns[pandas]', "
                 "or pass pandas=False for a list of dicts"
             ) from None
-        frame = pd.DataFrame(rows)
+
+        # Built column by column: no dict per step on the way.
+        wanted = None if want is None else [*want, "_step", "_timestamp"]
+        data = self.columns(wanted, min_step, max_step)
+        steps = data.pop("_step", (np.empty(0, np.int64),) * 2)[0]
+        table: dict[str, Any] = {"_step": steps}
+        if "_timestamp" in data:
+            table["_timestamp"] = data.pop("_timestamp")[1]
+        keep = np.ones(len(steps), dtype=bool)
+        for name, (at, values) in sorted(data.items()):
+            table[name] = _spread(steps, at, values)
+            if want is not None and name in want:
+                keep &= np.isin(steps, at)
+        if want is not None and any(k not in data and k != "_step" for k in want):
+            keep[:] = False  # a key never logged: no step has them all
+        frame = pd.DataFrame(table)[keep].reset_index(drop=True)
+        frame = frame.iloc[_sample(len(frame), samples)].reset_index(drop=True)
         if x_axis in frame.columns:
             frame = frame[[x_axis, *[c for c in frame.columns if c != x_axis]]]
         return frame
 
     def columns(
-        self, keys: Iterable[str] | None = None
+        self,
+        keys: Iterable[str] | None = None,
+        min_step: int | None = None,
+        max_step: int | None = None,
     ) -> dict[str, tuple[np.ndarray, Any]]:
         """Whole metrics as arrays: ``{metric: (steps, values)}``.
 
         Numeric metrics come back as numpy arrays (one copy per segment);
         str and mixed metrics as lists. ``_step`` and ``_timestamp`` map to
-        (steps, steps) and (steps, times).
+        (steps, steps) and (steps, times). ``min_step`` is inclusive and
+        ``max_step`` exclusive, as in :meth:`scan_history`.
         """
         wanted = None if keys is None else set(keys)
         parts: dict[str, list[tuple[np.ndarray, Any]]] = {}
-        for chunk in self.chunks():
-            if wanted is None or "_step" in wanted:
-                parts.setdefault("_step", []).append((chunk.steps, chunk.steps))
-            if wanted is None or "_timestamp" in wanted:
-                parts.setdefault("_timestamp", []).append((chunk.steps, chunk.times))
-            for name in chunk.columns:
-                if wanted is None or name in wanted:
-                    parts.setdefault(name, []).append(chunk.column(name))
+        for chunk in self.chunks(min_step, max_step):
+            inside = (min_step is None or chunk.steps[0] >= min_step) and (
+                max_step is None or chunk.steps[-1] < max_step
+            )
+            for name, piece in _chunk_columns(chunk, wanted).items():
+                if not inside:
+                    piece = _clip(piece, min_step, max_step)
+                if len(piece[0]):
+                    parts.setdefault(name, []).append(piece)
         return {name: _concat(pieces) for name, pieces in parts.items()}
+
+
+def _sample(count: int, samples: int | None) -> list[int]:
+    # At most ``samples`` indexes, evenly spaced, first and last included.
+    if samples is None or samples <= 0 or count <= samples:
+        return list(range(count))
+    picks = np.linspace(0, count - 1, samples).round().astype(int)
+    return sorted(set(picks.tolist()))
+
+
+def _spread(steps: np.ndarray, at: np.ndarray, values: Any) -> Any:
+    # A metric's values placed at their steps among all steps: NaN (or None
+    # for text and mixed kinds) where it was not logged.
+    if len(at) == len(steps):
+        return values
+    where = np.searchsorted(steps, at)
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiu":
+        out = np.full(len(steps), np.nan)
+        out[where] = values
+        return out
+    spread: list[Any] = [None] * len(steps)
+    for i, value in zip(where.tolist(), list(values)):
+        spread[i] = value
+    return spread
+
+
+def _chunk_columns(
+    chunk: Chunk, wanted: set[str] | None
+) -> dict[str, tuple[np.ndarray, Any]]:
+    found: dict[str, tuple[np.ndarray, Any]] = {}
+    if wanted is None or "_step" in wanted:
+        found["_step"] = (chunk.steps, chunk.steps)
+    if wanted is None or "_timestamp" in wanted:
+        found["_timestamp"] = (chunk.steps, chunk.times)
+    for name in chunk.columns:
+        if wanted is None or name in wanted:
+            found[name] = chunk.column(name)
+    return found
+
+
+def _clip(
+    piece: tuple[np.ndarray, Any], min_step: int | None, max_step: int | None
+) -> tuple[np.ndarray, Any]:
+    # One column of a boundary segment, without steps outside the range.
+    steps, values = piece
+    keep = np.ones(len(steps), dtype=bool)
+    if min_step is not None:
+        keep &= steps >= min_step
+    if max_step is not None:
+        keep &= steps < max_step
+    if isinstance(values, np.ndarray):
+        return steps[keep], values[keep]
+    return steps[keep], [v for v, k in zip(values, keep.tolist()) if k]
 
 
 def _rows_with_keys(
