@@ -445,3 +445,31 @@ def test_fork_into_an_existing_id_writes_nothing(repo: Path) -> None:
         gitruns.init(project="p", id="taken", fork_from="p/src?_step=0", repo=repo)
     assert set(git("rev-list", "--all", "--objects", cwd=repo).split()) == before
     assert git("count-objects", cwd=repo) == loose_before
+
+
+def test_history_frame_matches_scan_history(repo: Path) -> None:
+    with gitruns.init(project="p", id="h", repo=repo, window=100) as run:
+        for i in range(1000):
+            row: dict[str, object] = {"loss": 1 / (i + 1), "i": i}
+            if i % 50 == 0:
+                row["eval"] = i / 1000
+                row["tag"] = "t"
+            run.log(row)
+    view = gitruns.Api(repo).run("p/h")
+    frame = view.history()
+    rows = list(view.scan_history())
+    assert frame.shape == (1000, 6)
+    assert frame["loss"].tolist() == [r["loss"] for r in rows]
+    assert math.isnan(frame["eval"][1]) and frame["eval"][50] == 0.05
+    assert frame["tag"][1] is None and frame["tag"][50] == "t"
+    evals = view.history(keys=["eval", "tag"], samples=5)
+    assert evals["_step"].tolist() == [0, 250, 500, 700, 950]
+    assert view.history(min_step=95, max_step=105)["_step"].tolist() == list(
+        range(95, 105)
+    )
+    assert view.history(keys=["nosuch"]).empty
+    assert view.columns(["eval"], min_step=120, max_step=260)["eval"][0].tolist() == [
+        150,
+        200,
+        250,
+    ]
