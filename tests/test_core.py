@@ -461,7 +461,7 @@ def test_history_frame_matches_scan_history(repo: Path) -> None:
     assert frame.shape == (1000, 6)
     assert frame["loss"].tolist() == [r["loss"] for r in rows]
     assert math.isnan(frame["eval"][1]) and frame["eval"][50] == 0.05
-    assert frame["tag"][1] is None and frame["tag"][50] == "t"
+    assert frame["tag"].isna()[1] and frame["tag"][50] == "t"
     evals = view.history(keys=["eval", "tag"], samples=5)
     assert evals["_step"].tolist() == [0, 250, 500, 700, 950]
     assert view.history(min_step=95, max_step=105)["_step"].tolist() == list(
