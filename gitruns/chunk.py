@@ -46,7 +46,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT_MAJOR = 1
+FORMAT_MAJOR = 2
 FORMAT_MINOR = 0
 
 #: Blobs larger than this are refused before a single byte is unpacked.
@@ -59,7 +59,7 @@ MAX_METRICS = 100_000
 MAX_NAME_CHARS = 256
 
 #: The column kinds, in the order a reader meets them in docs/FORMAT.md.
-KINDS = ("f8", "i8", "bool", "str", "obj")
+KINDS = ("f8", "f4", "i8", "bool", "str", "obj")
 
 #: A logged value, as it round-trips: exact type and, for floats, exact bits.
 Value: TypeAlias = float | int | bool | str | None
@@ -81,9 +81,17 @@ _MAX_LOOSE_ARRAY = 64
 # The value types an obj column may hold.
 _SCALARS = (type(None), bool, int, float, str)
 
-_F8 = np.dtype("<f8")
-_I8 = np.dtype("<i8")
 _F8_BITS = struct.Struct("<d")
+# How the kinds of fixed width are stored: the little-endian dtype of a value,
+# and the unsigned dtype of the same width that byte shuffling and delta
+# coding work on.
+_STORED: dict[str, np.dtype[Any]] = {
+    "f8": np.dtype("<f8"),
+    "f4": np.dtype("<f4"),
+    "i8": np.dtype("<i8"),
+}
+_BITS: dict[int, np.dtype[Any]] = {8: np.dtype("<u8"), 4: np.dtype("<u4")}
+_NATIVE = {kind: dtype.newbyteorder("=") for kind, dtype in _STORED.items()}
 
 
 @dataclass(frozen=True)
@@ -157,26 +165,73 @@ def _add(a: float, b: float | None) -> float:
     return a if b is None else a + b
 
 
-@dataclass(frozen=True, eq=False)
 class Column:
     """One metric's values in a chunk.
 
+    A decoded column of fixed-width numbers (f8, f4, i8) keeps its stored bytes
+    and turns them into an array the first time ``values`` is read, so reading
+    one metric of a chunk does not pay for the others.
+
     Attributes:
-        kind: "f8", "i8", "bool", "str" or "obj" (mixed types or None).
+        kind: "f8", "f4" (floats stored as float32), "i8", "bool", "str" or
+            "obj" (mixed types or None).
         rows: int64 row indices into ``Chunk.steps`` where the metric is
             present, strictly increasing; None when it is present at every row.
-        values: float64, int64 or bool array for f8, i8 and bool; a list for
-            str and obj. One value per present row.
+        values: a read-only array for f8 and f4 (float64; an f4 column's
+            values are float32 values, widened exactly), i8 (int64) and bool;
+            a list for str and obj. One value per present row.
     """
 
-    kind: str
-    rows: np.ndarray[Any, np.dtype[np.int64]] | None
-    values: np.ndarray[Any, Any] | list[Value]
+    __slots__ = ("kind", "rows", "_values", "_stored", "_count")
+
+    def __init__(
+        self,
+        kind: str,
+        rows: np.ndarray[Any, np.dtype[np.int64]] | None,
+        values: np.ndarray[Any, Any] | list[Value],
+    ) -> None:
+        self.kind = kind
+        self.rows = rows
+        self._values: np.ndarray[Any, Any] | list[Value] | None = values
+        self._stored: tuple[bytes, bool] | None = None
+        self._count = len(values)
+
+    @classmethod
+    def _packed(
+        cls,
+        kind: str,
+        rows: np.ndarray[Any, np.dtype[np.int64]] | None,
+        count: int,
+        blob: bytes,
+        delta: bool,
+    ) -> Column:
+        # A column whose bytes were checked (length, kind) but not unpacked:
+        # every bit pattern is a valid value, so unpacking later cannot fail.
+        col = cls.__new__(cls)
+        col.kind, col.rows, col._count = kind, rows, count
+        col._values, col._stored = None, (blob, delta)
+        return col
+
+    @property
+    def values(self) -> np.ndarray[Any, Any] | list[Value]:
+        """The values, one per present row (see the class docstring)."""
+        values = self._values
+        if values is not None:
+            return values
+        stored = self._stored
+        if stored is None:
+            # Another thread unpacked them between the two reads above.
+            return self.values
+        values = _unpack_numbers(self.kind, stored[0], self._count, stored[1])
+        # _values first: a thread that finds _stored gone finds _values set.
+        self._values = values
+        self._stored = None
+        return values
 
     @property
     def count(self) -> int:
         """Number of present values."""
-        return len(self.values)
+        return self._count
 
     def present_steps(
         self, steps: np.ndarray[Any, np.dtype[np.int64]]
@@ -186,10 +241,15 @@ class Column:
 
     def value_list(self) -> list[Value]:
         """Return the values as Python objects of their exact type."""
-        if isinstance(self.values, list):
-            return self.values
-        out: list[Value] = self.values.tolist()
+        values = self.values
+        if isinstance(values, list):
+            return values
+        out: list[Value] = values.tolist()
         return out
+
+    def __repr__(self) -> str:
+        where = "dense" if self.rows is None else f"{len(self.rows)} rows"
+        return f"Column(kind={self.kind!r}, count={self._count}, {where})"
 
 
 @dataclass(frozen=True, eq=False)
@@ -335,6 +395,8 @@ def build_chunk(
     times: Sequence[float],
     metrics: Mapping[str, tuple[RowsLike, ValuesLike]],
     prefix: Mapping[str, Digest] | None = None,
+    *,
+    float32: bool = False,
 ) -> Chunk:
     """Build a chunk from the writer's columnar buffers.
 
@@ -347,11 +409,17 @@ def build_chunk(
             rows strictly increasing. A metric with no value is left out.
         prefix: digests of the run's history before ``steps[0]`` (earlier
             segments of the same window included).
+        float32: store float columns as float32 (kind f4), a lossy choice of
+            the user's: each value is rounded to the nearest float32 and every
+            NaN becomes the one quiet NaN. A column with a finite value beyond
+            float32's range stays f8 in this chunk. Times are never narrowed.
 
     Returns:
         The chunk; each column's kind is chosen from the Python types of its
-        values (all float: f8; all int: i8; all bool: bool; all str: str;
-        anything else, or None present: obj).
+        values (all float: f8, or f4 with ``float32``; all int: i8; all bool:
+        bool; all str: str; anything else, or None present: obj). The values
+        of an f4 column are already rounded, so its digest and what a reader
+        decodes agree.
 
     Raises:
         InvalidNameError: a metric name a chunk cannot hold.
@@ -378,7 +446,7 @@ def build_chunk(
         if len(values) == 0:
             logger.debug("metric %r has no value in this chunk; left out", name)
             continue
-        columns[name] = _build_column(name, n, rows, values)
+        columns[name] = _build_column(name, n, rows, values, float32)
 
     prefix_dict = dict(prefix or {})
     for name in prefix_dict:
@@ -391,7 +459,9 @@ def _frozen(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return arr
 
 
-def _build_column(name: str, n: int, rows: RowsLike, values: ValuesLike) -> Column:
+def _build_column(
+    name: str, n: int, rows: RowsLike, values: ValuesLike, float32: bool
+) -> Column:
     count = len(values)
     if len(rows) != count:
         raise ValueError(f"metric {name!r}: {len(rows)} rows for {count} values")
@@ -406,7 +476,30 @@ def _build_column(name: str, n: int, rows: RowsLike, values: ValuesLike) -> Colu
     dense = count == n
 
     kind, stored = _typed_values(name, values)
+    if float32 and kind == "f8":
+        assert isinstance(stored, np.ndarray)
+        kind, stored = _narrowed(name, stored)
     return Column(kind, None if dense else _frozen(rows_arr), stored)
+
+
+# float32's quiet NaN: the one NaN an f4 column holds.
+_F4_NAN = np.frombuffer(b"\x00\x00\xc0\x7f", dtype="<f4")[0]
+
+
+def _narrowed(
+    name: str, values: np.ndarray[Any, Any]
+) -> tuple[str, np.ndarray[Any, Any]]:
+    # Rounding is the user's choice; turning a finite value into an infinity
+    # is not, so such a column keeps float64 in this chunk.
+    with np.errstate(over="ignore", invalid="ignore"):
+        narrow = values.astype(np.float32)
+    if np.count_nonzero(np.isinf(narrow)) != np.count_nonzero(np.isinf(values)):
+        logger.debug("metric %r: a value is beyond float32; kept as float64", name)
+        return "f8", values
+    nans = np.isnan(narrow)
+    if nans.any():
+        narrow[nans] = _F4_NAN
+    return "f4", _frozen(narrow.astype(np.float64))
 
 
 def _typed_values(
@@ -489,7 +582,7 @@ def _digest_of(col: Column, steps: np.ndarray[Any, np.dtype[np.int64]]) -> Diges
     total: float | None = None
     numeric_count = 0
 
-    if col.kind == "f8":
+    if col.kind in ("f8", "f4"):
         assert isinstance(values, np.ndarray)
         # Any NaN makes the sum NaN, so a sum that is a number means there is
         # no NaN to leave out: the common case costs three passes, not five.
@@ -539,7 +632,85 @@ def _digest_of(col: Column, steps: np.ndarray[Any, np.dtype[np.int64]]) -> Diges
 def _fsum(values: np.ndarray[Any, Any]) -> float:
     # numpy's pairwise sum: fast, and far closer than a running sum; readers
     # in other languages may differ in the last bits (see docs/FORMAT.md).
-    return float(np.sum(values, dtype=np.float64))
+    # +inf and -inf make NaN, and large values overflow: both are the sum's
+    # right value, not something to warn a training loop about.
+    with np.errstate(invalid="ignore", over="ignore"):
+        return float(np.sum(values, dtype=np.float64))
+
+
+# --------------------------------------------------------------------------
+# Byte layout of numeric arrays
+#
+# Numbers are stored byte-shuffled: byte 0 of every value, then byte 1, and so
+# on. The high bytes of a metric's values (sign, exponent, the top of the
+# mantissa) barely change from step to step, so shuffled they form long runs
+# that the zlib of Git's objects compresses; interleaved they do not. Delta
+# coding (each value minus the one before, on the bit patterns, wrapping)
+# turns a steady series (steps, times, a learning rate schedule) into a
+# repetitive one first. Both are exact for every bit pattern.
+
+
+def _shuffled(items: np.ndarray[Any, Any]) -> bytes:
+    width = items.dtype.itemsize
+    flat = np.ascontiguousarray(items).view(np.uint8)
+    planes: bytes = flat.reshape(-1, width).T.tobytes()
+    return planes
+
+
+def _deltas(items: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    # Unsigned arrays wrap around silently, which is what makes this exact.
+    out: np.ndarray[Any, Any] = items.copy()
+    out[1:] -= items[:-1]
+    return out
+
+
+def _delta_pays(items: np.ndarray[Any, Any], deltas: np.ndarray[Any, Any]) -> bool:
+    # zlib gains where a byte repeats the one before it in its plane; count
+    # the bytes that do not, for both codings (a cheap stand-in for trying).
+    def changes(arr: np.ndarray[Any, Any]) -> int:
+        planes = arr.view(np.uint8).reshape(-1, arr.dtype.itemsize)
+        return int(np.count_nonzero(planes[1:] != planes[:-1]))
+
+    return changes(deltas) < changes(items)
+
+
+def _unpack_numbers(
+    kind: str, blob: bytes, count: int, delta: bool
+) -> np.ndarray[Any, Any]:
+    # The length was checked when the chunk was decoded.
+    stored = _STORED[kind]
+    width = stored.itemsize
+    out = np.empty(count, dtype=stored)
+    items = out.view(_BITS[width])
+    items.view(np.uint8).reshape(count, width)[...] = (
+        np.frombuffer(blob, dtype=np.uint8).reshape(width, count).T
+    )
+    if delta:
+        np.add.accumulate(items, out=items)
+    if kind == "f4":
+        return _frozen(out.astype(np.float64))
+    return _frozen(out if out.dtype.isnative else out.astype(_NATIVE[kind]))
+
+
+def _stored_items(name: str, col: Column) -> np.ndarray[Any, Any]:
+    # The bit patterns a column of fixed width stores, as unsigned ints.
+    stored = _STORED[col.kind]
+    values = np.ascontiguousarray(col.values)
+    if col.kind != "f4":
+        return values.astype(stored, copy=False).view(_BITS[stored.itemsize])
+    with np.errstate(over="ignore", invalid="ignore"):
+        narrow = values.astype(stored)
+    # Only build_chunk(float32=True) and decode make f4 columns; a column made
+    # by hand must hold float32 values already, or it would not read back.
+    if not np.array_equal(
+        narrow.astype(np.float64).view(np.int64),
+        values.astype(np.float64).view(np.int64),
+    ):
+        raise ValueError(
+            f"metric {name!r}: an f4 column holds values that are not float32; "
+            "build it with build_chunk(..., float32=True)"
+        )
+    return narrow.view(_BITS[4])
 
 
 # --------------------------------------------------------------------------
@@ -572,16 +743,30 @@ def encode_chunk(chunk: Chunk) -> bytes:
             mask = np.zeros(n, dtype=np.bool_)
             mask[col.rows] = True
             doc["present"] = np.packbits(mask, bitorder="little").tobytes()
-        doc["values"] = _encode_values(name, col)
+        if col.kind in _STORED:
+            items = _stored_items(name, col)
+            deltas = _deltas(items)
+            if _delta_pays(items, deltas):
+                doc["delta"] = True
+                items = deltas
+            doc["values"] = _shuffled(items)
+        else:
+            doc["values"] = _encode_values(name, col)
         doc["digest"] = _digest_doc(digests[name])
         columns[name] = doc
 
+    # Contiguous steps, the usual case, are stored as the first one alone.
+    steps = chunk.steps
+    contiguous = n > 0 and int(steps[-1]) - int(steps[0]) == n - 1
+    times = chunk.times.astype(_STORED["f8"], copy=False).view(_BITS[8])
     document = {
         _MAGIC: [FORMAT_MAJOR, FORMAT_MINOR],
         "window": chunk.window,
         "start": chunk.start,
-        "steps": chunk.steps.astype(_I8, copy=False).tobytes(),
-        "times": chunk.times.astype(_F8, copy=False).tobytes(),
+        "steps": int(steps[0])
+        if contiguous
+        else _shuffled(_deltas(steps.astype(_STORED["i8"]).view(_BITS[8]))),
+        "times": _shuffled(_deltas(times)),
         "columns": columns,
         "prefix": {
             name: _digest_doc(chunk.prefix[name]) for name in sorted(chunk.prefix)
@@ -605,10 +790,7 @@ def encode_chunk(chunk: Chunk) -> bytes:
 
 
 def _encode_values(name: str, col: Column) -> bytes:
-    if col.kind == "f8":
-        return np.asarray(col.values).astype(_F8, copy=False).tobytes()
-    if col.kind == "i8":
-        return np.asarray(col.values).astype(_I8, copy=False).tobytes()
+    # bool, str and obj; the kinds of fixed width are shuffled above.
     if col.kind == "bool":
         return np.asarray(col.values).astype(np.uint8).tobytes()
     try:
@@ -661,14 +843,17 @@ def decode_chunk(data: bytes, *, source: str = "chunk", verify: bool = False) ->
 
     The structure is always checked in full: types, lengths, limits, step
     order and window, names, and each stored digest's shape, counts, steps and
-    first/last values. A decoded chunk computes its own digests from its
-    values, so a stored digest never leaks into a summary unchecked.
+    what its column's kind implies. A decoded chunk computes its own digests
+    from its values, so a stored column digest never leaks into a summary
+    unchecked. Numeric columns are unpacked when their values are first read;
+    nothing about them is left that could fail.
 
     Args:
         data: the blob's bytes.
         source: how errors name the blob (a path or object id).
-        verify: also recompute every stored digest's min, max, sum and
-            numeric count and compare (O(values); what hooks want).
+        verify: also compare every stored column digest's first, last, min,
+            max, sum and numeric count with the values (O(values); what hooks
+            want).
 
     Raises:
         UnsupportedVersionError: the chunk has a newer major format version.
@@ -784,30 +969,32 @@ def _check_version(data: bytes, magic: str, source: str) -> None:
     if major > FORMAT_MAJOR:
         raise UnsupportedVersionError(source, f"{major}.{version[1]}", FORMAT_MAJOR)
     if major < FORMAT_MAJOR:
-        raise ChunkFormatError(source, f"unknown format version {major}.{version[1]}")
+        # Version 1 was a layout of development builds, never released.
+        raise ChunkFormatError(
+            source,
+            f"format version {major}.{version[1]} is older than any released "
+            f"gitruns wrote (they write {FORMAT_MAJOR}.x)",
+        )
 
 
 def _chunk_from(doc: dict[str, Any], source: str, verify: bool) -> Chunk:
     window = _get_int(doc, "window", 1, _INT64_MAX, source)
     start = _get_int(doc, "start", 0, _INT64_MAX, source)
-    steps_bin = _get(doc, "steps", bytes, source)
     times_bin = _get(doc, "times", bytes, source)
     columns_doc = _get(doc, "columns", dict, source)
     prefix_doc = _get(doc, "prefix", dict, source)
 
-    # Steps and times.
-    if len(steps_bin) % 8:
-        raise ChunkFormatError(source, f"steps is {len(steps_bin)} bytes, not 8 * n")
-    n = len(steps_bin) // 8
+    # Times say how many rows there are; steps are checked against them.
+    if len(times_bin) % 8:
+        raise ChunkFormatError(source, f"times is {len(times_bin)} bytes, not 8 * n")
+    n = len(times_bin) // 8
     if n > MAX_ROWS:
         raise ChunkFormatError(source, f"{n} steps, over the limit of {MAX_ROWS}")
-    if len(times_bin) != 8 * n:
-        raise ChunkFormatError(source, f"times is {len(times_bin)} bytes for {n} steps")
-    steps = np.frombuffer(steps_bin, dtype=_I8).astype(np.int64, copy=False)
-    times = np.frombuffer(times_bin, dtype=_F8).astype(np.float64, copy=False)
-    problem = _layout_problem(window, start, steps, times)
+    problem = _window_problem(window, start)
     if problem:
         raise ChunkFormatError(source, problem)
+    steps = _steps_from(doc.get("steps"), n, start, window, source)
+    times = _unpack_numbers("f8", times_bin, n, delta=True)
 
     # Columns, each checked against its stored digest.
     if len(columns_doc) > MAX_METRICS:
@@ -816,14 +1003,14 @@ def _chunk_from(doc: dict[str, Any], source: str, verify: bool) -> Chunk:
         )
     columns: dict[str, Column] = {}
     digests: dict[str, Digest] = {}
+    ends = (int(steps[0]), int(steps[-1])) if n else (0, 0)
     for name, col_doc in columns_doc.items():
         _check_name(name, source)
         col, stored = _column_from(name, col_doc, n, source)
-        if verify:
+        mismatch = _quick_mismatch(stored, col, steps, ends)
+        if verify and not mismatch:
             digests[name] = _digest_of(col, steps)
             mismatch = _digest_mismatch(_new_digest(stored), digests[name])
-        else:
-            mismatch = _quick_mismatch(stored, col, steps)
         if mismatch:
             raise ChunkFormatError(
                 source, f"metric {name!r}: digest {mismatch} does not match the values"
@@ -839,23 +1026,62 @@ def _chunk_from(doc: dict[str, Any], source: str, verify: bool) -> Chunk:
     return chunk
 
 
+def _steps_from(
+    value: object, n: int, start: int, window: int, source: str
+) -> np.ndarray[Any, np.dtype[np.int64]]:
+    # An int is the first of n contiguous steps; a bin holds them delta-coded.
+    if type(value) is int:
+        if not (n and start <= value and value + n <= start + window):
+            raise ChunkFormatError(
+                source,
+                f"{n} steps from {value} are not in [{start}, {start + window})",
+            )
+        return _frozen(np.arange(value, value + n, dtype=np.int64))
+    if type(value) is not bytes:
+        raise ChunkFormatError(
+            source, f"field 'steps' must be an int or a bin, not {type(value).__name__}"
+        )
+    if len(value) != 8 * n:
+        raise ChunkFormatError(source, f"steps is {len(value)} bytes for {n} steps")
+    steps = _unpack_numbers("i8", value, n, delta=True)
+    problem = _steps_problem(steps, start, window)
+    if problem:
+        raise ChunkFormatError(source, problem)
+    return steps
+
+
 def _layout_problem(
     window: object,
     start: object,
     steps: np.ndarray[Any, Any],
     times: np.ndarray[Any, Any],
 ) -> str:
+    problem = _window_problem(window, start)
+    if problem:
+        return problem
+    assert isinstance(window, int) and isinstance(start, int)
+    n = len(steps)
+    if steps.ndim != 1 or times.shape != (n,):
+        return f"{n} steps but {times.shape} times"
+    if n > MAX_ROWS:
+        return f"{n} steps, over the limit of {MAX_ROWS}"
+    return _steps_problem(steps, start, window)
+
+
+def _window_problem(window: object, start: object) -> str:
     if type(window) is not int or window < 1:
         return f"window must be an int >= 1, not {window!r:.40}"
     if type(start) is not int or start < 0 or start % window:
         return f"start {start!r:.40} is not a multiple of the window {window}"
     if start + window - 1 > _INT64_MAX:
         return f"window {window} at {start} passes the int64 step range"
+    return ""
+
+
+def _steps_problem(
+    steps: np.ndarray[Any, np.dtype[np.int64]], start: int, window: int
+) -> str:
     n = len(steps)
-    if steps.ndim != 1 or times.shape != (n,):
-        return f"{n} steps but {times.shape} times"
-    if n > MAX_ROWS:
-        return f"{n} steps, over the limit of {MAX_ROWS}"
     if n and (steps[0] < start or steps[-1] >= start + window):
         return f"steps {steps[0]}..{steps[-1]} are outside [{start}, {start + window})"
     if n > 1 and not (steps[1:] > steps[:-1]).all():
@@ -886,7 +1112,7 @@ def _column_from(
             raise ChunkFormatError(
                 source, f"metric {name!r}: present has bits past the rows"
             )
-        rows = np.flatnonzero(bits).astype(np.int64, copy=False)
+        rows = _frozen(np.flatnonzero(bits).astype(np.int64, copy=False))
         count = len(rows)
         if count == n:
             raise ChunkFormatError(
@@ -895,28 +1121,38 @@ def _column_from(
     if count == 0:
         raise ChunkFormatError(source, f"metric {name!r}: the column holds no value")
 
-    values = _values_from(name, kind, doc.get("values"), count, source)
-    stored = _digest_fields(name, doc.get("digest"), source)
-    return Column(kind, rows, values), stored
+    blob = doc.get("values")
+    if type(blob) is not bytes:
+        raise ChunkFormatError(source, f"metric {name!r}: values must be a bin")
+    delta = doc.get("delta", False)
+    stored = _STORED.get(kind)
+    if delta is not False and (delta is not True or stored is None):
+        raise ChunkFormatError(
+            source, f"metric {name!r}: delta must be true, and only for f8, f4, i8"
+        )
+    if kind == "bool" or stored is not None:
+        width = 1 if stored is None else stored.itemsize
+        if len(blob) != width * count:
+            raise ChunkFormatError(
+                source,
+                f"metric {name!r}: values is {len(blob)} bytes "
+                f"for {count} {kind} values",
+            )
+
+    # Numbers are unpacked when read: any bit pattern of the right length is
+    # a value, so there is nothing more to check here.
+    col = (
+        Column._packed(kind, rows, count, blob, delta)
+        if stored is not None
+        else Column(kind, rows, _values_from(name, kind, blob, count, source))
+    )
+    return col, _digest_fields(name, doc.get("digest"), source)
 
 
 def _values_from(
-    name: str, kind: str, blob: object, count: int, source: str
+    name: str, kind: str, blob: bytes, count: int, source: str
 ) -> np.ndarray[Any, Any] | list[Value]:
-    if type(blob) is not bytes:
-        raise ChunkFormatError(source, f"metric {name!r}: values must be a bin")
-    if (
-        kind in ("f8", "i8", "bool")
-        and len(blob) != (1 if kind == "bool" else 8) * count
-    ):
-        raise ChunkFormatError(
-            source,
-            f"metric {name!r}: values is {len(blob)} bytes for {count} {kind} values",
-        )
-    if kind == "f8":
-        return np.frombuffer(blob, dtype=_F8).astype(np.float64, copy=False)
-    if kind == "i8":
-        return np.frombuffer(blob, dtype=_I8).astype(np.int64, copy=False)
+    # bool, str and obj: the kinds whose bytes can be invalid.
     if kind == "bool":
         raw = np.frombuffer(blob, dtype=np.uint8)
         if (raw > 1).any():
@@ -1004,13 +1240,8 @@ def _digest_fields(
     name: str, doc: object, source: str, *, prefix: bool = False
 ) -> _DigestFields:
     """Return a stored digest's fields, checked one by one and against each other."""
-
-    def bad(reason: str) -> ChunkFormatError:
-        where = "prefix digest" if prefix else "digest"
-        return ChunkFormatError(source, f"{where} of {name!r}: {reason}")
-
     if type(doc) is not list or len(doc) < _DIGEST_LEN:
-        raise bad(f"is not an array of {_DIGEST_LEN}")
+        raise _bad_digest(name, source, prefix, f"is not an array of {_DIGEST_LEN}")
     # Later minor versions may append fields; they are ignored here.
     count, first, last, first_step, last_step, lo, hi, total, numeric_count = doc[
         :_DIGEST_LEN
@@ -1022,26 +1253,31 @@ def _digest_fields(
         and type(first_step) is int
         and type(last_step) is int
     ):
-        raise bad("counts and steps must be ints")
+        raise _bad_digest(name, source, prefix, "counts and steps must be ints")
     if not (
         1 <= count <= _INT64_MAX
         and 0 <= numeric_count <= count
         and 0 <= first_step <= last_step <= _INT64_MAX
     ):
-        raise bad("counts or steps out of range")
+        raise _bad_digest(name, source, prefix, "counts or steps out of range")
     if (count == 1) != (first_step == last_step):
-        raise bad("steps do not match the count")
+        raise _bad_digest(name, source, prefix, "steps do not match the count")
     if not (_is_value(first) and _is_value(last)):
-        raise bad("first/last is not a value")
+        raise _bad_digest(name, source, prefix, "first/last is not a value")
     if numeric_count == 0:
         if not (lo is None and hi is None and total is None):
-            raise bad("has stats but no numbers")
+            raise _bad_digest(name, source, prefix, "has stats but no numbers")
     else:
         if not (type(lo) is float and type(hi) is float and type(total) is float):
-            raise bad("min/max/sum must be floats")
+            raise _bad_digest(name, source, prefix, "min/max/sum must be floats")
         if not lo <= hi:
-            raise bad("min is not <= max")
+            raise _bad_digest(name, source, prefix, "min is not <= max")
     return (count, first, last, first_step, last_step, lo, hi, total, numeric_count)
+
+
+def _bad_digest(name: str, source: str, prefix: bool, reason: str) -> ChunkFormatError:
+    where = "prefix digest" if prefix else "digest"
+    return ChunkFormatError(source, f"{where} of {name!r}: {reason}")
 
 
 def _is_value(value: object) -> bool:
@@ -1066,43 +1302,46 @@ def _digest_mismatch(stored: Digest, computed: Digest) -> str:
 
 
 def _quick_mismatch(
-    stored: _DigestFields, col: Column, steps: np.ndarray[Any, np.dtype[np.int64]]
+    stored: _DigestFields,
+    col: Column,
+    steps: np.ndarray[Any, np.dtype[np.int64]],
+    ends: tuple[int, int],
 ) -> str:
-    # The part of _digest_mismatch that needs no pass over the values.
+    # What a digest must say that needs no pass over the values: its count,
+    # its steps, and what the column's kind implies. ``ends`` are the first
+    # and last of ``steps``, as ints: a dense column's steps.
     count, first, last, first_step, last_step, _, _, _, numeric_count = stored
-    values = col.values
-    if count != len(values):
+    if count != col.count:
         return "count"
     rows = col.rows
-    if first_step != (steps[0] if rows is None else steps[rows[0]]):
+    if rows is not None:
+        ends = (int(steps[rows[0]]), int(steps[rows[-1]]))
+    if first_step != ends[0]:
         return "first_step"
-    if last_step != (steps[-1] if rows is None else steps[rows[-1]]):
+    if last_step != ends[1]:
         return "last_step"
 
     kind = col.kind
-    if kind == "f8" and isinstance(values, np.ndarray):
-        # By bit pattern: NaN payloads and -0.0 included.
-        if type(first) is not float or type(last) is not float:
-            return "first/last"
-        pack = _F8_BITS.pack
-        if pack(first) != pack(float(values[0])) or pack(last) != pack(
-            float(values[-1])
-        ):
-            return "first/last"
-    elif kind in ("i8", "bool"):
-        expected = int if kind == "i8" else bool
-        if type(first) is not expected or type(last) is not expected:
-            return "first/last"
-        if first != values[0] or last != values[-1]:
-            return "first/last"
-    elif not (_same_value(first, values[0]) and _same_value(last, values[-1])):
+    expected = _FIRST_LAST_TYPE.get(kind)
+    if expected is not None and (
+        type(first) is not expected or type(last) is not expected
+    ):
         return "first/last"
-
     if kind in ("bool", "str") and numeric_count:
         return "numeric_count"
     if kind == "i8" and numeric_count != count:
         return "numeric_count"
     return ""
+
+
+# The type of a digest's first and last value, by the kind of its column.
+_FIRST_LAST_TYPE: dict[str, type] = {
+    "f8": float,
+    "f4": float,
+    "i8": int,
+    "bool": bool,
+    "str": str,
+}
 
 
 def _same_value(a: Value, b: Value) -> bool:

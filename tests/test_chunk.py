@@ -15,7 +15,9 @@ import math
 import os
 import struct
 import sys
+import threading
 import tracemalloc
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -116,6 +118,20 @@ def splice(doc: dict[str, Any], raw: bytes) -> bytes:
     hole: bytes = msgpack.packb(b"@@HOLE@@", use_bin_type=True)
     assert packed.count(hole) == 1
     return packed.replace(hole, raw)
+
+
+def shuffled(items: list[int], width: int = 8, delta: bool = False) -> bytes:
+    """Byte-shuffle unsigned ints as docs/FORMAT.md says, one byte at a time."""
+    mod = 2 ** (8 * width)
+    if delta:
+        items = [(b - a) % mod for a, b in zip([0, *items], items, strict=False)]
+    raw = [(item % mod).to_bytes(width, "little") for item in items]
+    return bytes(value[k] for k in range(width) for value in raw)
+
+
+def steps_bin(steps: list[int]) -> bytes:
+    """A ``steps`` bin: delta-coded int64, byte-shuffled."""
+    return shuffled(steps, delta=True)
 
 
 def naive_digest(steps: list[int], values: list[Value]) -> Digest:
@@ -611,6 +627,261 @@ def test_empty_metrics_are_left_out_and_arrays_frozen() -> None:
 
 
 # --------------------------------------------------------------------------
+# Byte layout: contiguous steps, byte shuffling, delta coding
+
+
+def test_contiguous_steps_are_stored_as_the_first_step() -> None:
+    dense = build_chunk(100, 100, [100, 101, 102], [0.0] * 3, {"m": ([0], [1.0])})
+    assert document(encode_chunk(dense))["steps"] == 100
+    gappy = build_chunk(100, 100, [100, 102, 103], [0.0] * 3, {"m": ([0], [1.0])})
+    assert document(encode_chunk(gappy))["steps"] == steps_bin([100, 102, 103])
+    empty = document(encode_chunk(build_chunk(10, 0, [], [], {})))
+    assert empty["steps"] == b"" and empty["times"] == b""
+
+
+def test_a_bin_of_contiguous_steps_is_read_too() -> None:
+    doc = document((GOLDEN / "dense_f8.msgpack").read_bytes())
+    doc["steps"] = steps_bin([8, 9, 10, 11])
+    assert decode_chunk(pack(doc), verify=True).steps.tolist() == [8, 9, 10, 11]
+
+
+@pytest.mark.parametrize("first", [8, True, 8.0, None])
+def test_steps_as_an_int_need_rows_an_int_and_the_window(first: Any) -> None:
+    doc = document((GOLDEN / "dense_f8.msgpack").read_bytes())
+    doc["steps"], doc["times"], doc["columns"] = first, b"", {}
+    refused(pack(doc))  # no rows, or not an int
+
+
+@FAST
+@given(
+    st.sampled_from(["i8", "f8"]),
+    st.integers(INT64_MIN, INT64_MAX),
+    st.integers(INT64_MIN, INT64_MAX),
+    st.integers(2, 40),
+)
+def test_steady_series_are_delta_coded_exactly(
+    kind: str, first: int, step: int, n: int
+) -> None:
+    # An arithmetic series of bit patterns, wrapping around 64 bits: the
+    # series delta coding is for, at its edges.
+    patterns = [(first + i * step) % 2**64 for i in range(n)]
+    if kind == "i8":
+        values: list[Value] = [b - 2**64 if b >= 2**63 else b for b in patterns]
+    else:
+        values = [float_from_bits(b) for b in patterns]
+    chunk = build_chunk(64, 0, list(range(n)), [0.0] * n, {"m": (range(n), values)})
+    data = encode_chunk(chunk)
+    got = as_list(decode_chunk(data, verify=True).columns["m"].values)
+    assert all(same(a, b) for a, b in zip(got, values, strict=True))
+    # Either way, the bytes are the ones docs/FORMAT.md describes.
+    column = document(data)["columns"]["m"]
+    delta = column.get("delta", False)
+    assert column["values"] == shuffled(patterns, delta=delta)
+
+
+def test_noise_is_stored_plain_and_a_schedule_delta_coded() -> None:
+    rng = np.random.default_rng(3)
+    n = 500
+    noise = (1.0 + rng.normal(0, 0.05, n)).tolist()
+    schedule = (3e-4 * np.cos(np.linspace(0, np.pi / 2, n))).tolist()
+    chunk = build_chunk(
+        n, 0, list(range(n)), [0.0] * n,
+        {"loss": (range(n), noise), "lr": (range(n), schedule)},
+    )  # fmt: skip
+    columns = document(encode_chunk(chunk))["columns"]
+    assert "delta" not in columns["loss"] and columns["lr"]["delta"] is True
+    bits_of = [struct.unpack("<Q", bits(x))[0] for x in noise]
+    assert columns["loss"]["values"] == shuffled(bits_of)
+
+
+def test_delta_flag_changes_what_the_bytes_mean(valid: bytes) -> None:
+    doc = document(valid)
+    column = doc["columns"]["tokens"]
+    flipped = not column.get("delta", False)
+    if flipped:
+        column["delta"] = True
+    else:
+        del column["delta"]
+    tokens = decode_chunk(pack(doc)).columns["tokens"].value_list()
+    expected = [as_number(i, "i8") for i in unshuffle(column["values"], 8, flipped)]
+    assert tokens == expected != [INT64_MIN, -1, 0, 1, INT64_MAX]
+    # The stored digest no longer matches: verify says so.
+    refused(pack(doc), verify=True)
+
+
+def test_golden_bytes_mean_what_the_format_page_says() -> None:
+    # unshuffle() reads the golden files one byte at a time, apart from the
+    # codec; the codec must agree with it on every value.
+    for name in ("dense_f8", "sparse_kinds", "with_prefix", "float32_delta"):
+        data = (GOLDEN / f"{name}.msgpack").read_bytes()
+        doc, chunk = document(data), decode_chunk(data)
+        steps: list[Value]
+        if isinstance(doc["steps"], int):
+            steps = list(range(doc["steps"], doc["steps"] + len(doc["times"]) // 8))
+        else:
+            steps = [as_number(i, "i8") for i in unshuffle(doc["steps"], 8, True)]
+        assert chunk.steps.tolist() == steps
+        times = [float_from_bits(i) for i in unshuffle(doc["times"], 8, True)]
+        assert [bits(t) for t in chunk.times.tolist()] == [bits(t) for t in times]
+        for metric, col in doc["columns"].items():
+            if col["kind"] not in ("f8", "f4", "i8"):
+                continue
+            width = 4 if col["kind"] == "f4" else 8
+            items = unshuffle(col["values"], width, col.get("delta", False))
+            expected = [as_number(i, col["kind"]) for i in items]
+            got = chunk.columns[metric].value_list()
+            assert all(same(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def test_numbers_are_unpacked_once_whoever_reads_first() -> None:
+    n = 2000
+    values = np.random.default_rng(1).normal(size=n).tolist()
+    data = encode_chunk(
+        build_chunk(n, 0, list(range(n)), [0.0] * n, {"m": (range(n), values)})
+    )
+    column = decode_chunk(data).columns["m"]
+    assert column.count == n and column.kind == "f8"
+
+    seen: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda: seen.append(column.values)) for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(seen) == 8
+    assert all(np.array_equal(v, values) for v in seen)
+    assert column.values is column.values  # unpacked once, then kept
+    with pytest.raises(ValueError):
+        column.values[0] = 1.0
+
+
+# --------------------------------------------------------------------------
+# float32 storage
+
+
+def as_float32(x: float) -> float:
+    """What float32 storage keeps of a float: rounded, and the one quiet NaN."""
+    if math.isnan(x):
+        return float_from_bits(0x7FF8000000000000)
+    with np.errstate(over="ignore"):
+        return float(np.float32(x))
+
+
+@FAST
+@given(chunk_args())
+def test_float32_rounds_float_columns_and_keeps_the_rest_exact(
+    args: dict[str, Any],
+) -> None:
+    chunk = build_chunk(**args, float32=True)
+    data = encode_chunk(chunk)
+    decoded = decode_chunk(data, source=SOURCE, verify=True)
+    assert encode_chunk(decoded) == data
+    assert [bits(t) for t in decoded.times.tolist()] == [bits(t) for t in args["times"]]
+
+    for name, (rows, values) in args["metrics"].items():
+        col = decoded.columns[name]
+        got = as_list(col.values)
+        if expected_kind(values) != "f8":
+            assert col.kind == expected_kind(values)
+            assert all(same(a, b) for a, b in zip(got, values, strict=True))
+            continue
+        overflows = any(math.isfinite(v) and math.isinf(as_float32(v)) for v in values)
+        assert col.kind == ("f8" if overflows else "f4")
+        want = values if overflows else [as_float32(v) for v in values]
+        assert all(same(a, b) for a, b in zip(got, want, strict=True))
+        assert isinstance(col.values, np.ndarray) and col.values.dtype == np.float64
+        # The digest describes what is stored, not what was logged.
+        steps = [args["steps"][r] for r in rows]
+        assert_digest(decoded.digests()[name], naive_digest(steps, want))
+
+
+def test_float32_special_values() -> None:
+    logged = [
+        -0.0, math.inf, -math.inf, float_from_bits(0xFFF8000000001234),
+        float_from_bits(0x7FF0000000000001), 1e-50, -1e-50, 5e-324,
+        1.401298464324817e-45, 3.4028234663852886e38, 0.1,
+    ]  # fmt: skip
+    n = len(logged)
+    chunk = build_chunk(16, 0, list(range(n)), [0.0] * n,
+                        {"m": (range(n), logged)}, float32=True)  # fmt: skip
+    got = decode_chunk(encode_chunk(chunk)).columns["m"].value_list()
+    nan = float_from_bits(0x7FF8000000000000)
+    expected = [
+        -0.0, math.inf, -math.inf, nan, nan, 0.0, -0.0, 0.0,
+        1.401298464324817e-45, 3.4028234663852886e38, 0.10000000149011612,
+    ]  # fmt: skip
+    assert [bits(v) for v in got] == [bits(v) for v in expected]  # type: ignore[arg-type]
+
+
+def test_float32_keeps_float64_where_a_value_would_become_infinite() -> None:
+    chunk = build_chunk(
+        10, 0, [0, 1], [0.0, 0.0],
+        {"big": ([0, 1], [1.0, 3.5e38]), "fine": ([0, 1], [1.0, math.inf])},
+        float32=True,
+    )  # fmt: skip
+    kinds = {n: c.kind for n, c in decode_chunk(encode_chunk(chunk)).columns.items()}
+    assert kinds == {"big": "f8", "fine": "f4"}
+
+
+def test_a_hand_made_f4_column_must_hold_float32_values() -> None:
+    steps, times = np.array([0, 1]), np.zeros(2)
+    good = Chunk(
+        10, 0, steps, times, {"m": Column("f4", None, np.array([0.5, 2.0]))}, {}
+    )
+    assert decode_chunk(encode_chunk(good)).columns["m"].value_list() == [0.5, 2.0]
+    bad = Chunk(
+        10, 0, steps, times, {"m": Column("f4", None, np.array([0.1, 2.0]))}, {}
+    )
+    with pytest.raises(ValueError, match="not float32"):
+        encode_chunk(bad)
+
+
+# --------------------------------------------------------------------------
+# Size on disk
+
+
+def training_curves(n: int, start: int, seed: int = 7) -> dict[str, list[float]]:
+    """Ten metrics of a run at steps start..start+n: noisy, smooth and scheduled."""
+    rng = np.random.default_rng(seed)
+    step = np.arange(start, start + n, dtype=np.float64)
+    loss = (2.3 * np.exp(-step / 20_000) + 0.35) * (1 + rng.normal(0, 0.06, n))
+    acc = rng.binomial(256, 0.95 - 0.85 * np.exp(-step / 15_000)) / 256.0
+    curves = {
+        "train/loss": loss,
+        "train/loss_smooth": np.convolve(loss, np.ones(50) / 50, mode="same"),
+        "train/acc": acc,
+        "train/acc_smooth": np.convolve(acc, np.ones(50) / 50, mode="same"),
+        "lr": 1.5e-4 * (1 + np.cos(np.pi * step / 100_000)),
+        "grad_norm": np.exp(rng.normal(0, 0.3, n)) * (np.exp(-step / 30_000) + 0.3),
+        "epoch": step / 390.625,
+        "samples_per_sec": rng.normal(1200, 30, n),
+        "perplexity": np.exp(loss),
+        "weight_norm": 50 + 10 * np.sqrt(step / 100_000) + rng.normal(0, 1e-3, n),
+    }
+    return {name: values.tolist() for name, values in curves.items()}
+
+
+@pytest.mark.parametrize(("float32", "most"), [(False, 6.0), (True, 3.0)])
+def test_a_realistic_chunk_stays_under_the_storage_goals(
+    float32: bool, most: float
+) -> None:
+    # Issue 5: at most 8 bytes a point on disk (4.4 with float32), where Git
+    # stores each chunk zlib-compressed. Seeded data: the sizes are exact.
+    n, start = 1000, 40_000
+    times = 1.7e9 + np.cumsum(np.random.default_rng(2).normal(0.25, 0.01, n))
+    curves = training_curves(n, start)
+    chunk = build_chunk(
+        n, start, list(range(start, start + n)), times.tolist(),
+        {name: (range(n), values) for name, values in curves.items()},
+        float32=float32,
+    )  # fmt: skip
+    stored = zlib.compress(encode_chunk(chunk), 1)
+    assert len(stored) / (n * len(curves)) <= most
+
+
+# --------------------------------------------------------------------------
 # Golden files
 
 
@@ -645,24 +916,98 @@ def golden_chunks() -> dict[str, Callable[[], bytes]]:
                 },
             )
         ),
+        "float32_delta": lambda: encode_chunk(
+            build_chunk(
+                8, 16, list(range(16, 24)), [1.7e9 + 0.25 * i for i in range(8)],
+                {
+                    # Rounded to float32; the NaN loses its payload, 1e-50 its size.
+                    "loss": (range(8), [2.5, 0.1, nan_payload, 1e-50, -0.0,
+                                        math.inf, 1.1, 0.9]),
+                    # Beyond float32's range: stays float64.
+                    "scale": ([0, 7], [1e300, 2.0]),
+                    # A steady count: stored delta-coded.
+                    "tokens": (range(8), [4096 * (i + 1) for i in range(8)]),
+                },
+                float32=True,
+            )
+        ),
         "digests": lambda: encode_digests(
             {"loss": Digest(3, 1.0, math.nan, 0, 9, 0.5, 1.0, 1.5, 2)}
         ),
     }  # fmt: skip
 
 
+def unshuffle(blob: bytes, width: int, delta: bool) -> list[int]:
+    """The items of a byte-shuffled bin as unsigned ints, following docs/FORMAT.md.
+
+    Written apart from gitruns.chunk, one byte at a time, so that the golden
+    dumps check the codec against the format page rather than against itself.
+    """
+    n = len(blob) // width
+    items = [
+        int.from_bytes(bytes(blob[k * n + i] for k in range(width)), "little")
+        for i in range(n)
+    ]
+    if delta:
+        total = 0
+        for i, item in enumerate(items):
+            total = (total + item) % 2 ** (8 * width)
+            items[i] = total
+    return items
+
+
+def as_number(item: int, kind: str) -> Value:
+    """An unsigned item of a bin as the value of its kind."""
+    if kind == "i8":
+        return item - 2**64 if item >= 2**63 else item
+    if kind == "f4":
+        return float(struct.unpack("<f", item.to_bytes(4, "little"))[0])
+    return float_from_bits(item)
+
+
 def describe(data: bytes) -> str:
-    """A readable dump of a msgpack document: bins in hex, floats with their bits."""
+    """A readable dump of a msgpack document: bins in hex, floats with their bits.
+
+    Byte-shuffled bins are shown one plane per line, then the values they hold.
+    """
+
+    def number(value: Value, kind: str) -> str:
+        if not isinstance(value, float):
+            return repr(value)
+        if kind == "f4":
+            return f"{value!r} (f4 0x{struct.pack('>f', value).hex()})"
+        return f"{value!r} (0x{bits(value)[::-1].hex()})"
+
+    def planes(blob: bytes, kind: str, delta: bool, indent: str) -> Iterator[str]:
+        width = 4 if kind == "f4" else 8
+        n = len(blob) // width
+        how = f"{n} {kind}, byte-shuffled" + (", delta-coded" if delta else "")
+        yield f"{indent}bin of {len(blob)}: {how}"
+        for k in range(width):
+            plane = blob[k * n : (k + 1) * n]
+            for i in range(0, max(n, 1), 16):
+                label = f"byte {k}:" if i == 0 else "       "
+                yield f"{indent}  {label} {plane[i : i + 16].hex(' ')}".rstrip()
+        yield f"{indent}  holding:"
+        for item in unshuffle(blob, width, delta):
+            yield f"{indent}    {number(as_number(item, kind), kind)}"
 
     def show(obj: Any, indent: str, role: str = "") -> Iterator[str]:
         if isinstance(obj, dict):
             if not obj:
                 yield f"{indent}(empty map)"
             for key, value in obj.items():
-                # The values of str and obj columns are a msgpack array in a bin;
-                # a digest is an array whose fields have names.
+                # Numbers sit byte-shuffled in bins; the values of str and obj
+                # columns are a msgpack array in a bin; a digest is an array
+                # whose fields have names.
                 inner = ""
-                if key == "values" and obj.get("kind") in ("str", "obj"):
+                if key == "steps" and isinstance(value, bytes):
+                    inner = "i8 delta"
+                elif key == "times":
+                    inner = "f8 delta"
+                elif key == "values" and obj.get("kind") in ("f8", "f4", "i8"):
+                    inner = obj["kind"] + (" delta" if obj.get("delta") else "")
+                elif key == "values" and obj.get("kind") in ("str", "obj"):
                     inner = "nested"
                 elif key == "digest" or role == "digests":
                     inner = "digest"
@@ -680,6 +1025,9 @@ def describe(data: bytes) -> str:
                 label = f"{DIGEST_FIELDS[i]}: " if role == "digest" else ""
                 for line in show(item, indent + "  "):
                     yield f"{indent}  {label}{line.strip()}"
+        elif isinstance(obj, bytes) and role and role.split()[0] in ("f8", "f4", "i8"):
+            kind, *delta = role.split()
+            yield from planes(obj, kind, bool(delta), indent)
         elif isinstance(obj, bytes):
             yield f"{indent}bin of {len(obj)}"
             for i in range(0, len(obj), 16):
@@ -689,7 +1037,7 @@ def describe(data: bytes) -> str:
                 yield f"{indent}  holding:"
                 yield from show(msgpack.unpackb(obj, raw=False), indent + "    ")
         elif isinstance(obj, float):
-            yield f"{indent}{obj!r} (0x{bits(obj)[::-1].hex()})"
+            yield f"{indent}{number(obj, 'f8')}"
         else:
             yield f"{indent}{obj!r}"
 
@@ -773,12 +1121,21 @@ def test_newer_minor_version_is_read_and_unknown_fields_ignored(valid: bytes) ->
 
 
 @pytest.mark.parametrize(
-    "version", [[0, 9], [1], [1, 0, 0], [1, -1], ["1", 0], [1.0, 0], None, "1.0"]
+    "version", [[0, 9], [2], [2, 0, 0], [2, -1], ["2", 0], [2.0, 0], None, "2.0"]
 )
 def test_malformed_versions_are_refused(valid: bytes, version: Any) -> None:
     doc = document(valid)
     doc["gitruns.chunk"] = version
     refused(pack(doc))
+
+
+def test_the_development_version_1_is_refused_as_older(valid: bytes) -> None:
+    # 1.0 stored plain arrays where 2.0 stores shuffled ones: read as 2.0, its
+    # bytes would be wrong numbers, so it is refused, never guessed at.
+    doc = document(valid)
+    doc["gitruns.chunk"] = [1, 0]
+    exc = refused(pack(doc))
+    assert "1.0 is older than any released gitruns wrote" in str(exc)
 
 
 def test_version_entry_must_come_first(valid: bytes) -> None:
@@ -808,7 +1165,7 @@ def test_not_bytes_and_oversize_are_refused() -> None:
 WRONG = [None, True, -1, 2**64 - 1, 1.5, "x", b"x", [], {}, [1, 2], {"a": 1}]
 
 TOP_FIELDS = ["window", "start", "steps", "times", "columns", "prefix"]
-COLUMN_FIELDS = ["kind", "present", "values", "digest"]
+COLUMN_FIELDS = ["kind", "present", "delta", "values", "digest"]
 DIGEST_FIELDS = [
     "count", "first", "last", "first_step", "last_step",
     "min", "max", "sum", "numeric_count",
@@ -836,6 +1193,8 @@ def test_wrong_types_in_column_fields_are_refused(valid: bytes, field: str) -> N
             col = doc["columns"][column]
             if field == "present" and "present" not in col and wrong is None:
                 continue  # absent is how a dense column says it
+            if field == "delta" and wrong is True and col["kind"] in ("f8", "i8"):
+                continue  # valid: see test_delta_flag_changes_what_the_bytes_mean
             col[field] = wrong
             refused(pack(doc))
 
@@ -867,10 +1226,17 @@ def test_wrong_types_in_digests_are_refused(valid: bytes, field: str) -> None:
         (("start",), -10),
         (("start",), 2**63 - 10),  # window passes the int64 range
         (("steps",), b"\x00" * 7),
-        (("steps",), struct.pack("<5q", 0, 2, 2, 7, 9)),  # not increasing
-        (("steps",), struct.pack("<5q", 0, 2, 3, 7, 10)),  # outside the window
+        (("steps",), steps_bin([0, 2, 2, 7, 9])),  # not increasing
+        (("steps",), steps_bin([0, 2, 3, 7, 10])),  # outside the window
+        (("steps",), steps_bin([0, 2, 3, 7])),  # 4 steps for 5 times
+        (("steps",), 6),  # contiguous from 6: 6..10 passes the window
+        (("steps",), -1),
+        (("columns", "acc", "kind"), "f4"),  # 16 bytes are 4 float32, not 2
+        (("columns", "best", "delta"), True),  # only numbers are delta-coded
+        (("columns", "note", "delta"), True),
+        (("columns", "acc", "delta"), 1),
+        (("columns", "acc", "delta"), "yes"),
         (("times",), b"\x00" * 32),
-        (("columns", "acc", "kind"), "f4"),
         (("columns", "acc", "kind"), "i8"),  # kind no longer matches the digest
         (("columns", "acc", "present"), b"\x0a\x01"),  # bits past the rows
         (("columns", "acc", "present"), b"\x1f"),  # all rows: should be absent
@@ -891,8 +1257,9 @@ def test_wrong_types_in_digests_are_refused(valid: bytes, field: str) -> None:
         (("columns", "acc", "digest", "count"), 0),
         (("columns", "acc", "digest", "first_step"), 1),
         (("columns", "acc", "digest", "last_step"), 2),
-        (("columns", "acc", "digest", "first"), 0.5),
-        (("columns", "acc", "digest", "last"), -5e-324),
+        (("columns", "acc", "digest", "first"), 1),  # an int for a float column
+        (("columns", "tokens", "digest", "last"), 1.0),
+        (("columns", "note", "digest", "first"), None),
         (("columns", "tokens", "digest", "numeric_count"), 4),
         (("columns", "note", "digest", "numeric_count"), 1),
         (("columns", "acc", "digest", "numeric_count"), 3),
@@ -914,6 +1281,34 @@ def test_inconsistent_fields_are_refused(
     else:
         target[path[-1]] = value
     refused(pack(doc))
+
+
+@pytest.mark.parametrize(
+    ("column", "field", "value"),
+    [
+        ("acc", "first", 0.5),
+        ("acc", "last", -5e-324),  # the sign of a float's bits counts
+        ("acc", "max", 0.5),
+        ("acc", "sum", 1.25),
+        ("tokens", "first", 0),
+        ("tokens", "min", -1.0),
+        ("best", "last", False),
+        ("note", "last", "✓ ko"),
+        ("mixed", "first", 1),
+        ("mixed", "numeric_count", 1),
+    ],
+)
+def test_digests_that_disagree_with_the_values_are_refused_by_verify(
+    valid: bytes, column: str, field: str, value: Any
+) -> None:
+    doc = document(valid)
+    doc["columns"][column]["digest"][DIGEST_INDEX[field]] = value
+    exc = refused(pack(doc), verify=True)
+    assert field in str(exc) or "first/last" in str(exc)
+    # Without verify, a stored column digest is never used: the chunk's
+    # digests come from its values.
+    chunk = decode_chunk(pack(doc), source=SOURCE)
+    assert_digest(chunk.digests()[column], decode_chunk(valid).digests()[column])
 
 
 @pytest.mark.parametrize(
@@ -978,7 +1373,7 @@ def test_huge_declared_lengths_allocate_nothing(
         doc["window"] = b"@@HOLE@@"
         data = splice(doc, raw)
     elif where == "value":
-        data = splice({"gitruns.chunk": [1, 0], "steps": b"@@HOLE@@"}, raw)
+        data = splice({"gitruns.chunk": [FORMAT_MAJOR, 0], "steps": b"@@HOLE@@"}, raw)
     else:  # inside the nested array of a str column
         doc["columns"]["note"]["values"] = b"\x92\xa1a" + raw
         data = pack(doc)
@@ -1000,7 +1395,9 @@ def test_deep_nesting_is_refused(valid: bytes, unit: bytes) -> None:
     tracemalloc.start()
     try:
         refused(deep)
-        refused(splice({"gitruns.chunk": [1, 0], "prefix": b"@@HOLE@@"}, deep))
+        refused(
+            splice({"gitruns.chunk": [FORMAT_MAJOR, 0], "prefix": b"@@HOLE@@"}, deep)
+        )
         doc = document(valid)
         doc["columns"]["mixed"]["values"] = b"\x94" + deep
         refused(pack(doc))
@@ -1016,7 +1413,7 @@ def test_many_small_containers_are_refused_before_memory_grows() -> None:
     entry = b"\xdc\x00\x40" + b"\x80" * 64  # an array of 64 empty maps
     body = b"\xde" + struct.pack(">H", 8000)
     body += b"".join(b"\xa5" + f"k{i:04d}".encode() + entry for i in range(8000))
-    data = splice({"gitruns.chunk": [1, 0], "x": b"@@HOLE@@"}, body)
+    data = splice({"gitruns.chunk": [FORMAT_MAJOR, 0], "x": b"@@HOLE@@"}, body)
     tracemalloc.start()
     try:
         exc = refused(data)
