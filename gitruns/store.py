@@ -418,24 +418,28 @@ class RunStore:
             raise AmbiguousRunError(run_id, [m.path for m in matches])
         return matches[0]
 
-    def update_ref(self, run: RunRef, old: Sha | None, new: Sha, message: str) -> bool:
+    def update_ref(
+        self, run: RunRef, old: Sha | None, new: Sha, message: str | None
+    ) -> bool:
         """Move the run's branch from ``old`` to ``new`` if nobody moved it.
+
+        Args:
+            message: the reflog entry; None writes none (window commits).
 
         Returns:
             False when the branch is no longer at ``old`` (compare-and-swap lost).
         """
+        reflog = None if message is None else message.encode()
         with mapped_errors(f"updating {run.branch}"):
             for attempt in range(50):
                 try:
                     if old is None:
                         return bool(
-                            self.repo.refs.add_if_new(
-                                Ref(run.ref), new, message=message.encode()
-                            )
+                            self.repo.refs.add_if_new(Ref(run.ref), new, message=reflog)
                         )
                     return bool(
                         self.repo.refs.set_if_equals(
-                            Ref(run.ref), old, new, message=message.encode()
+                            Ref(run.ref), old, new, message=reflog
                         )
                     )
                 except (FileExistsError, FileLocked):
