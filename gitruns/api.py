@@ -498,7 +498,13 @@ def _test(op: str, found: bool, value: Any, arg: Any) -> bool:
             raise InvalidArgumentError("filters", arg, "$in takes a list")
         return any(_equal(c, a) for c in candidates for a in arg)
     if op == "$regex":
-        return any(isinstance(c, str) and re.search(str(arg), c) for c in candidates)
+        try:
+            pattern = re.compile(str(arg))
+        except re.error as exc:
+            raise InvalidArgumentError(
+                "filters", arg, f"not a valid regular expression ({exc})"
+            ) from None
+        return any(isinstance(c, str) and pattern.search(c) for c in candidates)
     return any(_compare(op, c, arg) for c in candidates)
 
 

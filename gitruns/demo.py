@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 import gitruns
+from gitruns.errors import GitRunsError
 from gitruns.run import Run
 
 
@@ -36,7 +37,7 @@ def load_digits_split(seed: int = 0) -> Data:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise SystemExit(
+        raise GitRunsError(
             "the demo needs scikit-learn for its bundled data set: "
             "pip install 'gitruns[demo]'"
         ) from None

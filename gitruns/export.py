@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from typing import Literal, TextIO
 
 from gitruns.chunk import Value
-from gitruns.errors import MetricNotFoundError
+from gitruns.errors import InvalidArgumentError, MetricNotFoundError
 from gitruns.reader import RunView
 
 logger = logging.getLogger(__name__)
@@ -182,4 +182,4 @@ def export_history(
         return write_csv(view, out, keys, min_step, max_step)
     if fmt == "jsonl":
         return write_jsonl(view, out, keys, min_step, max_step)
-    raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    raise InvalidArgumentError("format", fmt, f"use one of {', '.join(FORMATS)}")

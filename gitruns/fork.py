@@ -18,6 +18,7 @@ from gitruns.errors import (
     InvalidNameError,
     RepositoryError,
     RunExistsError,
+    RunNotFoundError,
 )
 from gitruns.readme import render_readme
 from gitruns.refs import RunRef, Sha
@@ -259,7 +260,8 @@ def fork_run(
     if store.tip(new) is not None:
         raise RunExistsError(new.path)
     tip_sha = store.tip(source)
-    assert tip_sha is not None
+    if tip_sha is None:
+        raise RunNotFoundError(source.path, str(store.git_dir))
     tip = store.read_snapshot(tip_sha)
     step = step_of(store, source, tip, key, text, spec)
     parent = holding_commit(store, source, tip, step)
@@ -298,7 +300,8 @@ def rewind_run(store: RunStore, run: RunRef, spec: str, key: str, text: str) -> 
     branch's own history, and the branch only moves forward.
     """
     tip_sha = store.tip(run)
-    assert tip_sha is not None
+    if tip_sha is None:
+        raise RunNotFoundError(run.path, str(store.git_dir))
     tip = store.read_snapshot(tip_sha)
     step = step_of(store, run, tip, key, text, spec)
     if step == tip.last_step:

@@ -17,7 +17,7 @@ from dulwich.refs import Ref
 from dulwich.repo import BaseRepo, Repo
 
 from gitruns.chunk import MAX_CHUNK_BYTES, Chunk, decode_chunk
-from gitruns.errors import ChunkFormatError, GitRunsError
+from gitruns.errors import ChunkFormatError, GitRunsError, InvalidArgumentError
 from gitruns.refs import RUNS_PREFIX, RunRef, Sha
 from gitruns.store import CHUNK_SUFFIX, HISTORY, RUN_JSON, TREE_MODE, chunk_dirs
 
@@ -833,7 +833,7 @@ def hook_script(
             it beside the script, as in the source tree's ``hooks/``.
     """
     if kind not in HOOKS:
-        raise ValueError(f"unknown hook {kind!r}")
+        raise InvalidArgumentError("hook", kind, f"use one of {', '.join(HOOKS)}")
     return _SCRIPT.format(
         python=python or "/usr/bin/env python3",
         kind=kind,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from gitruns.errors import MetricNotFoundError
+from gitruns.errors import InvalidArgumentError, MetricNotFoundError
 from gitruns.lineage import Edge, ancestors, descendants, fork_edges
 from gitruns.reader import RunView
 from gitruns.refs import RunRef
@@ -482,13 +482,15 @@ def image_format(path: Path, fmt: str | None = None) -> str:
     """The image format of ``path`` (by its suffix) or ``fmt``.
 
     Raises:
-        ValueError: a format :func:`save_figure` does not write.
+        InvalidArgumentError: a format :func:`save_figure` does not write.
     """
     chosen = (fmt or path.suffix.lstrip(".")).lower()
     if chosen not in IMAGE_FORMATS:
-        raise ValueError(
-            f"cannot tell the image format of {path.name!r}; end the name in "
-            f"{', '.join('.' + f for f in IMAGE_FORMATS)}"
+        raise InvalidArgumentError(
+            "output",
+            path.name,
+            "cannot tell the image format; end the name in "
+            f"{', '.join('.' + f for f in IMAGE_FORMATS)}",
         )
     return chosen
 

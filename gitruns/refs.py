@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
+
 from dulwich.objects import ObjectID
 
 from gitruns.errors import InvalidNameError

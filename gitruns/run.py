@@ -67,6 +67,7 @@ WRITER_SETTINGS = {
     "flush_interval": float,
     "fsync": str,
     "background": bool,
+    "float32": bool,
 }
 
 #: ``mode=`` values; W&B's old names map onto them.
@@ -115,9 +116,10 @@ class Settings:
     """Settings for :func:`init`, in the place of ``wandb.Settings``.
 
     gitruns reads ``mode``, ``reinit``, ``save_code`` and the writer settings
-    (``window``, ``flush_interval``, ``fsync``, ``background``). Every other
-    keyword (W&B has many: ``start_method``, ``console``, ``silent``...) is
-    accepted, kept, and reported once at DEBUG when a run starts with it.
+    (``window``, ``flush_interval``, ``fsync``, ``background``, ``float32``).
+    Every other keyword (W&B has many: ``start_method``, ``console``,
+    ``silent``...) is accepted, kept, and reported once at DEBUG when a run
+    starts with it.
 
     Args:
         **values: setting name -> value.
@@ -169,7 +171,21 @@ def _env_setting(name: str) -> Any:
     kind = WRITER_SETTINGS[name]
     if kind is bool:
         return text.lower() not in ("0", "false", "no", "")
-    return kind(text)
+    try:
+        return kind(text)
+    except ValueError:
+        raise InvalidArgumentError(
+            f"GITRUNS_{name.upper()}", text, f"must be a {kind.__name__}"
+        ) from None
+
+
+def _writer_options(options: dict[str, Any]) -> WriterOptions:
+    # The writer checks its settings; a refusal names the argument.
+    try:
+        return WriterOptions(**options)
+    except ValueError as exc:
+        name = str(exc).split(" ", 1)[0]
+        raise InvalidArgumentError(name, options.get(name), str(exc)) from None
 
 
 def _mode(value: Any) -> str:
@@ -1485,7 +1501,8 @@ def init(
         monitor_gym: accepted and ignored, with a warning.
         magic: accepted for W&B scripts; ignored.
         force: accepted for W&B scripts; ignored.
-        **writer_settings: window, flush_interval, fsync, background.
+        **writer_settings: window, flush_interval, fsync, background, float32
+            (store float metrics as float32: half the bytes, rounded values).
 
     Raises:
         GitRunsError: subclasses name what was wrong and what to do.
@@ -1573,7 +1590,7 @@ def init(
         job_type=job_type,
         source=source,
         save_code=save_code,
-        options=WriterOptions(**options),
+        options=_writer_options(options),
         mode=mode,
         allow_val_change=bool(allow_val_change),
     )
@@ -1721,6 +1738,7 @@ def _new_info(
         "created": now,
         "updated": now,
         "window": options.window,
+        **({} if options.float32 is None else {"float32": options.float32}),
         "host": socket.gethostname(),
         "code": None,
         "fork_from": None,

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gitruns.chunk import Digest
-from gitruns.errors import InvalidValueError
+from gitruns.errors import InvalidArgumentError, RepositoryError
 
 SUMMARY_MODES = ("last", "first", "min", "max", "mean", "none")
 
@@ -33,19 +33,19 @@ def summary_modes(summary: str | None, goal: str | None = None) -> str | None:
     ``"best"`` becomes ``"min"`` or ``"max"`` by ``goal``, as W&B reads it.
 
     Raises:
-        InvalidValueError: for an unknown mode, or ``best`` without a goal.
+        InvalidArgumentError: for an unknown mode, or ``best`` without a goal.
     """
     if summary is None:
         return None
     if goal is not None and goal not in _BEST:
-        raise InvalidValueError(
+        raise InvalidArgumentError(
             "goal", goal, "use 'minimize' or 'maximize' (or leave it out)"
         )
     modes = []
     for mode in str(summary).replace(" ", "").split(","):
         if mode == "best":
             if goal is None:
-                raise InvalidValueError(
+                raise InvalidArgumentError(
                     "summary",
                     summary,
                     "'best' needs goal='minimize' or goal='maximize'; "
@@ -53,7 +53,7 @@ def summary_modes(summary: str | None, goal: str | None = None) -> str | None:
                 )
             mode = _BEST[goal]
         if mode not in SUMMARY_MODES:
-            raise InvalidValueError(
+            raise InvalidArgumentError(
                 "summary", summary, f"use some of {', '.join(SUMMARY_MODES)}"
             )
         if mode not in modes:
@@ -98,7 +98,9 @@ def aggregate(digest: Digest, mode: str) -> Any:
         return digest.max
     if mode == "mean":
         return digest.mean()
-    raise ValueError(f"unknown summary mode {mode!r}; use one of {SUMMARY_MODES}")
+    raise RepositoryError(
+        f"unknown summary mode {mode!r} in run.json; use one of {SUMMARY_MODES}"
+    )
 
 
 def visible(
