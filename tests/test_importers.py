@@ -914,3 +914,18 @@ def test_sparse_tensorboard_steps_fit_a_window(repo: Path) -> None:
     (view,) = gitruns.Api(repo).runs()
     assert view.info["window"] <= 1_000_000
     assert view.last_step == 10240
+
+
+def test_importing_inside_a_training_script_keeps_its_current_run(
+    repo: Path,
+) -> None:
+    from gitruns.importers import import_runs
+
+    run = gitruns.init(project="train", id="live", repo=repo)
+    import_runs("hf-trainer", [REAL_RUNS / "hf-whisper-large-v2-ja"], repo=repo)
+    assert gitruns.run is run
+    gitruns.log({"loss": 0.5})
+    run.finish()
+    assert [r["loss"] for r in gitruns.Api(repo).run("train/live").scan_history()] == [
+        0.5
+    ]

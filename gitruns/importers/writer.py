@@ -178,6 +178,8 @@ def _write(
         window=_window(run),
         background=False,
         flush_interval=math.inf,
+        # An import inside a training script must not replace its current run.
+        reinit="create_new",
     )
     try:
         for definition in run.metric_defs:
