@@ -12,7 +12,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,7 +313,6 @@ class Snapshot:
     summary: dict[str, Any]
     history: History
     extra: dict[bytes, tuple[int, Sha]] = field(default_factory=dict)
-    parents: list[Sha] = field(default_factory=list)
 
     @property
     def last_step(self) -> int | None:
@@ -513,7 +512,6 @@ class RunStore:
                 summary=json_file(SUMMARY_JSON, {}),
                 history=History.load(self.repo, history_id, window),
                 extra={k: v for k, v in entries.items() if k not in RESERVED_NAMES},
-                parents=[Sha(p) for p in commit.parents],
             )
 
     def read_json(self, commit_id: Sha, name: bytes) -> Any:
@@ -695,14 +693,3 @@ def _write_loose(objects: Any, obj: Blob | Tree | Commit) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
-def trailers(message: bytes) -> Mapping[str, str]:
-    """The ``Key: value`` trailers of a commit message's last paragraph."""
-    last = message.decode(errors="replace").rstrip().split("\n\n")[-1]
-    found: dict[str, str] = {}
-    for line in last.splitlines():
-        key, sep, value = line.partition(": ")
-        if sep and key.startswith("Gitruns-"):
-            found[key] = value.strip()
-    return found

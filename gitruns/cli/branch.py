@@ -60,10 +60,8 @@ def fork_command(
             config[k] = json.loads(v)
         except ValueError:
             config[k] = v
-    window = store.read_snapshot(store.tip(source)).window  # type: ignore[arg-type]
-    info = _new_info(
-        new, name, None, None, None, None, None, WriterOptions(window=window), None
-    )
+    # fork_run gives the fork its source's window, whatever the options say.
+    info = _new_info(new, name, None, None, None, None, None, WriterOptions(), None)
     info["state"] = "finished"
     fork_run(store, source, spec, key, value, new, info, config)
     click.echo(f"forked {source.path} at {key}={value} into {new.path}")

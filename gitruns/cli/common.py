@@ -12,7 +12,6 @@ import click
 
 from gitruns.errors import GitRunsError
 from gitruns.run import open_store
-from gitruns.store import RunStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -110,4 +109,13 @@ def echo_mapping(title: str, mapping: Mapping[str, Any]) -> None:
         click.echo(f"  {key.ljust(width)}  {fmt(mapping[key])}")
 
 
-__all__ = ["GitRunsGroup", "RunStore", "dumps", "echo_mapping", "echo_table", "fmt"]
+__all__ = [
+    "GitRunsGroup",
+    "dumps",
+    "echo_mapping",
+    "echo_table",
+    "fmt",
+    "json_option",
+    "repo_option",
+    "with_store",
+]
