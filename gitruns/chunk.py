@@ -688,7 +688,10 @@ def _unpack_numbers(
     if delta:
         np.add.accumulate(items, out=items)
     if kind == "f4":
-        return _frozen(out.astype(np.float64))
+        # Widening is exact; a signalling NaN becomes quiet, which numpy
+        # would otherwise report as an invalid cast.
+        with np.errstate(invalid="ignore"):
+            return _frozen(out.astype(np.float64))
     return _frozen(out if out.dtype.isnative else out.astype(_NATIVE[kind]))
 
 
