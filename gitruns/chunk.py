@@ -936,7 +936,27 @@ def _unpack_document(data: bytes, magic: str, source: str) -> dict[str, Any]:
 _VERSION_ENTRY_BYTES = 128
 
 
+# What every document of this major version starts with, after its fixmap
+# header: the magic key, then a fixarray of 2 and the major as a fixint.
+_CURRENT_HEAD = {
+    magic: msgpack.packb(magic) + bytes([0x92, FORMAT_MAJOR])
+    for magic in (_MAGIC, _DIGESTS_MAGIC)
+}
+
+
 def _check_version(data: bytes, magic: str, source: str) -> None:
+    # The common case, a document of this major version whose minor is a
+    # fixint, is told by its bytes; the Unpacker below reads anything else.
+    head = _CURRENT_HEAD[magic]
+    minor_at = 1 + len(head)
+    if (
+        len(data) > minor_at + 1
+        and 0x80 <= data[0] <= 0x8F
+        and data[minor_at] < 0x80
+        and data[1:minor_at] == head
+    ):
+        return
+
     # The version is read on its own first, so a newer major version is
     # reported as such even if the rest uses a layout this reader rejects.
     unpacker = msgpack.Unpacker(

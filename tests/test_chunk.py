@@ -1124,6 +1124,23 @@ def test_newer_minor_version_is_read_and_unknown_fields_ignored(valid: bytes) ->
     ]
 
 
+@pytest.mark.parametrize("minor", [0, 1, 127, 128, 2**16, 2**40])
+@pytest.mark.parametrize("wide", [False, True])
+def test_any_minor_version_is_read_however_it_is_packed(
+    valid: bytes, minor: int, wide: bool
+) -> None:
+    # The usual head is recognised by its bytes; anything else (a wide int,
+    # a map 16 header) goes through the msgpack reader, with the same answer.
+    doc = document(valid)
+    doc["gitruns.chunk"] = [FORMAT_MAJOR, minor]
+    data = pack(doc)
+    if wide:
+        data = b"\xde" + struct.pack(">H", len(doc)) + data[1:]
+        major = msgpack.packb(FORMAT_MAJOR)
+        data = data.replace(b"\x92" + major, b"\x92\xcc" + major, 1)
+    assert decode_chunk(data).steps.tolist() == [0, 2, 3, 7, 9]
+
+
 @pytest.mark.parametrize(
     "version", [[0, 9], [2], [2, 0, 0], [2, -1], ["2", 0], [2.0, 0], None, "2.0"]
 )
