@@ -643,6 +643,15 @@ def test_contiguous_steps_are_stored_as_the_first_step() -> None:
     assert empty["steps"] == b"" and empty["times"] == b""
 
 
+@pytest.mark.parametrize("offsets", [[0, 1, 2, 3, 4, 5, 6, 7], [0, 3, 7], [7]])
+def test_steps_at_the_top_of_int64_round_trip(offsets: list[int]) -> None:
+    start = INT64_MAX - 7  # the last window of 8 steps there is
+    steps = [start + o for o in offsets]
+    n = len(steps)
+    chunk = build_chunk(8, start, steps, [0.0] * n, {"m": (range(n), [1] * n)})
+    assert decode_chunk(encode_chunk(chunk), verify=True).steps.tolist() == steps
+
+
 def test_a_bin_of_contiguous_steps_is_read_too() -> None:
     doc = document((GOLDEN / "dense_f8.msgpack").read_bytes())
     doc["steps"] = steps_bin([8, 9, 10, 11])
