@@ -1,12 +1,20 @@
-"""Buffering log() calls into windows of steps and committing one segment each.
+"""Buffering log() calls into windows of steps and committing them in groups.
 
-The caller's thread only validates, journals and appends to a columnar
-buffer. A buffer holds the rows of one window; it is handed to a committer
-thread when the window fills, when the flush interval has passed, and on
-finish. The committer encodes the segment, writes its blob, trees and commit,
-moves the branch by compare-and-swap and then deletes the journal file that
-held those rows. A window flushed in several parts is stored as several
-segment files, so no byte already committed is written again.
+The caller's thread only validates, journals and appends each finished row to
+the buffer of its window. A buffer is handed to a committer thread when the
+window fills, when the flush interval has passed, and on finish. The committer
+takes every buffer queued by then and writes them in one commit: one segment
+blob each, one tree, one commit and one compare-and-swap of the branch; then it
+deletes the journal files that held those rows. A window flushed in several
+parts is stored as several segment files, so no byte already committed is
+written again.
+
+Rows are kept whole in the caller's thread; the committer turns them into
+columns, a run of rows with the same keys at a time, with C-level transposes.
+The committer may fall :data:`MAX_BACKLOG` buffers behind before log() waits
+for it: the caller never waits while committing keeps up, and memory stays
+bounded when it does not (a group commit catches up, since its cost per
+buffer is small).
 
 The journal is the source of truth until a commit lands: a commit that fails
 (a full disk) is retried from it at the next hand-off, a run that crashed is
@@ -17,15 +25,21 @@ the next writer of a killed run commits what it holds (:meth:`RunWriter.recover`
 from __future__ import annotations
 
 import contextlib
+import inspect
+import itertools
 import logging
 import os
 import queue
 import threading
 import time
+import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from gitruns.chunk import (
     MAX_CHUNK_BYTES,
@@ -33,6 +47,8 @@ from gitruns.chunk import (
     MAX_ROWS,
     Chunk,
     Digest,
+    RowsLike,
+    ValuesLike,
     build_chunk,
     decode_chunk,
     encode_chunk,
@@ -45,10 +61,10 @@ from gitruns.errors import (
     RunNotFoundError,
     StepOrderError,
 )
-from gitruns.journal import Journal, RunLock
+from gitruns.journal import Journal, JournalFile, RunLock
 from gitruns.readme import render_readme
 from gitruns.refs import RunRef, Sha
-from gitruns.store import RunStore, Snapshot, chunk_path
+from gitruns.store import RUN_JSON, RunStore, Snapshot, chunk_path
 from gitruns.summary import summarize
 from gitruns.values import INT64_MAX, Value, unencodable
 
@@ -67,6 +83,19 @@ SEGMENT_METRICS = MAX_METRICS // 2
 #: The most one log() call may hold, journaled (the rest of a chunk's room).
 MAX_CALL_BYTES = MAX_CHUNK_BYTES // 4
 
+#: Buffers handed off but not yet taken by the committer, past which log()
+#: waits. The committer takes them all at once, so rows in memory stay below
+#: twice this many windows whatever the length of the run.
+MAX_BACKLOG = 8
+
+#: Whether the chunk codec can store float columns as float32.
+CODEC_FLOAT32 = "float32" in inspect.signature(build_chunk).parameters
+
+_FLOAT = frozenset({float})
+
+# Writers of this process; a forked child must not write into their journals.
+_live_writers: weakref.WeakSet[RunWriter] = weakref.WeakSet()
+
 
 def now_iso(ts: float | None = None) -> str:
     """A UTC ISO-8601 time stamp, to the second."""
@@ -84,15 +113,19 @@ class WriterOptions:
             though their window is not full.
         fsync: ``never`` (what log() accepted survives a process crash),
             ``commit`` (also fsync each commit's objects: committed steps
-            survive a power loss) or ``always`` (also fsync the journal at
+            survive a power loss) or ``always`` (also sync the journal at
             every log() call: every accepted step survives a power loss).
         background: commit on a thread of its own rather than in log().
+        float32: store float metrics as float32 (half the bytes; each value
+            rounded to the nearest float32). None keeps the run's own choice:
+            what its run.json says, else its fork source's, else float64.
     """
 
     window: int = 1000
     flush_interval: float = 30.0
     fsync: str = "never"
     background: bool = True
+    float32: bool | None = None
 
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_MODES:
@@ -101,33 +134,91 @@ class WriterOptions:
             raise ValueError(
                 f"window must be an int in 1..{MAX_ROWS}, not {self.window!r}"
             )
+        if self.float32 is not None and not isinstance(self.float32, bool):
+            raise ValueError(f"float32 must be True or False, not {self.float32!r}")
 
 
 class Buffer:
-    """The rows of one window, column by column."""
+    """The finished rows of one window (or of a part of one), row by row.
 
-    __slots__ = ("steps", "times", "metrics", "window_index")
+    Attributes:
+        start: the window's first step, a multiple of the window size.
+        end: the first step past the window.
+        width: keys over all rows, a bound on the distinct metrics.
+        width_limit: the width at which the distinct metrics are counted again.
+    """
+
+    __slots__ = ("steps", "times", "rows", "start", "end", "width", "width_limit")
 
     def __init__(self) -> None:
         self.steps: list[int] = []
         self.times: list[float] = []
-        self.metrics: dict[str, tuple[list[int], list[Value]]] = {}
-        self.window_index = -1
+        self.rows: list[dict[str, Value]] = []
+        self.start = self.end = 0
+        self.width = 0
+        self.width_limit = SEGMENT_METRICS
 
     def add(self, step: int, when: float, row: dict[str, Value], window: int) -> None:
-        """Append one finished row."""
-        index = len(self.steps)
-        if not index:
-            self.window_index = step // window
+        """Append one finished row (off the hot path, which inlines this)."""
+        if not self.steps:
+            self.start = step - step % window
+            self.end = self.start + window
         self.steps.append(step)
         self.times.append(when)
-        metrics = self.metrics
-        for key, value in row.items():
-            column = metrics.get(key)
-            if column is None:
-                column = metrics[key] = ([], [])
-            column[0].append(index)
-            column[1].append(value)
+        self.rows.append(row)
+        self.width += len(row)
+
+    def too_wide(self) -> bool:
+        """Whether the rows hold :data:`SEGMENT_METRICS` distinct metrics."""
+        distinct = len(set().union(*self.rows))
+        # No row can add more new metrics than it has keys: count again only
+        # once the rows could have reached the bound.
+        self.width_limit = self.width + SEGMENT_METRICS - distinct
+        return distinct >= SEGMENT_METRICS
+
+    def columns(self) -> dict[str, tuple[RowsLike, ValuesLike]]:
+        """Metric name -> (row indices, values), as build_chunk takes them.
+
+        Consecutive rows with the same keys (most rows of a training loop)
+        are transposed in one go, with no Python work per value.
+        """
+        rows = self.rows
+        parts: dict[str, list[tuple[range, ValuesLike]]] = {}
+        first = 0
+        for keys, group in itertools.groupby(map(tuple, rows)):
+            stop = first + len(list(group))
+            if keys:
+                indices = range(first, stop)
+                block = _transposed(rows[first:stop], len(keys))
+                for key, values in zip(keys, block, strict=True):
+                    parts.setdefault(key, []).append((indices, values))
+            first = stop
+        return {key: _joined(pieces) for key, pieces in parts.items()}
+
+
+def _transposed(block: list[dict[str, Value]], width: int) -> Iterable[ValuesLike]:
+    """The columns of rows that have the same keys, in the order of the keys."""
+    flat = list(itertools.chain.from_iterable(map(dict.values, block)))
+    if _FLOAT.issuperset(map(type, flat)):
+        # All floats: typed arrays already, so the codec need not scan them.
+        table = np.array(flat, dtype=np.float64).reshape(len(block), width)
+        return list(np.ascontiguousarray(table.T))
+    return zip(*map(dict.values, block), strict=True)
+
+
+def _joined(pieces: list[tuple[range, ValuesLike]]) -> tuple[RowsLike, ValuesLike]:
+    """One metric's pieces, from runs of rows with different keys, as one column."""
+    if len(pieces) == 1:
+        indices, values = pieces[0]
+        return np.arange(indices.start, indices.stop), values
+    rows = np.concatenate([np.arange(r.start, r.stop) for r, _ in pieces])
+    if all(isinstance(values, np.ndarray) for _, values in pieces):
+        return rows, np.concatenate([values for _, values in pieces])
+    return rows, [
+        value
+        for _, values in pieces
+        for value in (values.tolist() if isinstance(values, np.ndarray) else values)
+    ]
 
 
 @dataclass
@@ -141,6 +232,7 @@ class Job:
         state: the run's new state, if it changes.
         upto: the newest journal file handed off with or before this job; a
             retry after a failed commit replays the journal up to it.
+        handle: the journal file, still mapped, for the committer to close.
     """
 
     buffer: Buffer
@@ -148,6 +240,7 @@ class Job:
     meta: dict[str, Any] | None = None
     state: str | None = None
     upto: Path | None = None
+    handle: JournalFile | None = None
 
 
 class RunWriter:
@@ -171,8 +264,20 @@ class RunWriter:
             fsync=options.fsync == "always",
         )
         self._pack = self._journal.pack
+        self._write = self._journal.write
         if options.fsync != "never":
             store.repo.object_store.fsync_object_files = True
+        self.float32 = (
+            _float32_of(store, snapshot.info)
+            if options.float32 is None
+            else options.float32
+        )
+        if self.float32 and not CODEC_FLOAT32:
+            logger.warning(
+                "run %s: this gitruns cannot store float32 yet; floats are "
+                "stored as float64",
+                run.path,
+            )
 
         # Committed state; after start() only the committer thread changes it.
         self._snapshot = snapshot
@@ -189,10 +294,11 @@ class RunWriter:
         self._handed_off: Path | None = None
 
         self._error: BaseException | None = None
-        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._queue: queue.Queue[Job | None] = queue.Queue(MAX_BACKLOG)
         self._thread: threading.Thread | None = None
         self._closed = False
         self._pid = os.getpid()
+        _live_writers.add(self)
 
     # -- opening ------------------------------------------------------------
 
@@ -308,14 +414,15 @@ class RunWriter:
                 rows[step] = (record.when, dict(record.data))
         journaled_meta.update(meta or {})
 
-        # One commit per window, the journal retired with the last one.
-        buffer = Buffer()
+        # One segment per window, all in one commit that retires the journal.
+        jobs = [Job(Buffer(), [])]
         for step in sorted(rows):
-            if buffer.steps and step // self.window != buffer.window_index:
-                self._commit(Job(buffer, []))
-                buffer = Buffer()
-            buffer.add(step, rows[step][0], rows[step][1], self.window)
-        self._commit(Job(buffer, files, journaled_meta or None, state))
+            buffer = jobs[-1].buffer
+            if buffer.steps and step >= buffer.end:
+                jobs.append(Job(Buffer(), []))
+            jobs[-1].buffer.add(step, rows[step][0], rows[step][1], self.window)
+        jobs.append(Job(Buffer(), files, journaled_meta or None, state))
+        self._commit(jobs)
         return sorted(rows)
 
     # -- the caller's side --------------------------------------------------
@@ -335,7 +442,8 @@ class RunWriter:
         """Accept one validated row; see DESIGN.md §5 for step and commit.
 
         The row is in the journal when this returns, so a crash of the
-        process after that loses none of it.
+        process after that loses none of it. The writer keeps ``row`` itself
+        (clean_row makes a new dict for each call): do not change it after.
 
         Raises:
             StepOrderError: for a step below the current one.
@@ -344,18 +452,18 @@ class RunWriter:
                 read-only repository); the call is then not recorded.
         """
         if self._closed:
-            raise GitRunsError(
-                f"run {self.run.path} is finished; start a new run or resume it"
-            )
+            raise self._closed_error()
         current = self._step
-        ends_step = commit if commit is not None else step is None
         if step is None:
             step = current
-        elif step != current:
-            if step < current:
-                raise StepOrderError(self.run.path, step, current)
-            if step > INT64_MAX:
-                raise InvalidValueError("step", step, "a step must fit in int64")
+            ends_step = True if commit is None else bool(commit)
+        else:
+            ends_step = bool(commit)
+            if step != current:
+                if step < current:
+                    raise StepOrderError(self.run.path, step, current)
+                if step > INT64_MAX:
+                    raise InvalidValueError("step", step, "a step must fit in int64")
         if when is None:
             when = time.time()
         elif type(when) is not float:
@@ -377,56 +485,71 @@ class RunWriter:
             if self._row is not None:
                 self._close_row()
             self._step = step
-        opened = self._row is None
-        if opened:
+        open_row = self._row
+        if open_row is None:
             self._open_row(step, when)
-        try:
-            self._journal.write(record)
-        except GitRunsError:
-            if opened:
-                self._row = None
-            raise
-        self._row.update(row)  # type: ignore[union-attr]
+            self._write(record)
+            self._row = row
+        else:
+            self._write(record)
+            open_row.update(row)
         if ends_step:
             self._close_row()
             self._step = step + 1
 
+    def _closed_error(self) -> GitRunsError:
+        if os.getpid() != self._pid:
+            return GitRunsError(
+                f"run {self.run.path} is written by process {self._pid}, which "
+                "forked this one; log from that process, or start a run here"
+            )
+        return GitRunsError(
+            f"run {self.run.path} is finished; start a new run or resume it"
+        )
+
     def _open_row(self, step: int, when: float) -> None:
         buffer = self._buffer
         if buffer.steps and (
-            step // self.window != buffer.window_index
-            or time.monotonic() - self._last_flush >= self.options.flush_interval
+            step >= buffer.end
             or self._journal.size >= SEGMENT_BYTES
-            or len(buffer.metrics) >= SEGMENT_METRICS
-            or len(buffer.steps) >= MAX_ROWS
+            or time.monotonic() - self._last_flush >= self.options.flush_interval
+            or (buffer.width >= buffer.width_limit and buffer.too_wide())
         ):
             self._handoff()
-        self._row = {}
         self._row_time = when
 
     def _close_row(self) -> None:
         step = self._step
-        self._buffer.add(step, self._row_time, self._row or {}, self.window)
+        row = self._row
+        if row is None:
+            return
+        buffer = self._buffer
+        if not buffer.steps:
+            buffer.start = step - step % self.window
+            buffer.end = buffer.start + self.window
+        buffer.steps.append(step)
+        buffer.times.append(self._row_time)
+        buffer.rows.append(row)
+        buffer.width += len(row)
         self._row = None
-        if (step + 1) % self.window == 0:
+        if step + 1 == buffer.end:
             self._handoff()
 
     def _handoff(self, state: str | None = None) -> None:
-        journal = self._journal.rotate()
-        if journal is not None:
-            self._handed_off = journal
+        done = self._journal.rotate()
+        if done is not None:
+            self._handed_off = done.path
             if self._row is not None:
                 # The open row's records went with the rotated file, which the
                 # job deletes; keep them on disk for the row's own commit.
-                self._journal.write(
-                    self._journal.encode(self._step, self._row_time, self._row)
-                )
+                self._write(self._journal.encode(self._step, self._row_time, self._row))
         job = Job(
             self._buffer,
-            [journal] if journal else [],
+            [done.path] if done else [],
             self._meta,
             state,
             self._handed_off,
+            done,
         )
         self._buffer = Buffer()
         self._meta = None
@@ -434,7 +557,7 @@ class RunWriter:
         if self._thread is not None:
             self._queue.put(job)
         else:
-            self._run_job(job)
+            self._run_jobs([job])
 
     def set_meta(self, **meta: Any) -> None:
         """Journal run metadata (config, name, summary overrides...) to commit next."""
@@ -443,7 +566,7 @@ class RunWriter:
                 "run %s is finished; %s not stored", self.run.path, ", ".join(meta)
             )
             return
-        self._journal.write(self._journal.encode_meta(time.time(), meta))
+        self._write(self._journal.encode_meta(time.time(), meta))
         self._add_meta(meta)
 
     def _add_meta(self, meta: dict[str, Any]) -> None:
@@ -478,7 +601,7 @@ class RunWriter:
             pending.append(open_row)
         for buffer in pending:
             if buffer.steps:
-                totals = dict(_build(buffer, self.window, totals).totals())
+                totals = dict(self._build(buffer, totals).totals())
         return totals
 
     @property
@@ -498,12 +621,12 @@ class RunWriter:
             RepositoryError: if committing failed; the journal keeps what
                 was logged, and ``gitruns recover`` commits it later.
         """
-        if self._closed:
-            return self._tip
         if os.getpid() != self._pid:
             # A forked child (a data loader worker) exiting through atexit
             # must not finish its parent's run under the parent's feet.
             logger.warning("run %s: not finished from a forked child", self.run.path)
+            return self._tip
+        if self._closed:
             return self._tip
         try:
             if state == "crashed":
@@ -565,25 +688,48 @@ class RunWriter:
     # -- the committer's side -----------------------------------------------
 
     def _commit_loop(self) -> None:
+        self._journal.prepare()
         while True:
-            job = self._queue.get()
+            jobs = [self._queue.get()]
+            # Group commit: whatever was queued meanwhile joins this commit.
+            while jobs[-1] is not None:
+                try:
+                    jobs.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = jobs[-1] is None
             try:
-                if job is None:
-                    return
-                self._run_job(job)
+                if not stop:
+                    # The caller has just moved on from its file: have the
+                    # next one ready before it needs it.
+                    self._journal.prepare()
+                self._run_jobs([job for job in jobs if job is not None])
+            except Exception as exc:  # noqa: BLE001 - the loop must go on
+                logger.error("run %s: committer: %s", self.run.path, exc)
+                self._error = self._error or exc
             finally:
-                self._queue.task_done()
+                for _ in jobs:
+                    self._queue.task_done()
+            if stop:
+                return
 
-    def _run_job(self, job: Job) -> None:
+    def _run_jobs(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            if job.handle is not None:
+                job.handle.close()
+        if not jobs:
+            return
         failed = self._error
         try:
             if failed is None:
-                self._commit(job)
+                self._commit(jobs)
             else:
                 # An earlier commit failed and left its rows in the journal;
-                # commit everything up to this job from there, in order.
-                files = [p for p in self._journal.files() if job.upto and p <= job.upto]
-                self._replay(files, job.state, job.meta)
+                # commit everything up to these jobs from there, in order.
+                upto = jobs[-1].upto
+                files = [p for p in self._journal.files() if upto and p <= upto]
+                meta, state = _merged(jobs)
+                self._replay(files, state, meta)
         except Exception as exc:  # noqa: BLE001 - reported at flush/finish
             self._error = exc
             if failed is None:
@@ -599,69 +745,113 @@ class RunWriter:
                 "run %s: committing works again after: %s", self.run.path, failed
             )
 
-    def _commit(self, job: Job) -> None:
+    def _commit(self, jobs: list[Job]) -> None:
+        """Write every job's segment, metadata and state in one commit."""
         snapshot = self._snapshot
         info = dict(snapshot.info)
         config = snapshot.config
         extra = snapshot.extra
         overrides = {k: snapshot.summary.get(k) for k in info.get("summary_set", [])}
-        if job.meta:
-            meta = dict(job.meta)
+        meta, state = _merged(jobs)
+        changes_meta = bool(meta)
+        if meta:
             config = meta.pop("config", config)
             overrides = meta.pop("summary_overrides", overrides)
             extra = {**extra, **meta.pop("extra", {})}
             info.update(meta)
             info["summary_set"] = sorted(overrides)
-        if job.state is not None:
-            info["state"] = job.state
+        if state is not None:
+            info["state"] = state
         elif info.get("state") != "running":
             info["state"] = "running"
+        if info.get("float32", False) != self.float32:
+            info["float32"] = self.float32
 
+        # One blob per segment; a segment's digests start from the one before.
         history = snapshot.history.copy()
         totals = self._totals
-        buffer = job.buffer
-        if buffer.steps:
-            chunk = _build(buffer, self.window, totals)
-            history.add(buffer.steps[0], self.store.blob(encode_chunk(chunk)))
-            totals = dict(chunk.totals())
-            info["last_step"] = buffer.steps[-1]
-        elif job.state is None and not job.meta:
-            Journal.retire(job.journals)
+        segments: list[tuple[int, Sha]] = []
+        for job in jobs:
+            buffer = job.buffer
+            if buffer.steps:
+                chunk = self._build(buffer, totals)
+                blob = self.store.blob(encode_chunk(chunk))
+                history.add(buffer.steps[0], blob)
+                segments.append((buffer.steps[0], blob))
+                totals = dict(chunk.totals())
+                info["last_step"] = buffer.steps[-1]
+        journals = [path for job in jobs for path in job.journals]
+        if not segments and state is None and not changes_meta:
+            Journal.retire(journals)
             return
         info["updated"] = now_iso()
 
         summary = summarize(totals, info.get("metrics", {}), overrides)
         new = Snapshot(None, info, config, summary, history, extra)
-        if buffer.steps:
-            what = f"steps {buffer.steps[0]}..{buffer.steps[-1]}"
+        if segments:
+            what = f"steps {segments[0][0]}..{info['last_step']}"
         else:
-            what = f"state {info['state']}" if job.state else "config and summary"
+            what = f"state {info['state']}" if state else "config and summary"
         message = f"{self.run.path}: {what}\n\nGitruns-Run: {self.run.path}\n"
         sha = self.store.write_commit(
             new, [self._tip], message, render_readme(info, config, summary)
         )
-        if not self.store.update_ref(self.run, self._tip, sha, f"gitruns: {what}"):
+        # No reflog entry: a run's own history is its first-parent line, and
+        # an entry per window would cost a read of the Git config each.
+        if not self.store.update_ref(self.run, self._tip, sha, None):
             raise ConflictError(self.run.branch, 1)
         new.commit = sha
         self._snapshot, self._tip, self._totals = new, sha, totals
-        if buffer.steps:
-            first = buffer.steps[0]
-            self.store.record_segment(self.run, first, history.blobs[first], sha)
-        Journal.retire(job.journals)
+        for first, blob in segments:
+            self.store.record_segment(self.run, first, blob, sha)
+        Journal.retire(journals)
         logger.info(
             "run %s: committed %s as %s", self.run.path, what, sha[:10].decode()
         )
 
+    def _build(self, buffer: Buffer, prefix: dict[str, Digest]) -> Chunk:
+        columns = buffer.columns()
+        if self.float32 and CODEC_FLOAT32:
+            return build_chunk(
+                self.window,
+                buffer.start,
+                buffer.steps,
+                buffer.times,
+                columns,
+                prefix=prefix,
+                float32=True,
+            )
+        return build_chunk(
+            self.window, buffer.start, buffer.steps, buffer.times, columns, prefix
+        )
 
-def _build(buffer: Buffer, window: int, prefix: dict[str, Digest]) -> Chunk:
-    return build_chunk(
-        window,
-        buffer.window_index * window,
-        buffer.steps,
-        buffer.times,
-        buffer.metrics,
-        prefix=prefix,
-    )
+
+def _merged(jobs: list[Job]) -> tuple[dict[str, Any] | None, str | None]:
+    """The metadata of jobs merged in order, and the last state they set."""
+    meta: dict[str, Any] | None = None
+    state: str | None = None
+    for job in jobs:
+        if job.meta:
+            meta = {**(meta or {}), **job.meta}
+        if job.state is not None:
+            state = job.state
+    return meta, state
+
+
+def _float32_of(store: RunStore, info: dict[str, Any]) -> bool:
+    """Whether a run stores float32: its run.json says, or its fork source's does."""
+    for _ in range(32):
+        stored = info.get("float32")
+        if isinstance(stored, bool):
+            return stored
+        fork = info.get("fork_from")
+        if not isinstance(fork, dict) or not isinstance(fork.get("commit"), str):
+            return False
+        try:
+            info = store.read_json(Sha(fork["commit"].encode()), RUN_JSON) or {}
+        except GitRunsError:
+            return False
+    return False
 
 
 def _next_step(snapshot: Snapshot) -> int:
@@ -680,6 +870,16 @@ def _as_time(when: Any) -> float:
                 "timestamp", when, "a time stamp is seconds since the epoch, a float"
             ) from None
     return float(when)
+
+
+def _forget_in_child() -> None:
+    # A forked child shares the parent's journal mappings: a row it logged
+    # would overwrite the parent's. Its copies of the writers write nothing.
+    for writer in list(_live_writers):
+        writer._closed = True
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _clear_stale_ref_lock(store: RunStore, run: RunRef, holder_died: bool) -> None:
