@@ -102,7 +102,8 @@ def test_fork_inside_a_window_cuts_only_that_window(repo: Path) -> None:
 
 
 def test_fork_parent_is_earliest_commit_holding_the_step(repo: Path) -> None:
-    src = gitruns.init(project="p", id="src", repo=repo, window=10)
+    # Committing in log() makes one commit per window (no group commits).
+    src = gitruns.init(project="p", id="src", repo=repo, window=10, background=False)
     for i in range(45):
         src.log({"m": i})
     src.finish()
@@ -369,7 +370,11 @@ def test_run_tree_is_valid_git(repo: Path, tmp_path: Path) -> None:
 def test_finished_run_leaves_few_loose_objects(repo: Path) -> None:
     from gitruns.store import PACK_THRESHOLD
 
-    with gitruns.init(project="p", id="small", repo=repo, window=100) as run:
+    # Committing in log() makes one commit per window (no group commits), so
+    # the number of objects written is known.
+    with gitruns.init(
+        project="p", id="small", repo=repo, window=100, background=False
+    ) as run:
         for i in range(1000):
             run.log({"m": i})
     small = dict(
@@ -377,7 +382,9 @@ def test_finished_run_leaves_few_loose_objects(repo: Path) -> None:
     )
     assert 10 * 4 < int(small["count"]) <= PACK_THRESHOLD  # a few, left loose
 
-    with gitruns.init(project="p", id="many", repo=repo, window=2) as run:
+    with gitruns.init(
+        project="p", id="many", repo=repo, window=2, background=False
+    ) as run:
         for i in range(1000):
             run.log({"m": i})
     counts = dict(
