@@ -441,14 +441,18 @@ def test_source_tree_hooks_are_the_installed_script(tmp_path: Path) -> None:
 
 def test_source_tree_hook_runs_from_a_checkout(local: Path) -> None:
     # No update under runs/: the hook has nothing to say and lets the push in.
+    # The script's `env python3` must find an interpreter that has gitruns'
+    # dependencies, as it does in a shell whose virtual environment is active.
     zero = "0" * 40
+    interpreter_dir = str(Path(sys.executable).parent)
+    path = os.pathsep.join([interpreter_dir, os.environ.get("PATH", "")])
     proc = subprocess.run(
         [str(ROOT / "hooks" / "pre-receive")],
         input=f"{zero} {'a' * 40} refs/heads/main\n",
         capture_output=True,
         text=True,
         cwd=local,
-        env=scrubbed_env({"GIT_DIR": str(local)}),
+        env=scrubbed_env({"GIT_DIR": str(local), "PATH": path}),
     )
     assert proc.returncode == 0, proc.stderr
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from gitruns.cli.common import with_store
+from gitruns.cli.common import failure, with_store
 from gitruns.errors import RunLockedError
 from gitruns.fork import fork_run, rewind_run
 from gitruns.journal import Journal
@@ -118,9 +118,8 @@ def recover_command(store: RunStore, runs: tuple[str, ...]) -> None:
         writer.finish("crashed" if state == "running" else str(state))
         click.echo(f"recovered {ref.path}: steps up to {writer.snapshot.last_step}")
     if locked:
-        error = click.ClickException(
+        raise failure(
             f"{locked} run(s) are being written by live processes, which commit "
-            "their own journals; run `gitruns recover` again once they stop"
+            "their own journals; run `gitruns recover` again once they stop",
+            RunLockedError.exit_code,
         )
-        error.exit_code = RunLockedError.exit_code
-        raise error

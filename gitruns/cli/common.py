@@ -65,9 +65,15 @@ class GitRunsGroup(click.Group):
         try:
             return super().invoke(ctx)
         except GitRunsError as exc:
-            error = click.ClickException(str(exc))
-            error.exit_code = exc.exit_code
-            raise error from exc
+            raise failure(str(exc), exc.exit_code) from exc
+
+
+def failure(message: str, exit_code: int) -> click.ClickException:
+    """A ClickException that prints ``Error: message`` and exits with ``exit_code``."""
+    error = click.ClickException(message)
+    # click declares exit_code a class variable; its main() reads the instance.
+    error.exit_code = exit_code  # type: ignore[misc]
+    return error
 
 
 def dumps(value: Any) -> str:
@@ -114,6 +120,7 @@ __all__ = [
     "dumps",
     "echo_mapping",
     "echo_table",
+    "failure",
     "fmt",
     "json_option",
     "repo_option",

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from gitruns.cli.common import dumps, json_option, repo_option
+from gitruns.cli.common import dumps, failure, json_option, repo_option
 from gitruns.errors import RunExistsError
 from gitruns.importers import FORMATS, ImportReport, read_source, write_runs
 from gitruns.importers.model import ImportedRun, ParsedSource
@@ -149,8 +149,7 @@ def import_command(
     if report is not None:
         refused = [o for o in report.outcomes if o.status in ("clash", "incomplete")]
         if refused:
-            error = click.ClickException(
-                f"{len(refused)} run(s) not written: {refused[0].message}"
+            raise failure(
+                f"{len(refused)} run(s) not written: {refused[0].message}",
+                RunExistsError.exit_code,
             )
-            error.exit_code = RunExistsError.exit_code
-            raise error

@@ -1,0 +1,200 @@
+"""The mapped journal: records survive a kill, torn ones are found, files grow."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from gitruns.journal import INITIAL_ROOM, MAGIC, Journal, Record, read_records
+
+ROW = {"loss": 0.5, "acc": 1.0, "note": "héllo", "nan": math.nan}
+
+
+def records(folder: Path) -> list[Record]:
+    """Every record a fresh Journal replays from ``folder``."""
+    return list(Journal(folder).replay())
+
+
+def kill_after(code: str, folder: Path) -> None:
+    """Run ``code`` (with ``journal`` open on ``folder``) and SIGKILL the child."""
+    script = (
+        textwrap.dedent(
+            """
+        import os, signal, sys
+        from pathlib import Path
+        from gitruns.journal import Journal
+        journal = Journal(Path(sys.argv[1]))
+        """
+        )
+        + textwrap.dedent(code)
+        + "\nos.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", script, str(folder)], capture_output=True, text=True
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+
+
+def test_records_written_before_a_sigkill_are_all_replayed(tmp_path: Path) -> None:
+    # No close, no flush, no fsync: the mapping is the page cache.
+    kill_after(
+        """
+        for step in range(5000):
+            journal.write(journal.encode(step, 1.5, {"loss": step / 3}))
+        journal.write(journal.encode_meta(2.0, {"name": "kept"}))
+        """,
+        tmp_path,
+    )
+    replayed = records(tmp_path)
+    assert [r.step for r in replayed[:-1]] == list(range(5000))
+    assert all(r.data == {"loss": r.step / 3} for r in replayed[:-1])
+    assert replayed[-1] == Record(None, 2.0, {"name": "kept"})
+    # 5000 records outgrew the first room: the file grew while mapped.
+    [path] = Journal(tmp_path).files()
+    assert path.stat().st_size > INITIAL_ROOM
+
+
+def test_a_record_cut_by_a_kill_mid_copy_ends_the_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A kill half-way through copying a record: its bytes are partly there,
+    # its header (written after the record) is not.
+    kill_after(
+        """
+        for step in range(3):
+            journal.write(journal.encode(step, 1.0, {"loss": 1.0}))
+        record = journal.encode(3, 1.0, {"loss": 2.0})
+        start = journal.size + 8
+        journal._map[start : start + len(record) // 2] = record[: len(record) // 2]
+        """,
+        tmp_path,
+    )
+    with caplog.at_level(logging.WARNING, logger="gitruns"):
+        replayed = records(tmp_path)
+    assert [r.step for r in replayed] == [0, 1, 2]
+    assert "stopped after 3 records at a damaged one (bytes past" in caplog.text
+
+
+def test_a_torn_record_fails_its_checksum_and_ends_the_replay(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = Journal(tmp_path)
+    for step in range(4):
+        journal.write(journal.encode(step, 1.0, ROW))
+    # As a power cut could leave a page: the last record's tail is not what
+    # was written (flipped, since ROW's NaN already ends in zero bytes).
+    end = journal.size
+    assert journal._map is not None
+    tail = bytes(b ^ 0xFF for b in journal._map[end - 6 : end])
+    journal._map[end - 6 : end] = tail
+    journal.close()
+
+    with caplog.at_level(logging.WARNING, logger="gitruns"):
+        replayed = records(tmp_path)
+    assert [r.step for r in replayed] == [0, 1, 2]
+    assert replayed[0].data["note"] == "héllo"
+    assert math.isnan(replayed[0].data["nan"])
+    assert "stopped after 3 records at a damaged one (a record fails its checksum)" in (
+        caplog.text
+    )
+
+
+def test_a_closed_file_holds_exactly_its_records_and_warns_of_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = Journal(tmp_path)
+    for step in range(10):
+        journal.write(journal.encode(step, float(step), {"x": step}))
+    journal.close()
+    with caplog.at_level(logging.WARNING, logger="gitruns"):
+        assert [r.data["x"] for r in records(tmp_path)] == list(range(10))
+    assert caplog.text == ""
+    [path] = Journal(tmp_path).files()
+    assert path.read_bytes().startswith(MAGIC)
+
+
+def test_a_gitruns_0_1_journal_of_bare_records_is_still_replayed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = b"".join(msgpack.packb([s, 1.0, {"loss": s * 0.5}]) for s in range(3))
+    (tmp_path / "00000000.jnl").write_bytes(old + msgpack.packb([3, 1.0, {}])[:2])
+    with caplog.at_level(logging.WARNING, logger="gitruns"):
+        replayed = records(tmp_path)
+    assert [(r.step, r.data) for r in replayed] == [
+        (s, {"loss": s * 0.5}) for s in range(3)
+    ]
+    assert "stopped after 3 records" in caplog.text
+
+
+def test_an_empty_file_left_by_a_kill_holds_no_records(tmp_path: Path) -> None:
+    (tmp_path / "00000000.jnl").write_bytes(b"")
+    (tmp_path / "00000001.jnl").write_bytes(MAGIC + bytes(4096))
+    assert records(tmp_path) == []
+
+
+@pytest.mark.parametrize("fsync", [False, True])
+def test_files_are_used_in_the_order_they_are_named(
+    tmp_path: Path, fsync: bool
+) -> None:
+    journal = Journal(tmp_path, fsync=fsync)
+    journal.write(journal.encode(0, 1.0, {"a": 0}))
+    journal.prepare()  # the committer's move: the next file, ahead of need
+    first = journal.rotate()
+    assert first is not None
+    first.close()
+    journal.write(journal.encode(1, 1.0, {"a": 1}))
+    second = journal.rotate()
+    assert second is not None
+    second.close()
+    journal.write(journal.encode(2, 1.0, {"a": 2}))  # no spare: made on the spot
+    journal.prepare()
+    journal.close()  # the unused spare is deleted
+
+    names = [p.name for p in Journal(tmp_path).files()]
+    assert names == ["00000000.jnl", "00000001.jnl", "00000002.jnl"]
+    assert [r.data["a"] for r in records(tmp_path)] == [0, 1, 2]
+
+
+def test_records_that_cross_pages_sync_with_fsync_always(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, fsync=True)
+    sizes = [10, 5000, 3, 70_000, 1]  # across pages and past the first room
+    for step, size in enumerate(sizes):
+        journal.write(journal.encode(step, 1.0, {"s": "x" * size}))
+    journal.close()
+    assert [len(r.data["s"]) for r in records(tmp_path)] == sizes
+
+
+def test_a_file_that_cannot_be_created_refuses_the_record(tmp_path: Path) -> None:
+    from gitruns.errors import RepositoryError
+
+    folder = tmp_path / "journal"
+    folder.write_text("not a folder")
+    journal = Journal(folder)
+    with pytest.raises(RepositoryError, match="was not recorded"):
+        journal.write(journal.encode(0, 1.0, {}))
+    journal.prepare()  # the committer's attempt fails quietly
+    assert journal.current is None
+
+
+def test_read_records_of_a_missing_file_is_empty(tmp_path: Path) -> None:
+    assert list(read_records(tmp_path / "gone.jnl")) == []
+
+
+def test_a_stray_write_on_the_descriptor_lands_past_the_records(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.write(journal.encode(0, 1.0, {"a": 1}))
+    file = journal._file
+    assert file is not None
+    os.write(file.fd, b"junk")  # O_APPEND: past the mapped room, not over it
+    journal.write(journal.encode(1, 1.0, {"a": 2}))
+    journal.close()
+    assert [r.data["a"] for r in records(tmp_path)] == [1, 2]
