@@ -437,9 +437,10 @@ def test_rewind_to_the_last_step_writes_nothing(repo: Path) -> None:
     assert again.step == 5
     again.finish()
     assert store.read_commit(store.tip(run.ref)).parents == [tip]  # only finish
-    assert "rewinds" not in gitruns.Api(repo).run("p/r").info or not gitruns.Api(
-        repo
-    ).run("p/r").info["rewinds"]
+    assert (
+        "rewinds" not in gitruns.Api(repo).run("p/r").info
+        or not gitruns.Api(repo).run("p/r").info["rewinds"]
+    )
 
 
 def test_fork_into_an_existing_id_writes_nothing(repo: Path) -> None:
