@@ -21,13 +21,12 @@ import gitruns
 from gitruns.api import ApiRun
 from gitruns.errors import GitRunsError, InvalidValueError, RunLockedError
 from gitruns.summary import visible
+from tests.conftest import REAL_RUNS
 
 # ``import gitruns.run as m`` would give the current run (None), as in W&B.
 run_module = importlib.import_module("gitruns.run")
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-ALPACA = SHARED / "data/real-runs/wandb-hf-trainer-alpaca/wandb"
 
 
 @pytest.fixture(autouse=True)
@@ -710,8 +709,9 @@ def test_api_filter_and_order_errors_and_edges(
 
 def test_real_hf_trainer_config_round_trips(repo: Path) -> None:
     yaml = pytest.importorskip("yaml")
+    alpaca = REAL_RUNS / "wandb-hf-trainer-alpaca/wandb"
     raw = yaml.safe_load(
-        (ALPACA / "run-20231106_034002-m84hjf9m/files/config.yaml").read_text()
+        (alpaca / "run-20231106_034002-m84hjf9m/files/config.yaml").read_text()
     )
     # W&B's config.yaml wraps each value as {"desc", "value"}; HF's callback
     # passes the plain values to config.update(allow_val_change=True).
@@ -721,7 +721,7 @@ def test_real_hf_trainer_config_round_trips(repo: Path) -> None:
         if isinstance(v, dict) and "value" in v and not k.startswith("_")
     }
     summary = json.loads(
-        (ALPACA / "run-20231106_034002-m84hjf9m/files/wandb-summary.json").read_text()
+        (alpaca / "run-20231106_034002-m84hjf9m/files/wandb-summary.json").read_text()
     )
 
     run = gitruns.init(project="alpaca", repo=repo, job_type="sft")
