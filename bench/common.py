@@ -276,6 +276,10 @@ def commit_growth(repo: Path, ref: bytes) -> Result:
     An object counts for a commit when its parent's tree does not reach it;
     unchanged subtrees are skipped by id, as Git itself would. Sizes are the
     zlib-compressed loose-object sizes, which is what a writer puts on disk.
+    A commit's bytes are split into its new metric chunks (``*.msgpack``) and
+    the rest (commit, trees, JSON): the rest is what would grow if a commit
+    rewrote an index of the whole history. A writer that groups several
+    windows into one commit is judged per window, not per commit.
     """
     from dulwich.objects import Commit, ObjectID, Tree
     from dulwich.refs import Ref
@@ -292,11 +296,11 @@ def commit_growth(repo: Path, ref: bytes) -> Result:
         sha = commit.parents[0] if commit.parents else None
     chain.reverse()
 
-    def walk(tree_id: ObjectID, seen: set[ObjectID]) -> Iterable[ObjectID]:
+    def walk(tree_id: ObjectID, seen: set[ObjectID]) -> Iterable[tuple[ObjectID, bool]]:
         if tree_id in seen:
             return
         seen.add(tree_id)
-        yield tree_id
+        yield tree_id, False
         tree = store[tree_id]
         assert isinstance(tree, Tree)
         for entry in tree.iteritems():
@@ -304,28 +308,50 @@ def commit_growth(repo: Path, ref: bytes) -> Result:
                 yield from walk(entry.sha, seen)
             elif entry.sha not in seen:
                 seen.add(entry.sha)
-                yield entry.sha
+                yield entry.sha, entry.path.endswith(b".msgpack")
+
+    def size(oid: ObjectID) -> int:
+        return len(store[oid].as_legacy_object())
 
     per_commit: list[int] = []
+    per_window: list[float] = []
+    overhead: list[int] = []
     seen: set[ObjectID] = set()
     for commit in chain:
-        new = [commit.id, *walk(commit.tree, seen)]
-        per_commit.append(sum(len(store[oid].as_legacy_object()) for oid in new))
-    return growth_summary(per_commit)
+        new = [(commit.id, False), *walk(commit.tree, seen)]
+        chunks = [size(oid) for oid, is_chunk in new if is_chunk]
+        rest = sum(size(oid) for oid, is_chunk in new if not is_chunk)
+        per_commit.append(sum(chunks) + rest)
+        if chunks:
+            per_window.append((sum(chunks) + rest) / len(chunks))
+            overhead.append(rest)
+    return growth_summary(per_commit, per_window, overhead)
 
 
-def growth_summary(per_commit: list[int]) -> Result:
-    """Summarise bytes per commit: early vs late windows, so growth shows."""
+def growth_summary(
+    per_commit: list[int],
+    per_window: list[float] | None = None,
+    overhead: list[int] | None = None,
+) -> Result:
+    """Summarise bytes per committed window: early vs late, so growth shows.
+
+    Args:
+        per_commit: bytes each commit added, in order.
+        per_window: for each commit that added chunks, its bytes divided by
+            the chunks it added; defaults to ``per_commit``.
+        overhead: for those commits, the bytes that were not chunks.
+    """
     n = len(per_commit)
     if n == 0:
         return {"commits": 0}
-    # Skip the first commit (run.json, README, config) and the last (a
-    # partial window plus the final summary) when there are enough commits.
-    body = per_commit[1:-1] if n > 4 else per_commit
+    windows = list(per_commit if per_window is None else per_window)
+    # Skip the first and last data commits (a partial window plus the final
+    # summary) when there are enough of them.
+    body = windows[1:-1] if len(windows) > 4 else windows
     tenth = max(1, len(body) // 10)
     early = statistics.median(body[:tenth])
     late = statistics.median(body[-tenth:])
-    return {
+    result: Result = {
         "commits": n,
         "first_bytes": per_commit[0],
         "early_median_bytes": early,
@@ -334,6 +360,11 @@ def growth_summary(per_commit: list[int]) -> Result:
         "max_bytes": max(body),
         "per_commit": per_commit,
     }
+    if overhead:
+        result["overhead_early_bytes"] = overhead[0]
+        result["overhead_late_bytes"] = overhead[-1]
+        result["overhead_max_bytes"] = max(overhead)
+    return result
 
 
 def peak_rss_bytes() -> int:

@@ -268,7 +268,8 @@ class RunView:
         Numeric metrics come back as numpy arrays (one copy per segment);
         str and mixed metrics as lists. ``_step`` and ``_timestamp`` map to
         (steps, steps) and (steps, times). ``min_step`` is inclusive and
-        ``max_step`` exclusive, as in :meth:`scan_history`.
+        ``max_step`` exclusive, as in :meth:`scan_history`. Metrics logged
+        at the same steps share one steps array: copy it before changing it.
         """
         wanted = None if keys is None else set(keys)
         parts: dict[str, list[tuple[np.ndarray, Any]]] = {}
@@ -281,7 +282,16 @@ class RunView:
                     piece = _clip(piece, min_step, max_step)
                 if len(piece[0]):
                     parts.setdefault(name, []).append(piece)
-        return {name: _concat(pieces) for name, pieces in parts.items()}
+        # Dense metrics share their segments' step arrays: join those once.
+        joined: dict[tuple[int, ...], np.ndarray] = {}
+        out = {}
+        for name, pieces in parts.items():
+            key = tuple(id(p[0]) for p in pieces)
+            steps = joined.get(key)
+            if steps is None:
+                steps = joined[key] = _concat_steps(pieces)
+            out[name] = (steps, _concat_values(pieces))
+        return out
 
 
 def _sample(count: int, samples: int | None) -> list[int]:
@@ -366,13 +376,18 @@ def _rows_with_keys(
         yield row
 
 
-def _concat(pieces: list[tuple[np.ndarray, Any]]) -> tuple[np.ndarray, Any]:
-    steps = np.concatenate([p[0] for p in pieces]) if pieces else np.empty(0, np.int64)
+def _concat_steps(pieces: list[tuple[np.ndarray, Any]]) -> np.ndarray:
+    if not pieces:
+        return np.empty(0, np.int64)
+    return np.concatenate([p[0] for p in pieces])
+
+
+def _concat_values(pieces: list[tuple[np.ndarray, Any]]) -> Any:
     if all(isinstance(p[1], np.ndarray) for p in pieces):
         kinds = {p[1].dtype for p in pieces}
         if len(kinds) == 1:
-            return steps, np.concatenate([p[1] for p in pieces])
+            return np.concatenate([p[1] for p in pieces])
     values: list[Any] = []
     for _, part in pieces:
         values.extend(part.tolist() if isinstance(part, np.ndarray) else part)
-    return steps, values
+    return values
