@@ -2,13 +2,34 @@
 
 A training script calls :func:`init`, then :func:`log` per step and
 :func:`finish`; ``import gitruns as wandb`` runs a typical W&B script.
-:class:`Api` reads runs back, filters them and edits them.
+:class:`Api` reads runs back, filters them and edits them. Every error is
+a :class:`GitRunsError`; its subclasses (the tree in :mod:`gitruns.errors`)
+are here too, so a script can catch :class:`StepOrderError` by name.
 """
 
 import typing as _typing
 
 from gitruns.api import Api
-from gitruns.errors import GitRunsError
+from gitruns.errors import (
+    AmbiguousRunError,
+    ChunkFormatError,
+    ConflictError,
+    DivergedError,
+    ForkPointError,
+    GitRunsError,
+    ImportFormatError,
+    InvalidArgumentError,
+    InvalidNameError,
+    InvalidValueError,
+    MetricNotFoundError,
+    RemoteError,
+    RepositoryError,
+    RunExistsError,
+    RunLockedError,
+    RunNotFoundError,
+    StepOrderError,
+    UnsupportedVersionError,
+)
 from gitruns.reader import RunView
 from gitruns.run import (
     Audio,
@@ -42,17 +63,34 @@ __version__ = "0.1.0"
 run: Run | None = None
 
 __all__ = [
+    "AmbiguousRunError",
     "Api",
     "Audio",
+    "ChunkFormatError",
+    "ConflictError",
+    "DivergedError",
+    "ForkPointError",
     "GitRunsError",
     "Histogram",
     "Html",
     "Image",
+    "ImportFormatError",
+    "InvalidArgumentError",
+    "InvalidNameError",
+    "InvalidValueError",
+    "MetricNotFoundError",
     "Object3D",
+    "RemoteError",
+    "RepositoryError",
     "Run",
+    "RunExistsError",
+    "RunLockedError",
+    "RunNotFoundError",
     "RunView",
     "Settings",
+    "StepOrderError",
     "Table",
+    "UnsupportedVersionError",
     "Video",
     "__version__",
     "config",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gitruns.errors import ConflictError, InvalidArgumentError
@@ -254,9 +254,9 @@ class ApiRun(RunView):
         value = self.info.get("created")
         return None if value is None else str(value)
 
-    # -- history with W&B's argument order ------------------------------------
+    # -- history, with W&B's streams -----------------------------------------
 
-    def history(  # type: ignore[override]
+    def history(
         self,
         samples: int | None = None,
         keys: Sequence[str] | None = None,
@@ -282,23 +282,8 @@ class ApiRun(RunView):
         if stream != "default":
             return _empty(pandas)
         return super().history(
-            keys=keys,
-            pandas=pandas,
-            samples=samples,
-            x_axis=x_axis,
-            min_step=min_step,
-            max_step=max_step,
+            samples, keys, x_axis, pandas, min_step=min_step, max_step=max_step
         )
-
-    def scan_history(  # type: ignore[override]
-        self,
-        keys: Sequence[str] | None = None,
-        page_size: int | None = None,
-        min_step: int | None = None,
-        max_step: int | None = None,
-    ) -> Iterator[dict[str, Any]]:
-        """One dict per step; see :meth:`RunView.scan_history` (W&B's order)."""
-        return super().scan_history(keys, min_step, max_step, page_size)
 
     # -- committing edits ----------------------------------------------------
 
@@ -333,7 +318,9 @@ class ApiRun(RunView):
             if not self.store.update_ref(
                 self.ref, tip.commit, sha, f"gitruns: edit {what}"
             ):
-                raise ConflictError(self.branch, 1)
+                raise ConflictError(
+                    self.branch, 1, "another process changed this run; try again"
+                )
         finally:
             writer.abandon()
         self._commit = sha

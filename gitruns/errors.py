@@ -78,11 +78,17 @@ class StepOrderError(GitRunsError, ValueError):
         self.run = run
         self.step = step
         self.current = current
+        if step > 0:
+            fix = (
+                "To replace history from that step on, rewind: "
+                f"gitruns.init(resume_from='{run}?_step={step - 1}') "
+                f"or `gitruns rewind {run} --step {step - 1}`"
+            )
+        else:
+            fix = "To start over from step 0, start a new run"
         super().__init__(
             f"run {run}: step {step} is below the current step {current}; "
-            "steps only move forward. To replace history after a step, rewind: "
-            f"gitruns.init(resume_from='{run}?_step={step - 1}') "
-            f"or `gitruns rewind {run} --step {step - 1}`"
+            f"steps only move forward. {fix}"
         )
 
 
@@ -94,7 +100,7 @@ class ForkPointError(GitRunsError, ValueError):
     def __init__(self, spec: str, reason: str) -> None:
         self.spec = spec
         self.reason = reason
-        super().__init__(f"cannot branch at {spec!r}: {reason}")
+        super().__init__(f"cannot fork or rewind at {spec!r}: {reason}")
 
 
 class RunNotFoundError(GitRunsError, LookupError):
@@ -155,13 +161,16 @@ class ConflictError(GitRunsError):
 
     exit_code = 4
 
-    def __init__(self, ref: str, attempts: int) -> None:
+    def __init__(
+        self,
+        ref: str,
+        attempts: int,
+        fix: str = "another process writes this run: stop it and run `gitruns recover`",
+    ) -> None:
         self.ref = ref
         self.attempts = attempts
-        super().__init__(
-            f"{ref} kept moving under us ({attempts} attempts); another "
-            "process writes this run: stop it and run `gitruns recover`"
-        )
+        tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+        super().__init__(f"{ref} moved under us ({tries}); {fix}")
 
 
 class ChunkFormatError(GitRunsError, ValueError):

@@ -326,7 +326,9 @@ def rewind_run(store: RunStore, run: RunRef, spec: str, key: str, text: str) -> 
         snapshot, [tip_sha], message, render_readme(info, tip.config, summary)
     )
     if not store.update_ref(run, tip_sha, sha, f"gitruns: rewind to step {step}"):
-        raise ConflictError(run.branch, 1)
+        raise ConflictError(
+            run.branch, 1, "another process changed this run; try again"
+        )
     _record_cut(store, run, tip, history, step, sha)
     logger.info("rewound %s to step %d", run.path, step)
     return sha

@@ -181,17 +181,19 @@ class RunView:
     def scan_history(
         self,
         keys: Sequence[str] | None = None,
+        page_size: int | None = None,
         min_step: int | None = None,
         max_step: int | None = None,
-        page_size: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """One dict per step, with ``_step`` and the metrics logged there.
 
+        The arguments are W&B's, in W&B's order.
+
         Args:
             keys: only steps where all these keys were logged, with those keys.
+            page_size: accepted for W&B compatibility; reads go by segment.
             min_step: first step to yield (inclusive).
             max_step: step to stop before (exclusive).
-            page_size: accepted for W&B compatibility; reads go by segment.
         """
         lo = -1 if min_step is None else min_step
         hi = None if max_step is None else max_step
@@ -208,26 +210,32 @@ class RunView:
 
     def history(
         self,
-        keys: Sequence[str] | None = None,
-        pandas: bool = True,
         samples: int | None = None,
+        keys: Sequence[str] | None = None,
         x_axis: str = "_step",
+        pandas: bool = True,
+        *,
         min_step: int | None = None,
         max_step: int | None = None,
     ) -> Any:
         """The history as a pandas DataFrame (or a list of dicts).
 
+        The arguments are W&B's, in W&B's order.
+
         Args:
+            samples: at most this many rows, evenly spaced; None (the default,
+                unlike W&B's 500) returns every step.
             keys: only steps where all these keys were logged.
-            pandas: return a DataFrame (needs pandas) instead of a list.
-            samples: at most this many rows, evenly spaced (None: all).
             x_axis: a column to put first (``_step`` by default).
+            pandas: return a DataFrame (needs pandas) instead of a list.
+            min_step: first step (inclusive).
+            max_step: step to stop before (exclusive).
         """
         want = None if keys is None else list(keys)
         if want is not None and x_axis != "_step" and x_axis not in want:
             want.append(x_axis)
         if not pandas:
-            rows = list(self.scan_history(want, min_step, max_step))
+            rows = list(self.scan_history(want, min_step=min_step, max_step=max_step))
             return [rows[i] for i in _sample(len(rows), samples)]
         try:
             import pandas as pd

@@ -799,7 +799,13 @@ class RunWriter:
         # No reflog entry: a run's own history is its first-parent line, and
         # an entry per window would cost a read of the Git config each.
         if not self.store.update_ref(self.run, self._tip, sha, None):
-            raise ConflictError(self.run.branch, 1)
+            raise ConflictError(
+                self.run.branch,
+                1,
+                "something outside this writer moved the branch (a pull, git "
+                "itself); the journal keeps what was logged: `gitruns recover` "
+                "commits it once that is done",
+            )
         new.commit = sha
         self._snapshot, self._tip, self._totals = new, sha, totals
         for first, blob in segments:

@@ -47,3 +47,25 @@ def test_star_import_gives_exactly_all() -> None:
     namespace: dict[str, object] = {}
     exec("from gitruns import *", namespace)
     assert set(namespace) - {"__builtins__"} == set(gitruns.__all__)
+
+
+def test_every_error_class_is_exported() -> None:
+    from gitruns import errors
+
+    classes = {
+        name
+        for name, value in vars(errors).items()
+        if inspect.isclass(value) and issubclass(value, errors.GitRunsError)
+    }
+    assert classes - set(gitruns.__all__) == set()
+
+
+def test_history_arguments_are_in_wandb_order() -> None:
+    # A run view and an Api run read alike: W&B's order, positionally too.
+    from gitruns.api import ApiRun
+
+    for view in (gitruns.RunView, ApiRun):
+        history = list(inspect.signature(view.history).parameters)
+        scan = list(inspect.signature(view.scan_history).parameters)
+        assert history[1:5] == ["samples", "keys", "x_axis", "pandas"]
+        assert scan[1:5] == ["keys", "page_size", "min_step", "max_step"]

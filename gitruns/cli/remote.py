@@ -11,7 +11,7 @@ import click
 
 from gitruns import remote as remotes
 from gitruns.cli.common import with_store
-from gitruns.errors import GitRunsError, InvalidNameError
+from gitruns.errors import RunNotFoundError
 from gitruns.refs import RunRef, check_name
 from gitruns.remote import RefOutcome
 from gitruns.store import RunStore
@@ -82,10 +82,12 @@ def _remote_runs(store: RunStore, names: Sequence[str]) -> list[RunRef] | None:
             continue
         try:
             runs.append(store.resolve(name))
-        except GitRunsError:
+        except RunNotFoundError:
             check_name("run id", name)
-            raise InvalidNameError(
-                "run", name, "not in this repository; name it as <project>/<run_id>"
+            raise RunNotFoundError(
+                name,
+                "this repository (name a run that is only on the remote as "
+                "<project>/<run_id>)",
             ) from None
     return runs
 

@@ -166,7 +166,7 @@ def history_command(
     """Print a run's metric history, one row per step."""
     view = _view(store, run)
     wanted = [k for part in keys for k in part.split(",") if k] or None
-    rows_list = list(view.scan_history(wanted, min_step, max_step))
+    rows_list = list(view.scan_history(wanted, min_step=min_step, max_step=max_step))
     if not rows_list and wanted:
         _explain_no_rows(view, wanted)
     if form == "json":

@@ -178,6 +178,11 @@ def _write(
         window=_window(run),
         background=False,
         flush_interval=math.inf,
+        # Whatever GITRUNS_* says for training scripts, an import writes, and
+        # writes the source's values exactly.
+        mode="online",
+        fsync="never",
+        float32=False,
         # An import inside a training script must not replace its current run.
         reinit="create_new",
     )
