@@ -78,7 +78,9 @@ class StepOrderError(GitRunsError, ValueError):
         self.run = run
         self.step = step
         self.current = current
-        if step > 0:
+        if step < 0:
+            fix = "Steps start at 0"
+        elif step > 0:
             fix = (
                 "To replace history from that step on, rewind: "
                 f"gitruns.init(resume_from='{run}?_step={step - 1}') "

@@ -66,7 +66,7 @@ from gitruns.readme import render_readme
 from gitruns.refs import RunRef, Sha
 from gitruns.store import RUN_JSON, RunStore, Snapshot, chunk_path
 from gitruns.summary import summarize
-from gitruns.values import INT64_MAX, Value, unencodable
+from gitruns.values import INT64_MAX, Value, clean_row, unencodable
 
 logger = logging.getLogger(__name__)
 
@@ -258,6 +258,8 @@ class RunWriter:
         self.run = run
         self.options = options
         self.window = snapshot.window
+        #: The last step whose window still fits in int64, as chunks need.
+        self.max_step = last_step_for(snapshot.window)
         self._lock = lock
         self._journal = Journal(
             store.data_dir / "journal" / run.project / run.run_id,
@@ -392,10 +394,22 @@ class RunWriter:
         rows: dict[int, tuple[float, dict[str, Value]]] = {}
         journaled_meta: dict[str, Any] = {}
         previous = floor
+        known: set[str] = set()
         for record in self._journal.replay(files):
             step = record.step
             if step is None:
                 journaled_meta.update(record.data)
+                continue
+            problem = _unstorable(step, record.data, known, self.max_step)
+            if problem:
+                # Only a bug or a tampered journal gets here; the rest of the
+                # journal must still reach Git.
+                logger.error(
+                    "run %s: journal record of step %d left out: %s",
+                    self.run.path,
+                    step,
+                    problem,
+                )
                 continue
             if step <= floor:
                 continue
@@ -459,11 +473,15 @@ class RunWriter:
             ends_step = True if commit is None else bool(commit)
         else:
             ends_step = bool(commit)
-            if step != current:
-                if step < current:
-                    raise StepOrderError(self.run.path, step, current)
-                if step > INT64_MAX:
-                    raise InvalidValueError("step", step, "a step must fit in int64")
+            if step < current:
+                raise StepOrderError(self.run.path, step, current)
+        if step > self.max_step:
+            raise InvalidValueError(
+                "step",
+                step,
+                f"the last step a run with window {self.window} can hold is "
+                f"{self.max_step} (steps are int64); start a new run",
+            )
         if when is None:
             when = time.time()
         elif type(when) is not float:
@@ -842,6 +860,23 @@ def _merged(jobs: list[Job]) -> tuple[dict[str, Any] | None, str | None]:
         if job.state is not None:
             state = job.state
     return meta, state
+
+
+def last_step_for(window: int) -> int:
+    """The last step a run with ``window`` can log: its window must fit in int64."""
+    last_start = (INT64_MAX - window + 1) // window * window
+    return last_start + window - 1
+
+
+def _unstorable(step: int, data: Any, known: set[str], max_step: int) -> str | None:
+    """Why a journal record cannot be committed, or None if it can."""
+    if not isinstance(step, int) or not 0 <= step <= max_step:
+        return f"step {step!r} is outside 0..{max_step}"
+    try:
+        clean_row(data, known)
+    except GitRunsError as exc:
+        return str(exc)
+    return None
 
 
 def _float32_of(store: RunStore, info: dict[str, Any]) -> bool:

@@ -198,3 +198,58 @@ def test_a_stray_write_on_the_descriptor_lands_past_the_records(tmp_path: Path) 
     journal.write(journal.encode(1, 1.0, {"a": 2}))
     journal.close()
     assert [r.data["a"] for r in records(tmp_path)] == [1, 2]
+
+
+def test_steps_stop_where_the_window_leaves_int64(tmp_path: Path) -> None:
+    import gitruns
+    from gitruns.errors import InvalidValueError
+    from gitruns.writer import last_step_for
+
+    last = last_step_for(10)
+    assert last == 2**63 - 9 and (last + 1) % 10 == 0
+    run = gitruns.init(project="p", id="big", repo=tmp_path / "r", window=10)
+    run.log({"loss": 0.0})
+    run.log({"loss": 1.0}, step=last)
+    with pytest.raises(InvalidValueError, match=f"can hold is {last}"):
+        run.log({"loss": 2.0}, step=last + 1)
+    run.log({"acc": 0.5})  # the open last step takes it, and ends
+    # The step after it is refused too, as it would be given, before anything
+    # is kept.
+    with pytest.raises(InvalidValueError, match=f"can hold is {last}"):
+        run.log({"loss": 2.0})
+    run.finish()
+    rows = list(gitruns.Api(tmp_path / "r").run("p/big").scan_history())
+    for row in rows:
+        del row["_timestamp"]
+    assert rows == [
+        {"_step": 0, "loss": 0.0},
+        {"_step": last, "loss": 1.0, "acc": 0.5},
+    ]
+
+
+def test_a_record_that_cannot_be_stored_is_left_out_and_the_rest_recovered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import gitruns
+    from gitruns.store import RunStore
+
+    # A tampered journal: a step beyond int64's last window and a bad key,
+    # between good records of a run whose writer was killed.
+    run = gitruns.init(project="p", id="r", repo=tmp_path / "r", window=10)
+    run.log({"loss": 0.0})
+    run.finish()
+    store = RunStore.open(tmp_path / "r")
+    journal = Journal(store.data_dir / "journal" / "p" / "r")
+    journal.write(journal.encode(1, 1.0, {"loss": 1.0}))
+    journal.write(journal.encode(2**63 - 1, 1.0, {"loss": 2.0}))
+    journal.write(journal.encode(2, 1.0, {"bad\x00key": 3.0}))
+    journal.write(journal.encode(3, 1.0, {"loss": 4.0}))
+    journal.close()
+
+    with caplog.at_level(logging.ERROR, logger="gitruns.writer"):
+        again = gitruns.init(project="p", id="r", repo=tmp_path / "r", resume="must")
+    again.finish()
+    left_out = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert len(left_out) == 2 and "outside" in left_out[0] and "control" in left_out[1]
+    rows = list(gitruns.Api(tmp_path / "r").run("p/r").scan_history())
+    assert [(r["_step"], r["loss"]) for r in rows] == [(0, 0.0), (1, 1.0), (3, 4.0)]
