@@ -97,6 +97,23 @@ _FLOAT = frozenset({float})
 _live_writers: weakref.WeakSet[RunWriter] = weakref.WeakSet()
 
 
+def journal_dir(store: RunStore, run: RunRef) -> Path:
+    """Where the journal of ``run`` keeps what is not committed yet."""
+    return store.data_dir / "journal" / run.project / run.run_id
+
+
+def journaled_runs(store: RunStore) -> list[RunRef]:
+    """The runs whose journal holds records (a live or a crashed writer's)."""
+    root = store.data_dir / "journal"
+    if not root.exists():
+        return []
+    return [
+        RunRef(folder.parent.name, folder.name)
+        for folder in sorted(root.glob("*/*"))
+        if Journal(folder).files()
+    ]
+
+
 def now_iso(ts: float | None = None) -> str:
     """A UTC ISO-8601 time stamp, to the second."""
     moment = datetime.fromtimestamp(time.time() if ts is None else ts, timezone.utc)
@@ -262,9 +279,10 @@ class RunWriter:
         self.max_step = last_step_for(snapshot.window)
         self._lock = lock
         self._journal = Journal(
-            store.data_dir / "journal" / run.project / run.run_id,
-            fsync=options.fsync == "always",
+            journal_dir(store, run), fsync=options.fsync == "always"
         )
+        #: Steps that a previous writer journaled and open() committed.
+        self.recovered = 0
         self._pack = self._journal.pack
         self._write = self._journal.write
         if options.fsync != "never":
@@ -323,7 +341,7 @@ class RunWriter:
             if tip is None:
                 raise RunNotFoundError(run.path, str(store.git_dir))
             writer = cls(store, run, store.read_snapshot(tip), options, lock)
-            writer.recover()
+            writer.recovered = writer.recover()
         except BaseException:
             lock.release()
             raise

@@ -176,6 +176,20 @@ def test_recover_skips_a_run_a_live_writer_holds(repo: Path) -> None:
     assert gitruns.Api(repo).run("p/live").state == "finished"
 
 
+def test_recover_of_a_finished_run_writes_nothing(repo: Path) -> None:
+    from gitruns.store import RunStore
+
+    done = gitruns.init(project="p", id="done", repo=repo)
+    done.log({"m": 1})
+    done.finish()
+    store = RunStore.open(repo)
+    tip = store.tip(done.ref)
+    result = CliRunner().invoke(main, ["recover", "p/done", "--repo", str(repo)])
+    assert result.exit_code == 0
+    assert "nothing to recover in p/done (finished)" in result.output
+    assert RunStore.open(repo).tip(done.ref) == tip
+
+
 def test_runs_points_a_plain_clone_at_pull(runs: Path, tmp_path: Path) -> None:
     from tests.conftest import git
 

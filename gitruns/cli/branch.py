@@ -7,11 +7,10 @@ import click
 from gitruns.cli.common import failure, with_store
 from gitruns.errors import RunLockedError
 from gitruns.fork import fork_run, rewind_run
-from gitruns.journal import Journal
 from gitruns.refs import RunRef, check_name, new_run_id
 from gitruns.run import _new_info
 from gitruns.store import RunStore
-from gitruns.writer import RunWriter, WriterOptions
+from gitruns.writer import RunWriter, WriterOptions, journaled_runs
 
 
 @click.command("fork")
@@ -93,15 +92,12 @@ def rewind_command(store: RunStore, run: str, step: int) -> None:
 @click.argument("runs", nargs=-1)
 @with_store
 def recover_command(store: RunStore, runs: tuple[str, ...]) -> None:
-    """Commit what crashed writers journaled but never committed."""
-    if runs:
-        refs = [store.resolve(r) for r in runs]
-    else:
-        refs = []
-        root = store.data_dir / "journal"
-        for folder in sorted(root.glob("*/*")) if root.exists() else []:
-            if Journal(folder).files():
-                refs.append(RunRef(folder.parent.name, folder.name))
+    """Commit what crashed writers journaled but never committed.
+
+    Without RUN, every run whose journal holds records. A run left
+    ``running`` by a writer that is gone is marked ``crashed``.
+    """
+    refs = [store.resolve(r) for r in runs] if runs else journaled_runs(store)
     if not refs:
         click.echo("nothing to recover")
         return
@@ -115,8 +111,16 @@ def recover_command(store: RunStore, runs: tuple[str, ...]) -> None:
             locked += 1
             continue
         state = writer.snapshot.info.get("state")
+        if state != "running" and not writer.recovered:
+            writer.abandon()
+            click.echo(f"nothing to recover in {ref.path} ({state})")
+            continue
         writer.finish("crashed" if state == "running" else str(state))
-        click.echo(f"recovered {ref.path}: steps up to {writer.snapshot.last_step}")
+        last = writer.snapshot.last_step
+        click.echo(
+            f"recovered {ref.path}: {writer.recovered} journaled step(s), "
+            f"steps up to {last}, now {writer.snapshot.info.get('state')}"
+        )
     if locked:
         raise failure(
             f"{locked} run(s) are being written by live processes, which commit "
