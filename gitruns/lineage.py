@@ -7,11 +7,12 @@ other index is needed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from gitruns.errors import RunNotFoundError
+from gitruns.errors import GitRunsError, RunNotFoundError
 from gitruns.reader import RunView
-from gitruns.refs import RunRef
-from gitruns.store import RunStore
+from gitruns.refs import RunRef, Sha
+from gitruns.store import RUN_JSON, RunStore
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,12 @@ def descendants(
 def divergence(store: RunStore, a: RunRef, b: RunRef) -> tuple[str, int] | None:
     """The run whose history ``a`` and ``b`` share, and the last shared step.
 
+    A run holds its source's steps up to its fork step, less what it rewound
+    away since. Each run on the way up is read as it was when its child
+    forked from it, so a rewind made after that does not count against the
+    child; and where ``a`` and ``b`` reach the common run at different
+    commits, the rewinds made between them cut what they share.
+
     Returns:
         (common run, last step both hold from it), or None when the runs
         share no history.
@@ -92,22 +99,56 @@ def divergence(store: RunStore, a: RunRef, b: RunRef) -> tuple[str, int] | None:
     if a == b:
         view = RunView(store, a)
         return a.path, view.last_step if view.last_step is not None else -1
-
-    def chain(run: RunRef) -> dict[str, int | None]:
-        # Each ancestor run -> the last of its steps this run inherited.
-        reach: dict[str, int | None] = {run.path: None}
-        limit: int | None = None
-        for edge in ancestors(store, run):
-            limit = edge.step if limit is None else min(limit, edge.step)
-            reach[edge.parent] = limit
-        return reach
-
-    reach_a, reach_b = chain(a), chain(b)
-    for path, step_a in reach_a.items():
-        if path in reach_b:
-            step_b = reach_b[path]
-            steps = [s for s in (step_a, step_b) if s is not None]
-            if not steps:
-                continue
-            return path, min(steps)
+    reach_a, reach_b = _reach(store, a), _reach(store, b)
+    for path, (limit_a, commit_a) in reach_a.items():
+        if path not in reach_b:
+            continue
+        limit_b, commit_b = reach_b[path]
+        limits = [s for s in (limit_a, limit_b) if s is not None]
+        limits += _rewinds_between(store, commit_a, commit_b)
+        return path, min(limits) if limits else -1
     return None
+
+
+def _reach(store: RunStore, run: RunRef) -> dict[str, tuple[int | None, Sha]]:
+    # Each run whose history ``run`` holds -> (the last of its steps ``run``
+    # still holds, None for all; the commit at which ``run`` holds them).
+    tip = store.tip(run)
+    if tip is None:
+        raise RunNotFoundError(run.path, str(store.git_dir))
+    reach: dict[str, tuple[int | None, Sha]] = {run.path: (None, tip)}
+    info = RunView(store, run).info
+    limit: int | None = None
+    while isinstance(fork := info.get("fork_from"), dict):
+        cut = min([int(fork["step"]), *_rewind_steps(info)])
+        limit = cut if limit is None else min(limit, cut)
+        parent, commit = str(fork["run"]), Sha(str(fork["commit"]).encode())
+        if parent in reach:
+            break  # a crafted loop; lineage stops rather than spins
+        reach[parent] = (limit, commit)
+        try:
+            info = store.read_json(commit, RUN_JSON) or {}
+        except GitRunsError:
+            break  # the source commit is not here (a partial fetch)
+    return reach
+
+
+def _rewind_steps(info: dict[str, Any]) -> list[int]:
+    rewinds = info.get("rewinds")
+    if not isinstance(rewinds, list):
+        return []
+    return [int(r["step"]) for r in rewinds if isinstance(r, dict) and "step" in r]
+
+
+def _rewinds_between(store: RunStore, one: Sha, other: Sha) -> list[int]:
+    # Steps of the rewinds a run made between two of its commits: the later
+    # commit's run.json lists them after the earlier one's.
+    if one == other:
+        return []
+    try:
+        first = _rewind_steps(store.read_json(one, RUN_JSON) or {})
+        second = _rewind_steps(store.read_json(other, RUN_JSON) or {})
+    except GitRunsError:
+        return []
+    shorter, longer = sorted((first, second), key=len)
+    return longer[len(shorter) :]

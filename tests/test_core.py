@@ -481,3 +481,40 @@ def test_history_frame_matches_scan_history(repo: Path) -> None:
         200,
         250,
     ]
+
+
+def _steps_run(repo: Path, run_id: str, steps: range, **init: object) -> gitruns.Run:
+    run = gitruns.init(project="p", id=run_id, repo=repo, window=10, **init)
+    for i in steps:
+        run.log({"m": float(i)})
+    run.finish()
+    return run
+
+
+def test_divergence_counts_rewinds_of_either_side(repo: Path) -> None:
+    from gitruns.lineage import divergence
+
+    store = lambda: RunStore.open(repo)  # noqa: E731 - reopened after each write
+    src = _steps_run(repo, "src", range(200))
+    kid = _steps_run(repo, "kid", range(101, 150), fork_from="p/src?_step=100")
+    assert divergence(store(), src.ref, kid.ref) == ("p/src", 100)
+
+    # The fork rewound below its fork point holds the source's steps 0..50 only.
+    gitruns.init(
+        project="p", id="kid", repo=repo, resume_from="p/kid?_step=50"
+    ).finish()
+    assert divergence(store(), src.ref, kid.ref) == ("p/src", 50)
+    assert divergence(store(), kid.ref, src.ref) == ("p/src", 50)
+
+    # A source rewound after a fork was made no longer holds what it shared.
+    other = _steps_run(repo, "other", range(121, 130), fork_from="p/src?_step=120")
+    gitruns.init(
+        project="p", id="src", repo=repo, resume_from="p/src?_step=30"
+    ).finish()
+    assert divergence(store(), src.ref, other.ref) == ("p/src", 30)
+    # Two forks of one source share what they both hold of it...
+    assert divergence(store(), kid.ref, other.ref) == ("p/src", 50)
+    # ...and a fork of the rewound source shares nothing the rewind removed.
+    late = _steps_run(repo, "late", range(21, 40), fork_from="p/src?_step=20")
+    assert divergence(store(), other.ref, late.ref) == ("p/src", 20)
+    assert divergence(store(), late.ref, kid.ref) == ("p/src", 20)
