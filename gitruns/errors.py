@@ -135,12 +135,13 @@ class RunExistsError(GitRunsError):
 
     exit_code = 4
 
-    def __init__(self, path: str) -> None:
+    def __init__(
+        self,
+        path: str,
+        fix: str = "pass resume='allow' to continue it or choose another id",
+    ) -> None:
         self.path = path
-        super().__init__(
-            f"run {path} already exists; pass resume='allow' to continue it "
-            "or choose another id"
-        )
+        super().__init__(f"run {path} already exists; {fix}")
 
 
 class RunLockedError(GitRunsError):

@@ -170,13 +170,23 @@ def _env_setting(name: str) -> Any:
         return None
     kind = WRITER_SETTINGS[name]
     if kind is bool:
-        return text.lower() not in ("0", "false", "no", "")
+        word = text.strip().lower()
+        if word in _TRUE_WORDS or word in _FALSE_WORDS:
+            return word in _TRUE_WORDS
+        raise InvalidArgumentError(
+            f"GITRUNS_{name.upper()}", text, "set it to 1 or 0 (true or false)"
+        )
     try:
         return kind(text)
     except ValueError:
         raise InvalidArgumentError(
-            f"GITRUNS_{name.upper()}", text, f"must be a {kind.__name__}"
+            f"GITRUNS_{name.upper()}", text, f"set it to {_KIND_WORDS[kind]}"
         ) from None
+
+
+_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+_FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
+_KIND_WORDS = {int: "a whole number", float: "a number of seconds", str: "a word"}
 
 
 def _writer_options(options: dict[str, Any]) -> WriterOptions:
@@ -1519,6 +1529,8 @@ def init(
     reinit_mode = _reinit(reinit if reinit is not None else chosen.get("reinit"))
     if save_code is None:
         save_code = chosen.get("save_code")
+    # A window given here must match a resumed or forked run's own.
+    window = writer_settings.get("window", chosen.get("window"))
     options = {}
     for key in WRITER_SETTINGS:
         value = writer_settings.get(key, chosen.get(key))
@@ -1591,6 +1603,7 @@ def init(
         source=source,
         save_code=save_code,
         options=_writer_options(options),
+        window=window,
         mode=mode,
         allow_val_change=bool(allow_val_change),
     )
@@ -1616,6 +1629,7 @@ def _open_run(
     source: Mapping[str, Any] | None,
     save_code: bool | None,
     options: WriterOptions,
+    window: int | None,
     mode: str,
     allow_val_change: bool,
 ) -> Run:
@@ -1623,6 +1637,25 @@ def _open_run(
         raise InvalidArgumentError(
             "fork_from", fork_from, "pass fork_from or resume_from, not both"
         )
+
+    def same_window(ref: RunRef, actual: int, what: str) -> None:
+        # A run's window is fixed for its life, and forks inherit it.
+        if window is not None and window != actual:
+            raise InvalidArgumentError(
+                "window",
+                window,
+                f"{what} {ref.path} has window {actual}, fixed for its life; "
+                "leave window out",
+            )
+
+    def opened(ref: RunRef, what: str) -> RunWriter:
+        writer = RunWriter.open(store, ref, options)
+        try:
+            same_window(ref, writer.window, what)
+        except BaseException:
+            writer.abandon()
+            raise
+        return writer
 
     def started(ref: RunRef, writer: RunWriter, resumed: bool, **meta: Any) -> Run:
         run = Run(
@@ -1651,7 +1684,7 @@ def _open_run(
             raise InvalidArgumentError(
                 "id", run_id, f"resume_from names run {ref.path}"
             )
-        writer = RunWriter.open(store, ref, options)
+        writer = opened(ref, "the rewound run")
         try:
             rewind_run(store, ref, resume_from, key, text)
             writer.reload()
@@ -1679,7 +1712,7 @@ def _open_run(
     if exists and fork_from is None:
         if resume in (None, False, "never"):
             raise RunExistsError(ref.path)
-        writer = RunWriter.open(store, ref, options)
+        writer = opened(ref, "the resumed run")
         logger.info("resumed run %s at step %d", ref.path, writer.step)
         return started(
             ref, writer, True, name=name, config=config, tags=tags, notes=notes
@@ -1687,7 +1720,9 @@ def _open_run(
     if resume == "must" and fork_from is None:
         raise RunNotFoundError(ref.path, str(store.git_dir))
     if exists:
-        raise RunExistsError(ref.path)
+        raise RunExistsError(
+            ref.path, "a fork is a new run: leave id= out, or choose another id"
+        )
 
     info = _new_info(ref, name, tags, notes, group, job_type, entity, options, source)
     patch = None
@@ -1695,7 +1730,11 @@ def _open_run(
         info["code"], patch = code_state(Path.cwd())
     if fork_from is not None:
         path, key, text = split_spec(fork_from)
-        fork_run(store, store.resolve(path), fork_from, key, text, ref, info, config)
+        parent = store.resolve(path)
+        tip = store.tip(parent)
+        if window is not None and tip is not None:
+            same_window(parent, store.read_snapshot(tip).window, "the fork source")
+        fork_run(store, parent, fork_from, key, text, ref, info, config)
     else:
         create_run(store, ref, info, config, code_patch=patch)
     run = started(ref, RunWriter.open(store, ref, options), False)

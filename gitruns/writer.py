@@ -147,9 +147,22 @@ class WriterOptions:
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {FSYNC_MODES}, not {self.fsync!r}")
-        if not isinstance(self.window, int) or not 1 <= self.window <= MAX_ROWS:
+        window = self.window
+        if type(window) is not int or not 1 <= window <= MAX_ROWS:
+            raise ValueError(f"window must be an int in 1..{MAX_ROWS}, not {window!r}")
+        interval = self.flush_interval
+        if (
+            isinstance(interval, bool)
+            or not isinstance(interval, (int, float))
+            or not interval >= 0
+        ):
             raise ValueError(
-                f"window must be an int in 1..{MAX_ROWS}, not {self.window!r}"
+                "flush_interval must be a number of seconds, 0 or more (0: at "
+                f"every step, math.inf: never), not {interval!r}"
+            )
+        if not isinstance(self.background, bool):
+            raise ValueError(
+                f"background must be True or False, not {self.background!r}"
             )
         if self.float32 is not None and not isinstance(self.float32, bool):
             raise ValueError(f"float32 must be True or False, not {self.float32!r}")

@@ -518,3 +518,63 @@ def test_divergence_counts_rewinds_of_either_side(repo: Path) -> None:
     late = _steps_run(repo, "late", range(21, 40), fork_from="p/src?_step=20")
     assert divergence(store(), other.ref, late.ref) == ("p/src", 20)
     assert divergence(store(), late.ref, kid.ref) == ("p/src", 20)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"flush_interval": -1}, "flush_interval must be a number of seconds, 0"),
+        ({"flush_interval": "soon"}, "flush_interval must be a number"),
+        ({"background": "maybe"}, "background must be True or False"),
+        ({"window": True}, "window must be an int"),
+        ({"window": 0}, "window must be an int in 1.."),
+        ({"fsync": "sometimes"}, "fsync must be one of"),
+    ],
+)
+def test_bad_writer_settings_are_refused(
+    repo: Path, settings: dict[str, object], message: str
+) -> None:
+    from gitruns.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match=message):
+        gitruns.init(project="p", id="s", repo=repo, **settings)
+    assert not repo.exists() or RunStore.open(repo).list_runs() == []
+
+
+@pytest.mark.parametrize(
+    ("value", "message"), [("maybe", "set it to 1 or 0"), ("x", "a whole number")]
+)
+def test_bad_writer_settings_in_the_environment_are_refused(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, value: str, message: str
+) -> None:
+    from gitruns.errors import InvalidArgumentError
+
+    name = "GITRUNS_BACKGROUND" if value == "maybe" else "GITRUNS_WINDOW"
+    monkeypatch.setenv(name, value)
+    with pytest.raises(InvalidArgumentError, match=f"{name}.*{message}"):
+        gitruns.init(project="p", id="s", repo=repo)
+
+
+def test_a_window_that_differs_from_the_runs_own_is_refused(repo: Path) -> None:
+    from gitruns.errors import InvalidArgumentError
+
+    src = _steps_run(repo, "src", range(30))  # window 10
+    tip = RunStore.open(repo).tip(src.ref)
+    with pytest.raises(InvalidArgumentError, match="has window 10, fixed for its"):
+        gitruns.init(project="p", id="src", repo=repo, resume="allow", window=20)
+    with pytest.raises(InvalidArgumentError, match="the fork source p/src has window"):
+        gitruns.init(project="p", repo=repo, fork_from="p/src?_step=5", window=20)
+    with pytest.raises(InvalidArgumentError, match="the rewound run p/src"):
+        gitruns.init(project="p", repo=repo, resume_from="p/src?_step=5", window=20)
+    # Nothing was written, and the same window is fine.
+    assert RunStore.open(repo).tip(src.ref) == tip
+    assert [r.path for r in gitruns.Api(repo).runs()] == ["p/src"]
+    gitruns.init(project="p", id="src", repo=repo, resume="allow", window=10).finish()
+
+
+def test_a_fork_into_a_taken_id_says_to_leave_the_id_out(repo: Path) -> None:
+    _steps_run(repo, "src", range(30))
+    with pytest.raises(RunExistsError, match="a fork is a new run: leave id= out"):
+        gitruns.init(
+            project="p", id="src", repo=repo, resume="allow", fork_from="p/src?_step=5"
+        )
