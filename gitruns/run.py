@@ -802,8 +802,9 @@ class Run:
             summary: comma-separated aggregates: last, first, min, max, mean,
                 none (and best, with ``goal``).
             goal: ``minimize`` or ``maximize``.
-            overwrite: False keeps the settings of an earlier call for
-                ``name`` and adds only the new ones.
+            overwrite: True replaces an earlier call's rule for ``name``;
+                by default (as in W&B) the settings this call leaves out
+                keep the earlier call's values.
 
         Returns:
             The rule recorded for ``name``.
@@ -824,7 +825,7 @@ class Run:
             )
             if v is not None
         }
-        if overwrite is False:
+        if not overwrite:
             rule = {**self._definitions.get(name, {}), **rule}
         self._definitions[name] = rule
         self._info["metrics"] = dict(self._definitions)

@@ -497,13 +497,24 @@ def test_define_metric_checks_its_arguments(repo: Path) -> None:
         "summary": "min",
         "goal": "minimize",
     }
-    run.define_metric("loss", hidden=True, overwrite=False)
+    # As in W&B, a second call keeps what it leaves out...
+    run.define_metric("loss", hidden=True)
     assert run.define_metric("acc", step_metric="epoch", step_sync=True) == {
         "step_metric": "epoch"
+    }
+    assert run.define_metric("val/*", summary="max") == {"summary": "max"}
+    assert run.define_metric("val/*", step_metric="epoch") == {
+        "summary": "max",
+        "step_metric": "epoch",
+    }
+    # ...unless it overwrites.
+    assert run.define_metric("acc", summary="min", overwrite=True) == {
+        "summary": "min"
     }
     run.finish()
     metrics = gitruns.Api(repo=repo).run(run.path).info["metrics"]
     assert metrics["loss"] == {"summary": "min", "goal": "minimize", "hidden": True}
+    assert metrics["acc"] == {"summary": "min"}
 
 
 def test_reinit_modes(repo: Path) -> None:
