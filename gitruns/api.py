@@ -414,8 +414,13 @@ def matches(run: RunView, query: Mapping[str, Any]) -> bool:
     return True
 
 
-def field_value(run: RunView, key: str) -> tuple[bool, Any]:
+def field_value(run: RunView, key: str, what: str = "filters") -> tuple[bool, Any]:
     """``(found, value)`` of a filter field: ``config.lr``, ``summary.acc.max``...
+
+    Args:
+        run: the run to read.
+        key: the field.
+        what: the argument that named the field, for the error.
 
     Raises:
         InvalidValueError: for a field that is none of those a filter knows.
@@ -433,9 +438,9 @@ def field_value(run: RunView, key: str) -> tuple[bool, Any]:
         value = _FIELDS[key](run)
         return value is not None, value
     raise InvalidArgumentError(
-        "filters",
+        what,
         key,
-        "filter on config.<key>, summary.<key>, or one of " + ", ".join(_FIELDS),
+        "name config.<key>, summary.<key>, or one of " + ", ".join(_FIELDS),
     )
 
 
@@ -529,7 +534,7 @@ def sort_runs(runs: list[ApiRun], order: str) -> list[ApiRun]:
     present: list[tuple[Any, ApiRun]] = []
     missing: list[ApiRun] = []
     for run in runs:
-        found, value = field_value(run, key)
+        found, value = field_value(run, key, "order")
         if found and value is not None and value == value:  # NaN sorts as missing
             present.append((value, run))
         else:

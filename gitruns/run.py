@@ -38,6 +38,7 @@ from gitruns.errors import (
     GitRunsError,
     InvalidArgumentError,
     InvalidValueError,
+    RepositoryError,
     RunExistsError,
     RunNotFoundError,
     mapped_errors,
@@ -1382,9 +1383,16 @@ def open_store(
         create: make a bare repository there if there is none (writers do;
             readers should not turn a typo into an empty repository).
     """
-    path, may_create = locate_repository(
-        repo, os.environ.get("GITRUNS_REPO"), start or Path.cwd()
-    )
+    where = start or Path.cwd()
+    env_repo = os.environ.get("GITRUNS_REPO")
+    path, may_create = locate_repository(repo, env_repo, where)
+    if not create and repo is None and not env_repo and not path.exists():
+        # The embedded default, which only a writer creates.
+        raise RepositoryError(
+            f"no runs here yet: no Git repository encloses {where} and there is "
+            f"no {path.name}; runs appear once gitruns.init() or `gitruns "
+            "import` writes some, or pass --repo"
+        )
     store = RunStore.open(path, create=create and may_create)
     if not _open_stores:
         atexit.register(_close_stores)

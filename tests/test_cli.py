@@ -116,6 +116,9 @@ def test_fork_and_rewind_commands(runs: Path) -> None:
         (["fork", "p/base", "--step", "999"], 2, "committed steps up to 49"),
         (["rewind", "p/base", "--step", "-3"], 2, "must not be negative"),
         (["show", "bad..name"], 2, "invalid run id"),
+        (["fork", "p/base", "--step", "3", "--id", "fk"], 4, "pass another --id"),
+        (["push", "/nonexistent/remote.git", "p/base"], 7, "nonexistent"),
+        (["import", "hf-trainer", "/nonexistent/trainer_state.json"], 8, "no such"),
     ],
 )
 def test_errors_have_exit_codes(
@@ -215,3 +218,11 @@ def test_history_keys_never_logged_together_or_at_all(runs: Path) -> None:
     )
     assert result.exit_code == 3
     assert "logged no metric 'nosuch' (it has: a, b)" in result.output
+
+
+def test_reading_where_there_are_no_runs_says_so(tmp_path: Path) -> None:
+    # The working directory is an empty folder outside any repository.
+    result = CliRunner().invoke(main, ["runs"])
+    assert result.exit_code == 6
+    assert "no runs here yet: no Git repository encloses" in result.output
+    assert not (tmp_path / ".gitruns").exists()

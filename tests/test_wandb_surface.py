@@ -508,9 +508,7 @@ def test_define_metric_checks_its_arguments(repo: Path) -> None:
         "step_metric": "epoch",
     }
     # ...unless it overwrites.
-    assert run.define_metric("acc", summary="min", overwrite=True) == {
-        "summary": "min"
-    }
+    assert run.define_metric("acc", summary="min", overwrite=True) == {"summary": "min"}
     run.finish()
     metrics = gitruns.Api(repo=repo).run(run.path).info["metrics"]
     assert metrics["loss"] == {"summary": "min", "goal": "minimize", "hidden": True}
@@ -710,8 +708,12 @@ def test_api_filter_and_order_errors_and_edges(
     assert paths(filters={"display_name": Path(a).name}) == [a]
     with pytest.raises(InvalidValueError, match=r"\$gt"):
         paths(filters={"config.lr": {"$bigger": 1}})
-    with pytest.raises(InvalidValueError, match="config.<key>"):
+    with pytest.raises(
+        InvalidValueError, match="invalid filters='colour'.*config.<key>"
+    ):
         paths(filters={"colour": "red"})
+    with pytest.raises(InvalidValueError, match="invalid order='bogus'"):
+        api.runs("f", order="+bogus")
     assert isinstance(api.runs()[0], ApiRun)
     # W&B's Api(overrides) form, with the repository from the environment.
     monkeypatch.setenv("GITRUNS_REPO", str(repo))

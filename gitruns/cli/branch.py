@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from gitruns.cli.common import failure, with_store
-from gitruns.errors import RunLockedError
+from gitruns.errors import RunExistsError, RunLockedError
 from gitruns.fork import fork_run, rewind_run
 from gitruns.refs import RunRef, check_name, new_run_id
 from gitruns.run import _new_info
@@ -42,8 +44,6 @@ def fork_command(
     overrides: tuple[str, ...],
 ) -> None:
     """Fork RUN after a step into a new run that shares its history."""
-    import json
-
     source = store.resolve(run)
     key, _, value = step.partition("=") if "=" in step else ("_step", "", step)
     spec = f"{source.path}?{key}={value}"
@@ -62,7 +62,10 @@ def fork_command(
     # fork_run gives the fork its source's window, whatever the options say.
     info = _new_info(new, name, None, None, None, None, None, WriterOptions(), None)
     info["state"] = "finished"
-    fork_run(store, source, spec, key, value, new, info, config)
+    try:
+        fork_run(store, source, spec, key, value, new, info, config)
+    except RunExistsError:
+        raise RunExistsError(new.path, "pass another --id, or leave it out") from None
     click.echo(f"forked {source.path} at {key}={value} into {new.path}")
     click.echo(
         f"continue it with gitruns.init(project={new.project!r}, "
