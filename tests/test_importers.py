@@ -346,6 +346,8 @@ def test_mlflow_sqlite_store_read_only() -> None:
     assert all(c.keys == {"eval_rmse"} for c in children)
     assert all(isinstance(v, str) for c in children for v in c.config.values())
     assert sum(1 for p in parents if "best_eval_rmse" in p.keys) == 3
+    # The folder that holds the database finds it too.
+    assert len(read_source("mlflow", [db.parent]).runs) == 26
 
 
 def test_mlflow_keras_params_stay_strings() -> None:

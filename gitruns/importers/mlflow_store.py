@@ -301,10 +301,12 @@ def parse_mlflow(path: Path, options: ImportOptions) -> ParsedSource:
             runs = _file_store(path)
         elif (path / "mlruns").is_dir():
             runs = _file_store(path / "mlruns")
+        elif (path / "mlflow.db").is_file():
+            runs = _sqlite_store(path / "mlflow.db")
         else:
             raise ImportFormatError(
-                f"{path}: no MLflow experiments (*/meta.yaml) in it; give the "
-                "mlruns/ directory or the mlflow.db file"
+                f"{path}: no MLflow experiments (*/meta.yaml), mlruns/ or "
+                "mlflow.db in it; give the mlruns/ directory or the mlflow.db file"
             )
     else:
         raise ImportFormatError(f"{path}: no such file or directory; check the path")
