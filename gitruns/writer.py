@@ -178,7 +178,17 @@ class Buffer:
         width_limit: the width at which the distinct metrics are counted again.
     """
 
-    __slots__ = ("steps", "times", "rows", "start", "end", "width", "width_limit")
+    __slots__ = (
+        "steps",
+        "times",
+        "rows",
+        "start",
+        "end",
+        "width",
+        "width_limit",
+        "_distinct",
+        "_counted",
+    )
 
     def __init__(self) -> None:
         self.steps: list[int] = []
@@ -187,6 +197,8 @@ class Buffer:
         self.start = self.end = 0
         self.width = 0
         self.width_limit = SEGMENT_METRICS
+        self._distinct: set[str] = set()
+        self._counted = 0
 
     def add(self, step: int, when: float, row: dict[str, Value], window: int) -> None:
         """Append one finished row (off the hot path, which inlines this)."""
@@ -200,7 +212,10 @@ class Buffer:
 
     def too_wide(self) -> bool:
         """Whether the rows hold :data:`SEGMENT_METRICS` distinct metrics."""
-        distinct = len(set().union(*self.rows))
+        # Rows are not changed once added: count only those added since.
+        self._distinct.update(*self.rows[self._counted :])
+        self._counted = len(self.rows)
+        distinct = len(self._distinct)
         # No row can add more new metrics than it has keys: count again only
         # once the rows could have reached the bound.
         self.width_limit = self.width + SEGMENT_METRICS - distinct
