@@ -1588,8 +1588,16 @@ def init(
         project = os.environ.get("GITRUNS_PROJECT") or DEFAULT_PROJECT
     if mode == "disabled":
         ref = RunRef(project, new_run_id() if id is None else id)
-        info = _new_info(
-            ref, name, tags, notes, group, job_type, entity, WriterOptions(), source
+        info = new_run_info(
+            ref,
+            WriterOptions(),
+            name=name,
+            tags=tags,
+            notes=notes,
+            group=group,
+            job_type=job_type,
+            entity=entity,
+            source=source,
         )
         disabled = DisabledRun(ref, info, start_config)
         _remember(disabled, publish)
@@ -1733,7 +1741,17 @@ def _open_run(
             ref.path, "a fork is a new run: leave id= out, or choose another id"
         )
 
-    info = _new_info(ref, name, tags, notes, group, job_type, entity, options, source)
+    info = new_run_info(
+        ref,
+        options,
+        name=name,
+        tags=tags,
+        notes=notes,
+        group=group,
+        job_type=job_type,
+        entity=entity,
+        source=source,
+    )
     patch = None
     if save_code is not False:
         info["code"], patch = code_state(Path.cwd())
@@ -1765,17 +1783,31 @@ def _keep_script(run: Run) -> None:
         logger.warning("run %s: could not keep the script: %s", run.path, exc)
 
 
-def _new_info(
+def new_run_info(
     ref: RunRef,
-    name: str | None,
-    tags: Any,
-    notes: str | None,
-    group: str | None,
-    job_type: str | None,
-    entity: str | None,
     options: WriterOptions,
-    source: Mapping[str, Any] | None,
+    *,
+    name: str | None = None,
+    tags: Any = None,
+    notes: str | None = None,
+    group: str | None = None,
+    job_type: str | None = None,
+    entity: str | None = None,
+    source: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The run.json of a new run, state ``running`` and no steps yet.
+
+    Args:
+        ref: the run.
+        options: the writer settings (its window, float32).
+        name: display name; the run id when None.
+        tags: labels, kept as str.
+        notes: free text.
+        group: W&B's group.
+        job_type: W&B's job type.
+        entity: W&B's entity, kept for reference.
+        source: where an imported run came from.
+    """
     now = now_iso()
     return {
         "format": 1,

@@ -20,7 +20,7 @@ from gitruns.errors import RepositoryError
 from gitruns.fork import create_run
 from gitruns.journal import Journal
 from gitruns.refs import RunRef
-from gitruns.run import _new_info
+from gitruns.run import new_run_info
 from gitruns.store import RunStore
 from gitruns.writer import RunWriter, WriterOptions
 
@@ -122,7 +122,7 @@ def new_writer(store: RunStore, run_id: str, **options: Any) -> RunWriter:
     """Create a run and open its writer (commits in log(), for determinism)."""
     ref = RunRef(PROJECT, run_id)
     opts = WriterOptions(background=False, **options)
-    info = _new_info(ref, None, None, None, None, None, None, opts, None)
+    info = new_run_info(ref, opts)
     create_run(store, ref, info, {"lr": 0.1})
     return RunWriter.open(store, ref, opts)
 

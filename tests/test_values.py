@@ -18,7 +18,7 @@ import gitruns
 from gitruns.errors import InvalidValueError
 from gitruns.fork import create_run
 from gitruns.refs import RunRef
-from gitruns.run import _new_info
+from gitruns.run import new_run_info
 from gitruns.store import RunStore
 from gitruns.values import MAX_STR, clean_row
 from gitruns.writer import RunWriter, WriterOptions
@@ -146,7 +146,7 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]
         for how in ("committed", "recovered"):
             ref = RunRef("values", how)
             options = WriterOptions(background=False)
-            info = _new_info(ref, None, None, None, None, None, None, options, None)
+            info = new_run_info(ref, options)
             create_run(store, ref, info, {})
             writer = RunWriter.open(store, ref, options)
             known: set[str] = set()

@@ -10,7 +10,7 @@ from gitruns.cli.common import failure, with_store
 from gitruns.errors import RunExistsError, RunLockedError
 from gitruns.fork import fork_run, rewind_run
 from gitruns.refs import RunRef, check_name, new_run_id
-from gitruns.run import _new_info
+from gitruns.run import new_run_info
 from gitruns.store import RunStore
 from gitruns.writer import RunWriter, WriterOptions, journaled_runs
 
@@ -60,7 +60,7 @@ def fork_command(
         except ValueError:
             config[k] = v
     # fork_run gives the fork its source's window, whatever the options say.
-    info = _new_info(new, name, None, None, None, None, None, WriterOptions(), None)
+    info = new_run_info(new, WriterOptions(), name=name)
     info["state"] = "finished"
     try:
         fork_run(store, source, spec, key, value, new, info, config)

@@ -124,5 +124,11 @@ __all__ = [
     "fmt",
     "json_option",
     "repo_option",
+    "split_keys",
     "with_store",
 ]
+
+
+def split_keys(keys: Iterable[str]) -> list[str] | None:
+    """Metric names from repeated and comma-separated options; None for none."""
+    return [k for part in keys for k in part.split(",") if k] or None

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import click
 
-from gitruns.cli.common import with_store
+from gitruns.cli.common import split_keys, with_store
 from gitruns.export import FORMATS, ExportFormat, export_history
 from gitruns.reader import RunView
 from gitruns.store import RunStore
@@ -20,10 +20,6 @@ if TYPE_CHECKING:
     from gitruns.report import ImageKind
 
 output_file = click.Path(dir_okay=False, writable=True, path_type=Path)
-
-
-def _keys(keys: tuple[str, ...]) -> list[str] | None:
-    return [k for part in keys for k in part.split(",") if k] or None
 
 
 @contextmanager
@@ -92,7 +88,7 @@ def export_command(
     like one, nor None from "not logged"; JSON lines can.
     """
     view = RunView(store, store.resolve(run))
-    wanted = _keys(keys)
+    wanted = split_keys(keys)
     if output is None or str(output) == "-":
         count = export_history(view, sys.stdout, fmt, wanted, min_step, max_step)
         sys.stdout.flush()
@@ -210,5 +206,5 @@ def report_command(
     view = RunView(store, store.resolve(run))
     out = output or Path(f"{view.project}-{view.id}.html")
     with _extra_needed():
-        write_report(store, view, out, _keys(metrics), with_lineage, images)
+        write_report(store, view, out, split_keys(metrics), with_lineage, images)
     click.echo(f"wrote the report of {view.path} to {out}", err=True)

@@ -15,6 +15,7 @@ from gitruns.cli.common import (
     echo_table,
     fmt,
     json_option,
+    split_keys,
     with_store,
 )
 from gitruns.diff import MISSING, diff_runs
@@ -165,7 +166,7 @@ def history_command(
 ) -> None:
     """Print a run's metric history, one row per step."""
     view = _view(store, run)
-    wanted = [k for part in keys for k in part.split(",") if k] or None
+    wanted = split_keys(keys)
     rows_list = list(view.scan_history(wanted, min_step=min_step, max_step=max_step))
     if not rows_list and wanted:
         _explain_no_rows(view, wanted)
