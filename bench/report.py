@@ -542,11 +542,16 @@ def render(results: Result) -> str:
     mem = results.get("memory", [])
     if mem:
         parts.append(
-            "## memory while logging\n"
+            "## memory while logging (finish: packing the run's loose objects)\n"
             + table(
-                ["run", "status", "traced peak MB"],
+                ["run", "status", "traced peak MB", "finish peak MB"],
                 [
-                    [m["label"], m["status"], _mb(m.get("traced_peak_bytes"))]
+                    [
+                        m["label"],
+                        m["status"],
+                        _mb(m.get("traced_peak_bytes")),
+                        _mb(m.get("finish_traced_peak_bytes")),
+                    ]
                     for m in mem
                 ],
             )

@@ -19,7 +19,7 @@ from typing import Any
 
 from dulwich.errors import NotGitRepository
 from dulwich.file import FileLocked
-from dulwich.objects import Blob, Commit, Tree
+from dulwich.objects import Blob, Commit, ObjectID, Tree
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
@@ -59,6 +59,9 @@ LOOSE_COMPRESSION = 1
 
 #: Loose objects past which finishing a run packs them (as `git gc --auto`).
 PACK_THRESHOLD = 1000
+
+#: Object data one packing batch holds in memory at most (about).
+PACK_BATCH_BYTES = 8 << 20
 
 #: Packs past which finishing a run merges them into one.
 MAX_PACKS = 50
@@ -644,9 +647,45 @@ class RunStore:
             return packed
 
     def pack_loose_objects(self) -> int:
-        """Pack the repository's loose objects now."""
+        """Pack the repository's loose objects now, a bounded batch at a time.
+
+        dulwich's own ``pack_loose_objects`` holds every loose object in memory
+        at once, which grows with the length of the run that left them; a
+        batch holds at most :data:`PACK_BATCH_BYTES` of object data.
+        """
+        objects = self.repo.object_store
+        packed = 0
         with mapped_errors("packing objects"), self._pack_lock():
-            return int(self.repo.object_store.pack_loose_objects())
+            batch: list[tuple[Any, None]] = []
+            size = 0
+            for sha in self._loose_ids():
+                try:
+                    obj = objects[sha]
+                except KeyError:
+                    continue  # packed by another writer since it was listed
+                batch.append((obj, None))
+                size += len(obj.as_raw_string())
+                if size >= PACK_BATCH_BYTES:
+                    packed += self._pack_batch(batch)
+                    batch, size = [], 0
+            if batch:
+                packed += self._pack_batch(batch)
+        return packed
+
+    def _loose_ids(self) -> Iterator[ObjectID]:
+        root = self.git_dir / "objects"
+        for folder in os.scandir(root):
+            if len(folder.name) == 2 and folder.is_dir():
+                for entry in os.scandir(folder):
+                    if len(entry.name) == 38:
+                        yield ObjectID((folder.name + entry.name).encode())
+
+    def _pack_batch(self, batch: list[tuple[Any, None]]) -> int:
+        objects = self.repo.object_store
+        objects.add_objects(batch)
+        for obj, _ in batch:
+            objects.delete_loose_object(obj.id)
+        return len(batch)
 
     @contextlib.contextmanager
     def _pack_lock(self) -> Iterator[None]:
