@@ -77,7 +77,7 @@ def float32_setting() -> tuple[str, Any] | None:
     measure float64 and call it float32; only a declared setting is used.
     """
     try:
-        from gitruns.run import WRITER_SETTINGS
+        from gitruns.settings import WRITER_SETTINGS
     except ImportError:
         return None
     for name, kind in WRITER_SETTINGS.items():

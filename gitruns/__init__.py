@@ -10,6 +10,8 @@ are here too, so a script can catch :class:`StepOrderError` by name.
 import typing as _typing
 
 from gitruns.api import Api
+from gitruns.compat import Audio, Histogram, Html, Image, Object3D, Table, Video
+from gitruns.compat import unsupported as _unsupported
 from gitruns.errors import (
     AmbiguousRunError,
     ChunkFormatError,
@@ -32,15 +34,7 @@ from gitruns.errors import (
 )
 from gitruns.reader import RunView
 from gitruns.run import (
-    Audio,
-    Histogram,
-    Html,
-    Image,
-    Object3D,
     Run,
-    Settings,
-    Table,
-    Video,
     config,
     define_metric,
     finish,
@@ -53,7 +47,7 @@ from gitruns.run import (
     unwatch,
     watch,
 )
-from gitruns.run import unsupported as _unsupported
+from gitruns.settings import Settings
 
 __version__ = "0.1.0"
 

@@ -12,7 +12,8 @@ from gitruns.errors import ConflictError, InvalidArgumentError
 from gitruns.reader import RunView
 from gitruns.readme import render_readme
 from gitruns.refs import RunRef, Sha
-from gitruns.run import open_store, plain_value
+from gitruns.repository import open_store
+from gitruns.run_config import plain_value
 from gitruns.store import RunStore, Snapshot
 from gitruns.writer import RunWriter, WriterOptions, now_iso
 

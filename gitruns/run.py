@@ -9,14 +9,9 @@ do, so a typical W&B script runs on ``import gitruns as wandb``.
 
 from __future__ import annotations
 
-import argparse
 import atexit
-import dataclasses
-import enum
 import glob
-import io
 import logging
-import math
 import os
 import shutil
 import signal
@@ -25,520 +20,50 @@ import sys
 import tempfile
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, NoReturn
 
-from dulwich.objects import Tree
-
-from gitruns.chunk import Digest
+from gitruns.compat import (
+    unsupported,
+    without_media,
+)
 from gitruns.errors import (
     GitRunsError,
     InvalidArgumentError,
     InvalidValueError,
-    RepositoryError,
     RunExistsError,
     RunNotFoundError,
     mapped_errors,
 )
+from gitruns.files import (
+    FILES_TREE,
+    MAX_SAVE_BYTES,
+    read_files_tree,
+    tree_path,
+    write_files_tree,
+)
 from gitruns.fork import create_run, fork_run, rewind_run, split_spec
 from gitruns.refs import RunRef, Sha, check_name, new_run_id
-from gitruns.store import FILE_MODE, TREE_MODE, RunStore, locate_repository
-from gitruns.summary import summarize, summary_modes
+from gitruns.repository import code_state, open_store
+from gitruns.run_config import Config, Summary, as_mapping, plain_value
+from gitruns.settings import (
+    DEFAULT_PROJECT,
+    WRITER_SETTINGS,
+    Settings,
+    env_setting,
+    parse_mode,
+    parse_reinit,
+    settings_dict,
+    writer_options,
+)
+from gitruns.store import TREE_MODE, RunStore
+from gitruns.summary import summary_modes
 from gitruns.values import clean_row
 from gitruns.writer import RunWriter, WriterOptions, now_iso
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_PROJECT = "uncategorized"
-MAX_PATCH = 1 << 20
-
-#: The largest file :func:`save` keeps in a run's tree; Git is no place for
-#: checkpoints.
-MAX_SAVE_BYTES = 1 << 20
-
-#: The folder of a run's tree that holds the files :func:`save` keeps.
-FILES_TREE = b"files"
-
-#: Settings init() takes as keywords (or GITRUNS_<NAME> in the environment).
-WRITER_SETTINGS = {
-    "window": int,
-    "flush_interval": float,
-    "fsync": str,
-    "background": bool,
-    "float32": bool,
-}
-
-#: ``mode=`` values; W&B's old names map onto them.
-MODES = ("online", "offline", "disabled")
-_MODE_ALIASES = {"run": "online", "dryrun": "offline"}
-
-#: ``reinit=`` values, as W&B names them (True and False are older spellings).
-REINIT_MODES = ("default", "return_previous", "finish_previous", "create_new")
-
-#: Settings gitruns reads; any other is a W&B setting it accepts and ignores.
-_KNOWN_SETTINGS = frozenset({"mode", "reinit", "save_code", *WRITER_SETTINGS})
-
-#: W&B names gitruns does not offer, and what to do instead.
-UNSUPPORTED = {
-    "Artifact": "keep large files in Git LFS or DVC beside the code",
-    "log_artifact": "keep large files in Git LFS or DVC beside the code",
-    "use_artifact": "keep large files in Git LFS or DVC beside the code",
-    "log_model": "keep checkpoints in Git LFS or DVC beside the code",
-    "use_model": "keep checkpoints in Git LFS or DVC beside the code",
-    "link_model": "keep checkpoints in Git LFS or DVC beside the code",
-    "sweep": "loop over configs in your script; each init() is a run",
-    "agent": "loop over configs in your script; each init() is a run",
-    "controller": "loop over configs in your script; each init() is a run",
-    "restore": "read saved files with `git show runs/<project>/<id>:files/<name>`",
-    "alert": "there is no server to send alerts; log a metric instead",
-    "plot": "plot from Api().run(...).history() with matplotlib",
-    "mark_preempting": "a killed run is recovered from its journal on next open",
-    "log_code": "init(save_code=True) records the code commit and its patch",
-}
-
-
-def unsupported(name: str, owner: str) -> AttributeError:
-    """The AttributeError for ``owner.name``, with advice if W&B has the name."""
-    advice = UNSUPPORTED.get(name)
-    if advice is None:
-        return AttributeError(f"{owner!r} has no attribute {name!r}")
-    return AttributeError(
-        f"gitruns does not support W&B's {name}: {advice} (README: W&B compatibility)"
-    )
-
-
-# -- settings -----------------------------------------------------------------
-
-
-class Settings:
-    """Settings for :func:`init`, in the place of ``wandb.Settings``.
-
-    gitruns reads ``mode``, ``reinit``, ``save_code`` and the writer settings
-    (``window``, ``flush_interval``, ``fsync``, ``background``, ``float32``).
-    Every other keyword (W&B has many: ``start_method``, ``console``,
-    ``silent``...) is accepted, kept, and reported once at DEBUG when a run
-    starts with it.
-
-    Args:
-        **values: setting name -> value.
-    """
-
-    def __init__(self, **values: Any) -> None:
-        object.__setattr__(self, "_values", dict(values))
-
-    def __getattr__(self, name: str) -> Any:
-        values = self.__dict__.get("_values", {})
-        if name in values:
-            return values[name]
-        if name in _KNOWN_SETTINGS:
-            return None
-        raise AttributeError(f"Settings has no {name!r}")
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        self._values[name] = value
-
-    def __repr__(self) -> str:
-        return f"Settings({', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
-
-    def update(self, values: Mapping[str, Any] | None = None, **more: Any) -> None:
-        """Set several settings at once."""
-        self._values.update(values or {}, **more)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings given, as a dict."""
-        return dict(self._values)
-
-
-_reported_settings: set[str] = set()
-
-
-def _settings_dict(settings: Settings | Mapping[str, Any] | None) -> dict[str, Any]:
-    if settings is None:
-        return {}
-    values = settings.to_dict() if isinstance(settings, Settings) else dict(settings)
-    for key in sorted(set(values) - _KNOWN_SETTINGS - _reported_settings):
-        _reported_settings.add(key)
-        logger.debug("setting %s is not used by gitruns; ignored", key)
-    return {k: v for k, v in values.items() if k in _KNOWN_SETTINGS}
-
-
-def _env_setting(name: str) -> Any:
-    text = os.environ.get(f"GITRUNS_{name.upper()}")
-    if text is None:
-        return None
-    kind = WRITER_SETTINGS[name]
-    if kind is bool:
-        word = text.strip().lower()
-        if word in _TRUE_WORDS or word in _FALSE_WORDS:
-            return word in _TRUE_WORDS
-        raise InvalidArgumentError(
-            f"GITRUNS_{name.upper()}", text, "set it to 1 or 0 (true or false)"
-        )
-    try:
-        return kind(text)
-    except ValueError:
-        raise InvalidArgumentError(
-            f"GITRUNS_{name.upper()}", text, f"set it to {_KIND_WORDS[kind]}"
-        ) from None
-
-
-_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-_FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
-_KIND_WORDS = {int: "a whole number", float: "a number of seconds", str: "a word"}
-
-
-def _writer_options(options: dict[str, Any]) -> WriterOptions:
-    # The writer checks its settings; a refusal names the argument.
-    try:
-        return WriterOptions(**options)
-    except ValueError as exc:
-        name = str(exc).split(" ", 1)[0]
-        raise InvalidArgumentError(name, options.get(name), str(exc)) from None
-
-
-def _mode(value: Any) -> str:
-    mode = _MODE_ALIASES.get(value, value)
-    if mode not in MODES:
-        raise InvalidArgumentError("mode", value, f"use one of {', '.join(MODES)}")
-    return str(mode)
-
-
-def _reinit(value: Any) -> str:
-    if value is None:
-        return "default"
-    if value is True:
-        return "finish_previous"
-    if value is False:
-        return "return_previous"
-    if value not in REINIT_MODES:
-        raise InvalidArgumentError(
-            "reinit", value, f"use True, False or one of {', '.join(REINIT_MODES)}"
-        )
-    return str(value)
-
-
-# -- config and summary -------------------------------------------------------
-
-
-def plain_value(value: Any) -> Any:
-    """A config or summary value as JSON stores it (numpy, enums, paths...)."""
-    kind = type(value)
-    if value is None or kind in (bool, int, float, str):
-        return value
-    for plain in (bool, int, float, str):
-        if isinstance(value, plain):
-            # Subclasses (IntEnum, numpy.float64) become their plain kind.
-            return plain(value)
-    if isinstance(value, enum.Enum):
-        return plain_value(value.value)
-    if isinstance(value, Mapping):
-        return {str(k): plain_value(v) for k, v in value.items()}
-    if isinstance(value, argparse.Namespace):
-        return plain_value(vars(value))
-    if isinstance(value, (list, tuple)):
-        return [plain_value(v) for v in value]
-    if isinstance(value, (set, frozenset)):
-        return sorted((plain_value(v) for v in value), key=repr)
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return plain_value(dataclasses.asdict(value))
-    tolist = getattr(value, "tolist", None)
-    if callable(tolist):
-        # numpy arrays and scalars, tensors: their Python values.
-        return plain_value(tolist())
-    logger.debug("storing %s value %r as its str()", kind.__name__, value)
-    return str(value)
-
-
-def _as_mapping(data: Any, what: str) -> dict[str, Any]:
-    """What a config may be given as: a dict, argparse Namespace, absl flags..."""
-    if data is None:
-        return {}
-    if isinstance(data, Mapping):
-        return dict(data)
-    if isinstance(data, argparse.Namespace):
-        return dict(vars(data))
-    flags = getattr(data, "flag_values_dict", None)
-    if callable(flags):
-        return dict(flags())
-    if dataclasses.is_dataclass(data) and not isinstance(data, type):
-        return dataclasses.asdict(data)
-    try:
-        return dict(data)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(
-            what, data, "pass a dict, an argparse Namespace or a dataclass"
-        ) from None
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
-        return math.isnan(b)
-    return bool(a == b)
-
-
-class Config(MutableMapping[str, Any]):
-    """A run's hyper-parameters: a dict with attribute access, as W&B's config.
-
-    Changing a key that already has another value is refused unless
-    ``allow_val_change`` is given (here or to init()), as W&B does, so that a
-    typo cannot silently overwrite a hyper-parameter.
-
-    Args:
-        data: the initial keys.
-        on_change: called with the whole dict after every change.
-        allow_val_change: let every change through.
-    """
-
-    def __init__(
-        self,
-        data: Mapping[str, Any],
-        on_change: Callable[[dict[str, Any]], None],
-        allow_val_change: bool = False,
-    ) -> None:
-        object.__setattr__(self, "_data", dict(data))
-        object.__setattr__(self, "_on_change", on_change)
-        object.__setattr__(self, "_allow_val_change", allow_val_change)
-
-    def __getitem__(self, key: str) -> Any:
-        return self._data[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.update({key: value})
-
-    def __delitem__(self, key: str) -> None:
-        del self._data[key]
-        self._on_change(dict(self._data))
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self.__dict__["_data"][key]
-        except KeyError:
-            raise AttributeError(f"config has no key {key!r}") from None
-
-    def __setattr__(self, key: str, value: Any) -> None:
-        self[key] = value
-
-    def __delattr__(self, key: str) -> None:
-        try:
-            del self[key]
-        except KeyError:
-            raise AttributeError(f"config has no key {key!r}") from None
-
-    def __repr__(self) -> str:
-        return f"Config({self._data!r})"
-
-    def update(  # type: ignore[override]
-        self,
-        data: Any = None,
-        allow_val_change: bool | None = None,
-        **more: Any,
-    ) -> None:
-        """Merge keys in; dicts, argparse Namespaces and dataclasses all work.
-
-        Args:
-            data: the keys to set.
-            allow_val_change: allow changing keys that have another value.
-            **more: more keys.
-
-        Raises:
-            InvalidValueError: for a changed value without allow_val_change.
-        """
-        new = {**_as_mapping(data, "config"), **more}
-        if not new:
-            return
-        allow = self._allow_val_change if allow_val_change is None else allow_val_change
-        clean = {str(k): plain_value(v) for k, v in new.items()}
-        if not allow:
-            for key, value in clean.items():
-                if key in self._data and not _same(self._data[key], value):
-                    raise InvalidArgumentError(
-                        f"config.{key}",
-                        value,
-                        f"it is already {self._data[key]!r}; pass "
-                        "allow_val_change=True to config.update() or init() "
-                        "to change it",
-                    )
-        self._data.update(clean)
-        self._on_change(dict(self._data))
-
-    def setdefaults(self, data: Any) -> None:
-        """Set the keys that have no value yet (W&B's sweep idiom)."""
-        missing = {
-            k: v for k, v in _as_mapping(data, "config").items() if k not in self._data
-        }
-        self.update(missing)
-
-    def as_dict(self) -> dict[str, Any]:
-        """A plain copy."""
-        return dict(self._data)
-
-
-class Summary(MutableMapping[str, Any]):
-    """A run's summary: derived from its history; values set here win.
-
-    Args:
-        totals: returns the digests of everything logged so far.
-        definitions: the run's define_metric rules (read at every access).
-        overrides: values set by the user.
-        on_change: called with every user-set value after a change.
-    """
-
-    def __init__(
-        self,
-        totals: Callable[[], Mapping[str, Digest]],
-        definitions: Mapping[str, Mapping[str, Any]],
-        overrides: Mapping[str, Any],
-        on_change: Callable[[dict[str, Any]], None],
-    ) -> None:
-        object.__setattr__(self, "_totals", totals)
-        object.__setattr__(self, "_definitions", definitions)
-        object.__setattr__(self, "_overrides", dict(overrides))
-        object.__setattr__(self, "_on_change", on_change)
-
-    def _current(self) -> dict[str, Any]:
-        return summarize(self._totals(), self._definitions, self._overrides)
-
-    def __getitem__(self, key: str) -> Any:
-        return self._current()[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self._overrides[str(key)] = plain_value(value)
-        self._on_change(dict(self._overrides))
-
-    def __delitem__(self, key: str) -> None:
-        del self._overrides[key]
-        self._on_change(dict(self._overrides))
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._current())
-
-    def __len__(self) -> int:
-        return len(self._current())
-
-    def __getattr__(self, key: str) -> Any:
-        if key.startswith("__"):
-            raise AttributeError(key)
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(f"summary has no key {key!r}") from None
-
-    def __setattr__(self, key: str, value: Any) -> None:
-        self[key] = value
-
-    def __repr__(self) -> str:
-        return f"Summary({self._current()!r})"
-
-    def as_dict(self) -> dict[str, Any]:
-        """The summary as a plain dict."""
-        return self._current()
-
-
-# -- media: accepted so scripts run, never stored ------------------------------
-
-
-class Media:
-    """A W&B media object: accepted so that a script runs, never stored.
-
-    ``log()`` leaves out a key whose value is one of these and warns once per
-    key; every other key of the call is logged as usual.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.kind = type(self).__name__
-
-    def __repr__(self) -> str:
-        return f"<gitruns.{self.kind}: not stored>"
-
-
-class Image(Media):
-    """W&B's ``Image``; not stored (see :class:`Media`)."""
-
-
-class Audio(Media):
-    """W&B's ``Audio``; not stored (see :class:`Media`)."""
-
-
-class Video(Media):
-    """W&B's ``Video``; not stored (see :class:`Media`)."""
-
-
-class Html(Media):
-    """W&B's ``Html``; not stored (see :class:`Media`)."""
-
-
-class Histogram(Media):
-    """W&B's ``Histogram``; not stored (log summary statistics as metrics)."""
-
-
-class Object3D(Media):
-    """W&B's ``Object3D``; not stored (see :class:`Media`)."""
-
-
-class Table(Media):
-    """W&B's ``Table``; not stored (log one metric per column instead)."""
-
-    def add_data(self, *values: Any) -> None:
-        """Accepted and dropped."""
-
-    def add_column(self, name: str, data: Any, **kwargs: Any) -> None:
-        """Accepted and dropped."""
-
-
-_warned_media: set[tuple[str, str]] = set()
-
-
-def _is_media(value: Any) -> bool:
-    # A W&B media object, or a list of them (a gallery of images).
-    if isinstance(value, Media):
-        return True
-    return (
-        isinstance(value, (list, tuple))
-        and bool(value)
-        and all(isinstance(v, Media) for v in value)
-    )
-
-
-def _media_kind(value: Any) -> str:
-    if isinstance(value, Media):
-        return value.kind
-    return f"{value[0].kind} list"
-
-
-def _without_media(data: Any, run: str, prefix: str = "") -> Any:
-    """``data`` without Media values (nested too), warning once per key."""
-    if not isinstance(data, Mapping):
-        return data
-    kept: dict[Any, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if _is_media(value):
-            if (run, name) not in _warned_media:
-                _warned_media.add((run, name))
-                logger.warning(
-                    "run %s: %r is a wandb.%s, which gitruns does not store; "
-                    "the key is left out (log numbers, str or bools instead)",
-                    run,
-                    name,
-                    _media_kind(value),
-                )
-            continue
-        if isinstance(value, Mapping):
-            value = _without_media(value, run, f"{name}/")
-        kept[key] = value
-    return kept
-
 
 # -- the run ------------------------------------------------------------------
 
@@ -776,7 +301,7 @@ class Run:
             row = clean_row(data, self._known)
         except InvalidValueError:
             # Off the hot path: drop media objects, or raise the error again.
-            row = clean_row(_without_media(data, self.path), self._known)
+            row = clean_row(without_media(data, self.path), self._known)
         if step is not None and type(step) is not int:
             step = _as_step(step)
         self._writer.log(row, step, commit, timestamp)
@@ -888,7 +413,7 @@ class Run:
         kept = []
         with mapped_errors(f"saving files into run {self.path}"):
             for path in paths:
-                name = prefix + _tree_path(path, base)
+                name = prefix + tree_path(path, base)
                 size = os.path.getsize(path)
                 if size > MAX_SAVE_BYTES:
                     error = InvalidArgumentError(
@@ -904,7 +429,7 @@ class Run:
                     continue
                 files[name] = self._store.blob(Path(path).read_bytes())
                 kept.append(FILES_TREE.decode() + "/" + name)
-            tree = _write_tree(self._store, files, path=pattern)
+            tree = write_files_tree(self._store, files, path=pattern)
         self._extra[FILES_TREE] = (TREE_MODE, tree)
         self._set_meta(extra={FILES_TREE: (TREE_MODE, tree)})
         return kept
@@ -914,7 +439,7 @@ class Run:
             self._files = {}
             entry = self._extra.get(FILES_TREE)
             if entry is not None and entry[0] == TREE_MODE:
-                _read_tree(self._store, entry[1], "", self._files)
+                read_files_tree(self._store, entry[1], "", self._files)
         return self._files
 
     def _keep_final_files(self) -> None:
@@ -1061,61 +586,6 @@ def _as_step(step: Any) -> int:
     if value < 0:
         raise InvalidArgumentError("step", step, "a step must be a non-negative int")
     return value
-
-
-def _tree_path(path: str, base: str) -> str:
-    """``path`` relative to ``base`` with / separators, checked for a Git tree."""
-    relative = os.path.relpath(os.path.abspath(path), os.path.abspath(base))
-    parts = Path(relative).parts
-    if not parts or parts[0] == ".." or os.path.isabs(relative):
-        raise InvalidArgumentError(
-            "save", path, f"it is outside base_path {base!r}; pass a base_path above it"
-        )
-    if any(part.lower() == ".git" for part in parts):
-        raise InvalidArgumentError("save", path, "Git trees cannot hold a '.git' entry")
-    return "/".join(parts)
-
-
-def _write_tree(store: RunStore, files: Mapping[str, Sha], path: str) -> Sha:
-    """Write ``files`` (tree path -> blob) as nested trees; return the root's id."""
-    root: dict[str, Any] = {}
-    for name, sha in files.items():
-        *folders, leaf = name.split("/")
-        node = root
-        for folder in folders:
-            child = node.setdefault(folder, {})
-            if not isinstance(child, dict):
-                raise InvalidArgumentError(
-                    "save", path, f"{folder!r} is a file already"
-                )
-            node = child
-        if isinstance(node.get(leaf), dict):
-            raise InvalidArgumentError("save", path, f"{leaf!r} is a folder already")
-        node[leaf] = sha
-
-    def write(node: dict[str, Any]) -> Sha:
-        tree = Tree()
-        for name, child in node.items():
-            if isinstance(child, dict):
-                tree.add(name.encode(), TREE_MODE, write(child))
-            else:
-                tree.add(name.encode(), FILE_MODE, child)
-        store.add(tree)
-        return Sha(tree.id)
-
-    return write(root)
-
-
-def _read_tree(store: RunStore, sha: Sha, prefix: str, into: dict[str, Sha]) -> None:
-    tree = store.repo.object_store[sha]
-    if not isinstance(tree, Tree):
-        return
-    for name, mode, child in tree.iteritems():
-        path = prefix + name.decode(errors="replace")
-        if mode == TREE_MODE:
-            _read_tree(store, Sha(child), path + "/", into)
-        else:
-            into[path] = Sha(child)
 
 
 _noted: set[str] = set()
@@ -1364,84 +834,6 @@ def setup(*args: Any, **kwargs: Any) -> None:
     """Accepted for W&B scripts; does nothing."""
 
 
-# -- repositories -------------------------------------------------------------
-
-_open_stores: weakref.WeakSet[RunStore] = weakref.WeakSet()
-
-
-def open_store(
-    repo: str | os.PathLike[str] | None = None,
-    start: Path | None = None,
-    *,
-    create: bool = True,
-) -> RunStore:
-    """Open the repository: repo=, GITRUNS_REPO, the enclosing one, or ./.gitruns.
-
-    Args:
-        repo: an explicit repository.
-        start: the folder to search from instead of the working directory.
-        create: make a bare repository there if there is none (writers do;
-            readers should not turn a typo into an empty repository).
-    """
-    where = start or Path.cwd()
-    env_repo = os.environ.get("GITRUNS_REPO")
-    path, may_create = locate_repository(repo, env_repo, where)
-    if not create and repo is None and not env_repo and not path.exists():
-        # The embedded default, which only a writer creates.
-        raise RepositoryError(
-            f"no runs here yet: no Git repository encloses {where} and there is "
-            f"no {path.name}; runs appear once gitruns.init() or `gitruns "
-            "import` writes some, or pass --repo"
-        )
-    store = RunStore.open(path, create=create and may_create)
-    if not _open_stores:
-        atexit.register(_close_stores)
-    _open_stores.add(store)
-    return store
-
-
-def _close_stores() -> None:
-    # Close packs before interpreter teardown, when dulwich can no longer.
-    for store in list(_open_stores):
-        store.close()
-
-
-def code_state(start: Path) -> tuple[dict[str, Any] | None, bytes | None]:
-    """The code commit a run starts from, and a patch of uncommitted changes."""
-    from dulwich import porcelain
-    from dulwich.errors import NotGitRepository
-    from dulwich.repo import Repo
-
-    try:
-        repo = Repo.discover(str(start))
-    except NotGitRepository:
-        return None, None
-    try:
-        head = repo.head()
-    except KeyError:
-        repo.close()
-        return None, None
-    try:
-        branch: str | None = porcelain.active_branch(repo).decode()
-    except (KeyError, ValueError, IndexError):
-        branch = None
-    if repo.bare:
-        repo.close()
-        return {"commit": head.decode(), "branch": branch, "dirty": False}, None
-    patch = io.BytesIO()
-    try:
-        porcelain.diff(repo, commit=b"HEAD", outstream=patch)
-    except Exception as exc:  # noqa: BLE001 - a patch is a courtesy, never fatal
-        logger.debug("no code patch: %s", exc)
-    finally:
-        repo.close()
-    data = patch.getvalue()
-    info = {"commit": head.decode(), "branch": branch, "dirty": bool(data)}
-    if len(data) > MAX_PATCH:
-        data = data[:MAX_PATCH] + b"\n[gitruns: patch cut at 1 MiB]\n"
-    return info, data or None
-
-
 # -- init ---------------------------------------------------------------------
 
 
@@ -1531,11 +923,11 @@ def init(
     unknown = sorted(set(writer_settings) - set(WRITER_SETTINGS))
     if unknown:
         raise TypeError(f"init() got an unexpected keyword argument {unknown[0]!r}")
-    chosen = _settings_dict(settings)
-    mode = _mode(
+    chosen = settings_dict(settings)
+    mode = parse_mode(
         mode or chosen.get("mode") or os.environ.get("GITRUNS_MODE") or "online"
     )
-    reinit_mode = _reinit(reinit if reinit is not None else chosen.get("reinit"))
+    reinit_mode = parse_reinit(reinit if reinit is not None else chosen.get("reinit"))
     if save_code is None:
         save_code = chosen.get("save_code")
     # A window given here must match a resumed or forked run's own.
@@ -1544,7 +936,7 @@ def init(
     for key in WRITER_SETTINGS:
         value = writer_settings.get(key, chosen.get(key))
         if value is None:
-            value = _env_setting(key)
+            value = env_setting(key)
         if value is not None:
             options[key] = value
     for flag, given in (
@@ -1563,7 +955,7 @@ def init(
             config_include_keys,
             "pass config_include_keys or config_exclude_keys, not both",
         )
-    start_config = _as_mapping(config, "config")
+    start_config = as_mapping(config, "config")
     if config_include_keys is not None:
         start_config = {
             k: v for k, v in start_config.items() if k in config_include_keys
@@ -1619,7 +1011,7 @@ def init(
         job_type=job_type,
         source=source,
         save_code=save_code,
-        options=_writer_options(options),
+        options=writer_options(options),
         window=window,
         mode=mode,
         allow_val_change=bool(allow_val_change),

@@ -20,6 +20,7 @@ import pytest
 import gitruns
 from gitruns.api import ApiRun
 from gitruns.errors import GitRunsError, InvalidValueError, RunLockedError
+from gitruns.files import MAX_SAVE_BYTES
 from gitruns.summary import visible
 from tests.conftest import REAL_RUNS
 
@@ -579,7 +580,7 @@ def test_save_keeps_files_by_policy_and_refuses_large_ones(
     (tmp_path / "live.txt").write_text("first")
     (tmp_path / "now.txt").write_text("first")
     big = tmp_path / "model.bin"
-    big.write_bytes(b"\0" * (run_module.MAX_SAVE_BYTES + 1))
+    big.write_bytes(b"\0" * (MAX_SAVE_BYTES + 1))
 
     run = gitruns.init(project="files", repo=repo)
     assert run.save("conf/*.yaml") == ["files/conf/data.yaml", "files/conf/train.yaml"]
@@ -592,7 +593,7 @@ def test_save_keeps_files_by_policy_and_refuses_large_ones(
     assert run.save("later-*.txt") == []
     with pytest.raises(InvalidValueError, match="Git LFS") as caught:
         run.save("model.bin")
-    assert str(run_module.MAX_SAVE_BYTES) in str(caught.value)
+    assert str(MAX_SAVE_BYTES) in str(caught.value)
     with pytest.raises(InvalidValueError, match="outside base_path"):
         run.save("live.txt", base_path=tmp_path / "conf")
     with pytest.raises(InvalidValueError, match="policy"):

@@ -11,7 +11,7 @@ from typing import Any, TypeVar, overload
 import click
 
 from gitruns.errors import GitRunsError
-from gitruns.run import open_store
+from gitruns.repository import open_store
 
 F = TypeVar("F", bound=Callable[..., Any])
 

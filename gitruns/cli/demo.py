@@ -7,7 +7,7 @@ import click
 from gitruns.cli.common import repo_option
 from gitruns.cli.runs import diff_command, lineage_command
 from gitruns.demo import run_demo
-from gitruns.run import open_store
+from gitruns.repository import open_store
 
 
 @click.command("demo")

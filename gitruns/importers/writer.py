@@ -13,7 +13,7 @@ from gitruns.chunk import MAX_ROWS
 from gitruns.errors import GitRunsError, RunNotFoundError
 from gitruns.importers.model import ImportedRun, ParsedSource, Skipped, project_name
 from gitruns.refs import RunRef
-from gitruns.run import open_store
+from gitruns.repository import open_store
 
 logger = logging.getLogger(__name__)
 
