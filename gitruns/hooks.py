@@ -6,20 +6,35 @@ import json
 import logging
 import os
 import sys
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from dulwich.errors import ChecksumMismatch, ObjectFormatException
 from dulwich.object_store import BaseObjectStore, DiskObjectStore
 from dulwich.objects import Blob, Commit, ObjectID, Tree
 from dulwich.refs import Ref
 from dulwich.repo import BaseRepo, Repo
 
 from gitruns.chunk import MAX_CHUNK_BYTES, Chunk, decode_chunk
-from gitruns.errors import ChunkFormatError, GitRunsError, InvalidArgumentError
+from gitruns.errors import (
+    ChunkFormatError,
+    GitRunsError,
+    InvalidArgumentError,
+    InvalidNameError,
+    RepositoryError,
+)
 from gitruns.refs import RUNS_PREFIX, RunRef, Sha
-from gitruns.store import CHUNK_SUFFIX, HISTORY, RUN_JSON, TREE_MODE, chunk_dirs
+from gitruns.store import (
+    CHUNK_SUFFIX,
+    HISTORY,
+    RUN_JSON,
+    TREE_MODE,
+    chunk_dirs,
+    loads_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +42,16 @@ ZERO_SHA = Sha(b"0" * 40)
 
 #: The server's (or, for pre-push, the local) config key that lets runs be rewritten.
 ALLOW_REWRITE = (b"gitruns", b"allowRewrite")
+
+#: How each side lifts the append-only rule, said where a check enforces it.
+SERVER_LIFT = "the server's `git config gitruns.allowRewrite true` lifts this rule"
+CLIENT_LIFT = (
+    "`git config gitruns.allowRewrite true` in this repository lifts this "
+    "pre-push check (a guarded server still refuses it)"
+)
+
+#: What a pushed object that cannot be read at all is refused for.
+_UNREADABLE = (ObjectFormatException, ChecksumMismatch, zlib.error, ValueError)
 
 #: Hook names gitruns ships, with what each one guards.
 HOOKS = {
@@ -95,6 +120,10 @@ def _read(store: BaseObjectStore, sha: bytes, kind: type[Any], what: str) -> Any
         raise _Refused(
             None, f"{what} {sha[:10].decode()} is missing from the push"
         ) from None
+    except _UNREADABLE as exc:
+        raise _Refused(
+            None, f"{what} {sha[:10].decode()} cannot be read ({exc or type(exc)})"
+        ) from None
     if not isinstance(obj, kind):
         raise _Refused(
             None, f"{what} {sha[:10].decode()} is not a {kind.__name__.lower()}"
@@ -141,9 +170,12 @@ def _load_commit(store: BaseObjectStore, sha: Sha) -> _RunCommit:
         )
     blob: Blob = _read(store, entries[RUN_JSON][1], Blob, "run.json")
     try:
-        info = json.loads(blob.as_raw_string())
-    except ValueError as exc:
-        raise _Refused(sha, f"run.json is not valid JSON ({exc})") from None
+        info = loads_json(blob.as_raw_string(), "run.json")
+    except RepositoryError as exc:
+        raise _Refused(sha, str(exc)) from None
+    except RecursionError:
+        # TODO: drop once store.loads_json maps RecursionError to RepositoryError.
+        raise _Refused(sha, "run.json nests too deeply to be read") from None
     if not isinstance(info, dict):
         raise _Refused(sha, "run.json is not a JSON object")
     history = None
@@ -286,6 +318,8 @@ class Checker:
         is_known: whether a commit (naming the given run) was accepted before,
             so the walk back from a pushed tip can stop there.
         allow_rewrite: let deletions and non-fast-forward updates through.
+        lift: how this side lifts the append-only rule (:data:`SERVER_LIFT`,
+            :data:`CLIENT_LIFT`), said in the refusal of a deletion or rewrite.
     """
 
     def __init__(
@@ -294,11 +328,15 @@ class Checker:
         is_known: Callable[[Sha, RunRef], bool],
         *,
         allow_rewrite: bool = False,
+        lift: str | None = None,
     ) -> None:
         self.store = store
         self.is_known = is_known
         self.allow_rewrite = allow_rewrite
+        self.lift = lift
         self._checked: dict[Sha, str] = {}
+        # The commit being read, so an error from deep inside names it.
+        self._at: Sha | None = None
 
     def check(self, updates: Iterable[RefUpdate]) -> list[Rejection]:
         """Return one rejection per refused run ref; refs outside runs/ pass."""
@@ -306,28 +344,40 @@ class Checker:
         for update in updates:
             if not update.ref.startswith(RUNS_PREFIX):
                 continue
+            self._at = None
             try:
                 self._check_update(update)
             except _Refused as refused:
-                rejections.append(
-                    Rejection(update.ref, refused.commit or update.new, refused.reason)
-                )
+                at = refused.commit or self._at or update.new
+                rejections.append(Rejection(update.ref, at, refused.reason))
             except GitRunsError as exc:
-                rejections.append(Rejection(update.ref, update.new, str(exc)))
+                at = self._at or update.new
+                rejections.append(Rejection(update.ref, at, _reason(exc)))
+            except RecursionError:
+                at = self._at or update.new
+                reason = "a file of the commit nests too deeply to be checked"
+                rejections.append(Rejection(update.ref, at, reason))
         return rejections
+
+    def _lifted(self, reason: str) -> str:
+        return f"{reason}; {self.lift}" if self.lift else reason
 
     def _check_update(self, update: RefUpdate) -> None:
         try:
             run = RunRef.from_ref(update.ref)
         except GitRunsError as exc:
-            raise _Refused(update.new, f"not a valid run branch: {exc}") from None
+            raise _Refused(
+                update.new, f"not a valid run branch: {_reason(exc)}"
+            ) from None
 
         if update.new is None:
             if not self.allow_rewrite:
                 raise _Refused(
                     update.old,
-                    "run branches cannot be deleted on this server; "
-                    "runs are append-only (fork or rewind instead)",
+                    self._lifted(
+                        "run branches cannot be deleted: runs are append-only "
+                        "(fork or rewind instead)"
+                    ),
                 )
             return
         rewrites = update.old is not None and not self._is_ancestor(
@@ -336,9 +386,11 @@ class Checker:
         if rewrites and not self.allow_rewrite:
             raise _Refused(
                 update.new,
-                "not a fast-forward: it would rewrite the run's "
-                "history; rewind with a new commit (resume_from) or fork "
-                "the run instead of forcing",
+                self._lifted(
+                    "not a fast-forward: it would rewrite the run's "
+                    "history; rewind with a new commit (resume_from) or fork "
+                    "the run instead of forcing"
+                ),
             )
 
         for child, parent in self._new_commits(run, update):
@@ -416,12 +468,14 @@ class Checker:
         return pairs
 
     def _load(self, sha: Sha) -> _RunCommit:
+        self._at = sha
         try:
             return _load_commit(self.store, sha)
         except _Refused as refused:
             raise _Refused(refused.commit or sha, refused.reason) from None
 
     def _check_commit(self, commit: _RunCommit, parent: _RunCommit | None) -> None:
+        self._at = commit.sha
         try:
             self._check_commit_body(commit, parent)
         except _Refused as refused:
@@ -546,6 +600,17 @@ class Checker:
         return int(chunk.steps[-1])
 
 
+def _reason(exc: GitRunsError) -> str:
+    """What a gitruns error says is wrong, without the advice meant for readers."""
+    if isinstance(exc, ChunkFormatError):
+        return f"malformed chunk {exc.source}: {exc.reason}"
+    if isinstance(exc, InvalidNameError):
+        if isinstance(exc.name, bytes):
+            return exc.reason
+        return f"{exc.kind} {exc.name!r}: {exc.reason}"
+    return str(exc)
+
+
 def _fork_source(sha: Sha, fork: Mapping[str, Any]) -> RunRef:
     source = fork.get("run")
     parts = source.split("/") if isinstance(source, str) else []
@@ -554,7 +619,7 @@ def _fork_source(sha: Sha, fork: Mapping[str, Any]) -> RunRef:
     try:
         return RunRef(parts[0], parts[1])
     except GitRunsError as exc:
-        raise _Refused(sha, f"fork_from.run: {exc}") from None
+        raise _Refused(sha, f"fork_from.run: {_reason(exc)}") from None
 
 
 def _rewinds_to(commit: _RunCommit, parent: _RunCommit) -> int | None:
@@ -642,7 +707,9 @@ def server_checker(
         # must not smuggle unchecked run commits in).
         return ObjectID(sha) in main and known.contains(sha, run)
 
-    return Checker(repo.object_store, is_known, allow_rewrite=allow_rewrite)
+    return Checker(
+        repo.object_store, is_known, allow_rewrite=allow_rewrite, lift=SERVER_LIFT
+    )
 
 
 def client_checker(
@@ -666,7 +733,23 @@ def client_checker(
         return _read_ref(repo, name)
 
     known = _KnownRuns(repo.object_store, tracking_tip)
-    return Checker(repo.object_store, known.contains, allow_rewrite=allow_rewrite)
+    return Checker(
+        repo.object_store,
+        known.contains,
+        allow_rewrite=allow_rewrite,
+        lift=CLIENT_LIFT,
+    )
+
+
+def pull_checker(repo: BaseRepo) -> Checker:
+    """A checker for pull: known means on a local run branch before the pull.
+
+    The fetched objects are already in ``repo``; what the local run branches
+    reach was accepted before, so only the commits a pull would add are read.
+    A pull only fast-forwards, so the rewrite rule has nothing to lift.
+    """
+    known = _KnownRuns(repo.object_store, lambda run: _read_ref(repo, run.ref))
+    return Checker(repo.object_store, known.contains)
 
 
 # -- hook input -------------------------------------------------------------------
@@ -716,16 +799,11 @@ def rewrites_allowed(repo: BaseRepo) -> bool:
         return False
 
 
-def _report(rejections: Sequence[Rejection], err: IO[str], where: str) -> int:
+def _report(rejections: Sequence[Rejection], err: IO[str]) -> int:
+    """One line per refused ref, naming it, the commit and the cause; 1 if any."""
     for rejection in rejections:
         err.write(f"gitruns: refused {rejection}\n")
-    if rejections:
-        err.write(
-            f"gitruns: {where} refused: fix the runs above; append-only rules are "
-            "lifted only by `git config gitruns.allowRewrite true` on the server\n"
-        )
-        return 1
-    return 0
+    return 1 if rejections else 0
 
 
 def run_hook(
@@ -760,7 +838,7 @@ def run_hook(
                     main if environ.get("GIT_OBJECT_DIRECTORY") else None,
                     allow_rewrite=rewrites_allowed(repo),
                 )
-                return _report(checker.check(updates), stderr, "push")
+                return _report(checker.check(updates), stderr)
         if kind == "pre-push":
             updates = parse_pre_push(lines)
             if not any(u.ref.startswith(RUNS_PREFIX) for u in updates):
@@ -773,7 +851,7 @@ def run_hook(
                     remote if configured else None,
                     allow_rewrite=rewrites_allowed(repo),
                 )
-                return _report(checker.check(updates), stderr, "push")
+                return _report(checker.check(updates), stderr)
     except GitRunsError as exc:
         stderr.write(f"gitruns: {exc}\n")
         return 1

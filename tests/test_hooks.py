@@ -89,6 +89,36 @@ def craft_commit(
         store.close()
 
 
+def craft_files(repo: Path, path: str, files: dict[str, bytes]) -> str:
+    """Commit the run's tree with ``files`` replaced, on top of its tip, as git can.
+
+    Nothing of gitruns checks the files: this is how a hostile or broken
+    writer's commit looks.
+    """
+    ref = f"refs/heads/runs/{path}"
+    env = scrubbed_env({"GIT_INDEX_FILE": str(repo / "crafted.index")})
+
+    def plumbing(*args: str, data: bytes | None = None) -> str:
+        proc = subprocess.run(
+            ["git", "--git-dir", str(repo), *args],
+            input=data,
+            env=env,
+            capture_output=True,
+            check=True,
+        )
+        return proc.stdout.decode().strip()
+
+    plumbing("read-tree", ref)
+    for name, data in files.items():
+        blob = plumbing("hash-object", "-w", "--stdin", data=data)
+        plumbing("update-index", "--add", "--cacheinfo", f"100644,{blob},{name}")
+    tree = plumbing("write-tree")
+    (repo / "crafted.index").unlink()
+    commit = plumbing("commit-tree", tree, "-p", ref, "-m", "crafted")
+    plumbing("update-ref", ref, commit)
+    return commit
+
+
 def tip(repo: Path, path: str) -> str:
     return git("--git-dir", repo, "rev-parse", f"refs/heads/runs/{path}").stdout.strip()
 
@@ -283,9 +313,33 @@ def test_bad_run_ref_name_is_rejected_and_other_refs_pass(
     code = git("push", guarded.url(), "HEAD:refs/heads/main", cwd=work, check=False)
 
     assert nested.returncode != 0
-    assert "refs/heads/runs/demo/r1/x" in nested.stderr
-    assert "not a valid run branch" in nested.stderr
+    assert (
+        "gitruns: refused refs/heads/runs/demo/r1/x "
+        f"{tip(local, run)[:10]}: not a valid run branch: "
+        "must be runs/<project>/<run_id>"
+    ) in nested.stderr
+    assert "b'" not in nested.stderr
     assert code.returncode == 0, code.stderr
+
+
+def test_deep_run_json_is_refused_with_one_line_naming_ref_and_commit(
+    guarded: GitServer, local: Path
+) -> None:
+    run = log_run(local, "r1", range(5))
+    stock_push(local, guarded.url(), f"refs/heads/runs/{run}")
+    before = tip(local, run)
+    bad = craft_files(local, run, {"run.json": b"[" * 100_000 + b"]" * 100_000})
+
+    pushed = stock_push(local, guarded.url(), f"refs/heads/runs/{run}")
+
+    assert pushed.returncode != 0
+    said = [line for line in pushed.stderr.splitlines() if "gitruns" in line]
+    assert len(said) == 1, pushed.stderr
+    assert said[0].startswith(
+        f"remote: gitruns: refused refs/heads/runs/{run} {bad[:10]}: "
+    )
+    assert "run.json" in said[0] and "itself failed" not in said[0]
+    assert remote_refs(guarded.url())[f"refs/heads/runs/{run}"] == before
 
 
 def test_one_bad_ref_refuses_the_whole_push(guarded: GitServer, local: Path) -> None:
@@ -412,6 +466,27 @@ def test_gitruns_push_runs_an_installed_pre_push_check(
     assert outcomes[bad_run].status == "rejected"
     assert outcomes[bad_run].message.startswith(f"pre-push check at {bad[:10]}: step")
     assert {o.run.path: o.status for o in unchecked}[bad_run] == "created"
+
+
+def test_pre_push_refusal_says_how_this_repository_lifts_it(
+    local: Path, repo: Repo
+) -> None:
+    run = log_run(local, "r1", range(3))
+    at = tip(local, run)
+    err = io.StringIO()
+    line = f"(delete) {'0' * 40} refs/heads/runs/{run} {at}\n".encode()
+
+    status = hooks.run_hook(
+        "pre-push", ["origin"], io.BytesIO(line), err, {"GIT_DIR": str(local)}
+    )
+
+    assert status == 1
+    assert err.getvalue() == (
+        f"gitruns: refused refs/heads/runs/{run} {at[:10]}: run branches cannot be "
+        "deleted: runs are append-only (fork or rewind instead); `git config "
+        "gitruns.allowRewrite true` in this repository lifts this pre-push check "
+        "(a guarded server still refuses it)\n"
+    )
 
 
 def test_parse_pre_push_lines() -> None:
