@@ -8,7 +8,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dulwich.client import (
@@ -102,14 +102,21 @@ class RefOutcome:
     Attributes:
         ref: the run's branch, ``refs/heads/runs/<project>/<run_id>``.
         status: one of ``created``, ``fast-forward``, ``forced``, ``up to date``,
-            ``rejected`` (the server refused it), ``diverged``, ``behind``
-            (the other side has commits this one lacks), ``ahead`` (pull: the
-            local run has commits the remote lacks), ``new`` and ``updated``
-            (fetch: the remote-tracking ref).
+            ``rejected`` (push: the server or the pre-push check refused it;
+            pull: the fetched commits failed the checks), ``diverged`` (both
+            sides have commits the other lacks), ``behind`` (push: the remote
+            has commits this run lacks, and this run has none of its own),
+            ``ahead`` (pull: the local run has commits the remote lacks),
+            ``new`` and ``updated`` (fetch: the remote-tracking ref).
         old: the sha the updated ref had before, None if there was no such ref.
         new: the sha it has now (or would have had, for a refusal).
-        message: the server's message, or what a forced update replaced.
+        message: why, in short: the server's reason (``hook declined``), what
+            a check found, or what a forced update replaced.
         side: whose ref moves: ``"remote"`` for a push, ``"local"`` otherwise.
+        remote_text: what the server printed about this ref (a hook's lines),
+            for a ref the server refused.
+        commit: the commit a check refused, when a check refused the ref.
+        advice: what the user can do about a refusal.
     """
 
     ref: bytes
@@ -118,6 +125,9 @@ class RefOutcome:
     new: Sha | None
     message: str = ""
     side: str = "local"
+    remote_text: tuple[str, ...] = ()
+    commit: Sha | None = None
+    advice: str = ""
 
     @property
     def ok(self) -> bool:
@@ -129,8 +139,20 @@ class RefOutcome:
         """The run this ref belongs to."""
         return RunRef.from_ref(self.ref)
 
-    def error(self, remote: Remote | str) -> RemoteError | None:
-        """The error this outcome stands for, or None if it is fine."""
+    @property
+    def detail(self) -> str:
+        """The message, followed by what the server printed about the ref."""
+        text = self.message or self.status
+        if self.remote_text:
+            text += f" (remote: {'; '.join(self.remote_text)})"
+        return text
+
+    def error(self, action: str) -> RemoteError | None:
+        """The error this outcome stands for, or None if it is fine.
+
+        Args:
+            action: what was refused, for the message (``push to origin``).
+        """
         if self.ok:
             return None
         if self.status == "diverged" and self.old and self.new:
@@ -138,9 +160,8 @@ class RefOutcome:
                 (self.new, self.old) if self.side == "remote" else (self.old, self.new)
             )
             return DivergedError(self.run.branch, local.decode(), theirs.decode())
-        return RemoteError(
-            f"{remote} refused {self.run.branch}: {self.message or self.status}"
-        )
+        advice = f"; {self.advice}" if self.advice else ""
+        return RemoteError(f"{action} refused {self.run.branch}: {self.detail}{advice}")
 
     def __str__(self) -> str:
         span = ""
@@ -148,7 +169,7 @@ class RefOutcome:
             span = f" {self.old[:7].decode()}..{self.new[:7].decode()}"
         elif self.new:
             span = f" {self.new[:7].decode()}"
-        note = f": {self.message}" if self.message else ""
+        note = f": {self.detail}" if self.message or self.remote_text else ""
         return f"{self.run.path}: {self.status}{span}{note}"
 
 
@@ -166,15 +187,10 @@ def resolve_remote(repo: BaseRepo, remote: str, *, push: bool = False) -> Remote
     Raises:
         RemoteError: if ``remote`` is neither a configured remote nor a URL.
     """
-    config = repo.get_config_stack()
-    section = (b"remote", remote.encode())
     keys = (b"pushurl", b"url") if push else (b"url",)
-    for key in keys:
-        try:
-            url = config.get(section, key)
-        except KeyError:
-            continue
-        return Remote(remote, url.decode())
+    url = _configured_url(repo, remote, keys)
+    if url is not None:
+        return Remote(remote, url)
 
     if _looks_like_url(remote):
         return Remote(None, remote)
@@ -182,6 +198,16 @@ def resolve_remote(repo: BaseRepo, remote: str, *, push: bool = False) -> Remote
         f"no remote named {remote!r} in this repository; add it with "
         f"`git remote add {remote} <url>` or pass a URL or path instead"
     )
+
+
+def _configured_url(repo: BaseRepo, name: str, keys: Sequence[bytes]) -> str | None:
+    config = repo.get_config_stack()
+    for key in keys:
+        try:
+            return config.get((b"remote", name.encode()), key).decode()
+        except KeyError:
+            continue
+    return None
 
 
 def _looks_like_url(text: str) -> bool:
@@ -299,24 +325,125 @@ def _remote_errors(remote: Remote, what: str) -> Iterator[None]:
         ) from None
 
 
-class _ProgressTap:
-    """Passes transport progress on as text and keeps it for server messages."""
+#: A progress line of git's own (``Resolving deltas:  50% (1/2)``): shown live.
+_GIT_PROGRESS = re.compile(r"^[A-Za-z][\w ]*: +\d+% \(\d+/\d+\)")
+#: dulwich's local counters (``writing pack data: 0/46``), which never say they ended.
+_COUNTER = re.compile(r"^(?P<label>[a-z][a-z ]+): (?P<done>\d+)/(?P<total>\d+)$")
 
-    def __init__(self, sink: Progress | None) -> None:
+
+class _ProgressTap:
+    """Passes transfer progress on as text, and keeps the server's messages.
+
+    With ``hold`` (a push), the server's message lines (what its hooks print)
+    are held back until the outcomes are known: those about a refused run go
+    into its outcome, and :meth:`release` passes the rest on once each, as
+    ``remote: ...`` lines. Progress lines always pass at once.
+    """
+
+    def __init__(self, sink: Progress | None, *, hold: bool = False) -> None:
         self.sink = sink
-        self.text: list[str] = []
+        self.hold = hold
+        self.messages: list[str] = []
+        self._partial = ""
+        self._counter: tuple[str, int] | None = None
+
+    def local(self, text: str) -> None:
+        """Progress of this side (objects counted and written)."""
+        self._counter = None
+        self._emit(text)
 
     def __call__(self, data: bytes | str) -> None:
+        """What the transport reports: the server's side-band text."""
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-        text = mask_credentials(text)
-        self.text.append(text)
+        text = self._partial + mask_credentials(text)
+        segments = re.split(r"(?<=[\r\n])", text)
+        self._partial = (
+            segments.pop() if not segments[-1].endswith(("\r", "\n")) else ""
+        )
+        for segment in segments:
+            if segment:
+                self._segment(segment)
+
+    def _segment(self, segment: str) -> None:
+        body = segment.rstrip("\r\n")
+        counter = _COUNTER.match(body) if segment.endswith("\r") else None
+        # Whatever comes next is drawn over a counter; only the last one needs
+        # its end shown (finish).
+        self._counter = (counter["label"], int(counter["total"])) if counter else None
+        if segment.endswith("\r") or not self.hold or _GIT_PROGRESS.match(body):
+            self._emit(segment)
+        elif body.strip() and body.strip() not in self.messages:
+            self.messages.append(body.strip())
+
+    def finish(self) -> None:
+        """The transfer is over: end the last counter shown on its final count."""
+        if self._partial:
+            self._segment(self._partial + "\n")
+            self._partial = ""
+        if self._counter is not None:
+            label, total = self._counter
+            self._counter = None
+            self._emit(f"{label}: {total}/{total}, done.\n")
+
+    def release(self, used: Set[str] = frozenset()) -> None:
+        """Pass on the held server messages that no outcome took up."""
+        for line in self.messages:
+            if line not in used:
+                self._emit(f"remote: {line}\n")
+        self.messages = []
+
+    def _emit(self, text: str) -> None:
         if self.sink is not None:
             self.sink(text)
 
-    def lines_about(self, needle: str) -> list[str]:
-        """The complete lines the server sent that mention ``needle``."""
-        lines = "".join(self.text).replace("\r", "\n").splitlines()
-        return [line.strip() for line in lines if needle in line and line.strip()]
+
+def _mentions(line: str, run: RunRef) -> bool:
+    """Whether a server line names the run's branch (not a longer one)."""
+    pattern = rf"(?<![\w.-])runs/{re.escape(run.path)}(?![\w./-])"
+    return re.search(pattern, line) is not None
+
+
+def _with_server_text(
+    outcomes: list[RefOutcome], refused: Set[bytes], messages: Sequence[str]
+) -> tuple[list[RefOutcome], set[str]]:
+    """Give each ref the server refused the lines the server printed about it.
+
+    Lines naming a run go to that run; lines naming none (a hook's ``policy:
+    frozen by admin``) go to every refused ref, since the server gave no other
+    way to tell whose they are. A line that only restates the server's reason
+    (``error: hook declined to update <ref>``) is dropped. A ref that a
+    pre-receive hook refused without a word, while it named other refs, was
+    refused with the rest of the push, as pre-receive decides for all at once.
+
+    Returns:
+        The outcomes, and the lines they took up.
+    """
+    named = {
+        o.ref: [line for line in messages if _mentions(line, o.run)] for o in outcomes
+    }
+    claimed = {line for lines in named.values() for line in lines}
+    general = [line for line in messages if line not in claimed]
+    used: set[str] = set()
+    result = []
+    for outcome in outcomes:
+        if outcome.ref not in refused:
+            result.append(outcome)
+            continue
+        own = [
+            line
+            for line in named[outcome.ref]
+            if not (outcome.message and outcome.message in line)
+        ]
+        used.update(named[outcome.ref], general)
+        result.append(replace(outcome, remote_text=tuple(own + general)))
+
+    spoken = any(o.remote_text for o in result)
+    for i, outcome in enumerate(result):
+        silent = outcome.ref in refused and not outcome.remote_text
+        if spoken and silent and outcome.message == _PRE_RECEIVE_DECLINED:
+            message = f"{outcome.message}, with the rest of the push"
+            result[i] = replace(outcome, message=message)
+    return result, used
 
 
 # -- commit graph -----------------------------------------------------------
@@ -392,7 +519,8 @@ def _run_refs(
         try:
             run = RunRef.from_ref(ref)
         except GitRunsError:
-            logger.warning("ignoring %r in %s: not a valid run ref", ref, where)
+            shown = ref.decode(errors="replace")
+            logger.warning("ignoring %s in %s: not a valid run ref", shown, where)
             continue
         if _wanted(run, runs, project):
             selected[ref] = Sha(sha)
@@ -407,24 +535,37 @@ def _check_selection(
             raise RunNotFoundError(run.path, where)
 
 
-def check_outcomes(
-    outcomes: Sequence[RefOutcome], remote: Remote | str, action: str
-) -> None:
+def check_outcomes(outcomes: Sequence[RefOutcome], action: str) -> None:
     """Raise for the refs that a push or pull refused; do nothing if none was.
+
+    Args:
+        outcomes: what :func:`push` or :func:`pull` returned.
+        action: what was done, for the message (``push to origin (url)``).
 
     Raises:
         DivergedError: the one refused run has diverged.
         RemoteError: one run was refused otherwise, or several were.
     """
-    errors = [e for o in outcomes if (e := o.error(remote)) is not None]
-    if len(errors) == 1:
-        raise errors[0]
-    if errors:
-        details = "; ".join(str(e).split("; ")[0] for e in errors)
-        raise RemoteError(
-            f"{action} refused {len(errors)} runs: {details}; pull the runs that "
-            "are behind, fork the diverged ones into new runs, or push with --force"
-        )
+    refused = [o for o in outcomes if not o.ok]
+    if len(refused) == 1:
+        error = refused[0].error(action)
+        assert error is not None
+        raise error
+    if not refused:
+        return
+
+    # Runs refused for the same reason share one clause; each advice is said once.
+    groups: dict[str, list[str]] = {}
+    advice: list[str] = []
+    for outcome in refused:
+        groups.setdefault(outcome.detail, []).append(outcome.run.branch)
+        if outcome.advice and outcome.advice not in advice:
+            advice.append(outcome.advice)
+    reasons = "; ".join(f"{', '.join(refs)}: {why}" for why, refs in groups.items())
+    raise RemoteError(
+        f"{action} refused {len(refused)} runs: {reasons}"
+        + "".join(f"; {text}" for text in advice)
+    )
 
 
 # -- push ---------------------------------------------------------------------
@@ -460,6 +601,9 @@ def push(
 
     Returns:
         One outcome per selected run, sorted by ref, as the server reported it.
+        A run whose remote tip this repository lacks is fetched after the
+        push (into the remote-tracking ref), to tell ``behind`` from
+        ``diverged``.
 
     Raises:
         RunNotFoundError: a named run does not exist locally.
@@ -475,7 +619,7 @@ def push(
         logger.info("no runs to push to %s", target)
         return []
     client, path = _client(repo, target, "push", ssh_command)
-    tap = _ProgressTap(progress)
+    tap = _ProgressTap(progress, hold=True)
     planned: dict[bytes, RefOutcome] = {}
     checker = _pre_push_checker(repo, target) if verify else None
 
@@ -498,30 +642,89 @@ def push(
         ofs_delta: bool = False,
         progress: Callable[..., None] | None = None,
     ) -> tuple[int, Iterator[Any]]:
+        # This side's counting goes to the tap as local text, not as the server's.
         count, records = repo.generate_pack_data(
-            set(have), set(want), progress=progress, ofs_delta=ofs_delta
+            set(have), set(want), progress=_text_of(tap.local), ofs_delta=ofs_delta
         )
         return count, _counting(records, count, tap)
 
-    with _remote_errors(target, f"pushing to {target}"), _graph_walks(repo):
-        result = client.send_pack(
-            path.encode(),
-            update_refs,
-            generate_pack_data,
-            progress=tap,
-            atomic=atomic,
-        )
+    try:
+        with _remote_errors(target, f"pushing to {target}"), _graph_walks(repo):
+            result = client.send_pack(
+                path.encode(),
+                update_refs,
+                generate_pack_data,
+                progress=tap,
+                atomic=atomic,
+            )
+    except RemoteError as exc:
+        # What the server said before it failed is part of why.
+        tap.finish()
+        if not tap.messages:
+            raise
+        said = "; ".join(tap.messages)
+        raise RemoteError(f"{exc} (remote: {said})") from exc
+    tap.finish()
 
-    outcomes = [
-        _reported(outcome, result.ref_status, tap) for outcome in planned.values()
-    ]
+    outcomes = [_reported(outcome, result.ref_status) for outcome in planned.values()]
+    refused = {ref for ref, why in (result.ref_status or {}).items() if why}
+    outcomes, used = _with_server_text(outcomes, refused, tap.messages)
+    tap.release(used)
     _remember_pushed(repo, target, outcomes)
+    outcomes = _compare_unfetched(repo, remote, outcomes, ssh_command)
+    # INFO even for refusals: the caller gets each one as an outcome or error,
+    # and an unconfigured logging module must not print them a second time.
     for outcome in outcomes:
-        log = logger.info if outcome.ok else logger.warning
-        log("push to %s: %s", target, outcome)
+        logger.info("push to %s: %s", target, outcome)
     if check:
-        check_outcomes(outcomes, target, f"push to {target}")
+        check_outcomes(outcomes, f"push to {target}")
     return outcomes
+
+
+def _text_of(sink: Callable[[str], None]) -> Callable[[bytes | str], None]:
+    def call(data: bytes | str) -> None:
+        sink(data.decode("utf-8", "replace") if isinstance(data, bytes) else data)
+
+    return call
+
+
+def _compare_unfetched(
+    repo: BaseRepo,
+    remote: str,
+    outcomes: list[RefOutcome],
+    ssh_command: str | None,
+) -> list[RefOutcome]:
+    """Fetch the remote tips this repository lacks, to tell behind from diverged.
+
+    The push left those refs alone; what the remote has decides whether this
+    run only lags behind it or has commits of its own as well.
+    """
+    store = repo.object_store
+    unknown = [
+        o
+        for o in outcomes
+        if o.status == "behind" and o.old is not None and ObjectID(o.old) not in store
+    ]
+    if not unknown:
+        return outcomes
+    try:
+        _fetched, _target, offered = _fetch(
+            repo, remote, [o.run for o in unknown], None, None, ssh_command
+        )
+    except GitRunsError as exc:
+        logger.info("could not fetch %s to compare: %s", remote, exc)
+        return outcomes
+
+    compared = {}
+    for outcome in unknown:
+        theirs = offered.get(outcome.ref)
+        assert outcome.new is not None
+        if theirs is None or ObjectID(theirs) not in store:
+            continue
+        again = _plan_push(repo, outcome.ref, theirs, outcome.new, force=False)
+        if again.status in ("behind", "diverged"):
+            compared[outcome.ref] = again
+    return [compared.get(o.ref, o) for o in outcomes]
 
 
 def _pre_push_checker(repo: BaseRepo, target: Remote) -> hooks.Checker | None:
@@ -551,6 +754,9 @@ def _verify(
             before.new,
             f"pre-push check at {at}: {rejection.reason}",
             side="remote",
+            commit=rejection.commit,
+            advice="fix the run and push again (nothing of it was sent; "
+            "--no-verify skips this check, but a guarded server runs the same)",
         )
         del sending[Ref(rejection.ref)]
 
@@ -579,8 +785,8 @@ def _plan_push(
     """What a push of ``ours`` over the remote's ``theirs`` will do."""
     old = Sha(theirs) if theirs is not None else None
 
-    def outcome(status: str, message: str = "") -> RefOutcome:
-        return RefOutcome(ref, status, old, ours, message, side="remote")
+    def outcome(status: str, message: str = "", advice: str = "") -> RefOutcome:
+        return RefOutcome(ref, status, old, ours, message, side="remote", advice=advice)
 
     if old is None:
         return outcome("created")
@@ -590,33 +796,45 @@ def _plan_push(
         return outcome("fast-forward")
 
     known = ObjectID(old) in repo.object_store
-    dropped = _count_only_in(repo, old, ours) if known else None
+    only_theirs = _count_only_in(repo, old, ours) if known else None
     if force:
         return outcome(
             "forced",
-            f"replaced {old[:10].decode()}, dropping {_commits(dropped)} "
+            f"replaced {old[:10].decode()}, dropping {_commits(only_theirs)} "
             "from the remote branch",
         )
     if not known:
+        # Told apart from diverged once the push is over (_compare_unfetched).
         return outcome(
             "behind",
-            "the remote has commits this repository never fetched; pull first",
+            "the remote has commits this repository has not fetched",
+            "pull first (`gitruns pull`)",
         )
     if _is_ancestor(repo, ours, old):
         return outcome(
-            "behind", f"the remote has {_commits(dropped)} this run lacks; pull first"
+            "behind",
+            f"the remote has {_commits(only_theirs)} this run lacks, and this run "
+            "has none of its own",
+            "pull first (`gitruns pull`)",
         )
+    only_ours = _count_only_in(repo, ours, old)
     return outcome(
         "diverged",
-        f"both sides logged after their common commit ({_commits(dropped)} only "
-        "on the remote); fork one side into a new run, or push with --force",
+        f"both sides logged after their common commit ({_commits(only_theirs)} "
+        f"only on the remote, {_commits(only_ours)} only here)",
+        "fork one side into a new run, or push with --force to replace the remote's",
     )
 
 
+#: git's reason for every ref of a push its pre-receive hook refused.
+_PRE_RECEIVE_DECLINED = "pre-receive hook declined"
+
+#: Server reasons that mean the remote branch moved between our look and the push.
+_MOVED = ("non-fast-forward", "fetch first", "stale info")
+
+
 def _reported(
-    planned: RefOutcome,
-    ref_status: Mapping[bytes, str | None] | None,
-    tap: _ProgressTap,
+    planned: RefOutcome, ref_status: Mapping[bytes, str | None] | None
 ) -> RefOutcome:
     """The planned outcome as the server's report-status turned it out."""
     if planned.status not in _SENT_STATUSES:
@@ -625,11 +843,23 @@ def _reported(
     if refusal is None:
         return planned
 
-    # The server's own words (a hook's lines) say more than "hook declined".
-    said = tap.lines_about(planned.run.path)
-    message = "; ".join([refusal, *[line for line in said if line != refusal]])
+    if "hook" in refusal:
+        advice = (
+            "the server's hooks decide what it accepts: fix what they say, or ask "
+            "the server's admin"
+        )
+    elif any(reason in refusal for reason in _MOVED):
+        advice = "the remote run moved during the push: pull, then push again"
+    else:
+        advice = "the server decides what it accepts: see its reason"
     return RefOutcome(
-        planned.ref, "rejected", planned.old, planned.new, message, side="remote"
+        planned.ref,
+        "rejected",
+        planned.old,
+        planned.new,
+        refusal,
+        side="remote",
+        advice=advice,
     )
 
 
@@ -646,7 +876,9 @@ def _counting(records: Iterator[Any], total: int, tap: _ProgressTap) -> Iterator
         if percent != shown:
             shown = percent
             end = "\n" if done == total else "\r"
-            tap(f"Writing objects: {percent}% ({done}/{total}), {_size(size)}{end}")
+            tap.local(
+                f"Writing objects: {percent}% ({done}/{total}), {_size(size)}{end}"
+            )
         yield record
 
 
@@ -730,6 +962,7 @@ def _fetch(
             progress=tap,
             ref_prefix=[RUNS_PREFIX],
         )
+    tap.finish()
     _check_selection(offered, runs, str(target))
 
     outcomes = []
@@ -813,11 +1046,10 @@ def pull(
         for ref, sha in sorted(remote_refs.items())
     ]
     for outcome in outcomes:
-        log = logger.info if outcome.ok else logger.warning
         if outcome.status != "up to date":
-            log("pull from %s: %s", target, outcome)
+            logger.info("pull from %s: %s", target, outcome)
     if check:
-        check_outcomes(outcomes, target, f"pull from {target}")
+        check_outcomes(outcomes, f"pull from {target}")
     return outcomes
 
 

@@ -342,6 +342,29 @@ def test_deep_run_json_is_refused_with_one_line_naming_ref_and_commit(
     assert remote_refs(guarded.url())[f"refs/heads/runs/{run}"] == before
 
 
+def test_gitruns_push_of_a_refused_run_says_the_reason_once(
+    guarded: GitServer, local: Path, repo: Repo
+) -> None:
+    good = log_run(local, "good", range(5))
+    bad_run = log_run(local, "bad", range(5))
+    bad = craft_commit(local, bad_run, [2, 3])
+
+    result = CliRunner().invoke(main, ["push", "--repo", str(local), guarded.url()])
+
+    assert result.exit_code == 7
+    said = result.stdout + result.stderr
+    reason = "step order: a segment starts at step 2, not after the run's step 4"
+    assert said.count(reason) == 1 and "b'" not in said
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == [
+        f"Error: push to {guarded.url()} refused 2 runs: runs/{bad_run}: pre-receive "
+        f"hook declined (remote: gitruns: refused refs/heads/runs/{bad_run} "
+        f"{bad[:10]}: {reason}); runs/{good}: pre-receive hook declined, with the "
+        "rest of the push; the server's hooks decide what it accepts: fix what "
+        "they say, or ask the server's admin"
+    ]
+
+
 def test_one_bad_ref_refuses_the_whole_push(guarded: GitServer, local: Path) -> None:
     good = log_run(local, "good", range(5))
     bad_run = log_run(local, "bad", range(5))

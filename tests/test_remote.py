@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -340,13 +341,18 @@ def test_diverged_run_is_rejected_on_push_and_reported_by_pull(
         remote.push(theirs, git_server.url())
     ours_before = tip(local, run)
 
-    with pytest.raises(RemoteError, match="pull first"):
-        remote.push(repo, git_server.url())
+    # Never fetched: the push fetches the remote's tip to tell it is diverged.
+    unfetched = remote.push(repo, git_server.url(), check=False)
     with pytest.raises(DivergedError) as pulled:
         remote.pull(repo, git_server.url())
     with pytest.raises(DivergedError) as pushed:
         remote.push(repo, git_server.url())
 
+    assert statuses(unfetched) == {run: "diverged"}
+    assert unfetched[0].message == (
+        "both sides logged after their common commit "
+        "(1 commit only on the remote, 1 commit only here)"
+    )
     assert pulled.value.ref == f"runs/{run}"
     assert pushed.value.local == ours_before
     assert pushed.value.remote == tip(other, run)
@@ -390,6 +396,91 @@ def test_pull_keeps_a_local_run_that_is_ahead(
     assert statuses(outcomes) == {run: "ahead"}
     assert "push them" in outcomes[0].message
     assert tip(local, run) == before
+
+
+# -- what a refusing server says --------------------------------------------------
+
+#: A server's update hook, run once per ref: it refuses one run and says why.
+UPDATE_HOOK = """#!/bin/sh
+if [ "$1" = refs/heads/runs/demo/r2 ]; then
+  echo "policy: frozen by admin" >&2
+  exit 1
+fi
+"""
+
+
+def install_server_hook(repository: Path, kind: str, text: str) -> None:
+    hook = repository / "hooks" / kind
+    hook.write_text(text)
+    hook.chmod(0o755)
+
+
+def test_an_update_hook_refusing_one_run_lets_the_others_in(
+    git_server: GitServer, local: Path, repo: Repo
+) -> None:
+    install_server_hook(git_server.create(), "update", UPDATE_HOOK)
+    r1 = log_run(local, "r1", range(10))
+    r2 = log_run(local, "r2", range(5))
+    f1 = log_run(local, "f1", range(6, 8), fork_from=f"{r1}?_step=5")
+
+    outcomes = {o.run.path: o for o in remote.push(repo, git_server.url(), check=False)}
+    log_run(local, "r3", range(3))
+    runner = CliRunner()
+    loud = runner.invoke(main, ["push", "--repo", str(local), git_server.url()])
+    quiet = runner.invoke(main, ["push", "-q", "--repo", str(local), git_server.url()])
+
+    assert {path: o.status for path, o in outcomes.items()} == {
+        r1: "created",
+        r2: "rejected",
+        f1: "created",
+    }
+    assert outcomes[r2].message == "hook declined"
+    assert outcomes[r2].remote_text == ("policy: frozen by admin",)
+    assert str(outcomes[r2]).endswith(
+        ": hook declined (remote: policy: frozen by admin)"
+    )
+    on_server = remote_refs(git_server.url())
+    assert f"refs/heads/runs/{r2}" not in on_server
+    assert on_server[f"refs/heads/runs/{f1}"] == tip(local, f1)
+    assert "created      demo/r3" in loud.stdout
+    assert "Writing objects: 100%" in loud.stderr and quiet.stderr.count("\n") == 1
+    for result in (loud, quiet):
+        assert result.exit_code == 7
+        assert f"rejected     {r2}" in result.stdout
+        said = result.stdout + result.stderr
+        assert said.count("policy: frozen by admin") == 1
+        errors = [line for line in result.stderr.splitlines() if "Error" in line]
+        assert errors == [
+            f"Error: push to {git_server.url()} refused runs/{r2}: hook declined "
+            "(remote: policy: frozen by admin); the server's hooks decide what it "
+            "accepts: fix what they say, or ask the server's admin"
+        ]
+
+
+def test_a_foreign_pre_receive_refusal_carries_its_message_with_quiet(
+    git_daemon: GitServer, local: Path
+) -> None:
+    refusal = '#!/bin/sh\necho "quota exceeded for team X" >&2\nexit 1\n'
+    install_server_hook(git_daemon.create(), "pre-receive", refusal)
+    log_run(local, "r1", range(3))
+    log_run(local, "r2", range(3))
+
+    result = CliRunner().invoke(
+        main, ["push", "-q", "--repo", str(local), git_daemon.url()]
+    )
+
+    assert result.exit_code == 7
+    assert result.stderr == (
+        f"Error: push to {git_daemon.url()} refused 2 runs: runs/demo/r1, "
+        "runs/demo/r2: pre-receive hook declined (remote: quota exceeded for "
+        "team X); the server's hooks decide what it accepts: fix what they say, "
+        "or ask the server's admin\n"
+    )
+
+
+def remote_refs(url: str) -> dict[str, str]:
+    lines = git("ls-remote", url).stdout.splitlines()
+    return {ref: sha for sha, ref in (line.split("\t") for line in lines)}
 
 
 # -- transports, remotes and credentials ----------------------------------------
@@ -523,29 +614,52 @@ def test_cli_push_pull_fetch(
     assert tip(second, run) == tip(local, run)
 
 
-def test_cli_refused_push_exits_7_with_one_error_line(
+def test_cli_push_of_a_run_behind_the_remote_exits_7_with_one_error_line(
     git_daemon: GitServer, local: Path, tmp_path: Path
 ) -> None:
     git_daemon.create()
     run = log_run(local, "r1", range(5))
     other = tmp_path / "other.git"
-    remote.push(Repo(str(local)), git_daemon.url())
+    with closing(Repo(str(local))) as ours:
+        remote.push(ours, git_daemon.url())
     git("clone", "--quiet", "--bare", git_daemon.url(), other)
     log_run(other, "r1", range(5, 8), resume="must")
     with closing(Repo(str(other))) as theirs:
         remote.push(theirs, git_daemon.url())
-    log_run(local, "r1", range(5, 7), resume="must")
 
-    result = CliRunner().invoke(
-        main, ["push", "-q", "--repo", str(local), git_daemon.url()]
-    )
+    # Once before the remote's commits are here, once after that push fetched them.
+    runs = [
+        CliRunner().invoke(main, ["push", "-q", "--repo", str(local), git_daemon.url()])
+        for _ in range(2)
+    ]
 
-    assert result.exit_code == 7
-    assert f"behind       {run}" in result.stdout
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert (
-        len(errors) == 1 and "runs/demo/r1" in errors[0] and "pull first" in errors[0]
-    )
+    for result in runs:
+        assert result.exit_code == 7
+        assert f"behind       {run}" in result.stdout
+        assert "(" not in result.stdout  # the reason is said once, below
+        errors = [
+            line for line in result.stderr.splitlines() if line.startswith("Error:")
+        ]
+        assert errors == [
+            f"Error: push to {git_daemon.url()} refused runs/{run}: the remote has "
+            "1 commit this run lacks, and this run has none of its own; "
+            "pull first (`gitruns pull`)"
+        ]
+
+
+def test_cli_progress_from_a_path_remote_ends_on_the_final_counts(
+    local: Path, tmp_path: Path
+) -> None:
+    log_run(local, "r1", range(3000))
+    second = tmp_path / "second.git"
+    git("init", "--quiet", "--bare", second)
+
+    result = CliRunner().invoke(main, ["pull", "--repo", str(second), str(local)])
+
+    assert result.exit_code == 0, result.output
+    counters = re.findall(r"^([a-z][a-z ]+): (\d+)/(\d+)", result.stderr, re.M)
+    assert ("writing pack data", counters[-1][2], counters[-1][2]) in counters
+    assert [c for c in counters if c[1] != c[2]] == []
 
 
 @pytest.mark.parametrize("command", remote_cli.COMMANDS, ids=lambda c: c.name)

@@ -103,7 +103,8 @@ def _show(outcomes: Sequence[RefOutcome], where: str, verb: str) -> None:
             span = f"{outcome.old[:7].decode()}..{outcome.new[:7].decode()}"
         elif outcome.new:
             span = outcome.new[:7].decode()
-        note = f"  ({outcome.message})" if outcome.message else ""
+        # A refusal is explained once, by the Error line that follows the table.
+        note = f"  ({outcome.message})" if outcome.message and outcome.ok else ""
         click.echo(f"  {outcome.status:<12} {outcome.run.path:<40} {span}{note}")
 
 
@@ -148,9 +149,11 @@ def push(
 ) -> None:
     """Push run branches (all, a project's, or the RUNs named) to REMOTE.
 
-    REMOTE is a remote of the repository (default: origin) or a URL. Only
-    refs/heads/runs/... moves; each run's outcome is the server's own. A run
-    the server refused, or that diverged, makes the command fail (exit 7).
+    REMOTE is a remote of the repository or a URL (default: origin). Only
+    refs/heads/runs/... moves, and each run's outcome is the server's own. A
+    run the server or the pre-push check refused, that is behind the remote
+    or that diverged from it makes the command fail (exit 7), with the
+    server's own message.
     """
     selected = _local_runs(store, runs)
     with _progress(quiet) as progress:
@@ -168,7 +171,7 @@ def push(
         )
     target = remotes.resolve_remote(store.repo, remote, push=True)
     _show(outcomes, f"to {target}", "push")
-    remotes.check_outcomes(outcomes, target, f"push to {target}")
+    remotes.check_outcomes(outcomes, f"push to {target}")
 
 
 @click.command("pull")
@@ -201,7 +204,7 @@ def pull(
         )
     target = remotes.resolve_remote(store.repo, remote)
     _show(outcomes, f"from {target}", "pull")
-    remotes.check_outcomes(outcomes, target, f"pull from {target}")
+    remotes.check_outcomes(outcomes, f"pull from {target}")
 
 
 @click.command("fetch")
