@@ -1017,8 +1017,12 @@ def pull(
 ) -> list[RefOutcome]:
     """Fetch run branches, then fast-forward local runs and create missing ones.
 
-    A run that diverged (both sides logged after a common commit) is reported,
-    never overwritten; a local run ahead of the remote is left as it is.
+    Before any local branch moves, the commits a pull would add to it get the
+    checks of the pre-receive hook (:func:`gitruns.hooks.pull_checker`): run
+    names, run.json, every new chunk decoded, step order, no rewritten segment.
+    A run that fails them is ``rejected`` and left as it is, and so is a run
+    that diverged (both sides logged after a common commit); a local run ahead
+    of the remote is kept. The other runs are updated either way.
 
     Args:
         repo: the local repository.
@@ -1027,24 +1031,39 @@ def pull(
         project: pull only the runs of this project.
         progress: gets the transfer's progress text.
         ssh_command: the ssh program for ``ssh://`` URLs.
-        check: raise if a run diverged, after updating all the others.
+        check: raise if a run was refused or diverged, after updating the others.
 
     Returns:
         One outcome per remote run: ``created``, ``fast-forward``,
-        ``up to date``, ``ahead`` or ``diverged``.
+        ``up to date``, ``ahead``, ``diverged`` or ``rejected`` (with the
+        commit that failed the checks and why).
 
     Raises:
         RunNotFoundError: a named run is not on the remote.
         DivergedError: the one run that diverged (with ``check``).
-        RemoteError: the fetch failed, or several runs diverged (with ``check``).
+        RemoteError: the fetch failed, or runs were refused (with ``check``).
     """
     _fetched, target, remote_refs = _fetch(
         repo, remote, runs, project, progress, ssh_command
     )
-    outcomes = [
-        _fast_forward(repo, target, ref, sha)
-        for ref, sha in sorted(remote_refs.items())
+    planned = [
+        _plan_pull(repo, target, ref, sha) for ref, sha in sorted(remote_refs.items())
     ]
+
+    # Every check runs before any branch moves: the checker counts as accepted
+    # only what the local run branches reached before this pull.
+    moving = {o.ref: o for o in planned if o.status in ("created", "fast-forward")}
+    checker = hooks.pull_checker(repo)
+    updates = [hooks.RefUpdate(o.ref, o.old, o.new) for o in moving.values()]
+    refusals = {rejection.ref: rejection for rejection in checker.check(updates)}
+    outcomes = []
+    for outcome in planned:
+        if outcome.ref in refusals:
+            outcome = _refused_pull(outcome, refusals[outcome.ref], target)
+        elif outcome.ref in moving:
+            outcome = _move(repo, target, outcome)
+        outcomes.append(outcome)
+
     for outcome in outcomes:
         if outcome.status != "up to date":
             logger.info("pull from %s: %s", target, outcome)
@@ -1053,34 +1072,15 @@ def pull(
     return outcomes
 
 
-def _fast_forward(
-    repo: BaseRepo, target: Remote, ref: bytes, theirs: Sha
-) -> RefOutcome:
-    """Move one local run to the remote's commit if that only adds history."""
-    refs = repo.refs
+def _plan_pull(repo: BaseRepo, target: Remote, ref: bytes, theirs: Sha) -> RefOutcome:
+    """What pulling the remote's ``theirs`` into one local run would do."""
     ours = _read_ref(repo, ref)
-    message = f"gitruns pull {target.name or 'URL'}: fast-forward".encode()
-
     if ours is None:
-        if refs.add_if_new(Ref(ref), ObjectID(theirs), message=message):
-            return RefOutcome(ref, "created", None, theirs)
-        return RefOutcome(
-            ref, "rejected", None, theirs, "the run appeared locally during the pull"
-        )
+        return RefOutcome(ref, "created", None, theirs)
     if ours == theirs:
         return RefOutcome(ref, "up to date", ours, theirs)
     if _is_ancestor(repo, ours, theirs):
-        if refs.set_if_equals(
-            Ref(ref), ObjectID(ours), ObjectID(theirs), message=message
-        ):
-            return RefOutcome(ref, "fast-forward", ours, theirs)
-        return RefOutcome(
-            ref,
-            "rejected",
-            ours,
-            theirs,
-            "the run moved locally during the pull; pull again",
-        )
+        return RefOutcome(ref, "fast-forward", ours, theirs)
     if _is_ancestor(repo, theirs, ours):
         ahead = _count_only_in(repo, ours, theirs)
         return RefOutcome(
@@ -1098,4 +1098,48 @@ def _fast_forward(
         f"both sides logged after their common commit; local {ours[:10].decode()} "
         f"kept, remote {theirs[:10].decode()} is at "
         f"{(target.tracking_ref(ref) or b'FETCH').decode()}",
+        advice="fork one side into a new run; the local run is unchanged",
+    )
+
+
+def _refused_pull(
+    planned: RefOutcome, rejection: hooks.Rejection, target: Remote
+) -> RefOutcome:
+    """A run whose fetched commits failed the checks: reported, not moved."""
+    at = rejection.commit[:10].decode() if rejection.commit else "-"
+    tracking = target.tracking_ref(planned.ref)
+    kept = f"; the remote's commits are at {tracking.decode()}" if tracking else ""
+    return replace(
+        planned,
+        status="rejected",
+        message=f"commit {at} fails the checks: {rejection.reason}",
+        commit=rejection.commit,
+        advice="the local run is unchanged; have the run fixed where it was "
+        f"written, and do not use the remote's copy{kept}",
+    )
+
+
+def _move(repo: BaseRepo, target: Remote, planned: RefOutcome) -> RefOutcome:
+    """Create or fast-forward one local run, by compare-and-swap."""
+    refs = repo.refs
+    ref, ours, theirs = planned.ref, planned.old, planned.new
+    assert theirs is not None
+    message = f"gitruns pull {target.name or 'URL'}: {planned.status}".encode()
+
+    if ours is None:
+        if refs.add_if_new(Ref(ref), ObjectID(theirs), message=message):
+            return planned
+        return replace(
+            planned,
+            status="rejected",
+            message="the run appeared locally during the pull",
+            advice="pull again",
+        )
+    if refs.set_if_equals(Ref(ref), ObjectID(ours), ObjectID(theirs), message=message):
+        return planned
+    return replace(
+        planned,
+        status="rejected",
+        message="the run moved locally during the pull",
+        advice="pull again",
     )

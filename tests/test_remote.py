@@ -31,6 +31,7 @@ from tests.gitserver import (
     git,
     running_http_backend,
 )
+from tests.test_hooks import craft_commit, craft_files
 
 
 def log_run(
@@ -396,6 +397,90 @@ def test_pull_keeps_a_local_run_that_is_ahead(
     assert statuses(outcomes) == {run: "ahead"}
     assert "push them" in outcomes[0].message
     assert tip(local, run) == before
+
+
+def first_chunk(repo: Path, path: str) -> str:
+    """The path of a run's first history segment in its tree."""
+    names = git("--git-dir", repo, "ls-tree", "-r", "--name-only", f"runs/{path}")
+    return next(n for n in names.stdout.split() if n.endswith(".msgpack"))
+
+
+def test_pull_checks_what_it_fetches_and_moves_no_refused_run(
+    git_daemon: GitServer, local: Path, repo: Repo, tmp_path: Path
+) -> None:
+    git_daemon.create()
+    good = log_run(local, "good", range(20))
+    extended = log_run(local, "extended", range(10))
+    remote.push(repo, git_daemon.url())
+    before = tip(local, good)
+
+    # A writer that skips every rule pushes to a server without the hook.
+    evil = tmp_path / "evil.git"
+    git("clone", "--quiet", "--bare", git_daemon.url(), evil)
+    other = log_run(evil, "other", range(20))
+    replaced = first_chunk(evil, good)
+    chunk = git("--git-dir", evil, "rev-parse", f"runs/{other}:{replaced}")
+    swapped = craft_files(evil, good, {replaced: git_blob(evil, chunk.stdout.strip())})
+    garbled = log_run(evil, "garbled", range(5))
+    garbage = craft_commit(evil, garbled, [5, 6], data=b"\x82\xa3not a chunk")
+    deep = log_run(evil, "deep", range(5))
+    nested = craft_files(evil, deep, {"run.json": b"[" * 100_000 + b"]" * 100_000})
+    log_run(evil, "extended", range(10, 20), resume="must")
+    git("--git-dir", evil, "push", "--quiet", git_daemon.url(), "refs/heads/runs/*")
+
+    outcomes = {o.run.path: o for o in remote.pull(repo, git_daemon.url(), check=False)}
+
+    assert {path: o.status for path, o in outcomes.items()} == {
+        good: "rejected",
+        garbled: "rejected",
+        deep: "rejected",
+        other: "created",
+        extended: "fast-forward",
+    }
+    assert outcomes[good].commit == swapped.encode()
+    assert outcomes[good].message == (
+        f"commit {swapped[:10]} fails the checks: rewrites or removes the "
+        "committed segment at step 0 without recording a rewind"
+    )
+    assert outcomes[garbled].commit == garbage.encode()
+    assert "malformed chunk history/" in outcomes[garbled].message
+    assert outcomes[deep].commit == nested.encode()
+    assert "run.json" in outcomes[deep].message
+    # The refused runs are as they were; the others moved.
+    assert tip(local, good) == before and steps_of(local, good) == list(range(20))
+    branches = git("--git-dir", local, "branch", "--list", "runs/*").stdout
+    assert "garbled" not in branches and "deep" not in branches
+    assert steps_of(local, extended) == list(range(20))
+    assert steps_of(local, other) == list(range(20))
+
+    result = CliRunner().invoke(
+        main, ["pull", "-q", "--repo", str(local), git_daemon.url()]
+    )
+    assert result.exit_code == 7
+    assert f"rejected     {good}" in result.stdout
+    assert f"up to date   {other}" in result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1
+    assert errors[0].startswith(
+        f"Error: pull from {git_daemon.url()} refused 3 runs: runs/{deep}: "
+        f"commit {nested[:10]} fails the checks: "
+    )
+    assert errors[0].endswith(
+        "the local run is unchanged; have the run fixed where it was written, "
+        "and do not use the remote's copy"
+    )
+    with pytest.raises(RemoteError, match="refused 3 runs"):
+        remote.pull(repo, git_daemon.url())
+
+
+def git_blob(repo: Path, sha: str) -> bytes:
+    """The bytes of one blob."""
+    proc = subprocess.run(
+        ["git", "--git-dir", str(repo), "cat-file", "blob", sha],
+        capture_output=True,
+        check=True,
+    )
+    return proc.stdout
 
 
 # -- what a refusing server says --------------------------------------------------

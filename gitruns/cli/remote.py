@@ -189,8 +189,10 @@ def pull(
 ) -> None:
     """Fetch runs from REMOTE, fast-forward local runs and create missing ones.
 
-    A run that diverged (both sides logged after a common commit) is reported
-    and left as it is (exit 7); a local run ahead of the remote is kept.
+    The commits a run would gain get the pre-receive hook's checks first. A
+    run that fails them, or that diverged (both sides logged after a common
+    commit), is reported and left as it is (exit 7); the other runs are
+    updated. A local run ahead of the remote is kept.
     """
     with _progress(quiet) as progress:
         outcomes = remotes.pull(
