@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from dulwich.client import (
@@ -196,8 +198,22 @@ def resolve_remote(repo: BaseRepo, remote: str, *, push: bool = False) -> Remote
         return Remote(None, remote)
     raise RemoteError(
         f"no remote named {remote!r} in this repository; add it with "
-        f"`git remote add {remote} <url>` or pass a URL or path instead"
+        f"`{git_command(repo)} remote add {remote} <url>` or pass a URL or path "
+        "instead"
     )
+
+
+def names_remote(repo: BaseRepo, text: str) -> bool:
+    """Whether ``text`` names a remote: a configured one, a URL or an existing path.
+
+    A run name (``demo/abc``) is none of these, unless a folder of that name
+    exists; the CLI uses this to let REMOTE be left out before RUNs.
+    """
+    if _configured_url(repo, text, (b"url", b"pushurl")) is not None:
+        return True
+    if "://" in text or os.path.exists(text):
+        return True
+    return bool(re.fullmatch(r"[^/:]+:.*", text))
 
 
 def _configured_url(repo: BaseRepo, name: str, keys: Sequence[bytes]) -> str | None:
@@ -208,6 +224,19 @@ def _configured_url(repo: BaseRepo, name: str, keys: Sequence[bytes]) -> str | N
         except KeyError:
             continue
     return None
+
+
+def git_command(repo: BaseRepo) -> str:
+    """How to run ``git`` on this repository from the current directory."""
+    path = getattr(repo, "path", None)
+    if path is None:
+        return "git"
+    controldir = repo.controldir() if isinstance(repo, Repo) else path
+    if Path(controldir).resolve() != Path(path).resolve():
+        # A work tree: plain `git` works inside it.
+        inside = Path.cwd().resolve().is_relative_to(Path(path).resolve())
+        return "git" if inside else f"git -C {shlex.quote(str(path))}"
+    return f"git --git-dir {shlex.quote(str(path))}"
 
 
 def _looks_like_url(text: str) -> bool:

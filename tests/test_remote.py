@@ -732,6 +732,46 @@ def test_cli_push_of_a_run_behind_the_remote_exits_7_with_one_error_line(
         ]
 
 
+def test_cli_run_named_without_a_remote_goes_to_origin(
+    local: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "target.git"
+    git("init", "--quiet", "--bare", target)
+    log_run(local, "r1", range(3))
+    log_run(local, "r2", range(3))
+    runner = CliRunner()
+
+    no_origin = runner.invoke(main, ["push", "--repo", str(local), "demo/r1"])
+    git("--git-dir", local, "remote", "add", "origin", str(target))
+    by_path = runner.invoke(main, ["push", "-q", "--repo", str(local), "demo/r1"])
+    by_id = runner.invoke(main, ["push", "-q", "--repo", str(local), "r2", "r1"])
+    second = tmp_path / "second.git"
+    git("init", "--quiet", "--bare", second)
+    git("--git-dir", second, "remote", "add", "origin", str(target))
+    pulled = runner.invoke(main, ["pull", "-q", "--repo", str(second), "demo/r2"])
+
+    assert no_origin.exit_code == 7
+    assert no_origin.stderr == (
+        "Error: 'demo/r1' is a run, not a remote, and this repository has no "
+        "remote 'origin' to push it; name the remote first (`gitruns push REMOTE "
+        f"demo/r1`) or add origin with `git --git-dir {local} remote add origin "
+        "<url>`\n"
+    )
+    assert by_path.exit_code == 0, by_path.output
+    assert by_path.stdout.splitlines()[1].split()[:2] == ["created", "demo/r1"]
+    assert len(by_path.stdout.splitlines()) == 2
+    assert by_id.exit_code == 0, by_id.output
+    assert statuses_of(by_id.stdout) == {"demo/r1": "up to date", "demo/r2": "created"}
+    assert pulled.exit_code == 0, pulled.output
+    assert statuses_of(pulled.stdout) == {"demo/r2": "created"}
+
+
+def statuses_of(table: str) -> dict[str, str]:
+    """The run -> status lines of a push, pull or fetch table."""
+    rows = [line.split() for line in table.splitlines()[1:]]
+    return {row[-2]: " ".join(row[:-2]) for row in rows}
+
+
 def test_cli_progress_from_a_path_remote_ends_on_the_final_counts(
     local: Path, tmp_path: Path
 ) -> None:

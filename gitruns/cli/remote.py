@@ -11,7 +11,7 @@ import click
 
 from gitruns import remote as remotes
 from gitruns.cli.common import with_store
-from gitruns.errors import RunNotFoundError
+from gitruns.errors import GitRunsError, RemoteError, RunNotFoundError
 from gitruns.refs import RunRef, check_name
 from gitruns.remote import RefOutcome
 from gitruns.store import RunStore
@@ -61,6 +61,41 @@ def _progress(quiet: bool) -> Iterator[_Progress | None]:
             sink.close()
 
 
+def _remote_and_runs(
+    store: RunStore, verb: str, remote: str | None, runs: tuple[str, ...]
+) -> tuple[str, tuple[str, ...]]:
+    """Split the arguments into REMOTE and RUNs, REMOTE being optional.
+
+    A first argument that names no remote (configured, URL or existing path)
+    but does name a run is a run, and the runs go to or come from origin.
+    """
+    if remote is None:
+        return "origin", runs
+    if remotes.names_remote(store.repo, remote) or not _names_run(store, remote):
+        return remote, runs
+    if not remotes.names_remote(store.repo, "origin"):
+        raise RemoteError(
+            f"{remote!r} is a run, not a remote, and this repository has no "
+            f"remote 'origin' to {verb} it; name the remote first (`gitruns "
+            f"{verb} REMOTE {remote}`) or add origin with "
+            f"`{remotes.git_command(store.repo)} remote add origin <url>`"
+        )
+    return "origin", (remote, *runs)
+
+
+def _names_run(store: RunStore, text: str) -> bool:
+    """Whether ``text`` reads as a run: ``project/id``, or an id known here."""
+    parts = text.strip("/").split("/")
+    try:
+        if len(parts) in (2, 3):
+            RunRef(parts[-2], parts[-1])
+            return True
+        store.resolve(text)
+    except GitRunsError:
+        return False
+    return True
+
+
 def _local_runs(store: RunStore, names: Sequence[str]) -> list[RunRef] | None:
     """Runs named on the command line, resolved in the local repository."""
     if not names:
@@ -108,7 +143,7 @@ def _show(outcomes: Sequence[RefOutcome], where: str, verb: str) -> None:
         click.echo(f"  {outcome.status:<12} {outcome.run.path:<40} {span}{note}")
 
 
-_remote_argument = click.argument("remote", required=False, default="origin")
+_remote_argument = click.argument("remote", required=False, default=None)
 _runs_argument = click.argument("runs", nargs=-1, metavar="[RUN]...")
 _project_option = click.option("--project", "-p", help="Only the runs of this project.")
 _quiet_option = click.option(
@@ -138,7 +173,7 @@ _quiet_option = click.option(
 @_quiet_option
 @with_store
 def push(
-    remote: str,
+    remote: str | None,
     runs: tuple[str, ...],
     force: bool,
     atomic: bool,
@@ -149,12 +184,13 @@ def push(
 ) -> None:
     """Push run branches (all, a project's, or the RUNs named) to REMOTE.
 
-    REMOTE is a remote of the repository or a URL (default: origin). Only
-    refs/heads/runs/... moves, and each run's outcome is the server's own. A
-    run the server or the pre-push check refused, that is behind the remote
-    or that diverged from it makes the command fail (exit 7), with the
-    server's own message.
+    REMOTE is a remote of the repository or a URL (default: origin; it may be
+    left out before RUNs). Only refs/heads/runs/... moves, and each run's
+    outcome is the server's own. A run the server or the pre-push check
+    refused, that is behind the remote or that diverged from it makes the
+    command fail (exit 7), with the server's own message.
     """
+    remote, runs = _remote_and_runs(store, "push", remote, runs)
     selected = _local_runs(store, runs)
     with _progress(quiet) as progress:
         outcomes = remotes.push(
@@ -181,7 +217,7 @@ def push(
 @_quiet_option
 @with_store(create=True)
 def pull(
-    remote: str,
+    remote: str | None,
     runs: tuple[str, ...],
     project: str | None,
     quiet: bool,
@@ -194,6 +230,7 @@ def pull(
     commit), is reported and left as it is (exit 7); the other runs are
     updated. A local run ahead of the remote is kept.
     """
+    remote, runs = _remote_and_runs(store, "pull", remote, runs)
     with _progress(quiet) as progress:
         outcomes = remotes.pull(
             store.repo,
@@ -216,13 +253,14 @@ def pull(
 @_quiet_option
 @with_store(create=True)
 def fetch(
-    remote: str,
+    remote: str | None,
     runs: tuple[str, ...],
     project: str | None,
     quiet: bool,
     store: RunStore,
 ) -> None:
     """Fetch runs from REMOTE into refs/remotes/REMOTE/runs/..., moving no run."""
+    remote, runs = _remote_and_runs(store, "fetch", remote, runs)
     with _progress(quiet) as progress:
         outcomes = remotes.fetch(
             store.repo,
