@@ -1,11 +1,14 @@
-"""Real Git servers on loopback for tests: ``git daemon`` and ``git http-backend``."""
+"""Real Git servers on loopback for tests: git daemon, git http-backend, sshd."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import getpass
 import io
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -462,6 +465,165 @@ class HttpBackend:
         self.server = None
 
 
+#: Where Debian's openssh-server puts the daemon; the ssh tests skip without it.
+SSHD = Path("/usr/sbin/sshd")
+
+_SSHD_CONFIG = """\
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {host_key}
+PidFile {pid_file}
+AuthorizedKeysFile {authorized_keys}
+AllowUsers {user}
+AuthenticationMethods publickey
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+PrintMotd no
+AcceptEnv GIT_PROTOCOL
+SetEnv GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1
+LogLevel ERROR
+"""
+
+
+@dataclass
+class SshServer:
+    """Bare repositories reached over a real sshd on loopback, key login only.
+
+    Attributes:
+        base: the directory the repositories are created in.
+        port: the port sshd listens on, on 127.0.0.1.
+        user: who logs in (the user running the tests).
+        ssh_command: the ssh client with this server's key and known host,
+            for ``ssh_command=`` or ``GIT_SSH_COMMAND``.
+        log: sshd's stderr, for failure messages.
+    """
+
+    base: Path
+    port: int
+    user: str
+    ssh_command: str
+    log: Path
+
+    def create(self, name: str = "runs.git") -> Path:
+        """Create an empty bare repository; return its path."""
+        path = self.base / name
+        git("init", "--quiet", "--bare", path)
+        return path
+
+    def url(self, name: str = "runs.git") -> str:
+        """The ``ssh://`` URL of repository ``name``."""
+        return f"ssh://{self.user}@127.0.0.1:{self.port}{self.base / name}"
+
+
+def sshd_unusable() -> str | None:
+    """Why no throwaway sshd can run here, or None if one can."""
+    if not SSHD.exists():
+        return (
+            f"{SSHD} is absent: `apt-get install openssh-server` to run the "
+            "ssh:// tests against a real sshd"
+        )
+    for tool in ("ssh", "ssh-keygen"):
+        if shutil.which(tool) is None:
+            return f"no {tool} on PATH: install openssh-client"
+    if os.geteuid() == 0 and not Path("/run/sshd").is_dir():
+        return "sshd run as root needs its privilege separation dir: mkdir /run/sshd"
+    return None
+
+
+class Sshd:
+    """A throwaway sshd as the current user: own host key, one authorized key."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SshServer:
+        """Make the keys and config, start sshd on a free port, wait for it."""
+        reason = sshd_unusable()
+        if reason is not None:
+            raise RuntimeError(reason)
+        keys = self.root / "keys"
+        keys.mkdir(parents=True)
+        for name in ("host", "client"):
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", keys / name],
+                check=True,
+                env=scrubbed_env(),
+            )
+        (keys / "authorized_keys").write_bytes((keys / "client.pub").read_bytes())
+        base = self.root / "repos"
+        base.mkdir()
+        log = self.root / "sshd.log"
+        user = getpass.getuser()
+        host_key = (keys / "host.pub").read_text().split()
+        last: Exception | None = None
+
+        # Another process may take the free port between probe and bind: retry.
+        for _ in range(3):
+            port = free_port()
+            config = self.root / "sshd_config"
+            config.write_text(
+                _SSHD_CONFIG.format(
+                    port=port,
+                    host_key=keys / "host",
+                    pid_file=self.root / "sshd.pid",
+                    authorized_keys=keys / "authorized_keys",
+                    user=user,
+                )
+            )
+            known_hosts = keys / "known_hosts"
+            known_hosts.write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+            with open(log, "ab") as err:
+                self.proc = subprocess.Popen(
+                    [str(SSHD), "-D", "-e", "-f", str(config)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=err,
+                    stderr=err,
+                    env=scrubbed_env(),
+                    start_new_session=True,
+                )
+            try:
+                _wait_for_port(port, self.proc)
+            except RuntimeError as exc:
+                last = exc
+                self.stop()
+                continue
+            command = shlex.join(
+                [
+                    "ssh",
+                    "-F",
+                    os.devnull,
+                    "-i",
+                    str(keys / "client"),
+                    "-o",
+                    "IdentitiesOnly=yes",
+                    "-o",
+                    "IdentityAgent=none",
+                    "-o",
+                    f"UserKnownHostsFile={known_hosts}",
+                    "-o",
+                    "StrictHostKeyChecking=yes",
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    "LogLevel=ERROR",
+                ]
+            )
+            return SshServer(base, port, user, command, log)
+        raise RuntimeError(f"sshd did not start: {last}\n{log.read_text()}")
+
+    def stop(self) -> None:
+        """Stop sshd and every session it forked."""
+        if self.proc is None:
+            return
+        _kill_group(self.proc)
+        self.proc = None
+
+
 @contextlib.contextmanager
 def running_daemon(base: Path, log: Path) -> Iterator[GitServer]:
     """Run ``git daemon`` over ``base`` for the duration of the block."""
@@ -470,6 +632,16 @@ def running_daemon(base: Path, log: Path) -> Iterator[GitServer]:
         yield daemon.start()
     finally:
         daemon.stop()
+
+
+@contextlib.contextmanager
+def running_sshd(root: Path) -> Iterator[SshServer]:
+    """Run a throwaway sshd in ``root`` for the duration of the block."""
+    sshd = Sshd(root)
+    try:
+        yield sshd.start()
+    finally:
+        sshd.stop()
 
 
 @contextlib.contextmanager

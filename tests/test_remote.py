@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -16,7 +14,7 @@ from click.testing import CliRunner
 from dulwich.repo import Repo
 
 import gitruns
-from gitruns import remote
+from gitruns import hooks, remote
 from gitruns.cli import remote as remote_cli
 from gitruns.cli.main import main
 from gitruns.errors import (
@@ -28,8 +26,11 @@ from gitruns.refs import RunRef
 from tests.gitserver import (
     GitDaemon,
     GitServer,
+    SshServer,
     git,
     running_http_backend,
+    running_sshd,
+    sshd_unusable,
 )
 from tests.test_hooks import craft_commit, craft_files
 
@@ -74,6 +75,16 @@ def local(tmp_path: Path, git_env: dict[str, str]) -> Path:
 def repo(local: Path) -> Iterator[Repo]:
     with closing(Repo(str(local))) as r:
         yield r
+
+
+@pytest.fixture(scope="module")
+def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """A real sshd on loopback for this module's tests; skipped where it is absent."""
+    reason = sshd_unusable()
+    if reason is not None:
+        pytest.skip(reason)
+    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
 
 
 def statuses(outcomes: list[remote.RefOutcome]) -> dict[str, str]:
@@ -586,25 +597,66 @@ def test_push_to_a_local_repository(
     assert steps_of(target, run) == list(range(5))
 
 
-def test_push_over_ssh_url(local: Path, repo: Repo, tmp_path: Path) -> None:
-    target = tmp_path / "target.git"
-    git("init", "--quiet", "--bare", target)
+def test_push_fetch_and_pull_over_a_real_ssh_server(
+    ssh_server: SshServer,
+    local: Path,
+    repo: Repo,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name = f"{tmp_path.name}.git"
+    ssh_server.create(name)
+    url = ssh_server.url(name)
+    ssh = ssh_server.ssh_command
+    src = log_run(local, "src", range(30))
+    fork = log_run(local, "fork", range(21, 25), fork_from=f"{src}?_step=20")
+    second = tmp_path / "second.git"
+    git("init", "--quiet", "--bare", second)
+    git("--git-dir", second, "remote", "add", "origin", url)
+
+    pushed = remote.push(repo, url, ssh_command=ssh)
+    with closing(Repo(str(second))) as other:
+        fetched = remote.fetch(other, "origin", ssh_command=ssh)
+        pulled = remote.pull(other, "origin", ssh_command=ssh)
+    # The command line finds the ssh program where git does.
+    log_run(local, "src", range(30, 40), resume="must")
+    monkeypatch.setenv("GIT_SSH_COMMAND", ssh)
+    runner = CliRunner()
+    cli_push = runner.invoke(main, ["push", "-q", "--repo", str(local), url])
+    cli_pull = runner.invoke(main, ["pull", "-q", "--repo", str(second)])
+
+    assert statuses(pushed) == {src: "created", fork: "created"}
+    assert statuses(fetched) == {src: "new", fork: "new"}
+    assert statuses(pulled) == {src: "created", fork: "created"}
+    assert cli_push.exit_code == 0 and f"fast-forward {src}" in cli_push.stdout
+    assert cli_pull.exit_code == 0 and f"fast-forward {src}" in cli_pull.stdout
+    assert steps_of(second, src) == list(range(40))
+    assert steps_of(second, fork) == list(range(25))
+    api = gitruns.Api(repo=str(second))
+    lineage = api.run(fork).fork_from
+    api.store.close()
+    assert lineage is not None and lineage["run"] == src and lineage["step"] == 20
+
+
+def test_a_hook_refusal_over_ssh_names_the_run_and_the_reason(
+    ssh_server: SshServer, local: Path, repo: Repo, tmp_path: Path
+) -> None:
+    served = ssh_server.create(f"{tmp_path.name}.git")
+    with closing(Repo(str(served))) as guarded:
+        hooks.install_hook(guarded, "pre-receive")
     run = log_run(local, "r1", range(5))
-    # Stands in for ssh: runs the remote command on this machine, as sshd would.
-    fake_ssh = tmp_path / "fake-ssh"
-    fake_ssh.write_text(
-        f"#!{sys.executable}\n"
-        "import subprocess, sys\n"
-        "sys.exit(subprocess.call(sys.argv[-1], shell=True))\n"
-    )
-    fake_ssh.chmod(fake_ssh.stat().st_mode | stat.S_IXUSR)
+    bad = craft_commit(local, run, [2, 3])
 
-    outcomes = remote.push(
-        repo, f"ssh://git@localhost{target}", ssh_command=str(fake_ssh)
-    )
+    with pytest.raises(RemoteError) as refused:
+        remote.push(
+            repo, ssh_server.url(served.name), ssh_command=ssh_server.ssh_command
+        )
 
-    assert statuses(outcomes) == {run: "created"}
-    assert steps_of(target, run) == list(range(5))
+    assert str(refused.value).startswith(
+        f"push to {ssh_server.url(served.name)} refused runs/{run}: pre-receive hook "
+        f"declined (remote: gitruns: refused refs/heads/runs/{run} {bad[:10]}: "
+        "step order: "
+    )
 
 
 def test_remote_name_comes_from_git_config(
