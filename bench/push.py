@@ -11,7 +11,9 @@ a real ``git daemon --enable=receive-pack`` on 127.0.0.1:
 - ``gitruns push + pre-receive``: the same first push with the gitruns
   hook installed, which decodes and checks every chunk;
 - ``incremental``: 1,000 more steps pushed on top, without and with the hook
-  (which checks only the new commits).
+  (which checks only the new commits);
+- ``gitruns pull``: the whole run pulled back into an empty repository, which
+  runs the hook's checks on every commit before the branch is created.
 """
 
 from __future__ import annotations
@@ -125,6 +127,16 @@ def main() -> None:
                     )
                     figures.setdefault("incremental + pre-receive", []).append(
                         timed(remote.push, repo, hooked, [run])
+                    )
+
+                # The run comes back from the server, checked before it lands.
+                back = tmp / f"back{i}.git"
+                subprocess.run(
+                    ["git", "init", "--quiet", "--bare", str(back)], check=True
+                )
+                with closing(Repo(str(back))) as repo:
+                    figures.setdefault("gitruns pull (checked)", []).append(
+                        timed(remote.pull, repo, plain, [run])
                     )
 
     print(
