@@ -220,13 +220,19 @@ class RemoteError(GitRunsError):
 class DivergedError(RemoteError):
     """Both sides logged after their common commit."""
 
-    def __init__(self, ref: str, local: str, remote: str) -> None:
+    def __init__(
+        self,
+        ref: str,
+        local: str,
+        remote: str,
+        fix: str = "fork one side into a new run, or push with --force to "
+        "replace the remote's",
+    ) -> None:
         self.ref = ref
         self.local = local
         self.remote = remote
         super().__init__(
-            f"{ref} has diverged (local {local[:10]}, remote {remote[:10]}); "
-            "fork one side into a new run, or push with --force to replace the other"
+            f"{ref} has diverged (local {local[:10]}, remote {remote[:10]}); {fix}"
         )
 
 

@@ -161,6 +161,10 @@ class RefOutcome:
             local, theirs = (
                 (self.new, self.old) if self.side == "remote" else (self.old, self.new)
             )
+            if self.advice:
+                return DivergedError(
+                    self.run.branch, local.decode(), theirs.decode(), self.advice
+                )
             return DivergedError(self.run.branch, local.decode(), theirs.decode())
         advice = f"; {self.advice}" if self.advice else ""
         return RemoteError(f"{action} refused {self.run.branch}: {self.detail}{advice}")
@@ -1119,15 +1123,18 @@ def _plan_pull(repo: BaseRepo, target: Remote, ref: bytes, theirs: Sha) -> RefOu
             ours,
             f"{_commits(ahead)} not on the remote yet; push them",
         )
+    tracking = target.tracking_ref(ref)
+    # A URL has no remote-tracking refs; its commits were fetched all the same.
+    where = tracking.decode() if tracking else f"commit {theirs[:10].decode()}"
     return RefOutcome(
         ref,
         "diverged",
         ours,
         theirs,
         f"both sides logged after their common commit; local {ours[:10].decode()} "
-        f"kept, remote {theirs[:10].decode()} is at "
-        f"{(target.tracking_ref(ref) or b'FETCH').decode()}",
-        advice="fork one side into a new run; the local run is unchanged",
+        f"kept, the remote's is {where}",
+        advice=f"the local run is unchanged and the remote's is {where}: fork "
+        "one side into a new run to keep both",
     )
 
 
