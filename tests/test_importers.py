@@ -211,8 +211,34 @@ def test_sb3_tensorboard_runs_and_the_aborted_duplicate() -> None:
 
     assert all(without_fps(r) == without_fps(by_name["ppo/PPO_1"]) for r in runs[:5])
     assert without_fps(by_name["ppo/PPO_6"]) == without_fps(by_name["ppo/PPO_1"])[:4]
-    # time/fps differs, so PPO_6 is a run of its own, not a snapshot of PPO_1.
+    # time/fps differs, so PPO_6 is a run of its own, not a snapshot of PPO_1,
+    # but it and PPO_2..5 say that they repeat PPO_1.
     assert all(r.fork_of is None for r in runs)
+    repeats = {
+        name: [n for n in run.notes if "a rerun of it" in n]
+        for name, run in by_name.items()
+    }
+    assert repeats["ppo/PPO_1"] == []
+    for name in ("ppo/PPO_2", "ppo/PPO_3", "ppo/PPO_4", "ppo/PPO_5", "ppo/PPO_6"):
+        (note,) = repeats[name]
+        assert "PPO_1 at every step up to" in note and "except time/fps" in note
+    assert "up to 8192 except" in repeats["ppo/PPO_6"][0]
+
+
+def test_runs_that_share_a_few_values_are_not_called_repeats() -> None:
+    from gitruns.importers.model import Record, _same_values
+
+    def records(values: list[dict[str, float]]) -> list[Record]:
+        return [Record(i, float(i), v) for i, v in enumerate(values)]
+
+    base = records([{"lr": 0.1, "loss": 1.0 / (i + 1)} for i in range(5)])
+    other = records([{"lr": 0.1, "loss": 2.0 / (i + 1)} for i in range(5)])
+    assert _same_values(other, base)[0] == 0  # two metrics are too few to tell
+    wide = records([{f"m{k}": float(k) for k in range(8)} for _ in range(5)])
+    half = records([{f"m{k}": float(k if k < 4 else -k) for k in range(8)}] * 5)
+    assert _same_values(half, wide)[0] == 0
+    one = records([{f"m{k}": float(k if k else 99) for k in range(8)}] * 5)
+    assert _same_values(one, wide) == (5, {"m0"})
 
 
 # --- CSV presets: 5, 10, 11, 12 -------------------------------------------------------

@@ -615,7 +615,51 @@ def collapse_snapshots(
                     f"shares steps up to {at} with {longer.path}; imported "
                     f"as a fork of {longer.run_id} at step {at}"
                 )
+        _note_reruns([r for r in kept if r.fork_of is None])
     return [r for r in runs if id(r) not in dropped], skipped
+
+
+def _note_reruns(runs: list[ImportedRun]) -> None:
+    """Note runs whose values repeat a longer one's but for a few metrics.
+
+    Two executions of one script with one seed log the same values at the same
+    steps, except for timings such as ``time/fps``; they are separate runs
+    (their times differ), but the user should hear that one repeats the other.
+    """
+    for i, short in enumerate(runs):
+        for long in runs[:i]:  # longest first
+            n, differ = _same_values(short.records, long.records)
+            if n and n == len(short.records):
+                last = short.records[-1].step
+                but = f" except {', '.join(sorted(differ))}" if differ else ""
+                short.notes.append(
+                    f"its values equal those of {long.path} at every step up to "
+                    f"{last}{but}: a rerun of it, or an aborted duplicate"
+                )
+                break
+
+
+def _same_values(short: list[Record], long: list[Record]) -> tuple[int, set[str]]:
+    """Leading steps with the same keys and, but for a few metrics, values.
+
+    Returns:
+        How many records agree so, and the metrics whose values differed.
+    """
+    differ: set[str] = set()
+    seen: set[str] = set()
+    n = 0
+    for a, b in zip(short, long, strict=False):
+        if a.step != b.step or a.metrics.keys() != b.metrics.keys():
+            break
+        seen.update(a.metrics)
+        differ.update(k for k, v in a.metrics.items() if not _same(v, b.metrics[k]))
+        if len(seen) >= 4 and 2 * len(differ) > len(seen):
+            break  # most metrics differ: another run, not a repeat
+        n += 1
+    # A repeat shares most of at least a handful of metrics.
+    if len(seen) < 4 or 4 * len(differ) > len(seen):
+        return 0, differ
+    return n, differ
 
 
 def finish(parsed: ParsedSource, policy: ConflictPolicy = "last") -> ParsedSource:
