@@ -693,6 +693,12 @@ def test_mlflow_parents_are_recorded_not_forked(repo: Path) -> None:
         child.source
         and child.source["parent"] == "wine-quality/b7413a71c2124bd5b12b4d3434e3cc72"
     )
+    # The search's runs are one group, as W&B would show them.
+    group = api.runs(
+        "wine-quality",
+        filters={"group": "wine-quality/b7413a71c2124bd5b12b4d3434e3cc72"},
+    )
+    assert child.path in [r.path for r in group] and len(group) == 4
     assert child.config == {
         "lr": "0.0027079582805361337",
         "momentum": "0.887476166957799",

@@ -166,6 +166,7 @@ def _write(
     if run.fork_of is not None:
         parent = refs[run.fork_of[0]]
         fork_from = f"{parent.path}?_step={run.fork_of[1]}"
+    source = _source(run, refs)
     new = gitruns.init(
         project=ref.project,
         id=ref.run_id,
@@ -173,7 +174,10 @@ def _write(
         config=run.config,
         repo=repo,
         fork_from=fork_from,
-        source=_source(run, refs),
+        # A nested run (MLflow's child of a search) shares no history with
+        # its parent, so it is no fork; W&B's word for the tie is group.
+        group=source.get("parent"),
+        source=source,
         save_code=False,
         window=_window(run),
         background=False,
