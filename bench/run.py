@@ -73,7 +73,9 @@ PROFILES = {
         fork_repeats=3,
         read=Workload(100_000, 10),
         read_repeats=3,
-        memory=(Workload(10_000, 10), Workload(100_000, 10)),
+        # 10k steps stay below the committer's backlog bound (16 windows);
+        # the longer two show whether memory keeps growing past it.
+        memory=(Workload(10_000, 10), Workload(100_000, 10), Workload(300_000, 10)),
         list_runs=10_000,
         list_repeats=3,
     ),

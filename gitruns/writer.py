@@ -11,10 +11,11 @@ written again.
 
 Rows are kept whole in the caller's thread; the committer turns them into
 columns, a run of rows with the same keys at a time, with C-level transposes.
-The committer may fall :data:`MAX_BACKLOG` buffers behind before log() waits
-for it: the caller never waits while committing keeps up, and memory stays
-bounded when it does not (a group commit catches up, since its cost per
-buffer is small).
+The committer may fall :data:`MAX_BACKLOG` buffers, or rows of
+:data:`MAX_BACKLOG_BYTES` journaled bytes, behind before log() waits for it:
+the caller never waits while committing keeps up, and memory stays bounded,
+whatever the length or the width of the run, when it does not (a group commit
+catches up, since its cost per buffer is small).
 
 The journal is the source of truth until a commit lands: a commit that fails
 (a full disk) is retried from it at the next hand-off, a run that crashed is
@@ -76,8 +77,9 @@ FSYNC_MODES = ("never", "commit", "always")
 STALE_REF_LOCK_SECONDS = 60.0
 
 #: A segment is handed off once its journal holds this many bytes or its
-#: buffer this many metrics, so that every segment fits in one chunk.
-SEGMENT_BYTES = MAX_CHUNK_BYTES // 4
+#: buffer this many metrics: every segment fits in one chunk, and a wide run
+#: holds a few MiB of journaled rows at a time, not a whole window of them.
+SEGMENT_BYTES = MAX_CHUNK_BYTES // 8
 SEGMENT_METRICS = MAX_METRICS // 2
 
 #: The most one log() call may hold, journaled (the rest of a chunk's room).
@@ -87,6 +89,11 @@ MAX_CALL_BYTES = MAX_CHUNK_BYTES // 4
 #: waits. The committer takes them all at once, so rows in memory stay below
 #: twice this many windows whatever the length of the run.
 MAX_BACKLOG = 8
+
+#: Journaled bytes of the rows handed off but not yet committed, past which
+#: log() waits (a buffer larger than this alone still goes): it bounds the
+#: memory of wide runs, whose windows each hold many MiB of rows.
+MAX_BACKLOG_BYTES = 32 << 20
 
 #: Whether the chunk codec can store float columns as float32.
 CODEC_FLOAT32 = "float32" in inspect.signature(build_chunk).parameters
@@ -175,6 +182,7 @@ class Buffer:
         start: the window's first step, a multiple of the window size.
         end: the first step past the window.
         width: keys over all rows, a bound on the distinct metrics.
+        size: bytes the journal took for the rows.
         width_limit: the width at which the distinct metrics are counted again.
     """
 
@@ -185,6 +193,7 @@ class Buffer:
         "start",
         "end",
         "width",
+        "size",
         "width_limit",
         "_distinct",
         "_counted",
@@ -196,6 +205,8 @@ class Buffer:
         self.rows: list[dict[str, Value]] = []
         self.start = self.end = 0
         self.width = 0
+        #: Bytes the journal took for these rows.
+        self.size = 0
         self.width_limit = SEGMENT_METRICS
         self._distinct: set[str] = set()
         self._counted = 0
@@ -336,6 +347,7 @@ class RunWriter:
         self._step = _next_step(snapshot)
         self._row: dict[str, Value] | None = None
         self._row_time = 0.0
+        self._row_size = 0
         self._buffer = Buffer()
         self._last_flush = time.monotonic()
         self._meta: dict[str, Any] | None = None
@@ -343,6 +355,9 @@ class RunWriter:
 
         self._error: BaseException | None = None
         self._queue: queue.Queue[Job | None] = queue.Queue(MAX_BACKLOG)
+        # Journaled bytes of the rows handed to the committer, not committed.
+        self._backlog = threading.Condition()
+        self._backlog_bytes = 0
         self._thread: threading.Thread | None = None
         self._closed = False
         self._pid = os.getpid()
@@ -554,9 +569,11 @@ class RunWriter:
             self._open_row(step, when)
             self._write(record)
             self._row = row
+            self._row_size = len(record)
         else:
             self._write(record)
             open_row.update(row)
+            self._row_size += len(record)
         if ends_step:
             self._close_row()
             self._step = step + 1
@@ -595,6 +612,7 @@ class RunWriter:
         buffer.times.append(self._row_time)
         buffer.rows.append(row)
         buffer.width += len(row)
+        buffer.size += self._row_size
         self._row = None
         if step + 1 == buffer.end:
             self._handoff()
@@ -619,6 +637,14 @@ class RunWriter:
         self._meta = None
         self._last_flush = time.monotonic()
         if self._thread is not None:
+            size = job.buffer.size
+            with self._backlog:
+                while (
+                    self._backlog_bytes
+                    and self._backlog_bytes + size > MAX_BACKLOG_BYTES
+                ):
+                    self._backlog.wait(1.0)
+                self._backlog_bytes += size
             self._queue.put(job)
         else:
             self._run_jobs([job])
@@ -772,6 +798,10 @@ class RunWriter:
                 logger.error("run %s: committer: %s", self.run.path, exc)
                 self._error = self._error or exc
             finally:
+                done = sum(job.buffer.size for job in jobs if job is not None)
+                with self._backlog:
+                    self._backlog_bytes -= done
+                    self._backlog.notify_all()
                 for _ in jobs:
                     self._queue.task_done()
             if stop:

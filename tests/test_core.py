@@ -578,3 +578,39 @@ def test_a_fork_into_a_taken_id_says_to_leave_the_id_out(repo: Path) -> None:
         gitruns.init(
             project="p", id="src", repo=repo, resume="allow", fork_from="p/src?_step=5"
         )
+
+
+def test_log_waits_for_the_committer_past_the_backlog_bytes(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from gitruns import writer
+
+    monkeypatch.setattr(writer, "MAX_BACKLOG_BYTES", 20_000)
+    slow = writer.RunWriter._commit
+
+    def slow_commit(self: writer.RunWriter, jobs: list[writer.Job]) -> None:
+        time.sleep(0.02)  # a committer that cannot keep up
+        slow(self, jobs)
+
+    monkeypatch.setattr(writer.RunWriter, "_commit", slow_commit)
+    run = gitruns.init(project="p", id="wide", repo=repo, window=10)
+    seen: list[int] = []
+    put = run._writer._queue.put
+
+    def watched_put(job: writer.Job | None) -> None:
+        seen.append(run._writer._backlog_bytes)
+        put(job)
+
+    monkeypatch.setattr(run._writer._queue, "put", watched_put)
+    row = {f"m{i}": float(i) for i in range(100)}  # about 1 KiB journaled
+    for _ in range(300):
+        run.log(row)
+    run.finish()
+
+    # Each buffer holds ten rows (a window), about 10 KiB: never more than
+    # the bound plus the buffer that was let through are waiting.
+    assert max(seen) <= 20_000 + 12_000 and len(seen) >= 30
+    steps = [r["_step"] for r in gitruns.Api(repo).run("p/wide").scan_history()]
+    assert steps == list(range(300))
