@@ -75,9 +75,24 @@ _RESERVED = frozenset({"_step", "_timestamp"})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
-# Arrays outside bins are tiny ([major, minor]). Keeping their length small
-# bounds what msgpack preallocates for a hostile, deeply nested array.
+# Arrays outside bins are tiny ([major, minor], digests). Keeping their length
+# small bounds what msgpack preallocates for a hostile array header.
 _MAX_LOOSE_ARRAY = 64
+# Entries of one column's map: the five keys of this version and room for
+# keys of later minor versions (docs/FORMAT.md, section 8).
+_MAX_COLUMN_ENTRIES = 16
+# Arrays in one document: the version and a digest per column and per prefix.
+_MAX_ARRAYS = 2 * MAX_METRICS + 64
+# How deep msgpack nests containers before it gives up (its stack size).
+_MAX_NESTING = 1024
+# The entries of a document read as plain values, per document type; the map
+# of digests each type holds. Anything else is skipped unread.
+_DOCUMENT_VALUES = {
+    _MAGIC: frozenset({_MAGIC, "window", "start", "steps", "times"}),
+    _DIGESTS_MAGIC: frozenset({_DIGESTS_MAGIC}),
+}
+_DIGEST_MAPS = {_MAGIC: "prefix", _DIGESTS_MAGIC: "digests"}
+_COLUMN_KEYS = frozenset({"kind", "present", "delta", "values", "digest"})
 # The value types an obj column may hold.
 _SCALARS = (type(None), bool, int, float, str)
 
@@ -901,35 +916,149 @@ def _unpack_document(data: bytes, magic: str, source: str) -> dict[str, Any]:
             source, f"{len(data)} bytes, over the limit of {MAX_CHUNK_BYTES}"
         )
     _check_version(data, magic, source)
+    try:
+        return _read_document(data, magic, source)
+    except ChunkFormatError:
+        raise
+    except (ValueError, msgpack.UnpackException, RecursionError) as exc:
+        raise ChunkFormatError(source, f"not valid msgpack ({_why(exc)})") from None
 
-    # Every container msgpack builds is counted: a hostile document of many
-    # tiny maps or lists would otherwise cost far more memory than its bytes.
-    budget = [3 * MAX_METRICS + 64]
 
-    def spend(obj: Any) -> Any:
-        budget[0] -= 1
-        if budget[0] < 0:
-            raise ValueError("too many maps and lists")
+def _why(exc: BaseException) -> str:
+    # What went wrong in msgpack's words, where it has some: StackError and
+    # OutOfData carry no text.
+    if isinstance(exc, msgpack.StackError):
+        return f"containers nested more than {_MAX_NESTING} deep"
+    if isinstance(exc, msgpack.OutOfData):
+        return "the document is truncated"
+    return str(exc) or type(exc).__name__
+
+
+def _read_document(data: bytes, magic: str, source: str) -> dict[str, Any]:
+    """Return a document's known entries, reading it once from the front.
+
+    The document, ``columns`` and the digest map are read entry by entry
+    from their headers. An entry of the document under a key this version
+    does not know is skipped by the msgpack reader without being built
+    (docs/FORMAT.md, section 10), whatever it holds. A column is built in
+    one call, limited to a map of a few entries holding no map, and loses
+    its unknown entries at once. Arrays are short and counted. So a decode
+    costs memory in proportion to what it uses, never to what a hostile
+    document packs beside it.
+    """
+    # How many maps the value being unpacked may hold (a column is one), and
+    # how many arrays the document has held. No hook refers to the unpacker:
+    # a reference cycle would keep its copy of the document alive.
+    maps = [0]
+    arrays = [0]
+
+    def count_map(obj: dict[str, Any]) -> dict[str, Any]:
+        maps[0] -= 1
+        if maps[0] < 0:
+            raise ChunkFormatError(source, "a map where the format has a value")
         return obj
 
-    try:
-        doc = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            max_bin_len=MAX_CHUNK_BYTES,
-            max_str_len=MAX_CHUNK_BYTES,
-            max_array_len=_MAX_LOOSE_ARRAY,
-            max_map_len=MAX_METRICS,
-            max_ext_len=0,
-            object_hook=spend,
-            list_hook=spend,
-        )
-    except (ValueError, msgpack.UnpackException, RecursionError) as exc:
-        raise ChunkFormatError(source, f"not valid msgpack ({exc})") from None
-    if not isinstance(doc, dict):
-        raise ChunkFormatError(source, "the document is not a map")
+    def count_array(items: list[Any]) -> list[Any]:
+        arrays[0] += 1
+        if arrays[0] > _MAX_ARRAYS:
+            raise ChunkFormatError(source, f"more than {_MAX_ARRAYS} arrays")
+        return items
+
+    unpacker = msgpack.Unpacker(
+        raw=False,
+        max_buffer_size=len(data) or 1,
+        max_bin_len=MAX_CHUNK_BYTES,
+        max_str_len=MAX_CHUNK_BYTES,
+        max_array_len=_MAX_LOOSE_ARRAY,
+        max_map_len=_MAX_COLUMN_ENTRIES,
+        max_ext_len=0,
+        object_hook=count_map,
+        list_hook=count_array,
+    )
+    unpacker.feed(data)
+    unpack, skip = unpacker.unpack, unpacker.skip
+
+    def header(what: str) -> int:
+        # The format's large maps are read by their headers, never built
+        # whole; read_map_header does not apply max_map_len.
+        try:
+            count: int = unpacker.read_map_header()
+        except (msgpack.OutOfData, msgpack.StackError):
+            raise
+        except (ValueError, msgpack.UnpackException):
+            raise ChunkFormatError(source, f"{what} is not a map") from None
+        if count > MAX_METRICS:
+            raise ChunkFormatError(
+                source, f"{what} has {count} entries, over {MAX_METRICS}"
+            )
+        return count
+
+    def key() -> str:
+        maps[0] = 0
+        name = unpack()
+        if type(name) is not str:
+            raise ChunkFormatError(
+                source, f"a map key is a {type(name).__name__}, not a str"
+            )
+        return name
+
+    def small_map(maps_inside: int) -> dict[Any, Any] | None:
+        # A map of at most 15 entries (a fixmap: most chunks' columns and
+        # prefix) is built in one call; its maps are counted as it is. Its
+        # keys are checked with the metric names, in _chunk_from.
+        at = unpacker.tell()
+        if at < len(data) and 0x80 <= data[at] <= 0x8F:
+            maps[0] = 1 + maps_inside * (data[at] & 0x0F)
+            found: dict[Any, Any] = unpack()
+            return found
+        return None
+
+    values = _DOCUMENT_VALUES[magic]
+    digest_map = _DIGEST_MAPS[magic]
+    doc: dict[str, Any] = {}
+    for _ in range(header("the document")):
+        entry = key()
+        if entry in values:
+            doc[entry] = unpack()
+        elif entry == digest_map:
+            digests = small_map(0)
+            if digests is None:
+                digests = {}
+                for _ in range(header(entry)):
+                    name = key()
+                    digests[name] = unpack()
+            doc[entry] = digests
+        elif entry == "columns" and magic == _MAGIC:
+            columns = small_map(1)
+            if columns is None:
+                columns = {}
+                for _ in range(header(entry)):
+                    name = key()
+                    maps[0] = 1
+                    columns[name] = unpack()
+            for name, column in columns.items():
+                if type(column) is dict and not column.keys() <= _COLUMN_KEYS:
+                    # Keys of a later minor version: not kept.
+                    _check_keys(column, source)
+                    columns[name] = {
+                        k: v for k, v in column.items() if k in _COLUMN_KEYS
+                    }
+            doc[entry] = columns
+        else:
+            skip()
+
+    extra = len(data) - unpacker.tell()
+    if extra:
+        raise ChunkFormatError(source, f"{extra} bytes after the document")
     return doc
+
+
+def _check_keys(column: dict[Any, Any], source: str) -> None:
+    for name in column:
+        if type(name) is not str:
+            raise ChunkFormatError(
+                source, f"a map key is a {type(name).__name__}, not a str"
+            )
 
 
 # Room for a map header, a key of up to 64 bytes and [major, minor].
@@ -976,7 +1105,7 @@ def _check_version(data: bytes, magic: str, source: str) -> None:
         version = unpacker.unpack()
     except (ValueError, msgpack.UnpackException, RecursionError) as exc:
         raise ChunkFormatError(
-            source, f"not a gitruns document (no version entry: {exc})"
+            source, f"not a gitruns document (no version entry: {_why(exc)})"
         ) from None
     if key != magic:
         raise ChunkFormatError(
@@ -1211,13 +1340,15 @@ def _unpack_scalars(name: str, blob: bytes, count: int, source: str) -> list[Val
     unpacker.feed(blob)
     try:
         declared = unpacker.read_array_header()
-        if declared != count:
-            raise ChunkFormatError(
-                source, f"metric {name!r}: {declared} values for {count} present rows"
-            )
-        items: list[Value] = list(islice(unpacker, count))
+        if declared == count:
+            items: list[Value] = list(islice(unpacker, count))
     except (ValueError, msgpack.UnpackException, RecursionError) as exc:
-        raise ChunkFormatError(source, f"metric {name!r}: bad values ({exc})") from None
+        reason = f"bad values ({_why(exc)})"
+        raise ChunkFormatError(source, f"metric {name!r}: {reason}") from None
+    if declared != count:
+        raise ChunkFormatError(
+            source, f"metric {name!r}: {declared} values for {count} present rows"
+        )
     if len(items) != count or unpacker.tell() != len(blob):
         raise ChunkFormatError(
             source, f"metric {name!r}: values array is truncated or padded"

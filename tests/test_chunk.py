@@ -1437,21 +1437,106 @@ def test_deep_nesting_is_refused(valid: bytes, unit: bytes) -> None:
     assert peak < 4 * 2**20
 
 
-def test_many_small_containers_are_refused_before_memory_grows() -> None:
-    # Each one-byte empty map costs a dict of ~64 bytes: 64 MiB of them would
-    # be gigabytes. A budget of containers stops the decode early.
-    entry = b"\xdc\x00\x40" + b"\x80" * 64  # an array of 64 empty maps
-    body = b"\xde" + struct.pack(">H", 8000)
-    body += b"".join(b"\xa5" + f"k{i:04d}".encode() + entry for i in range(8000))
-    data = splice({"gitruns.chunk": [FORMAT_MAJOR, 0], "x": b"@@HOLE@@"}, body)
+def _traced_peak(work: Callable[[], object]) -> int:
     tracemalloc.start()
     try:
-        exc = refused(data)
-        _, peak = tracemalloc.get_traced_memory()
+        work()
+        return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert "too many maps and lists" in str(exc)
-    assert peak < 64 * 2**20
+
+
+# Entries that cost far more as Python objects than as msgpack: an array of
+# 64 empty maps (a dict each), and a map of distinct short keys.
+_EMPTY_MAPS = b"\xdc\x00\x40" + b"\x80" * 64
+_MANY_KEYS = b"\xde\xff\xff" + b"".join(
+    msgpack.packb(f"{i:x}") + b"\xc0" for i in range(0xFFFF)
+)
+
+
+def _junk(unit: bytes, count: int) -> bytes:
+    # A map of ``count`` entries, each ``unit``: megabytes that would decode
+    # to hundreds of megabytes of dicts.
+    head = b"\xdf" + struct.pack(">I", count)
+    return head + b"".join(msgpack.packb(f"k{i:05d}") + unit for i in range(count))
+
+
+@pytest.mark.parametrize("unit", [_EMPTY_MAPS, _MANY_KEYS], ids=["maps", "keys"])
+def test_unknown_entries_are_skipped_without_being_built(
+    valid: bytes, unit: bytes
+) -> None:
+    # Keys of a later minor version are ignored: a value under an unknown key
+    # of the document is skipped by the msgpack reader, so hostile bulk
+    # there costs no memory.
+    doc = document(valid)
+    doc["future"] = b"@@HOLE@@"
+    data = splice(doc, _junk(unit, 16_000 if unit == _EMPTY_MAPS else 40))
+    assert len(data) > 2**20
+
+    chunks = []
+    peak = _traced_peak(lambda: chunks.append(decode_chunk(data, source=SOURCE)))
+    assert chunks[0].steps.tolist() == [0, 2, 3, 7, 9]
+    assert peak < 3 * len(data), f"{peak} bytes traced for {len(data)}"
+
+
+@pytest.mark.parametrize("unit", [_EMPTY_MAPS, _MANY_KEYS], ids=["maps", "keys"])
+def test_a_map_under_an_unknown_column_key_is_refused_unbuilt(
+    valid: bytes, unit: bytes
+) -> None:
+    # A column is a small map holding no map (docs/FORMAT.md, sections 8 and
+    # 10): a new key of a column holds a value, and bulk goes in a bin.
+    doc = document(valid)
+    doc["columns"]["acc"]["future"] = b"@@HOLE@@"
+    data = splice(doc, _junk(unit, 16_000 if unit == _EMPTY_MAPS else 40))
+    peak = _traced_peak(lambda: refused(data))
+    assert peak < 3 * len(data), f"{peak} bytes traced for {len(data)}"
+
+    doc = document(valid)
+    doc["columns"]["acc"].update({f"future{i}": i for i in range(16)})
+    assert "exceeds max_map_len(16)" in refused(pack(doc)).reason
+
+
+def test_arrays_are_counted_where_they_are_built(valid: bytes) -> None:
+    # Digests are the arrays a decode builds; extra elements (fields of a
+    # later minor version) are built too, so arrays are counted in all.
+    doc = document(valid)
+    nest = b"\x90"  # 64 ** 3 empty arrays, three levels down
+    for _ in range(3):
+        nest = b"\xdc\x00\x40" + nest * 64
+    doc["columns"]["acc"]["digest"].append(b"@@HOLE@@")
+    data = splice(doc, nest)
+    exc = refused(data)
+    assert "arrays" in exc.reason
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("window", {"a": 1}), ("steps", {"b": 2, "c": 3}), ("times", {"x": b""})],
+)
+def test_a_map_where_a_value_belongs_is_refused(
+    valid: bytes, field: str, value: Any
+) -> None:
+    doc = document(valid)
+    doc[field] = value
+    assert "a map where the format has a value" in refused(pack(doc)).reason
+
+
+def test_decoder_messages_say_what_is_wrong(valid: bytes) -> None:
+    # Deep nesting: msgpack's own error has no text.
+    deep = splice(
+        {"gitruns.chunk": [FORMAT_MAJOR, 0], "prefix": b"@@HOLE@@"},
+        b"\x81\xa1a" + b"\x91" * 100_000 + b"\xc0",
+    )
+    assert "nested more than 1024 deep" in refused(deep).reason
+
+    # A nested values array whose header lies: wrapped once, not twice.
+    doc = document(valid)
+    doc["columns"]["note"]["values"] = b"\xdd\xff\xff\xff\xff"
+    exc = refused(pack(doc))
+    assert str(exc).count("bad metric chunk") == 1
+    assert "present rows" in exc.reason
+
+    assert refused(valid[: len(valid) // 2]).reason
 
 
 @settings(max_examples=300, deadline=None)
