@@ -9,8 +9,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from dulwich.object_store import tree_lookup_path
+from dulwich.objects import ShaFile
 
-from gitruns.chunk import Chunk, decode_chunk, encode_chunk
+from gitruns.chunk import encode_chunk
 from gitruns.errors import (
     ConflictError,
     ForkPointError,
@@ -91,7 +92,7 @@ def step_of(
         if step < 0:
             raise ForkPointError(spec, "_step must not be negative")
     else:
-        step = _step_by_metric(store, tip, key, text, spec)
+        step = _step_by_metric(store, source, tip, key, text, spec)
     if last is None:
         raise ForkPointError(spec, f"run {source.path} has no committed steps yet")
     if step > last:
@@ -109,7 +110,7 @@ def step_of(
 
 
 def _step_by_metric(
-    store: RunStore, tip: Snapshot, key: str, text: str, spec: str
+    store: RunStore, source: RunRef, tip: Snapshot, key: str, text: str, spec: str
 ) -> int:
     declared = tip.info.get("metrics", {})
     is_step_metric = key in declared or any(
@@ -128,8 +129,8 @@ def _step_by_metric(
         raise ForkPointError(spec, f"{key} must be a number, not {text!r}") from None
     found: int | None = None
     previous: tuple[int, float] | None = None
-    for start, blob in tip.history.segments():
-        chunk = _read_chunk(store, blob, f"{chunk_path(start, tip.window)}")
+    for start in tip.history.starts:
+        chunk = store.read_segment(source.path, tip.history, start)
         if key not in chunk.columns:
             continue
         steps, values = chunk.column(key)
@@ -151,10 +152,6 @@ def _step_by_metric(
     return found
 
 
-def _read_chunk(store: RunStore, blob: Sha, source: str) -> Chunk:
-    return decode_chunk(store.read_blob(blob, source), source=source)
-
-
 def holding_commit(store: RunStore, run: RunRef, tip: Snapshot, step: int) -> Sha:
     """The earliest commit on the tip's first-parent line that holds ``step``.
 
@@ -169,7 +166,10 @@ def holding_commit(store: RunStore, run: RunRef, tip: Snapshot, step: int) -> Sh
         return tip.commit
     blob = tip.history.blobs[start]
     path = chunk_path(start, tip.window).encode()
-    lookup = store.repo.object_store.__getitem__
+
+    def lookup(sha: bytes) -> ShaFile:
+        # Trees only, each read within the store's size limit.
+        return store.read_tree(Sha(sha), f"tree {sha.decode()} of {run.path}")
 
     def holds(commit: Sha) -> bool:
         try:
@@ -187,7 +187,7 @@ def holding_commit(store: RunStore, run: RunRef, tip: Snapshot, step: int) -> Sh
     for sha, commit in store.first_parent_chain(tip.commit):
         try:
             _, found = tree_lookup_path(lookup, commit.tree, path)
-        except KeyError:
+        except (KeyError, RepositoryError):
             break
         if found != blob:
             break
@@ -217,20 +217,24 @@ def _runs_sharing(store: RunStore, run: RunRef, tip: Snapshot) -> list[RunRef]:
 
 
 def cut_history(
-    store: RunStore, snapshot: Snapshot, step: int
+    store: RunStore, run: RunRef, snapshot: Snapshot, step: int
 ) -> tuple[History, dict[str, Any], int | None]:
     """The snapshot's history without steps after ``step``, its totals and last step.
 
     Segments wholly at or before ``step`` keep their blobs; only the segment
     that straddles ``step`` is written anew.
+
+    Args:
+        run: the run the snapshot is of, for messages.
     """
     history = snapshot.history.copy()
     history.drop_after(step)
     start = history.segment_at(step)
     if start is None:
         return history, {}, None
-    source = chunk_path(start, snapshot.window)
-    chunk = _read_chunk(store, history.blobs[start], source)
+    # Read as it is stored in the snapshot, so that its end is checked
+    # against the segment after it, which the cut drops.
+    chunk = store.read_segment(run.path, snapshot.history, start)
     if int(chunk.steps[-1]) > step:
         chunk = chunk.sliced(step)
         history.replace(start, store.blob(encode_chunk(chunk)))
@@ -266,7 +270,7 @@ def fork_run(
     step = step_of(store, source, tip, key, text, spec)
     parent = holding_commit(store, source, tip, step)
     base = tip if parent == tip_sha else store.read_snapshot(parent)
-    history, totals, last = cut_history(store, base, step)
+    history, totals, last = cut_history(store, source, base, step)
 
     merged_config = {**tip.config, **config}
     info = {
@@ -306,7 +310,7 @@ def rewind_run(store: RunStore, run: RunRef, spec: str, key: str, text: str) -> 
     step = step_of(store, run, tip, key, text, spec)
     if step == tip.last_step:
         return tip_sha  # nothing after the step: no commit to make
-    history, totals, last = cut_history(store, tip, step)
+    history, totals, last = cut_history(store, run, tip, step)
     info = dict(tip.info)
     info["rewinds"] = [
         *info.get("rewinds", []),

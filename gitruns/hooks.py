@@ -14,7 +14,7 @@ from typing import IO, Any
 
 from dulwich.errors import ChecksumMismatch, ObjectFormatException
 from dulwich.object_store import BaseObjectStore, DiskObjectStore
-from dulwich.objects import Blob, Commit, ObjectID, Tree
+from dulwich.objects import Blob, Commit, ObjectID, ShaFile, Tree
 from dulwich.refs import Ref
 from dulwich.repo import BaseRepo, Repo
 
@@ -26,14 +26,17 @@ from gitruns.errors import (
     InvalidNameError,
     RepositoryError,
 )
+from gitruns.objects import ObjectReader
 from gitruns.refs import RUNS_PREFIX, RunRef, Sha
 from gitruns.store import (
     CHUNK_SUFFIX,
     HISTORY,
+    MAX_OBJECT_BYTES,
     RUN_JSON,
     TREE_MODE,
     chunk_dirs,
     loads_json,
+    read_object,
 )
 
 logger = logging.getLogger(__name__)
@@ -113,12 +116,25 @@ def open_quarantined(
     )
 
 
-def _read(store: BaseObjectStore, sha: bytes, kind: type[Any], what: str) -> Any:
+def _read(
+    store: BaseObjectStore,
+    sha: bytes,
+    kind: type[Any],
+    what: str,
+    limit: int = MAX_OBJECT_BYTES,
+) -> Any:
+    # Within a size limit, checked before the object is inflated: a pushed
+    # zlib bomb costs the server nothing.
+    if not _has(store, sha):
+        raise _Refused(None, f"{what} {sha[:10].decode()} is missing from the push")
     try:
-        obj = store[ObjectID(sha)]
-    except KeyError:
+        raw = read_object(store, sha, what, limit=limit)
+        obj = ShaFile.from_raw_string(raw[0], raw[1], sha=ObjectID(sha))
+    except GitRunsError as exc:
+        raise _Refused(None, str(exc)) from None
+    except (ValueError, AssertionError) as exc:
         raise _Refused(
-            None, f"{what} {sha[:10].decode()} is missing from the push"
+            None, f"{what} {sha[:10].decode()} is malformed ({exc})"
         ) from None
     except _UNREADABLE as exc:
         raise _Refused(
@@ -160,6 +176,22 @@ class _RunCommit:
         return value if isinstance(value, dict) else None
 
 
+def _has(store: BaseObjectStore, sha: bytes) -> bool:
+    # Not ``sha in store``: dulwich reads a loose object whole to answer it.
+    if len(sha) != 40 or not set(sha) <= set(b"0123456789abcdef"):
+        return False
+    with ObjectReader(store) as reader:
+        return reader.contains(sha)
+
+
+def _get_commit(store: BaseObjectStore, sha: bytes) -> Commit | None:
+    """A commit within the size limit, or None if it is missing or is none."""
+    try:
+        return _read(store, sha, Commit, "commit")  # type: ignore[no-any-return]
+    except _Refused:
+        return None
+
+
 def _load_commit(store: BaseObjectStore, sha: Sha) -> _RunCommit:
     commit: Commit = _read(store, sha, Commit, "commit")
     tree: Tree = _read(store, commit.tree, Tree, "tree")
@@ -174,8 +206,7 @@ def _load_commit(store: BaseObjectStore, sha: Sha) -> _RunCommit:
     except RepositoryError as exc:
         raise _Refused(sha, str(exc)) from None
     except RecursionError:
-        # TODO: drop once store.loads_json maps RecursionError to RepositoryError.
-        raise _Refused(sha, "run.json nests too deeply to be read") from None
+        raise _Refused(sha, "run.json nests too deeply to be a run's") from None
     if not isinstance(info, dict):
         raise _Refused(sha, "run.json is not a JSON object")
     history = None
@@ -282,7 +313,7 @@ def _decode(store: BaseObjectStore, start: int, blob_sha: Sha, window: int) -> C
     """Decode one segment in full (digests verified), within the codec's limits."""
     l1, l2 = chunk_dirs(start, window)
     source = f"history/{l1.decode()}/{l2.decode()}/{start:012d}.msgpack"
-    blob: Blob = _read(store, blob_sha, Blob, source)
+    blob: Blob = _read(store, blob_sha, Blob, source, MAX_CHUNK_BYTES)
     data = blob.as_raw_string()
     if len(data) > MAX_CHUNK_BYTES:
         raise _Refused(
@@ -403,11 +434,8 @@ class Checker:
             sha = todo.pop()
             if sha == ancestor:
                 return True
-            try:
-                commit = self.store[ObjectID(sha)]
-            except KeyError:
-                continue
-            if isinstance(commit, Commit):
+            commit = _get_commit(self.store, sha)
+            if commit is not None:
                 for parent in commit.parents:
                     if parent not in seen:
                         seen.add(Sha(parent))
@@ -638,12 +666,9 @@ def _rewinds_to(commit: _RunCommit, parent: _RunCommit) -> int | None:
 
 
 def _is_commit(store: BaseObjectStore, sha: str) -> bool:
-    if len(sha) != 40:
+    if len(sha) != 40 or not _has(store, sha.encode()):
         return False
-    try:
-        return isinstance(store[ObjectID(sha.encode())], Commit)
-    except (KeyError, ValueError):
-        return False
+    return _get_commit(store, sha.encode()) is not None
 
 
 # -- what counts as accepted before -------------------------------------------------
@@ -672,11 +697,8 @@ class _KnownRuns:
             if sha in seen:
                 continue
             seen.add(sha)
-            try:
-                commit = self.store[ObjectID(sha)]
-            except KeyError:
-                continue
-            if isinstance(commit, Commit):
+            commit = _get_commit(self.store, sha)
+            if commit is not None:
                 todo.extend(Sha(p) for p in commit.parents)
         return seen
 
@@ -705,7 +727,7 @@ def server_checker(
         # Objects only in the quarantine are new by definition; an old object
         # counts only if a run branch reaches it (a push to another branch
         # must not smuggle unchecked run commits in).
-        return ObjectID(sha) in main and known.contains(sha, run)
+        return _has(main, sha) and known.contains(sha, run)
 
     return Checker(
         repo.object_store, is_known, allow_rewrite=allow_rewrite, lift=SERVER_LIFT

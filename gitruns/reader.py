@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from gitruns.chunk import Chunk, decode_chunk
+from gitruns.chunk import Chunk
 from gitruns.errors import RunNotFoundError
 from gitruns.refs import RunRef, Sha
 from gitruns.store import (
@@ -17,7 +17,6 @@ from gitruns.store import (
     SUMMARY_JSON,
     RunStore,
     Snapshot,
-    chunk_path,
 )
 
 
@@ -172,11 +171,15 @@ class RunView:
     def chunks(
         self, min_step: int | None = None, max_step: int | None = None
     ) -> Iterator[Chunk]:
-        """Decoded segments that may hold steps in ``[min_step, max_step)``."""
-        window = self.snapshot.window
-        for start, blob in self.snapshot.history.segments(min_step, max_step):
-            source = f"{self.path}:{chunk_path(start, window)}"
-            yield decode_chunk(self.store.read_blob(blob, source), source=source)
+        """Decoded segments that may hold steps in ``[min_step, max_step)``.
+
+        Raises:
+            ChunkFormatError: naming the run and the file, for a malformed
+                segment or one stored where its steps do not belong.
+        """
+        history = self.snapshot.history
+        for start, _ in history.segments(min_step, max_step):
+            yield self.store.read_segment(self.path, history, start)
 
     def scan_history(
         self,

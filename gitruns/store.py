@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dulwich.errors import NotGitRepository
+from dulwich.errors import NotGitRepository, ObjectFormatException
 from dulwich.file import FileLocked
-from dulwich.objects import Blob, Commit, ObjectID, Tree
+from dulwich.object_store import BaseObjectStore
+from dulwich.objects import Blob, Commit, ObjectID, ShaFile, Tree
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
+from gitruns.chunk import MAX_CHUNK_BYTES, Chunk, decode_chunk
 from gitruns.errors import (
     AmbiguousRunError,
     ChunkFormatError,
@@ -31,6 +33,7 @@ from gitruns.errors import (
     RunNotFoundError,
     mapped_errors,
 )
+from gitruns.objects import CorruptObject, ObjectReader, ObjectTooLarge
 from gitruns.refs import RUNS_PREFIX, RunRef, Sha, check_name
 
 logger = logging.getLogger(__name__)
@@ -68,6 +71,13 @@ MAX_PACKS = 50
 
 #: The default embedded repository, a bare one in the working directory.
 DEFAULT_REPO_DIR = ".gitruns"
+
+#: The largest JSON file, tree or commit of a run that gitruns reads. Chunks
+#: have their own limit, :data:`gitruns.chunk.MAX_CHUNK_BYTES`.
+MAX_OBJECT_BYTES = 16 * 2**20
+
+# What a reader can do about a run file it refuses.
+_FIX = "fetch the run again from a good copy, or repair the file in a new commit"
 
 
 def locate_repository(
@@ -249,20 +259,23 @@ class History:
         return self._tree
 
     @classmethod
-    def load(cls, repo: Repo, tree_id: Sha | None, window: int) -> History:
+    def load(cls, store: RunStore, tree_id: Sha | None, window: int) -> History:
         """Read a history tree, checking every name on the way."""
         history = cls(window)
         if tree_id is None:
             return history
-        root = _tree(repo, tree_id, "history")
+        root = store.read_tree(tree_id, "history tree")
         found: list[tuple[int, Sha]] = []
         for l1, mode1, sha1 in root.iteritems():
             _expect_dir(mode1, l1, "history")
             history._l1_trees[l1] = Sha(sha1)
-            for l2, mode2, sha2 in _tree(repo, Sha(sha1), "history").iteritems():
+            for l2, mode2, sha2 in store.read_tree(
+                Sha(sha1), "history tree"
+            ).iteritems():
                 _expect_dir(mode2, l2, "history/" + l1.decode(errors="replace"))
                 history._dir_trees[(l1, l2)] = Sha(sha2)
-                for name, mode, sha in _tree(repo, Sha(sha2), "history").iteritems():
+                level2 = store.read_tree(Sha(sha2), "history tree")
+                for name, mode, sha in level2.iteritems():
                     start = _parse_chunk_name(name)
                     if chunk_dirs(start, window) != (l1, l2) or mode != FILE_MODE:
                         raise ChunkFormatError(
@@ -293,17 +306,61 @@ def _expect_dir(mode: int, name: bytes, where: str) -> None:
         )
 
 
-def _tree(repo: Repo, sha: Sha, what: str) -> Tree:
+def read_object(
+    objects: ObjectReader | BaseObjectStore,
+    sha: bytes,
+    what: str,
+    *,
+    limit: int = MAX_OBJECT_BYTES,
+    chunk: bool = False,
+) -> tuple[int, bytes]:
+    """Read an object's type number and bytes, refusing one over ``limit``.
+
+    The size an object declares is checked before anything else of it is
+    inflated (see :mod:`gitruns.objects`), so a compressed bomb costs nothing.
+
+    Args:
+        objects: a reader, or an object store to read with a new one.
+        what: how messages name the object (``run.json of 1a2b3c4d5e``).
+        limit: the most bytes the object may have.
+        chunk: the object is a metric chunk: too large is a ChunkFormatError.
+
+    Raises:
+        RepositoryError: the object is missing, corrupt or too large.
+        ChunkFormatError: with ``chunk``, a blob over ``limit``.
+    """
+    reader = objects if isinstance(objects, ObjectReader) else ObjectReader(objects)
+    hexsha = sha.decode(errors="replace")
     try:
-        obj = repo.object_store[sha]
+        return reader.read(sha, limit)
     except KeyError:
         raise RepositoryError(
-            f"{what} tree {sha.decode()} is missing; the repository is incomplete, "
-            "fetch the run again"
+            f"{what} ({hexsha}) is missing from the repository; fetch the run again"
         ) from None
-    if not isinstance(obj, Tree):
-        raise RepositoryError(f"{what} {sha.decode()} is not a tree")
-    return obj
+    except ObjectTooLarge as exc:
+        reason = (
+            f"{exc.part or 'the blob'} is {exc.size} bytes, over the limit of {limit}"
+        )
+        if chunk:
+            raise ChunkFormatError(what, reason) from None
+        raise RepositoryError(
+            f"{what} ({hexsha[:10]}): {reason}, so it was not read; {_FIX}"
+        ) from None
+    except CorruptObject as exc:
+        raise RepositoryError(
+            f"{what} ({hexsha}) is corrupt: {exc}; `git fsck` tells what else is, "
+            "then fetch the run again"
+        ) from None
+    finally:
+        if reader is not objects:
+            reader.close()
+
+
+def _parse(raw: tuple[int, bytes], sha: Sha, what: str) -> ShaFile:
+    try:
+        return ShaFile.from_raw_string(raw[0], raw[1], sha=sha)
+    except (ObjectFormatException, ValueError, AssertionError) as exc:
+        raise RepositoryError(f"{what} is malformed ({exc}); {_FIX}") from None
 
 
 @dataclass
@@ -334,6 +391,8 @@ class RunStore:
 
     def __init__(self, repo: Repo) -> None:
         self.repo = repo
+        #: Reads objects within a size limit (see :mod:`gitruns.objects`).
+        self.objects = ObjectReader(repo.object_store)
         self.git_dir = Path(repo.controldir())
         #: Where gitruns keeps what Git does not: journals, locks, caches.
         self.data_dir = self.git_dir / "gitruns"
@@ -367,6 +426,7 @@ class RunStore:
 
     def close(self) -> None:
         """Release the repository's open files."""
+        self.objects.close()
         self.repo.close()
 
     # -- refs ---------------------------------------------------------------
@@ -462,34 +522,71 @@ class RunStore:
         self.add(blob)
         return Sha(blob.id)
 
-    def read_blob(self, sha: Sha, what: str) -> bytes:
-        """Read a blob's bytes, naming ``what`` if it is missing or not a blob."""
-        try:
-            kind, data = self.repo.object_store.get_raw(sha)
-        except KeyError:
-            raise RepositoryError(
-                f"{what} ({sha.decode()}) is missing from the repository; "
-                "fetch the run again"
-            ) from None
+    def read_blob(self, sha: Sha, what: str, limit: int = MAX_OBJECT_BYTES) -> bytes:
+        """Read a blob's bytes, naming ``what`` if it is missing or not a blob.
+
+        Raises:
+            RepositoryError: the blob is missing, not a blob, corrupt, or
+                declares more than ``limit`` bytes (then nothing of it is
+                inflated).
+        """
+        kind, data = read_object(self.objects, sha, what, limit=limit)
         if kind != Blob.type_num:
-            raise RepositoryError(f"{what} ({sha.decode()}) is not a file")
-        return bytes(data)
+            raise RepositoryError(f"{what} ({sha.decode()}) is not a file; {_FIX}")
+        return data
+
+    def read_tree(self, sha: Sha, what: str) -> Tree:
+        """Read a tree object, within :data:`MAX_OBJECT_BYTES`.
+
+        Raises:
+            RepositoryError: the tree is missing, not a tree, or malformed.
+        """
+        tree = _parse(read_object(self.objects, sha, what), sha, what)
+        if not isinstance(tree, Tree):
+            raise RepositoryError(f"{what} {sha.decode()} is not a tree; {_FIX}")
+        return tree
 
     def read_commit(self, sha: Sha) -> Commit:
-        """Read a commit object."""
-        try:
-            obj = self.repo.object_store[sha]
-        except KeyError:
-            raise RepositoryError(f"commit {sha.decode()} is missing") from None
-        if not isinstance(obj, Commit):
-            raise RepositoryError(f"{sha.decode()} is not a commit")
-        return obj
+        """Read a commit object, within :data:`MAX_OBJECT_BYTES`.
+
+        Raises:
+            RepositoryError: the commit is missing, not a commit, or malformed.
+        """
+        what = f"commit {sha.decode()}"
+        commit = _parse(read_object(self.objects, sha, "commit"), sha, what)
+        if not isinstance(commit, Commit):
+            raise RepositoryError(f"{sha.decode()} is not a commit; {_FIX}")
+        return commit
+
+    def read_segment(self, run: str, history: History, start: int) -> Chunk:
+        """Decode the segment stored at ``start``, within the chunk size limit.
+
+        Args:
+            run: the run, for messages (``<project>/<run_id>``).
+            history: the run's history at the commit being read.
+            start: the segment's first step, as its file name says.
+
+        Raises:
+            ChunkFormatError: naming the run and the file.
+            RepositoryError: the blob is missing or corrupt.
+        """
+        source = f"{run}:{chunk_path(start, history.window)}"
+        kind, data = read_object(
+            self.objects,
+            history.blobs[start],
+            source,
+            limit=MAX_CHUNK_BYTES,
+            chunk=True,
+        )
+        if kind != Blob.type_num:
+            raise ChunkFormatError(source, "the segment is not a file")
+        return decode_chunk(data, source=source)
 
     def read_snapshot(self, commit_id: Sha) -> Snapshot:
         """Read the run as it was at ``commit_id``."""
         with mapped_errors(f"reading commit {commit_id.decode()}"):
             commit = self.read_commit(commit_id)
-            root = _tree(self.repo, Sha(commit.tree), "run")
+            root = self.read_tree(Sha(commit.tree), f"the tree of {commit_id.decode()}")
             entries = {name: (mode, Sha(sha)) for name, mode, sha in root.iteritems()}
             where = commit_id.decode()[:10]
 
@@ -513,14 +610,15 @@ class RunStore:
                 info=info,
                 config=json_file(CONFIG_JSON, {}),
                 summary=json_file(SUMMARY_JSON, {}),
-                history=History.load(self.repo, history_id, window),
+                history=History.load(self, history_id, window),
                 extra={k: v for k, v in entries.items() if k not in RESERVED_NAMES},
             )
 
     def read_json(self, commit_id: Sha, name: bytes) -> Any:
         """One JSON file at the root of a commit's tree, or None if absent."""
         with mapped_errors(f"reading commit {commit_id.decode()}"):
-            root = _tree(self.repo, Sha(self.read_commit(commit_id).tree), "run")
+            commit = self.read_commit(commit_id)
+            root = self.read_tree(Sha(commit.tree), f"the tree of {commit_id.decode()}")
             try:
                 _, sha = root[name]
             except KeyError:

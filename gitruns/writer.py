@@ -51,7 +51,6 @@ from gitruns.chunk import (
     RowsLike,
     ValuesLike,
     build_chunk,
-    decode_chunk,
     encode_chunk,
 )
 from gitruns.errors import (
@@ -65,7 +64,7 @@ from gitruns.errors import (
 from gitruns.journal import Journal, JournalFile, RunLock
 from gitruns.readme import render_readme
 from gitruns.refs import RunRef, Sha
-from gitruns.store import RUN_JSON, RunStore, Snapshot, chunk_path
+from gitruns.store import RUN_JSON, RunStore, Snapshot
 from gitruns.summary import summarize
 from gitruns.values import INT64_MAX, Value, clean_row, unencodable
 
@@ -409,9 +408,8 @@ class RunWriter:
         if not snapshot.history.starts:
             return {}
         start = snapshot.history.starts[-1]
-        source = f"{self.run.path}:{chunk_path(start, self.window)}"
-        data = self.store.read_blob(snapshot.history.blobs[start], source)
-        return dict(decode_chunk(data, source=source).totals())
+        chunk = self.store.read_segment(self.run.path, snapshot.history, start)
+        return dict(chunk.totals())
 
     def recover(self) -> int:
         """Commit the rows a previous writer journaled but never committed.

@@ -1,0 +1,412 @@
+"""Hostile repositories: every reader refuses a damaged run clearly, in bounded memory.
+
+Each test builds a bad run in ``tmp_path`` beside a good one, with dulwich
+objects written by hand (trees, loose objects, a pack), and reads it the way a
+user would: ``Api``, ``RunView``, the CLI, fork and rewind, textconv, the hooks'
+checker. Where memory is the point, the read runs in a child interpreter and
+the test asserts how far its peak resident memory grew.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+import zlib
+from collections.abc import Iterator, Mapping
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from dulwich.objects import Blob, Commit, Tree
+from dulwich.pack import write_pack_index_v2
+from dulwich.repo import Repo
+
+import gitruns
+from gitruns.chunk import MAX_CHUNK_BYTES, build_chunk, encode_chunk
+from gitruns.cli.main import main as cli
+from gitruns.refs import Sha
+from gitruns.store import MAX_OBJECT_BYTES, RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = "refs/heads/runs/demo/good"
+SEGMENT_10 = b"history/0000/00/000000000010.msgpack"
+
+#: A zlib bomb: a few hundred kilobytes on disk, half a gigabyte inflated.
+BOMB_BYTES = 512 * 2**20
+
+
+# -- building hostile runs ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Existing:
+    """A tree entry for an object already in the repository."""
+
+    sha: bytes
+    mode: int = 0o100644
+
+
+@pytest.fixture
+def repo(tmp_path: Path, git_env: dict[str, str]) -> Path:
+    """A bare repository holding ``demo/good``: steps 0..24, window 10."""
+    path = tmp_path / "runs.git"
+    run = gitruns.init(
+        project="demo", id="good", repo=str(path), window=10, config={"lr": 0.1}
+    )
+    for i in range(25):
+        run.log({"loss": 1.0 / (i + 1), "acc": i})
+    run.finish()
+    return path
+
+
+def run_json(repo: Path, run_id: str, **changes: Any) -> bytes:
+    """``demo/good``'s run.json, naming ``demo/<run_id>``, with ``changes``."""
+    with closing(Repo(str(repo))) as r:
+        tree = r[r[r.refs[GOOD.encode()]].tree]
+        info = json.loads(r[tree[b"run.json"][1]].data)
+    info.update(id=run_id, **changes)
+    return json.dumps(info).encode()
+
+
+def craft(
+    repo: Path,
+    run_id: str,
+    files: Mapping[bytes, bytes | Existing | None],
+    *,
+    same_run_json: bool = False,
+) -> Sha:
+    """Commit ``demo/good``'s tree with ``files`` replaced as branch ``demo/<run_id>``.
+
+    Args:
+        files: path -> new content (a blob), an existing object, or None to
+            remove the file. Paths are bytes: they need not be UTF-8.
+        same_run_json: keep good's run.json (which names demo/good) as it is.
+    """
+    files = dict(files)
+    if b"run.json" not in files and not same_run_json:
+        files[b"run.json"] = run_json(repo, run_id)
+    with closing(Repo(str(repo))) as r:
+        base = r[r.refs[GOOD.encode()]]
+        assert isinstance(base, Commit)
+        root = _edit(r, base.tree, files)
+        commit = Commit()
+        commit.tree = root
+        commit.parents = [base.id]
+        commit.author = commit.committer = b"hostile <hostile@example.invalid>"
+        commit.commit_time = commit.author_time = base.commit_time + 1
+        commit.commit_timezone = commit.author_timezone = 0
+        commit.message = b"hostile\n"
+        r.object_store.add_object(commit)
+        r.refs[f"refs/heads/runs/demo/{run_id}".encode()] = commit.id
+        return Sha(commit.id)
+
+
+def _edit(r: Repo, tree_id: bytes | None, files: Mapping[bytes, Any]) -> bytes:
+    tree = Tree()
+    if tree_id is not None:
+        old = r[tree_id]
+        assert isinstance(old, Tree)
+        for name, mode, sha in old.iteritems():
+            tree.add(name, mode, sha)
+    below: dict[bytes, dict[bytes, Any]] = {}
+    for path, content in files.items():
+        head, _, rest = path.partition(b"/")
+        if rest:
+            below.setdefault(head, {})[rest] = content
+        elif content is None:
+            if head in tree:
+                del tree[head]
+        elif isinstance(content, Existing):
+            tree.add(head, content.mode, content.sha)
+        else:
+            blob = Blob.from_string(content)
+            r.object_store.add_object(blob)
+            tree.add(head, 0o100644, blob.id)
+    for name, inner in below.items():
+        current = tree[name][1] if name in tree else None
+        tree.add(name, 0o040000, _edit(r, current, inner))
+    r.object_store.add_object(tree)
+    return bytes(tree.id)
+
+
+def chunk(steps: list[int], window: int = 10, start: int | None = None) -> bytes:
+    """A well-formed chunk of ``steps``, wherever it will be stored."""
+    first = steps[0] // window * window if start is None else start
+    return encode_chunk(
+        build_chunk(
+            window,
+            first,
+            steps,
+            [1.7e9 + s for s in steps],
+            {"loss": (list(range(len(steps))), [float(s) for s in steps])},
+        )
+    )
+
+
+def loose_zeros(repo: Path, size: int, kind: bytes = b"blob") -> bytes:
+    """Write a loose object of ``size`` zero bytes, compressed as it streams."""
+    header = b"%s %d\0" % (kind, size)
+    digest = hashlib.sha1(header)
+    compressor = zlib.compressobj(1)
+    tmp = repo / "objects" / "tmp_hostile"
+    piece = bytes(2**20)
+    with open(tmp, "wb") as f:
+        f.write(compressor.compress(header))
+        for _ in range(size // len(piece)):
+            digest.update(piece)
+            f.write(compressor.compress(piece))
+        f.write(compressor.flush())
+    sha = digest.hexdigest()
+    (repo / "objects" / sha[:2]).mkdir(exist_ok=True)
+    tmp.rename(repo / "objects" / sha[:2] / sha[2:])
+    return sha.encode()
+
+
+def _entry_header(type_num: int, size: int) -> bytes:
+    out = bytearray([(type_num << 4) | (size & 0x0F)])
+    size >>= 4
+    while size:
+        out[-1] |= 0x80
+        out.append(size & 0x7F)
+        size >>= 7
+    return bytes(out)
+
+
+def _ofs(distance: int) -> bytes:
+    out = [distance & 0x7F]
+    distance >>= 7
+    while distance:
+        distance -= 1
+        out.append(0x80 | (distance & 0x7F))
+        distance >>= 7
+    return bytes(reversed(out))
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _zeros_stream(size: int) -> bytes:
+    compressor = zlib.compressobj(9)
+    piece = bytes(2**20)
+    out = [compressor.compress(piece) for _ in range(size // len(piece))]
+    return b"".join(out) + compressor.flush()
+
+
+def write_pack(repo: Path) -> dict[str, bytes]:
+    """A pack of hostile entries; their ids by name.
+
+    ``small`` is a plain 5-byte blob and ``zeros`` a plain 512 MiB blob of
+    zeros; ``ofs_big`` and ``ref_big`` are deltas against ``small`` whose
+    headers say they make 512 MiB; ``ofs_on_zeros`` is a delta making 5 bytes
+    from ``zeros``. The deltas' own bytes are garbage after their headers: a
+    reader must refuse them on the sizes alone.
+    """
+    ids = {
+        name: hashlib.sha1(name.encode()).digest() for name in ("ofs_big", "ref_big")
+    }
+    ids["ofs_on_zeros"] = hashlib.sha1(b"ofs_on_zeros").digest()
+    small = b"hello"
+    ids["small"] = hashlib.sha1(b"blob 5\0" + small).digest()
+    ids["zeros"] = hashlib.sha1(b"zeros").digest()  # a stand-in: never hashed
+
+    entries: list[tuple[bytes, bytes]] = []  # name, entry bytes
+    offsets: dict[str, int] = {}
+    at = 12
+
+    def add(name: str, entry: bytes) -> None:
+        nonlocal at
+        offsets[name] = at
+        entries.append((name.encode(), entry))
+        at += len(entry)
+
+    add("small", _entry_header(3, 5) + zlib.compress(small))
+    add("zeros", _entry_header(3, BOMB_BYTES) + _zeros_stream(BOMB_BYTES))
+    bogus = _varint(5) + _varint(BOMB_BYTES) + b"\x05hello" * 4
+    add(
+        "ofs_big",
+        _entry_header(6, len(bogus))
+        + _ofs(at - offsets["small"])
+        + zlib.compress(bogus),
+    )
+    add("ref_big", _entry_header(7, len(bogus)) + ids["small"] + zlib.compress(bogus))
+    on_zeros = _varint(BOMB_BYTES) + _varint(5) + b"\x05hello"
+    add(
+        "ofs_on_zeros",
+        _entry_header(6, len(on_zeros))
+        + _ofs(at - offsets["zeros"])
+        + zlib.compress(on_zeros),
+    )
+
+    body = b"PACK" + struct.pack(">LL", 2, len(entries))
+    body += b"".join(entry for _, entry in entries)
+    checksum = hashlib.sha1(body).digest()
+    pack_dir = repo / "objects" / "pack"
+    pack_dir.mkdir(exist_ok=True)
+    name = f"pack-{checksum.hex()}"
+    (pack_dir / f"{name}.pack").write_bytes(body + checksum)
+    index = sorted(
+        (ids[n.decode()], offsets[n.decode()], zlib.crc32(e)) for n, e in entries
+    )
+    with open(pack_dir / f"{name}.idx", "wb") as f:
+        write_pack_index_v2(f, index, checksum)
+    return {n: i.hex().encode() for n, i in ids.items()}
+
+
+def child(repo: Path, body: str) -> dict[str, Any]:
+    """Run ``body`` in a fresh interpreter on ``repo``; what it reports.
+
+    The child imports gitruns first, then notes its peak resident memory, runs
+    ``body`` (with ``repo`` and ``Api`` defined) and reports the exception it
+    raised (type and message) and how far its peak memory grew, in bytes.
+    """
+    script = textwrap.dedent(
+        """
+        import json, resource, sys
+        import gitruns, gitruns.cli.main, gitruns.hooks
+        from gitruns import Api
+        repo = sys.argv[1]
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        report = {"error": None, "message": ""}
+        try:
+        {body}
+        except Exception as exc:
+            report = {"error": type(exc).__name__, "message": str(exc)}
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        report["grew"] = (after - before) * 1024
+        print(json.dumps(report))
+        """
+    ).replace("{body}", textwrap.indent(textwrap.dedent(body), "    ").strip("\n"))
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(repo)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return report
+
+
+@pytest.fixture
+def store(repo: Path) -> Iterator[RunStore]:
+    opened = RunStore.open(repo, create=False)
+    yield opened
+    opened.close()
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(cli, list(args))
+
+
+# -- #4: zlib bombs ----------------------------------------------------------------
+
+
+READ_HISTORY = """
+    Api(repo).run("demo/bomb").history(pandas=False)
+"""
+
+
+def test_a_loose_zlib_bomb_chunk_is_refused_before_it_is_inflated(repo: Path) -> None:
+    sha = loose_zeros(repo, BOMB_BYTES)
+    loose = repo / "objects" / sha[:2].decode() / sha[2:].decode()
+    assert os.path.getsize(loose) < 4 * 2**20
+    craft(repo, "bomb", {SEGMENT_10: Existing(sha)})
+
+    report = child(repo, READ_HISTORY)
+    assert report["error"] == "ChunkFormatError", report
+    assert "demo/bomb:history/0000/00/000000000010.msgpack" in report["message"]
+    assert (
+        f"{BOMB_BYTES} bytes, over the limit of {MAX_CHUNK_BYTES}" in report["message"]
+    )
+    assert report["grew"] < 32 * 2**20, report
+
+    for command in (["history"], ["export"], ["fork", "--id", "f", "--step", "15"]):
+        result = invoke(command[0], "--repo", str(repo), *command[1:], "demo/bomb")
+        assert result.exit_code == 5, result.output
+        assert "over the limit" in result.output
+
+
+@pytest.mark.parametrize(
+    "entry, part",
+    [
+        ("zeros", "the blob is"),
+        ("ofs_big", "the blob is"),
+        ("ref_big", "the blob is"),
+        ("ofs_on_zeros", "its delta base is"),
+    ],
+)
+def test_packed_bombs_are_refused_on_their_declared_sizes(
+    repo: Path, entry: str, part: str
+) -> None:
+    ids = write_pack(repo)
+    craft(repo, "bomb", {SEGMENT_10: Existing(ids[entry])})
+
+    report = child(repo, READ_HISTORY)
+    assert report["error"] == "ChunkFormatError", report
+    assert "demo/bomb:history/0000/00/000000000010.msgpack" in report["message"]
+    assert f"{part} {BOMB_BYTES} bytes, over the limit" in report["message"]
+    assert report["grew"] < 32 * 2**20, report
+
+
+def test_a_packed_small_blob_still_reads(repo: Path, store: RunStore) -> None:
+    ids = write_pack(repo)
+    assert store.read_blob(Sha(ids["small"]), "small") == b"hello"
+
+
+@pytest.mark.parametrize("name", ["run.json", "config.json", "summary.json"])
+def test_a_json_bomb_is_refused_within_the_files_limit(repo: Path, name: str) -> None:
+    sha = loose_zeros(repo, BOMB_BYTES)
+    craft(repo, "bomb", {name.encode(): Existing(sha)})
+
+    report = child(repo, READ_HISTORY)
+    assert report["error"] == "RepositoryError", report
+    assert f"{name} of " in report["message"]
+    assert f"over the limit of {MAX_OBJECT_BYTES}" in report["message"]
+    assert report["grew"] < 32 * 2**20, report
+
+
+def test_a_tree_bomb_is_refused(repo: Path) -> None:
+    sha = loose_zeros(repo, BOMB_BYTES, b"tree")
+    craft(repo, "bomb", {b"history/0000": Existing(sha, 0o040000)})
+    report = child(repo, READ_HISTORY)
+    assert report["error"] == "RepositoryError", report
+    assert "over the limit" in report["message"]
+    assert report["grew"] < 32 * 2**20, report
+
+
+def test_the_hooks_checker_reads_a_pushed_bomb_in_bounded_memory(repo: Path) -> None:
+    # The bomb appended to demo/good, as a push of it would bring it.
+    sha = loose_zeros(repo, BOMB_BYTES)
+    segment = b"history/0000/00/000000000030.msgpack"
+    new = craft(repo, "good", {segment: Existing(sha)}, same_run_json=True)
+
+    report = child(
+        repo,
+        f"""
+        from dulwich.repo import Repo
+        from gitruns import hooks
+        checker = hooks.client_checker(Repo(repo), None, allow_rewrite=False)
+        update = hooks.RefUpdate({GOOD.encode()!r}, None, {new!r})
+        raise RuntimeError(" | ".join(map(str, checker.check([update]))))
+        """,
+    )
+    assert "000000000030.msgpack" in report["message"], report
+    assert "over the limit" in report["message"]
+    assert report["grew"] < 32 * 2**20, report
