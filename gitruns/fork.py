@@ -23,7 +23,7 @@ from gitruns.errors import (
 )
 from gitruns.readme import render_readme
 from gitruns.refs import RunRef, Sha
-from gitruns.store import FILE_MODE, History, RunStore, Snapshot, chunk_path
+from gitruns.store import FILE_MODE, RUN_JSON, History, RunStore, Snapshot, chunk_path
 from gitruns.summary import summarize
 from gitruns.writer import now_iso
 
@@ -212,7 +212,10 @@ def _runs_sharing(store: RunStore, run: RunRef, tip: Snapshot) -> list[RunRef]:
         if source_tip is None or source in owners:
             break
         owners.append(source)
-        info = store.read_snapshot(source_tip).info
+        try:
+            info = store.read_json(source_tip, RUN_JSON, source) or {}
+        except GitRunsError:
+            break  # only a shortcut: the walk below finds the commit anyway
     return owners
 
 
@@ -266,7 +269,7 @@ def fork_run(
     tip_sha = store.tip(source)
     if tip_sha is None:
         raise RunNotFoundError(source.path, str(store.git_dir))
-    tip = store.read_snapshot(tip_sha)
+    tip = store.read_snapshot(tip_sha, source)
     step = step_of(store, source, tip, key, text, spec)
     parent = holding_commit(store, source, tip, step)
     base = tip if parent == tip_sha else store.read_snapshot(parent)
@@ -306,7 +309,7 @@ def rewind_run(store: RunStore, run: RunRef, spec: str, key: str, text: str) -> 
     tip_sha = store.tip(run)
     if tip_sha is None:
         raise RunNotFoundError(run.path, str(store.git_dir))
-    tip = store.read_snapshot(tip_sha)
+    tip = store.read_snapshot(tip_sha, run)
     step = step_of(store, run, tip, key, text, spec)
     if step == tip.last_step:
         return tip_sha  # nothing after the step: no commit to make

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from gitruns.chunk import Chunk
-from gitruns.errors import RunNotFoundError
+from gitruns.errors import RepositoryError, RunNotFoundError
 from gitruns.refs import RunRef, Sha
 from gitruns.store import (
     CONFIG_JSON,
@@ -41,8 +41,13 @@ class RunView:
 
     @cached_property
     def snapshot(self) -> Snapshot:
-        """The run's tree at its tip, parsed (history trees included)."""
-        return self.store.read_snapshot(self.commit)
+        """The run's tree at its tip, parsed (history trees included).
+
+        Raises:
+            RepositoryError: a file of the run is missing, malformed or holds
+                fields of the wrong type, or run.json names another run.
+        """
+        return self.store.read_snapshot(self.commit, self.ref)
 
     def _json(self, name: bytes) -> Any:
         # run.json, config.json or summary.json alone: listing runs and their
@@ -54,7 +59,10 @@ class RunView:
             )
         cache = self.__dict__.setdefault("_json_cache", {})
         if name not in cache:
-            cache[name] = self.store.read_json(self.commit, name)
+            if name != RUN_JSON:
+                # A run whose run.json is unreadable is unreadable throughout.
+                self.info  # noqa: B018
+            cache[name] = self.store.read_json(self.commit, name, self.ref)
         return cache[name]
 
     def refresh(self) -> None:
@@ -96,10 +104,19 @@ class RunView:
 
     @property
     def info(self) -> dict[str, Any]:
-        """The run's ``run.json``."""
+        """The run's ``run.json``.
+
+        Raises:
+            RepositoryError: the branch's commit has no run.json, or one that
+                is malformed, holds fields of the wrong type or names another
+                run.
+        """
         info = self._json(RUN_JSON)
         if not isinstance(info, dict):
-            raise RunNotFoundError(self.path, str(self.store.git_dir))
+            raise RepositoryError(
+                f"commit {self.tip[:10]} of {self.branch} has no run.json; it is "
+                "not a gitruns run commit: fetch the run again from a good copy"
+            )
         return info
 
     @property

@@ -29,6 +29,7 @@ from gitruns.errors import (
     AmbiguousRunError,
     ChunkFormatError,
     ConflictError,
+    GitRunsError,
     RepositoryError,
     RunNotFoundError,
     mapped_errors,
@@ -76,8 +77,28 @@ DEFAULT_REPO_DIR = ".gitruns"
 #: have their own limit, :data:`gitruns.chunk.MAX_CHUNK_BYTES`.
 MAX_OBJECT_BYTES = 16 * 2**20
 
+#: How deeply a run's JSON files may nest lists and objects.
+MAX_JSON_DEPTH = 100
+
 # What a reader can do about a run file it refuses.
 _FIX = "fetch the run again from a good copy, or repair the file in a new commit"
+
+_INT64_MAX = 2**63 - 1
+_HEX = frozenset(b"0123456789abcdef")
+# run.json fields that hold text or nothing.
+_TEXT_FIELDS = (
+    "id",
+    "project",
+    "name",
+    "state",
+    "created",
+    "updated",
+    "notes",
+    "group",
+    "job_type",
+    "entity",
+    "host",
+)
 
 
 def locate_repository(
@@ -122,11 +143,172 @@ def _jsonable(value: Any) -> Any:
 
 
 def loads_json(data: bytes, source: str) -> Any:
-    """Parse a JSON file of a run tree, naming it in the error."""
+    """Parse a JSON file of a run tree, naming it in the error.
+
+    Raises:
+        RepositoryError: the file is not JSON, or nests lists and objects
+            more than :data:`MAX_JSON_DEPTH` deep.
+    """
     try:
-        return json.loads(data)
+        value = json.loads(data)
+    except RecursionError:
+        too_deep = True
     except ValueError as exc:
-        raise RepositoryError(f"{source} is not valid JSON: {exc}") from exc
+        raise RepositoryError(f"{source} is not valid JSON: {exc}; {_FIX}") from exc
+    else:
+        # Only a file with that many brackets can nest that deep.
+        brackets = data.count(b"[") + data.count(b"{")
+        too_deep = brackets > MAX_JSON_DEPTH and _nests_deeper(value, MAX_JSON_DEPTH)
+    if too_deep:
+        raise RepositoryError(
+            f"{source} nests lists and objects more than {MAX_JSON_DEPTH} deep, "
+            f"which no gitruns writes; {_FIX}"
+        )
+    return value
+
+
+def _nests_deeper(value: Any, limit: int) -> bool:
+    # Without recursion: the point is to refuse what would exhaust the stack.
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def _a_json(value: Any) -> str:
+    # What a JSON file holds instead of an object, in JSON's words.
+    names = {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r:.40}"
+
+
+def _is_step(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= _INT64_MAX
+
+
+def check_run_json(info: Any, where: str, run: RunRef | None = None) -> dict[str, Any]:
+    """Return run.json's content if its fields have the types readers rely on.
+
+    Args:
+        info: the parsed file.
+        where: the file and commit, for messages (``run.json of 1a2b3c4d5e``).
+        run: the run whose branch holds the commit, if known; run.json must
+            name it.
+
+    Raises:
+        RepositoryError: naming the field, what it holds and what to do.
+    """
+    problem = _run_json_problem(info, run)
+    if problem:
+        raise RepositoryError(f"{where}: {problem}; {_FIX}")
+    assert isinstance(info, dict)
+    return info
+
+
+def _run_json_problem(info: Any, run: RunRef | None) -> str:
+    if not isinstance(info, dict):
+        return f"it holds {_a_json(info)}, not a JSON object"
+    window = info.get("window")
+    if type(window) is not int or not 1 <= window <= _INT64_MAX:
+        return f"window must be a whole number of steps >= 1, not {_describe(window)}"
+    for name in _TEXT_FIELDS:
+        value = info.get(name)
+        if value is not None and type(value) is not str:
+            return f"{name} must be text, not {_describe(value)}"
+    if run is not None and (info.get("project"), info.get("id")) != (
+        run.project,
+        run.run_id,
+    ):
+        named = f"{info.get('project')}/{info.get('id')}"
+        return f"it names run {named!r:.80}, but the commit is on {run.branch}"
+    for name in ("last_step", "next_step"):
+        value = info.get(name)
+        if value is not None and not _is_step(value):
+            return f"{name} must be a step (an int >= 0), not {_describe(value)}"
+
+    fork = info.get("fork_from")
+    if fork is not None:
+        problem = _fork_from_problem(fork)
+        if problem:
+            return f"fork_from {problem}"
+    rewinds = info.get("rewinds", [])
+    if not isinstance(rewinds, list):
+        return f"rewinds must be a list, not {_describe(rewinds)}"
+    for rewind in rewinds:
+        if not (
+            isinstance(rewind, dict)
+            and _is_step(rewind.get("step"))
+            and type(rewind.get("commit")) is str
+            and type(rewind.get("at", "")) is str
+        ):
+            return f"each rewind must be {{step, commit, at}}, not {_describe(rewind)}"
+
+    metrics = info.get("metrics", {})
+    if not isinstance(metrics, dict) or not all(
+        isinstance(rule, dict) for rule in metrics.values()
+    ):
+        return f"metrics must map names to rules, not {_describe(metrics)}"
+    for name in ("tags", "summary_set"):
+        value = info.get(name, [])
+        if not isinstance(value, list) or not all(type(v) is str for v in value):
+            return f"{name} must be a list of text, not {_describe(value)}"
+    for name in ("code", "source"):
+        value = info.get(name)
+        if value is not None and not isinstance(value, dict):
+            return f"{name} must be an object or null, not {_describe(value)}"
+    code = info.get("code") or {}
+    if not isinstance(code.get("commit", ""), str) or not isinstance(
+        code.get("dirty", False), bool
+    ):
+        return (
+            f"code must hold a commit and whether it was dirty, not {_describe(code)}"
+        )
+    if "float32" in info and type(info["float32"]) is not bool:
+        return f"float32 must be true or false, not {_describe(info['float32'])}"
+    return ""
+
+
+def _fork_from_problem(fork: Any) -> str:
+    if not isinstance(fork, dict):
+        return f"must be {{run, step, commit}} or null, not {_describe(fork)}"
+    source = fork.get("run")
+    parts = source.split("/") if isinstance(source, str) else []
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        RunRef(parts[0], parts[1])
+    except (ValueError, GitRunsError):
+        return f"run must be <project>/<run_id>, not {_describe(source)}"
+    if not _is_step(fork.get("step")):
+        return f"step must be a step (an int >= 0), not {_describe(fork.get('step'))}"
+    commit = fork.get("commit")
+    if not (
+        isinstance(commit, str) and len(commit) == 40 and set(commit.encode()) <= _HEX
+    ):
+        return f"commit must be a commit id, not {_describe(commit)}"
+    return ""
+
+
+def check_json_object(value: Any, where: str) -> dict[str, Any]:
+    """Return ``value`` if it is a JSON object (config.json, summary.json).
+
+    Raises:
+        RepositoryError: naming the file and what it holds instead.
+    """
+    if not isinstance(value, dict):
+        raise RepositoryError(
+            f"{where}: it holds {_a_json(value)}, not a JSON object; {_FIX}"
+        )
+    return value
 
 
 def chunk_name(first_step: int) -> bytes:
@@ -259,28 +441,47 @@ class History:
         return self._tree
 
     @classmethod
-    def load(cls, store: RunStore, tree_id: Sha | None, window: int) -> History:
-        """Read a history tree, checking every name on the way."""
+    def load(
+        cls, store: RunStore, tree_id: Sha | None, window: int, where: str
+    ) -> History:
+        """Read a history tree, checking every name on the way.
+
+        Args:
+            where: what errors name the files by (a run, or a commit).
+
+        Raises:
+            ChunkFormatError: a file that is not a segment where it is stored.
+            RepositoryError: a tree that is missing or malformed.
+        """
         history = cls(window)
         if tree_id is None:
             return history
-        root = store.read_tree(tree_id, "history tree")
+        root = store.read_tree(tree_id, f"the history tree of {where}")
         found: list[tuple[int, Sha]] = []
         for l1, mode1, sha1 in root.iteritems():
-            _expect_dir(mode1, l1, "history")
+            _expect_dir(mode1, where, l1)
             history._l1_trees[l1] = Sha(sha1)
-            for l2, mode2, sha2 in store.read_tree(
-                Sha(sha1), "history tree"
-            ).iteritems():
-                _expect_dir(mode2, l2, "history/" + l1.decode(errors="replace"))
+            level1 = store.read_tree(Sha(sha1), f"tree {_history_path(l1)} of {where}")
+            for l2, mode2, sha2 in level1.iteritems():
+                _expect_dir(mode2, where, l1, l2)
                 history._dir_trees[(l1, l2)] = Sha(sha2)
-                level2 = store.read_tree(Sha(sha2), "history tree")
+                level2 = store.read_tree(
+                    Sha(sha2), f"tree {_history_path(l1, l2)} of {where}"
+                )
                 for name, mode, sha in level2.iteritems():
-                    start = _parse_chunk_name(name)
-                    if chunk_dirs(start, window) != (l1, l2) or mode != FILE_MODE:
+                    start = _parse_chunk_name(name, where, l1, l2)
+                    source = f"{where}:{_history_path(l1, l2, name)}"
+                    if mode != FILE_MODE:
                         raise ChunkFormatError(
-                            f"history/{l1.decode()}/{l2.decode()}/{name.decode()}",
-                            "segment stored outside its fan-out directory",
+                            source,
+                            f"a segment must be a plain file (mode 100644), "
+                            f"not mode {mode:o}; repair the tree in a new commit",
+                        )
+                    if chunk_dirs(start, window) != (l1, l2):
+                        raise ChunkFormatError(
+                            source,
+                            "segment stored outside its fan-out directory "
+                            f"{_history_path(*chunk_dirs(start, window))}",
                         )
                     found.append((start, Sha(sha)))
         found.sort()
@@ -290,19 +491,24 @@ class History:
         return history
 
 
-def _parse_chunk_name(name: bytes) -> int:
+def _history_path(*parts: bytes) -> str:
+    # Tree names are bytes and need not be UTF-8; show them as they are.
+    return "/".join(["history", *(p.decode(errors="backslashreplace") for p in parts)])
+
+
+def _parse_chunk_name(name: bytes, where: str, l1: bytes, l2: bytes) -> int:
     stem = name[: -len(CHUNK_SUFFIX)]
     if not name.endswith(CHUNK_SUFFIX) or not stem.isdigit() or len(stem) > 19:
         raise ChunkFormatError(
-            f"history/.../{name.decode(errors='replace')}", "not a segment file name"
+            f"{where}:{_history_path(l1, l2, name)}", "not a segment file name"
         )
     return int(stem)
 
 
-def _expect_dir(mode: int, name: bytes, where: str) -> None:
+def _expect_dir(mode: int, where: str, *parts: bytes) -> None:
     if mode != TREE_MODE:
         raise ChunkFormatError(
-            f"{where}/{name.decode(errors='replace')}", "expected a directory"
+            f"{where}:{_history_path(*parts)}", "expected a directory"
         )
 
 
@@ -361,6 +567,12 @@ def _parse(raw: tuple[int, bytes], sha: Sha, what: str) -> ShaFile:
         return ShaFile.from_raw_string(raw[0], raw[1], sha=sha)
     except (ObjectFormatException, ValueError, AssertionError) as exc:
         raise RepositoryError(f"{what} is malformed ({exc}); {_FIX}") from None
+
+
+def _where(commit: Sha, run: RunRef | None) -> str:
+    # How messages name a commit: with its run when that is known.
+    short = commit.decode()[:10]
+    return f"{run.path} at {short}" if run else short
 
 
 @dataclass
@@ -582,49 +794,81 @@ class RunStore:
             raise ChunkFormatError(source, "the segment is not a file")
         return decode_chunk(data, source=source)
 
-    def read_snapshot(self, commit_id: Sha) -> Snapshot:
-        """Read the run as it was at ``commit_id``."""
+    def read_snapshot(self, commit_id: Sha, run: RunRef | None = None) -> Snapshot:
+        """Read the run as it was at ``commit_id``.
+
+        Args:
+            run: the run whose branch holds the commit, if known: run.json
+                must name it, and messages name it.
+
+        Raises:
+            RepositoryError: a file of the commit is missing, malformed, too
+                large, or holds fields of the wrong type.
+            ChunkFormatError: the history tree holds a file that is not a
+                segment where it is stored.
+        """
+        where = _where(commit_id, run)
         with mapped_errors(f"reading commit {commit_id.decode()}"):
             commit = self.read_commit(commit_id)
-            root = self.read_tree(Sha(commit.tree), f"the tree of {commit_id.decode()}")
+            root = self.read_tree(Sha(commit.tree), f"the tree of {where}")
             entries = {name: (mode, Sha(sha)) for name, mode, sha in root.iteritems()}
-            where = commit_id.decode()[:10]
 
-            def json_file(name: bytes, default: Any) -> Any:
+            def json_file(name: bytes) -> Any:
                 if name not in entries:
-                    return default
-                data = self.read_blob(entries[name][1], f"{name.decode()} of {where}")
-                return loads_json(data, f"{name.decode()} of {where}")
+                    return None
+                what = f"{name.decode()} of {where}"
+                return loads_json(self.read_blob(entries[name][1], what), what)
 
-            info = json_file(RUN_JSON, None)
-            if not isinstance(info, dict):
+            info = json_file(RUN_JSON)
+            if info is None:
                 raise RepositoryError(
                     f"commit {where} has no run.json; it is not a gitruns run commit"
                 )
-            window = info.get("window")
-            if not isinstance(window, int) or window < 1:
-                raise RepositoryError(f"run.json of {where} has no valid window")
+            info = check_run_json(info, f"run.json of {where}", run)
+            config = json_file(CONFIG_JSON)
+            summary = json_file(SUMMARY_JSON)
             history_id = entries[HISTORY][1] if HISTORY in entries else None
+            if history_id is not None and entries[HISTORY][0] != TREE_MODE:
+                raise RepositoryError(f"history of {where} is not a directory; {_FIX}")
             return Snapshot(
                 commit=commit_id,
                 info=info,
-                config=json_file(CONFIG_JSON, {}),
-                summary=json_file(SUMMARY_JSON, {}),
-                history=History.load(self, history_id, window),
+                config=check_json_object(
+                    {} if config is None else config, f"config.json of {where}"
+                ),
+                summary=check_json_object(
+                    {} if summary is None else summary, f"summary.json of {where}"
+                ),
+                history=History.load(
+                    self, history_id, info["window"], run.path if run else where
+                ),
                 extra={k: v for k, v in entries.items() if k not in RESERVED_NAMES},
             )
 
-    def read_json(self, commit_id: Sha, name: bytes) -> Any:
-        """One JSON file at the root of a commit's tree, or None if absent."""
+    def read_json(self, commit_id: Sha, name: bytes, run: RunRef | None = None) -> Any:
+        """One JSON file at the root of a commit's tree, or None if absent.
+
+        run.json, config.json and summary.json are checked as
+        :meth:`read_snapshot` checks them.
+
+        Raises:
+            RepositoryError: the file is malformed, too large or wrongly typed.
+        """
+        where = _where(commit_id, run)
         with mapped_errors(f"reading commit {commit_id.decode()}"):
             commit = self.read_commit(commit_id)
-            root = self.read_tree(Sha(commit.tree), f"the tree of {commit_id.decode()}")
+            root = self.read_tree(Sha(commit.tree), f"the tree of {where}")
             try:
                 _, sha = root[name]
             except KeyError:
                 return None
-            where = f"{name.decode()} of {commit_id.decode()[:10]}"
-            return loads_json(self.read_blob(Sha(sha), where), where)
+            what = f"{name.decode()} of {where}"
+            value = loads_json(self.read_blob(Sha(sha), what), what)
+            if name == RUN_JSON:
+                return check_run_json(value, what, run)
+            if name in (CONFIG_JSON, SUMMARY_JSON):
+                return check_json_object(value, what)
+            return value
 
     def write_commit(
         self,

@@ -32,7 +32,9 @@ from dulwich.repo import Repo
 import gitruns
 from gitruns.chunk import MAX_CHUNK_BYTES, build_chunk, encode_chunk
 from gitruns.cli.main import main as cli
-from gitruns.refs import Sha
+from gitruns.errors import ChunkFormatError, RepositoryError
+from gitruns.reader import RunView
+from gitruns.refs import RunRef, Sha
 from gitruns.store import MAX_OBJECT_BYTES, RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -315,6 +317,47 @@ def invoke(*args: str) -> Any:
     return CliRunner().invoke(cli, list(args))
 
 
+# -- #3: deeply nested JSON --------------------------------------------------------
+
+DEEP = {
+    "arrays": b"[" * 100_000 + b"]" * 100_000,
+    "objects": b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+    "parseable": b"[" * 150 + b"]" * 150,  # parses, but deeper than any run's
+}
+
+
+@pytest.mark.parametrize("name", ["run.json", "config.json", "summary.json"])
+@pytest.mark.parametrize("shape", sorted(DEEP))
+def test_deep_json_is_a_repository_error_naming_file_and_commit(
+    repo: Path, store: RunStore, name: str, shape: str
+) -> None:
+    sha = craft(repo, "deep", {name.encode(): DEEP[shape]})
+
+    with pytest.raises(RepositoryError) as info:
+        store.read_snapshot(sha, RunRef("demo", "deep"))
+    assert name in str(info.value) and sha.decode()[:10] in str(info.value)
+    assert "fetch the run again" in str(info.value)
+
+    for read in _reads_of(gitruns.Api(str(repo)).run("demo/deep"), name):
+        with pytest.raises(RepositoryError, match=name):
+            read()
+    for command in ("show", "history", "export"):
+        result = invoke(command, "--repo", str(repo), "demo/deep")
+        assert result.exit_code == 6 and name in result.output, result.output
+
+
+def _reads_of(view: RunView, name: str) -> list[Any]:
+    # What a user reads that touches the file ``name`` (run.json: everything).
+    reads = [lambda: view.history(pandas=False), lambda: view.columns()]
+    if name in ("run.json", "summary.json"):
+        reads.append(lambda: view.summary)
+    if name in ("run.json", "config.json"):
+        reads.append(lambda: view.config)
+    if name == "run.json":
+        reads += [lambda: view.fork_from, lambda: view.tags, lambda: view.state]
+    return reads
+
+
 # -- #4: zlib bombs ----------------------------------------------------------------
 
 
@@ -410,3 +453,107 @@ def test_the_hooks_checker_reads_a_pushed_bomb_in_bounded_memory(repo: Path) -> 
     assert "000000000030.msgpack" in report["message"], report
     assert "over the limit" in report["message"]
     assert report["grew"] < 32 * 2**20, report
+
+
+# -- #7: wrong-typed fields and odd tree names ----------------------------------------
+
+FORK = {"run": "demo/good", "step": 3, "commit": "0" * 40}
+WRONG_TYPES = [
+    ("config.json", b"[1, 2, 3]", "a list, not a JSON object"),
+    ("config.json", b'"abc"', "a string, not a JSON object"),
+    ("config.json", b"5", "a number, not a JSON object"),
+    ("summary.json", b"[1]", "a list, not a JSON object"),
+    ("summary.json", b'"abc"', "a string, not a JSON object"),
+    ("run.json", {"fork_from": "demo/good?_step=3"}, "fork_from must be"),
+    ("run.json", {"fork_from": [1, 2]}, "fork_from must be"),
+    ("run.json", {"fork_from": {**FORK, "step": "x"}}, "fork_from step must be"),
+    ("run.json", {"fork_from": {**FORK, "step": True}}, "fork_from step must be"),
+    ("run.json", {"fork_from": {**FORK, "run": 5}}, "fork_from run must be"),
+    ("run.json", {"fork_from": {**FORK, "run": "../x"}}, "fork_from run must be"),
+    ("run.json", {"fork_from": {**FORK, "commit": "zz"}}, "fork_from commit must be"),
+    ("run.json", {"rewinds": "x"}, "rewinds must be a list"),
+    ("run.json", {"rewinds": [{"step": "x"}]}, "each rewind must be"),
+    ("run.json", {"metrics": ["loss"]}, "metrics must map"),
+    ("run.json", {"tags": "abc"}, "tags must be a list of text"),
+    ("run.json", {"tags": [1, 2]}, "tags must be a list of text"),
+    ("run.json", {"window": True}, "window must be"),
+    ("run.json", {"window": 10**30}, "window must be"),
+    ("run.json", {"last_step": "24"}, "last_step must be"),
+    ("run.json", {"name": [1, 2]}, "name must be text"),
+    ("run.json", {"code": {"commit": 5}}, "code must hold"),
+    ("run.json", {"float32": "yes"}, "float32 must be"),
+]
+
+
+@pytest.mark.parametrize(
+    "name, content, reason", WRONG_TYPES, ids=[f"{w[0]}-{w[2]}" for w in WRONG_TYPES]
+)
+def test_wrong_typed_fields_are_refused_when_a_snapshot_is_read(
+    repo: Path, store: RunStore, name: str, content: Any, reason: str
+) -> None:
+    data = run_json(repo, "typed", **content) if isinstance(content, dict) else content
+    sha = craft(repo, "typed", {name.encode(): data})
+
+    with pytest.raises(RepositoryError) as info:
+        store.read_snapshot(sha)
+    message = str(info.value)
+    assert f"{name} of {sha.decode()[:10]}" in message and reason in message
+    assert "fetch the run again from a good copy, or repair the file" in message
+
+    for read in _reads_of(gitruns.Api(str(repo)).run("demo/typed"), name):
+        with pytest.raises(RepositoryError, match=reason):
+            read()
+    commands = [["show"], ["diff", "demo/good"], ["history"], ["fork", "--step", "3"]]
+    if name == "run.json":
+        commands.append(["lineage"])
+    for command in commands:
+        result = invoke(command[0], "--repo", str(repo), *command[1:], "demo/typed")
+        assert result.exit_code == 6, result.output
+        assert reason in result.output
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        b"history/\xff\xfe/00/000000000000.msgpack",
+        b"history/0000/\xff/000000000000.msgpack",
+        b"history/0000/00/\xff.msgpack",
+    ],
+)
+def test_tree_names_that_are_not_utf8_are_a_chunk_error(
+    repo: Path, path: bytes
+) -> None:
+    craft(repo, "names", {path: chunk([0, 1, 2])})
+    view = gitruns.Api(str(repo)).run("demo/names")
+    with pytest.raises(ChunkFormatError) as info:
+        view.history()
+    assert "demo/names:history/" in str(info.value) and "\\xff" in str(info.value)
+    for command in (["history"], ["fork", "--step", "5"]):
+        result = invoke(command[0], "--repo", str(repo), *command[1:], "demo/names")
+        assert result.exit_code == 5, result.output
+
+
+@pytest.mark.parametrize("mode", [0o100755, 0o120000])
+def test_a_segment_that_is_not_a_plain_file_is_named_as_such(
+    repo: Path, mode: int
+) -> None:
+    with closing(Repo(str(repo))) as r:
+        segment = r[r[r.refs[GOOD.encode()]].tree].lookup_path(
+            r.__getitem__, b"history/0000/00/000000000000.msgpack"
+        )[1]
+    craft(
+        repo, "mode", {b"history/0000/00/000000000000.msgpack": Existing(segment, mode)}
+    )
+    with pytest.raises(ChunkFormatError, match=f"not mode {mode:o}") as info:
+        gitruns.Api(str(repo)).run("demo/mode").history()
+    assert "demo/mode:history/0000/00/000000000000.msgpack" in str(info.value)
+
+
+def test_a_run_json_naming_another_run_is_refused(repo: Path) -> None:
+    craft(repo, "stolen", {b"run.json": run_json(repo, "other", project="elsewhere")})
+    view = RunView(RunStore.open(repo, create=False), RunRef("demo", "stolen"))
+    with pytest.raises(RepositoryError, match="names run 'elsewhere/other'") as info:
+        view.info  # noqa: B018
+    assert "runs/demo/stolen" in str(info.value)
+    with pytest.raises(RepositoryError, match="elsewhere/other"):
+        view.history()
