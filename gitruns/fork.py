@@ -75,6 +75,22 @@ def create_run(
     return sha
 
 
+def last_committed_step(store: RunStore, run: RunRef, tip: Snapshot) -> int | None:
+    """The last step the run's history holds: its last segment's last step.
+
+    run.json's ``last_step`` says the same for a run gitruns wrote, but a fork
+    or rewind point is checked against the history itself, which is what a
+    fork would copy.
+
+    Raises:
+        ChunkFormatError: the last segment is malformed or misplaced.
+    """
+    starts = tip.history.starts
+    if not starts:
+        return None
+    return int(store.read_segment(run.path, tip.history, starts[-1]).steps[-1])
+
+
 def step_of(
     store: RunStore, source: RunRef, tip: Snapshot, key: str, text: str, spec: str
 ) -> int:
@@ -83,8 +99,8 @@ def step_of(
     Raises:
         ForkPointError: for a malformed, negative or out-of-range point, or a
             custom step metric that is undeclared or not monotonic.
+        ChunkFormatError: a segment of the source is malformed or misplaced.
     """
-    last = tip.last_step
     if key == "_step":
         if not _INT.fullmatch(text.strip()):
             raise ForkPointError(spec, f"_step must be an integer, not {text!r}")
@@ -93,6 +109,7 @@ def step_of(
             raise ForkPointError(spec, "_step must not be negative")
     else:
         step = _step_by_metric(store, source, tip, key, text, spec)
+    last = last_committed_step(store, source, tip)
     if last is None:
         raise ForkPointError(spec, f"run {source.path} has no committed steps yet")
     if step > last:
@@ -311,7 +328,7 @@ def rewind_run(store: RunStore, run: RunRef, spec: str, key: str, text: str) -> 
         raise RunNotFoundError(run.path, str(store.git_dir))
     tip = store.read_snapshot(tip_sha, run)
     step = step_of(store, run, tip, key, text, spec)
-    if step == tip.last_step:
+    if step == last_committed_step(store, run, tip):
         return tip_sha  # nothing after the step: no commit to make
     history, totals, last = cut_history(store, run, tip, step)
     info = dict(tip.info)

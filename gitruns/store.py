@@ -383,6 +383,11 @@ class History:
         i = bisect.bisect_right(self.starts, step)
         return self.starts[i - 1] if i else None
 
+    def next_start(self, first_step: int) -> int | None:
+        """The first step of the segment after the one at ``first_step``, if any."""
+        i = bisect.bisect_right(self.starts, first_step)
+        return self.starts[i] if i < len(self.starts) else None
+
     def segments(
         self, min_step: int | None = None, max_step: int | None = None
     ) -> list[tuple[int, Sha]]:
@@ -573,6 +578,37 @@ def _where(commit: Sha, run: RunRef | None) -> str:
     # How messages name a commit: with its run when that is known.
     short = commit.decode()[:10]
     return f"{run.path} at {short}" if run else short
+
+
+def segment_problem(
+    chunk: Chunk, start: int, window: int, next_start: int | None
+) -> str:
+    """What is wrong with ``chunk`` stored as the segment at ``start``, or "".
+
+    Args:
+        chunk: the decoded segment.
+        start: its first step, as its file name says.
+        window: the run's window size.
+        next_start: the first step of the segment after it, if any.
+    """
+    if chunk.window != window:
+        return f"it has window {chunk.window}, but the run's window is {window}"
+    if chunk.start != start - start % window:
+        return (
+            f"it is a chunk of the window from step {chunk.start}, but it is "
+            f"stored in the window from step {start - start % window}"
+        )
+    if not len(chunk.steps):
+        return "it holds no steps"
+    first, last = int(chunk.steps[0]), int(chunk.steps[-1])
+    if first != start:
+        return f"it starts at step {first}, not at {start} as its file name says"
+    if next_start is not None and last >= next_start:
+        return (
+            f"it ends at step {last}, not before the next segment's first "
+            f"step {next_start}"
+        )
+    return ""
 
 
 @dataclass
@@ -770,19 +806,29 @@ class RunStore:
             raise RepositoryError(f"{sha.decode()} is not a commit; {_FIX}")
         return commit
 
-    def read_segment(self, run: str, history: History, start: int) -> Chunk:
-        """Decode the segment stored at ``start``, within the chunk size limit.
+    def read_segment(
+        self, run: str, history: History, start: int, *, verify: bool = False
+    ) -> Chunk:
+        """Decode the segment stored at ``start``, checking it belongs there.
+
+        A chunk is only read where it is stored: its window must be the run's,
+        its window's start the one its first step is in, its first step the
+        one its file name says, and its last step before the next segment's
+        first. A well-formed chunk under the wrong name would otherwise read
+        as duplicated or backward steps.
 
         Args:
             run: the run, for messages (``<project>/<run_id>``).
             history: the run's history at the commit being read.
             start: the segment's first step, as its file name says.
+            verify: check every stored digest against the values too.
 
         Raises:
             ChunkFormatError: naming the run and the file.
             RepositoryError: the blob is missing or corrupt.
         """
-        source = f"{run}:{chunk_path(start, history.window)}"
+        window = history.window
+        source = f"{run}:{chunk_path(start, window)}"
         kind, data = read_object(
             self.objects,
             history.blobs[start],
@@ -792,7 +838,11 @@ class RunStore:
         )
         if kind != Blob.type_num:
             raise ChunkFormatError(source, "the segment is not a file")
-        return decode_chunk(data, source=source)
+        chunk = decode_chunk(data, source=source, verify=verify)
+        problem = segment_problem(chunk, start, window, history.next_start(start))
+        if problem:
+            raise ChunkFormatError(source, problem)
+        return chunk
 
     def read_snapshot(self, commit_id: Sha, run: RunRef | None = None) -> Snapshot:
         """Read the run as it was at ``commit_id``.

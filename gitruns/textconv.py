@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -13,9 +15,9 @@ from pathlib import Path
 
 from dulwich.repo import Repo
 
-from gitruns.chunk import Chunk, Value, decode_chunk
+from gitruns.chunk import MAX_CHUNK_BYTES, Chunk, Value, decode_chunk
 from gitruns.errors import ChunkFormatError, mapped_errors
-from gitruns.store import GITATTRIBUTES_TEXT
+from gitruns.store import GITATTRIBUTES_TEXT, chunk_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +26,12 @@ DRIVER = "gitruns"
 
 #: What a step shows for a metric it did not log.
 MISSING = "-"
+
+# A segment's file name, as git hands it over: the path in the tree, or a
+# temporary file that ends with the file's own name.
+_SEGMENT_NAME = re.compile(
+    r"(?:(?:^|/)history/([0-9a-f]{4})/([0-9a-f]{2})/|^|[/_])(\d{12,19})\.msgpack$"
+)
 
 
 def format_value(value: Value) -> str:
@@ -76,13 +84,48 @@ def file_text(path: str | Path) -> str:
     """The text of a chunk file, or one line saying why it is not readable.
 
     git calls the driver on every file the attributes match; a line instead of
-    an error keeps ``git log -p`` going past a damaged or foreign file.
+    an error keeps ``git log -p`` going past a damaged or foreign file. Where
+    the file's name says which segment it is (``000000000010.msgpack``, in
+    ``history/0000/00/`` when git passes the tree's path), the chunk must
+    start there, as a reader of the run requires.
     """
+    size = os.stat(path).st_size
+    if size > MAX_CHUNK_BYTES:
+        return (
+            f"# not a readable gitruns chunk ({size} bytes): "
+            f"over the limit of {MAX_CHUNK_BYTES}\n"
+        )
     data = Path(path).read_bytes()
     try:
-        return chunk_text(decode_chunk(data, source=str(path)))
+        chunk = decode_chunk(data, source=str(path))
+        problem = _placement_problem(chunk, os.fspath(path))
+        if problem:
+            raise ChunkFormatError(str(path), problem)
+        return chunk_text(chunk)
     except ChunkFormatError as exc:
         return f"# not a readable gitruns chunk ({len(data)} bytes): {exc.reason}\n"
+
+
+def _placement_problem(chunk: Chunk, path: str) -> str:
+    # What the file's name says against what the chunk holds.
+    named = _SEGMENT_NAME.search(path.replace(os.sep, "/"))
+    if named is None:
+        return ""
+    start = int(named[3])
+    if not len(chunk.steps):
+        return "it holds no steps"
+    if int(chunk.steps[0]) != start:
+        return (
+            f"it starts at step {int(chunk.steps[0])}, not at {start} "
+            "as its file name says"
+        )
+    dirs = named[1], named[2]
+    if dirs[0] is not None and chunk_dirs(start, chunk.window) != (
+        dirs[0].encode(),
+        dirs[1].encode(),
+    ):
+        return "it is stored outside its fan-out directory"
+    return ""
 
 
 def driver_command(python: str, package_parent: str) -> str:

@@ -30,9 +30,11 @@ from dulwich.pack import write_pack_index_v2
 from dulwich.repo import Repo
 
 import gitruns
+from gitruns import textconv
 from gitruns.chunk import MAX_CHUNK_BYTES, build_chunk, encode_chunk
 from gitruns.cli.main import main as cli
-from gitruns.errors import ChunkFormatError, RepositoryError
+from gitruns.errors import ChunkFormatError, ForkPointError, RepositoryError
+from gitruns.fork import fork_run, rewind_run, split_spec
 from gitruns.reader import RunView
 from gitruns.refs import RunRef, Sha
 from gitruns.store import MAX_OBJECT_BYTES, RunStore
@@ -455,6 +457,104 @@ def test_the_hooks_checker_reads_a_pushed_bomb_in_bounded_memory(repo: Path) -> 
     assert report["grew"] < 32 * 2**20, report
 
 
+# -- #6: segments stored where their steps do not belong ---------------------------
+
+MISPLACED = {
+    # file 10 holds steps 20..24 (a copy of the last segment): a chunk of the
+    # window from 20, stored in the window from 10
+    "later-steps": (
+        SEGMENT_10,
+        chunk([20, 21, 22, 23, 24]),
+        "stored in the window from step 10",
+    ),
+    # a window of 5 in a run of window 10
+    "window-5": (SEGMENT_10, chunk([10, 11, 12], window=5), "window 5"),
+    # file 10 starts at 11: its name says 10
+    "shifted": (SEGMENT_10, chunk([11, 12, 13]), "not at 10 as its file name says"),
+    # a second segment in window 0, starting inside the first one
+    "overlap": (
+        b"history/0000/00/000000000005.msgpack",
+        chunk([5, 6, 7]),
+        "not before the next segment's first step 5",
+    ),
+}
+
+#: The fork step of each case whose segment is the misplaced one. (A fork at
+#: 3 of "overlap" starts from the commit that added segment 0, before the
+#: overlapping segment was committed: it is well formed.)
+MISPLACED_AT = {"later-steps": 15, "window-5": 15, "shifted": 15, "overlap": None}
+
+
+@pytest.mark.parametrize("case", sorted(MISPLACED))
+def test_a_misplaced_segment_is_refused_by_every_reader(
+    repo: Path, case: str, tmp_path: Path
+) -> None:
+    path, data, reason = MISPLACED[case]
+    craft(repo, case, {path: data})
+    view = gitruns.Api(str(repo)).run(f"demo/{case}")
+
+    for read in (
+        lambda: view.history(),
+        lambda: view.columns(),
+        lambda: list(view.scan_history()),
+        lambda: list(view.scan_history(keys=["loss"])),
+    ):
+        with pytest.raises(ChunkFormatError) as info:
+            read()
+        assert f"demo/{case}:history/" in str(info.value)
+        assert reason in str(info.value)
+    for command in ("history", "export"):
+        result = invoke(command, "--repo", str(repo), f"demo/{case}")
+        assert result.exit_code == 5 and reason in result.output, result.output
+
+    # textconv sees the file under its own name, as git hands it over.
+    file = tmp_path / "XXXXXX_" / path.decode()
+    file.parent.mkdir(parents=True)
+    file.write_bytes(data)
+    # A file alone shows neither the run's window nor the next segment.
+    if case in ("later-steps", "shifted"):
+        assert textconv.file_text(file).startswith("# not a readable gitruns chunk")
+
+
+@pytest.mark.parametrize("step", [3, 5, 15, 24])
+@pytest.mark.parametrize("case", sorted(MISPLACED))
+def test_fork_of_a_misplaced_run_is_a_chunk_error_not_a_crash(
+    repo: Path, store: RunStore, case: str, step: int
+) -> None:
+    # A fork reads the source's last segment (for its real last step) and the
+    # one holding the fork step; it shares the others unread, by design.
+    path, data, reason = MISPLACED[case]
+    craft(repo, case, {path: data})
+    spec = f"demo/{case}?_step={step}"
+    _, key, text = split_spec(spec)
+    info = {"id": "forked", "project": "demo", "window": 10}
+    new = RunRef("demo", "forked")
+
+    if step == MISPLACED_AT[case]:
+        with pytest.raises(ChunkFormatError, match=reason) as refused:
+            fork_run(store, RunRef("demo", case), spec, key, text, new, info, {})
+        assert f"demo/{case}:history/" in str(refused.value)
+        args = ["--repo", str(repo), f"demo/{case}", "--step", str(step)]
+        result = invoke("fork", *args)
+        assert result.exit_code == 5 and reason in result.output, result.output
+    else:
+        fork_run(store, RunRef("demo", case), spec, key, text, new, info, {})
+        fork = RunView(store, new).fork_from
+        assert fork is not None and fork["step"] == step
+
+
+def test_the_writer_refuses_to_resume_after_a_misplaced_last_segment(
+    repo: Path,
+) -> None:
+    craft(
+        repo,
+        "lastbad",
+        {b"history/0000/00/000000000020.msgpack": chunk([0, 1, 2], window=10)},
+    )
+    with pytest.raises(ChunkFormatError, match="demo/lastbad:history/0000/00/"):
+        gitruns.init(project="demo", id="lastbad", repo=str(repo), resume="must")
+
+
 # -- #7: wrong-typed fields and odd tree names ----------------------------------------
 
 FORK = {"run": "demo/good", "step": 3, "commit": "0" * 40}
@@ -547,6 +647,27 @@ def test_a_segment_that_is_not_a_plain_file_is_named_as_such(
     with pytest.raises(ChunkFormatError, match=f"not mode {mode:o}") as info:
         gitruns.Api(str(repo)).run("demo/mode").history()
     assert "demo/mode:history/0000/00/000000000000.msgpack" in str(info.value)
+
+
+# -- #8: run.json trusted over the history -----------------------------------------
+
+
+def test_fork_points_are_checked_against_the_history_not_run_json(
+    repo: Path, store: RunStore
+) -> None:
+    craft(repo, "lies", {b"run.json": run_json(repo, "lies", last_step=1_000_000)})
+    result = invoke("fork", "--repo", str(repo), "demo/lies", "--step", "500")
+    assert result.exit_code == 2, result.output
+    assert "committed steps up to 24" in result.output
+
+    spec = "demo/lies?_step=500"
+    with pytest.raises(ForkPointError, match="up to 24"):
+        rewind_run(store, RunRef("demo", "lies"), spec, "_step", "500")
+    args = ["--repo", str(repo), "demo/lies", "--step", "24", "--id", "f"]
+    result = invoke("fork", *args)
+    assert result.exit_code == 0, result.output
+    forked = gitruns.Api(str(repo)).run("demo/f")
+    assert forked.last_step == 24 and forked.fork_from["step"] == 24  # type: ignore[index]
 
 
 def test_a_run_json_naming_another_run_is_refused(repo: Path) -> None:
