@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gitruns.errors import ConflictError, InvalidArgumentError
-from gitruns.reader import RunView
+from gitruns.reader import RunView, readable_runs
 from gitruns.readme import render_readme
 from gitruns.refs import RunRef, Sha
 from gitruns.repository import open_store
@@ -100,10 +100,15 @@ class Api:
                 ``$and``, ``$or`` and ``$nor``.
             order: a field as in ``filters``, ``+`` (ascending, the default)
                 or ``-`` (descending) in front; runs missing it come last.
-                Without it runs come by project and id, and none is read
-                until it is used.
+                Without it runs come by project and id.
             per_page: accepted for W&B scripts; reads are local.
             include_sweeps: accepted for W&B scripts.
+
+        Every run listed has had its run.json, config.json and summary.json
+        read (not its history). A run whose metadata cannot be read (a
+        malformed, oversized or wrongly typed file, or a run.json naming
+        another run) is left out with a warning, so that one damaged run
+        does not hide the others; :meth:`run` on it raises the error.
 
         Raises:
             InvalidValueError: for an unknown operator or field.
@@ -111,7 +116,7 @@ class Api:
         project = path if path is not None else self.overrides.get("project")
         if project is not None and "/" in project:
             project = project.rstrip("/").rsplit("/", 1)[1]
-        runs = [ApiRun(self.store, ref) for ref in self.store.list_runs(project)]
+        runs = readable_runs(self.store, project, ApiRun)
         if filters:
             runs = [run for run in runs if matches(run, filters)]
         if order:
@@ -170,7 +175,8 @@ class ApiRun(RunView):
     def config(self) -> dict[str, Any]:
         """The run's hyper-parameters (a copy; edit it, then :meth:`update`)."""
         if "config" not in self._edits:
-            self._edits["config"] = copy.deepcopy(self.snapshot.config)
+            # The file alone: a listing's runs need not read their history.
+            self._edits["config"] = copy.deepcopy(super().config)
         value: dict[str, Any] = self._edits["config"]
         return value
 
@@ -178,9 +184,7 @@ class ApiRun(RunView):
     def summary(self) -> RunSummary:
         """The run's summary (a copy; edit it, then :meth:`update`)."""
         if "summary" not in self._edits:
-            self._edits["summary"] = RunSummary(
-                copy.deepcopy(self.snapshot.summary), self
-            )
+            self._edits["summary"] = RunSummary(copy.deepcopy(super().summary), self)
         value: RunSummary = self._edits["summary"]
         return value
 

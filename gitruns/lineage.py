@@ -6,6 +6,7 @@ other index is needed.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,8 @@ from gitruns.errors import GitRunsError, RunNotFoundError
 from gitruns.reader import RunView
 from gitruns.refs import RunRef, Sha
 from gitruns.store import RUN_JSON, RunStore
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,36 +29,51 @@ class Edge:
 
 
 def ancestors(store: RunStore, run: RunRef) -> list[Edge]:
-    """The fork edges from ``run`` up to its root run, nearest first."""
+    """The fork edges from ``run`` up to its root run, nearest first.
+
+    The walk stops at a source that is not in the repository, and at one
+    whose run.json cannot be read (with a warning): the edges up to there
+    are still the run's lineage.
+
+    Raises:
+        RepositoryError: ``run``'s own run.json cannot be read.
+    """
     edges: list[Edge] = []
     seen = {run.path}
     view = RunView(store, run)
-    while view.fork_from:
-        fork = view.fork_from
-        edges.append(
-            Edge(fork["run"], view.path, int(fork["step"]), str(fork["commit"]))
-        )
+    fork = view.fork_from
+    while fork:
+        edges.append(Edge(fork["run"], view.path, fork["step"], fork["commit"]))
         parent = fork["run"]
         if parent in seen:
             break  # a crafted loop; lineage stops rather than spins
         seen.add(parent)
         try:
             view = RunView(store, store.resolve(parent))
-            view.snapshot  # noqa: B018 - the source may be absent locally
+            fork = view.fork_from
         except RunNotFoundError:
+            break  # the source is not in this repository
+        except GitRunsError as exc:
+            logger.warning("lineage of %s stops at %s: %s", run.path, parent, exc)
             break
     return edges
 
 
 def fork_edges(store: RunStore) -> list[Edge]:
-    """Every fork edge in the repository (one run.json read per run)."""
+    """Every fork edge in the repository (one run.json read per run).
+
+    A run whose run.json cannot be read is left out with a warning, as
+    :func:`gitruns.reader.readable_runs` leaves it out of a listing.
+    """
     edges = []
     for run in store.list_runs():
-        fork = RunView(store, run).fork_from
+        try:
+            fork = RunView(store, run).fork_from
+        except GitRunsError as exc:
+            logger.warning("skipping run %s: %s", run.path, exc)
+            continue
         if fork:
-            edges.append(
-                Edge(fork["run"], run.path, int(fork["step"]), str(fork["commit"]))
-            )
+            edges.append(Edge(fork["run"], run.path, fork["step"], fork["commit"]))
     return edges
 
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from gitruns.chunk import Chunk
-from gitruns.errors import RepositoryError, RunNotFoundError
+from gitruns.errors import GitRunsError, RepositoryError, RunNotFoundError
 from gitruns.refs import RunRef, Sha
 from gitruns.store import (
     CONFIG_JSON,
@@ -18,6 +19,8 @@ from gitruns.store import (
     RunStore,
     Snapshot,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class RunView:
@@ -64,6 +67,18 @@ class RunView:
                 self.info  # noqa: B018
             cache[name] = self.store.read_json(self.commit, name, self.ref)
         return cache[name]
+
+    def check(self) -> None:
+        """Read run.json, config.json and summary.json, so that using them works.
+
+        Raises:
+            RunNotFoundError: the run's commit has no run.json.
+            RepositoryError: one of them is missing, malformed, too large or
+                holds fields of the wrong type.
+        """
+        self.info  # noqa: B018 - read for its checks
+        for name in (CONFIG_JSON, SUMMARY_JSON):
+            self._json(name)
 
     def refresh(self) -> None:
         """Forget what was read, so the next access reads the branch tip again."""
@@ -320,6 +335,44 @@ class RunView:
                 steps = joined[key] = _concat_steps(pieces)
             out[name] = (steps, _concat_values(pieces))
         return out
+
+
+View = TypeVar("View", bound=RunView)
+
+
+def readable_runs(
+    store: RunStore,
+    project: str | None,
+    view: Callable[[RunStore, RunRef], View],
+    skipped: Callable[[RunRef, GitRunsError], None] | None = None,
+) -> list[View]:
+    """The runs of a repository (or of a project) whose metadata reads.
+
+    A listing shows every run it can: a run whose run.json, config.json or
+    summary.json cannot be read (malformed, too large, wrongly typed, or
+    naming another run) is left out with a warning rather than ending the
+    listing for the others. Reading that run by name still raises the error.
+
+    Args:
+        store: the repository.
+        project: only this project's runs.
+        view: what to make of each run (:class:`RunView`, or a subclass).
+        skipped: called for each run left out; by default a warning is
+            logged.
+    """
+    found = []
+    for ref in store.list_runs(project):
+        run = view(store, ref)
+        try:
+            run.check()
+        except GitRunsError as exc:
+            if skipped is None:
+                logger.warning("skipping run %s: %s", ref.path, exc)
+            else:
+                skipped(ref, exc)
+            continue
+        found.append(run)
+    return found
 
 
 def _sample(count: int, samples: int | None) -> list[int]:

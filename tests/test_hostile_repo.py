@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import struct
 import subprocess
@@ -30,7 +31,7 @@ from dulwich.pack import write_pack_index_v2
 from dulwich.repo import Repo
 
 import gitruns
-from gitruns import textconv
+from gitruns import lineage, textconv
 from gitruns.chunk import MAX_CHUNK_BYTES, build_chunk, encode_chunk
 from gitruns.cli.main import main as cli
 from gitruns.errors import ChunkFormatError, ForkPointError, RepositoryError
@@ -358,6 +359,49 @@ def _reads_of(view: RunView, name: str) -> list[Any]:
     if name == "run.json":
         reads += [lambda: view.fork_from, lambda: view.tags, lambda: view.state]
     return reads
+
+
+def test_listings_skip_a_run_whose_metadata_is_unreadable(
+    repo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    craft(repo, "evil", {b"run.json": DEEP["arrays"]})
+    craft(repo, "badconfig", {b"config.json": b"[1, 2, 3]"})
+    craft(repo, "copied", {}, same_run_json=True)  # run.json names demo/good
+
+    with caplog.at_level(logging.WARNING, logger="gitruns"):
+        runs = gitruns.Api(str(repo)).runs()
+    assert [(r.path, r.summary["acc"]) for r in runs] == [("demo/good", 24)]
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    for path in ("demo/evil", "demo/badconfig", "demo/copied"):
+        assert f"skipping run {path}" in warned
+
+    listed = invoke("runs", "--repo", str(repo))
+    assert listed.exit_code == 0, listed.output
+    assert "demo/good" in listed.stdout and "demo/evil" not in listed.stdout
+    assert "skipped run demo/evil" in listed.stderr
+    for run in ("demo/good", "demo/badconfig"):
+        result = invoke("lineage", "--repo", str(repo), run)
+        assert result.exit_code == 0, result.output
+    assert lineage.fork_edges(RunStore.open(repo, create=False)) == []
+
+
+def test_lineage_stops_at_an_unreadable_source(
+    repo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    craft(repo, "src", {b"summary.json": b"{}"})
+    with closing(Repo(str(repo))) as r:
+        src = r.refs[b"refs/heads/runs/demo/src"].decode()
+    fork_from = {"run": "demo/src", "step": 5, "commit": src}
+    craft(repo, "child", {b"run.json": run_json(repo, "child", fork_from=fork_from)})
+    craft(repo, "src", {b"run.json": DEEP["objects"]})  # the source, damaged since
+
+    with caplog.at_level(logging.WARNING, logger="gitruns"):
+        edges = lineage.ancestors(
+            RunStore.open(repo, create=False), RunRef("demo", "child")
+        )
+    assert [(e.parent, e.step) for e in edges] == [("demo/src", 5)]
+    result = invoke("lineage", "--repo", str(repo), "demo/child")
+    assert result.exit_code == 0 and "demo/src (forked at step 5)" in result.output
 
 
 # -- #4: zlib bombs ----------------------------------------------------------------

@@ -19,9 +19,10 @@ from gitruns.cli.common import (
     with_store,
 )
 from gitruns.diff import MISSING, diff_runs
-from gitruns.errors import MetricNotFoundError
+from gitruns.errors import GitRunsError, MetricNotFoundError
 from gitruns.lineage import ancestors, descendants
-from gitruns.reader import RunView
+from gitruns.reader import RunView, readable_runs
+from gitruns.refs import RunRef
 from gitruns.store import RunStore
 from gitruns.summary import visible
 
@@ -47,7 +48,11 @@ def _view(store: RunStore, path: str) -> RunView:
 @with_store
 def runs_command(store: RunStore, project: str | None, as_json: bool) -> None:
     """List the runs of the repository."""
-    views = [RunView(store, ref) for ref in store.list_runs(project)]
+
+    def skipped(ref: RunRef, exc: GitRunsError) -> None:
+        click.echo(f"warning: skipped run {ref.path}: {exc}", err=True)
+
+    views = readable_runs(store, project, RunView, skipped)
     records: list[dict[str, Any]] = [
         {
             "run": v.path,
