@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 from click.testing import CliRunner
 from dulwich.objects import Blob, Commit, Tree
@@ -499,6 +500,38 @@ def test_the_hooks_checker_reads_a_pushed_bomb_in_bounded_memory(repo: Path) -> 
     assert "000000000030.msgpack" in report["message"], report
     assert "over the limit" in report["message"]
     assert report["grew"] < 32 * 2**20, report
+
+
+# -- #5: chunks that amplify when decoded ------------------------------------------
+
+
+def _amplifying_chunk(maps: int) -> bytes:
+    # A valid chunk of steps 10..19 with an unknown key holding ``maps`` maps
+    # of 100 000 distinct short keys: small on disk, huge as Python dicts.
+    doc = msgpack.unpackb(chunk(list(range(10, 20))))
+    doc["future"] = b"@@HOLE@@"
+    one = b"\xdf" + struct.pack(">I", 100_000)
+    one += b"".join(msgpack.packb(f"{i:x}") + b"\xc0" for i in range(100_000))
+    junk = b"\xdc" + struct.pack(">H", maps) + one * maps
+    data: bytes = msgpack.packb(doc, use_bin_type=True)
+    return data.replace(msgpack.packb(b"@@HOLE@@", use_bin_type=True), junk)
+
+
+def test_an_amplifying_chunk_decodes_in_memory_near_its_size(repo: Path) -> None:
+    data = _amplifying_chunk(maps=24)
+    assert 10 * 2**20 < len(data) < MAX_CHUNK_BYTES
+    craft(repo, "amplify", {SEGMENT_10: data})
+
+    report = child(
+        repo,
+        """
+        rows = Api(repo).run("demo/amplify").history(pandas=False)
+        raise RuntimeError(str([r["_step"] for r in rows]))
+        """,
+    )
+    assert report["message"] == str(list(range(25))), report
+    # Decoded whole, these maps would take well over a gigabyte.
+    assert report["grew"] < 4 * len(data), report
 
 
 # -- #6: segments stored where their steps do not belong ---------------------------
