@@ -72,9 +72,9 @@ class RunView:
         """Read run.json, config.json and summary.json, so that using them works.
 
         Raises:
-            RunNotFoundError: the run's commit has no run.json.
-            RepositoryError: one of them is missing, malformed, too large or
-                holds fields of the wrong type.
+            RunNotFoundError: the run's branch is gone.
+            RepositoryError: run.json is missing, or a file is malformed, too
+                large or holds fields of the wrong type.
         """
         self.info  # noqa: B018 - read for its checks
         for name in (CONFIG_JSON, SUMMARY_JSON):
