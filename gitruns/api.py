@@ -104,11 +104,13 @@ class Api:
             per_page: accepted for W&B scripts; reads are local.
             include_sweeps: accepted for W&B scripts.
 
-        Every run listed has had its run.json, config.json and summary.json
-        read (not its history). A run whose metadata cannot be read (a
+        Without filters or order, nothing of a run is read until it is used,
+        so listing many runs costs what listing their branches does. With
+        them, every run's run.json, config.json and summary.json are read
+        (not its history), and a run whose metadata cannot be read (a
         malformed, oversized or wrongly typed file, or a run.json naming
-        another run) is left out with a warning, so that one damaged run
-        does not hide the others; :meth:`run` on it raises the error.
+        another run) is left out with a warning, so that one damaged run does
+        not hide the others; :meth:`run` on it raises the error.
 
         Raises:
             InvalidValueError: for an unknown operator or field.
@@ -116,6 +118,8 @@ class Api:
         project = path if path is not None else self.overrides.get("project")
         if project is not None and "/" in project:
             project = project.rstrip("/").rsplit("/", 1)[1]
+        if not filters and not order:
+            return [ApiRun(self.store, ref) for ref in self.store.list_runs(project)]
         runs = readable_runs(self.store, project, ApiRun)
         if filters:
             runs = [run for run in runs if matches(run, filters)]

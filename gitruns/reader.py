@@ -68,8 +68,12 @@ class RunView:
             cache[name] = self.store.read_json(self.commit, name, self.ref)
         return cache[name]
 
-    def check(self) -> None:
-        """Read run.json, config.json and summary.json, so that using them works.
+    def check(self, everything: bool = True) -> None:
+        """Read run.json, and config.json and summary.json, so using them works.
+
+        Args:
+            everything: also read config.json and summary.json; False reads
+                run.json alone (what a listing shows).
 
         Raises:
             RunNotFoundError: the run's branch is gone.
@@ -77,7 +81,7 @@ class RunView:
                 large or holds fields of the wrong type.
         """
         self.info  # noqa: B018 - read for its checks
-        for name in (CONFIG_JSON, SUMMARY_JSON):
+        for name in (CONFIG_JSON, SUMMARY_JSON) if everything else ():
             self._json(name)
 
     def refresh(self) -> None:
@@ -345,13 +349,16 @@ def readable_runs(
     project: str | None,
     view: Callable[[RunStore, RunRef], View],
     skipped: Callable[[RunRef, GitRunsError], None] | None = None,
+    *,
+    everything: bool = True,
 ) -> list[View]:
     """The runs of a repository (or of a project) whose metadata reads.
 
-    A listing shows every run it can: a run whose run.json, config.json or
-    summary.json cannot be read (malformed, too large, wrongly typed, or
-    naming another run) is left out with a warning rather than ending the
-    listing for the others. Reading that run by name still raises the error.
+    A listing shows every run it can: a run whose run.json (and, with
+    ``everything``, config.json or summary.json) cannot be read (malformed,
+    too large, wrongly typed, or naming another run) is left out with a
+    warning rather than ending the listing for the others. Reading that run
+    by name still raises the error.
 
     Args:
         store: the repository.
@@ -359,12 +366,14 @@ def readable_runs(
         view: what to make of each run (:class:`RunView`, or a subclass).
         skipped: called for each run left out; by default a warning is
             logged.
+        everything: check config.json and summary.json too, not run.json
+            alone.
     """
     found = []
     for ref in store.list_runs(project):
         run = view(store, ref)
         try:
-            run.check()
+            run.check(everything)
         except GitRunsError as exc:
             if skipped is None:
                 logger.warning("skipping run %s: %s", ref.path, exc)

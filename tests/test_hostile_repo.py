@@ -369,8 +369,20 @@ def test_listings_skip_a_run_whose_metadata_is_unreadable(
     craft(repo, "badconfig", {b"config.json": b"[1, 2, 3]"})
     craft(repo, "copied", {}, same_run_json=True)  # run.json names demo/good
 
+    # A plain listing reads nothing (it costs what listing branches does): a
+    # damaged run is listed, and using it says what is wrong.
+    listed_runs = gitruns.Api(str(repo)).runs()
+    assert [r.path for r in listed_runs] == [
+        "demo/badconfig",
+        "demo/copied",
+        "demo/evil",
+        "demo/good",
+    ]
+    with pytest.raises(RepositoryError, match="demo/evil"):
+        listed_runs[2].summary  # noqa: B018
+    # A listing that reads the runs (a filter, an order) leaves them out.
     with caplog.at_level(logging.WARNING, logger="gitruns"):
-        runs = gitruns.Api(str(repo)).runs()
+        runs = gitruns.Api(str(repo)).runs(filters={"summary.acc": {"$gte": 0}})
     assert [(r.path, r.summary["acc"]) for r in runs] == [("demo/good", 24)]
     warned = " ".join(r.getMessage() for r in caplog.records)
     for path in ("demo/evil", "demo/badconfig", "demo/copied"):

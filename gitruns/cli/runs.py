@@ -52,7 +52,7 @@ def runs_command(store: RunStore, project: str | None, as_json: bool) -> None:
     def skipped(ref: RunRef, exc: GitRunsError) -> None:
         click.echo(f"warning: skipped run {ref.path}: {exc}", err=True)
 
-    views = readable_runs(store, project, RunView, skipped)
+    views = readable_runs(store, project, RunView, skipped, everything=False)
     records: list[dict[str, Any]] = [
         {
             "run": v.path,
