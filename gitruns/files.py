@@ -9,7 +9,7 @@ from typing import Any
 
 from dulwich.objects import Tree
 
-from gitruns.errors import InvalidArgumentError, RepositoryError, mapped_errors
+from gitruns.errors import InvalidArgumentError
 from gitruns.refs import Sha
 from gitruns.store import FILE_MODE, TREE_MODE, RunStore
 
@@ -70,18 +70,9 @@ def read_files_tree(
     """Add the files under tree ``sha`` to ``into`` (tree path -> blob).
 
     Raises:
-        RepositoryError: if a tree is missing from the repository.
+        RepositoryError: if a tree is missing, too large or malformed.
     """
-    with mapped_errors(f"reading the saved files of tree {sha.decode()}"):
-        try:
-            tree = store.repo.object_store[sha]
-        except KeyError:
-            raise RepositoryError(
-                f"tree {sha.decode()} of the saved files is missing; fetch the "
-                "run again"
-            ) from None
-    if not isinstance(tree, Tree):
-        return
+    tree = store.read_tree(sha, "a tree of the saved files")
     for name, mode, child in tree.iteritems():
         path = prefix + name.decode(errors="replace")
         if mode == TREE_MODE:

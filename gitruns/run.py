@@ -1152,7 +1152,9 @@ def _open_run(
         parent = store.resolve(path)
         tip = store.tip(parent)
         if window is not None and tip is not None:
-            same_window(parent, store.read_snapshot(tip).window, "the fork source")
+            same_window(
+                parent, store.read_snapshot(tip, parent).window, "the fork source"
+            )
         fork_run(store, parent, fork_from, key, text, ref, info, config)
     else:
         create_run(store, ref, info, config, code_patch=patch)

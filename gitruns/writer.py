@@ -382,7 +382,7 @@ class RunWriter:
             tip = store.tip(run)
             if tip is None:
                 raise RunNotFoundError(run.path, str(store.git_dir))
-            writer = cls(store, run, store.read_snapshot(tip), options, lock)
+            writer = cls(store, run, store.read_snapshot(tip, run), options, lock)
             writer.recovered = writer.recover()
         except BaseException:
             lock.release()
@@ -399,7 +399,7 @@ class RunWriter:
         self.flush()
         tip = self.store.tip(self.run)
         assert tip is not None
-        snapshot = self.store.read_snapshot(tip)
+        snapshot = self.store.read_snapshot(tip, self.run)
         self._snapshot, self._tip = snapshot, tip
         self._totals = self._tip_totals(snapshot)
         self._step = _next_step(snapshot)
