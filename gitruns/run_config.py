@@ -13,13 +13,32 @@ from typing import Any
 
 from gitruns.chunk import Digest
 from gitruns.errors import InvalidArgumentError
+from gitruns.store import MAX_JSON_DEPTH
 from gitruns.summary import summarize
 
 logger = logging.getLogger(__name__)
 
 
-def plain_value(value: Any) -> Any:
-    """A config or summary value as JSON stores it (numpy, enums, paths...)."""
+_CONTAINERS = (Mapping, list, tuple, set, frozenset)
+
+
+def plain_value(value: Any, depth: int = 0) -> Any:
+    """A config or summary value as JSON stores it (numpy, enums, paths...).
+
+    Raises:
+        InvalidArgumentError: for lists and dicts nested deeper than a run's
+            JSON files may be (or holding themselves), which readers refuse.
+    """
+    # A value sits in config.json or summary.json, an object itself: its
+    # lists and dicts start at depth 2 there.
+    if depth + 2 > MAX_JSON_DEPTH and isinstance(value, _CONTAINERS):
+        raise InvalidArgumentError(
+            "config",
+            f"<{type(value).__name__}>",
+            f"it nests lists and dicts more than {MAX_JSON_DEPTH} deep (or holds "
+            "itself); flatten it",
+        )
+    deeper = depth + 1
     kind = type(value)
     if value is None or kind in (bool, int, float, str):
         return value
@@ -28,23 +47,23 @@ def plain_value(value: Any) -> Any:
             # Subclasses (IntEnum, numpy.float64) become their plain kind.
             return plain(value)
     if isinstance(value, enum.Enum):
-        return plain_value(value.value)
+        return plain_value(value.value, deeper)
     if isinstance(value, Mapping):
-        return {str(k): plain_value(v) for k, v in value.items()}
+        return {str(k): plain_value(v, deeper) for k, v in value.items()}
     if isinstance(value, argparse.Namespace):
-        return plain_value(vars(value))
+        return plain_value(vars(value), deeper)
     if isinstance(value, (list, tuple)):
-        return [plain_value(v) for v in value]
+        return [plain_value(v, deeper) for v in value]
     if isinstance(value, (set, frozenset)):
-        return sorted((plain_value(v) for v in value), key=repr)
+        return sorted((plain_value(v, deeper) for v in value), key=repr)
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return plain_value(dataclasses.asdict(value))
+        return plain_value(dataclasses.asdict(value), deeper)
     tolist = getattr(value, "tolist", None)
     if callable(tolist):
         # numpy arrays and scalars, tensors: their Python values.
-        return plain_value(tolist())
+        return plain_value(tolist(), deeper)
     logger.debug("storing %s value %r as its str()", kind.__name__, value)
     return str(value)
 

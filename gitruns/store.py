@@ -77,9 +77,8 @@ DEFAULT_REPO_DIR = ".gitruns"
 #: have their own limit, :data:`gitruns.chunk.MAX_CHUNK_BYTES`.
 MAX_OBJECT_BYTES = 16 * 2**20
 
-#: How deeply a run's JSON files may nest lists and objects.
-# TODO: init() and config updates (run.py) should refuse a config nested
-# deeper than this when it is given, rather than write what reads refuse.
+#: How deeply a run's JSON files may nest lists and objects (init() and
+#: config updates refuse deeper values, see run_config.plain_value).
 MAX_JSON_DEPTH = 100
 
 # What a reader can do about a run file it refuses.

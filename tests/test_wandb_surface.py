@@ -760,3 +760,29 @@ def test_real_hf_trainer_config_round_trips(repo: Path) -> None:
     )
     assert [r.id for r in found] == [run.id]
     assert stored.last_step == summary["_step"]
+
+
+@pytest.mark.parametrize("depth", [98, 99])
+def test_a_config_nested_deeper_than_readers_take_is_refused(
+    repo: Path, depth: int
+) -> None:
+    from gitruns.errors import InvalidArgumentError
+
+    deep: dict[str, Any] = {}
+    inner = deep
+    for _ in range(depth):
+        inner["a"] = {}
+        inner = inner["a"]
+    inner["lr"] = 0.1
+    if depth == 99:  # config.json would nest 101 deep
+        with pytest.raises(InvalidArgumentError, match="more than 100 deep"):
+            gitruns.init(project="deep", repo=repo, config={"model": deep})
+        looped: dict[str, Any] = {}
+        looped["self"] = looped
+        with pytest.raises(InvalidArgumentError, match="holds itself"):
+            gitruns.init(project="deep", repo=repo, config=looped)
+        assert not repo.exists() or gitruns.Api(repo).runs() == []
+        return
+    run = gitruns.init(project="deep", repo=repo, config={"model": deep})
+    run.finish()
+    assert gitruns.Api(repo).run(run.path).config == {"model": deep}
