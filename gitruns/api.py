@@ -14,6 +14,7 @@ from gitruns.readme import render_readme
 from gitruns.refs import RunRef, Sha
 from gitruns.repository import open_store
 from gitruns.run_config import plain_value
+from gitruns.settings import env_repo
 from gitruns.store import RunStore, Snapshot
 from gitruns.writer import RunWriter, WriterOptions, now_iso
 
@@ -78,7 +79,7 @@ class Api:
         if isinstance(repo, RunStore):
             self.store = repo
         else:
-            self.store = open_store(repo, create=False)
+            self.store = open_store(repo, create=False, env_repo=env_repo())
         self.overrides = dict(overrides or {})
 
     def runs(

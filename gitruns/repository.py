@@ -25,6 +25,7 @@ def open_store(
     start: Path | None = None,
     *,
     create: bool = True,
+    env_repo: str | None = None,
 ) -> RunStore:
     """Open the repository: repo=, GITRUNS_REPO, the enclosing one, or ./.gitruns.
 
@@ -33,9 +34,14 @@ def open_store(
         start: the folder to search from instead of the working directory.
         create: make a bare repository there if there is none (writers do;
             readers should not turn a typo into an empty repository).
+        env_repo: the repository ``GITRUNS_REPO`` names, which the caller
+            read (see :func:`gitruns.settings.env_repo`).
+
+    Raises:
+        RepositoryError: no repository is there and ``create`` is false, or
+            the path holds something that is not a Git repository.
     """
     where = start or Path.cwd()
-    env_repo = os.environ.get("GITRUNS_REPO")
     path, may_create = locate_repository(repo, env_repo, where)
     if not create and repo is None and not env_repo and not path.exists():
         # The embedded default, which only a writer creates.

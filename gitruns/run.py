@@ -1,10 +1,11 @@
 """The Run a training script holds, ``init``, and W&B's module-level state.
 
-This is the top layer: it alone reads environment variables (``GITRUNS_*``)
-and process-wide state (the current run, atexit, the exception hook and
-``sys.exit``). ``gitruns.run``, ``gitruns.config``, ``gitruns.summary`` and
-``gitruns.log`` name the current run's objects, as ``wandb.run`` and friends
-do, so a typical W&B script runs on ``import gitruns as wandb``.
+This is the top layer: it reads the ``GITRUNS_*`` variables (through
+:mod:`gitruns.settings`) and alone touches process-wide state (the current
+run, atexit, the exception hook and ``sys.exit``). ``gitruns.run``,
+``gitruns.config``, ``gitruns.summary`` and ``gitruns.log`` name the current
+run's objects, as ``wandb.run`` and friends do, so a typical W&B script runs
+on ``import gitruns as wandb``.
 """
 
 from __future__ import annotations
@@ -49,14 +50,15 @@ from gitruns.refs import RunRef, Sha, check_name, new_run_id
 from gitruns.repository import code_state, open_store
 from gitruns.run_config import Config, Summary, as_mapping, plain_value
 from gitruns.settings import (
-    DEFAULT_PROJECT,
     WRITER_SETTINGS,
     Settings,
+    env_mode,
+    env_project,
+    env_repo,
     env_setting,
     parse_mode,
     parse_reinit,
     settings_dict,
-    writer_options,
 )
 from gitruns.store import TREE_MODE, RunStore
 from gitruns.summary import summary_modes
@@ -924,9 +926,7 @@ def init(
     if unknown:
         raise TypeError(f"init() got an unexpected keyword argument {unknown[0]!r}")
     chosen = settings_dict(settings)
-    mode = parse_mode(
-        mode or chosen.get("mode") or os.environ.get("GITRUNS_MODE") or "online"
-    )
+    mode = parse_mode(mode or chosen.get("mode") or env_mode() or "online")
     reinit_mode = parse_reinit(reinit if reinit is not None else chosen.get("reinit"))
     if save_code is None:
         save_code = chosen.get("save_code")
@@ -977,7 +977,7 @@ def init(
     publish = reinit_mode != "create_new"
 
     if project is None:
-        project = os.environ.get("GITRUNS_PROJECT") or DEFAULT_PROJECT
+        project = env_project()
     if mode == "disabled":
         ref = RunRef(project, new_run_id() if id is None else id)
         info = new_run_info(
@@ -1006,12 +1006,12 @@ def init(
         fork_from=fork_from,
         resume=resume,
         resume_from=resume_from,
-        store=open_store(repo, None if dir is None else Path(dir)),
+        store=open_store(repo, None if dir is None else Path(dir), env_repo=env_repo()),
         group=group,
         job_type=job_type,
         source=source,
         save_code=save_code,
-        options=writer_options(options),
+        options=WriterOptions(**options),
         window=window,
         mode=mode,
         allow_val_change=bool(allow_val_change),

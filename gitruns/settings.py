@@ -1,7 +1,8 @@
 """init()'s settings: keywords, ``settings=``, and ``GITRUNS_*`` variables.
 
-Part of the top layer, with :mod:`gitruns.run`: only these two read the
-environment.
+Part of the top layer: every ``GITRUNS_*`` variable is read here, and the
+layers below take what it found as arguments. (The CLI also passes Git's own
+``GIT_SSH_COMMAND`` to the remote layer.)
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from gitruns.errors import InvalidArgumentError
-from gitruns.writer import WriterOptions
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,21 @@ def settings_dict(settings: Settings | Mapping[str, Any] | None) -> dict[str, An
     return {k: v for k, v in values.items() if k in _KNOWN_SETTINGS}
 
 
+def env_repo() -> str | None:
+    """``GITRUNS_REPO``: the repository runs go to when no ``repo=`` is given."""
+    return os.environ.get("GITRUNS_REPO") or None
+
+
+def env_mode() -> str | None:
+    """``GITRUNS_MODE``: ``online``, ``offline`` or ``disabled``, if set."""
+    return os.environ.get("GITRUNS_MODE") or None
+
+
+def env_project() -> str:
+    """``GITRUNS_PROJECT``, else the project of runs that name none."""
+    return os.environ.get("GITRUNS_PROJECT") or DEFAULT_PROJECT
+
+
 def env_setting(name: str) -> Any:
     """A writer setting from ``GITRUNS_<NAME>``, parsed, or None if unset.
 
@@ -119,15 +134,6 @@ def env_setting(name: str) -> Any:
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 _KIND_WORDS = {int: "a whole number", float: "a number of seconds", str: "a word"}
-
-
-def writer_options(options: dict[str, Any]) -> WriterOptions:
-    """The writer's options; a refusal is an InvalidArgumentError naming one."""
-    try:
-        return WriterOptions(**options)
-    except ValueError as exc:
-        name = str(exc).split(" ", 1)[0]
-        raise InvalidArgumentError(name, options.get(name), str(exc)) from None
 
 
 def parse_mode(value: Any) -> str:

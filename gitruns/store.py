@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dulwich.config import StackedConfig
 from dulwich.errors import NotGitRepository, ObjectFormatException
 from dulwich.file import FileLocked
 from dulwich.object_store import BaseObjectStore
@@ -959,13 +960,10 @@ class RunStore:
     def identity(self) -> bytes:
         """``Name <email>`` from the repository's Git config, else a gitruns one."""
         if not hasattr(self, "_identity"):
-            name, email = b"gitruns", b"gitruns@" + socket.gethostname().encode()
-            try:
-                config = self.repo.get_config_stack()
-                name = config.get((b"user",), b"name") or name
-                email = config.get((b"user",), b"email") or email
-            except KeyError:
-                pass
+            config = self.repo.get_config_stack()
+            name = _config_value(config, b"name") or b"gitruns"
+            email = _config_value(config, b"email")
+            email = email or b"gitruns@" + socket.gethostname().encode()
             self._identity = name + b" <" + email + b">"
         return self._identity
 
@@ -1125,3 +1123,11 @@ def _write_loose(objects: Any, obj: Blob | Tree | Commit) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _config_value(config: StackedConfig, key: bytes) -> bytes | None:
+    """``user.<key>`` from Git config, or None where it is not set."""
+    try:
+        return config.get((b"user",), key) or None
+    except KeyError:
+        return None

@@ -56,6 +56,7 @@ from gitruns.chunk import (
 from gitruns.errors import (
     ConflictError,
     GitRunsError,
+    InvalidArgumentError,
     InvalidValueError,
     RepositoryError,
     RunNotFoundError,
@@ -152,26 +153,32 @@ class WriterOptions:
 
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_MODES:
-            raise ValueError(f"fsync must be one of {FSYNC_MODES}, not {self.fsync!r}")
+            raise InvalidArgumentError(
+                "fsync", self.fsync, f"use one of {', '.join(FSYNC_MODES)}"
+            )
         window = self.window
         if type(window) is not int or not 1 <= window <= MAX_ROWS:
-            raise ValueError(f"window must be an int in 1..{MAX_ROWS}, not {window!r}")
+            raise InvalidArgumentError(
+                "window", window, f"use a whole number of steps in 1..{MAX_ROWS}"
+            )
         interval = self.flush_interval
         if (
             isinstance(interval, bool)
             or not isinstance(interval, (int, float))
             or not interval >= 0
         ):
-            raise ValueError(
-                "flush_interval must be a number of seconds, 0 or more (0: at "
-                f"every step, math.inf: never), not {interval!r}"
+            raise InvalidArgumentError(
+                "flush_interval",
+                interval,
+                "use a number of seconds, 0 or more (0: at every step, "
+                "math.inf: never)",
             )
-        if not isinstance(self.background, bool):
-            raise ValueError(
-                f"background must be True or False, not {self.background!r}"
-            )
-        if self.float32 is not None and not isinstance(self.float32, bool):
-            raise ValueError(f"float32 must be True or False, not {self.float32!r}")
+        for name in ("background", "float32"):
+            value = getattr(self, name)
+            if not isinstance(value, bool) and (
+                name == "background" or value is not None
+            ):
+                raise InvalidArgumentError(name, value, "use True or False")
 
 
 class Buffer:

@@ -523,12 +523,13 @@ def test_divergence_counts_rewinds_of_either_side(repo: Path) -> None:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"flush_interval": -1}, "flush_interval must be a number of seconds, 0"),
-        ({"flush_interval": "soon"}, "flush_interval must be a number"),
-        ({"background": "maybe"}, "background must be True or False"),
-        ({"window": True}, "window must be an int"),
-        ({"window": 0}, "window must be an int in 1.."),
-        ({"fsync": "sometimes"}, "fsync must be one of"),
+        ({"flush_interval": -1}, "flush_interval=-1: use a number of seconds, 0"),
+        ({"flush_interval": "soon"}, "flush_interval='soon': use a number"),
+        ({"background": "maybe"}, "background='maybe': use True or False"),
+        ({"float32": 1}, "float32=1: use True or False"),
+        ({"window": True}, "window=True: use a whole number"),
+        ({"window": 0}, "window=0: use a whole number of steps in 1.."),
+        ({"fsync": "sometimes"}, "fsync='sometimes': use one of never"),
     ],
 )
 def test_bad_writer_settings_are_refused(
@@ -614,3 +615,25 @@ def test_log_waits_for_the_committer_past_the_backlog_bytes(
     assert max(seen) <= 20_000 + 12_000 and len(seen) >= 30
     steps = [r["_step"] for r in gitruns.Api(repo).run("p/wide").scan_history()]
     assert steps == list(range(300))
+
+
+@pytest.mark.parametrize(
+    ("config", "author"),
+    [
+        ({"user.email": "ada@example.org"}, "gitruns <ada@example.org>"),
+        ({"user.name": "Ada"}, "Ada <gitruns@"),
+        ({"user.name": "Ada", "user.email": "ada@example.org"}, "Ada <ada@example"),
+    ],
+)
+def test_commits_take_each_identity_key_git_config_sets(
+    repo: Path, config: dict[str, str], author: str
+) -> None:
+    git("init", "-q", "--bare", str(repo))
+    for key, value in config.items():
+        git("config", key, value, cwd=repo)
+    run = gitruns.init(project="p", id="who", repo=repo)
+    run.log({"x": 1})
+    run.finish()
+    assert git("log", "-1", "--format=%an <%ae>", "runs/p/who", cwd=repo).startswith(
+        author
+    )

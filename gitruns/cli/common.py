@@ -12,6 +12,7 @@ import click
 
 from gitruns.errors import GitRunsError
 from gitruns.repository import open_store
+from gitruns.settings import env_repo
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,7 +48,7 @@ def with_store(func: F | None = None, *, create: bool = False) -> Any:
         @repo_option
         @wraps(func)
         def wrapper(*args: Any, repo: str | None, **kwargs: Any) -> Any:
-            store = open_store(repo, create=create)
+            store = open_store(repo, create=create, env_repo=env_repo())
             try:
                 return func(*args, store=store, **kwargs)
             finally:

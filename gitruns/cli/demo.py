@@ -8,6 +8,7 @@ from gitruns.cli.common import repo_option
 from gitruns.cli.runs import diff_command, lineage_command
 from gitruns.demo import run_demo
 from gitruns.repository import open_store
+from gitruns.settings import env_repo
 
 
 @click.command("demo")
@@ -39,7 +40,7 @@ def demo_command(
             "must be below --steps minus one", param_hint="--fork-at"
         )
     base, fork = run_demo(repo, steps, fork_at, lr, fork_lr, echo=click.echo)
-    store = open_store(repo)
+    store = open_store(repo, env_repo=env_repo())
     click.echo("")
     click.echo(click.style("lineage", bold=True))
     ctx.invoke(lineage_command, run=fork, repo=repo, as_json=False)

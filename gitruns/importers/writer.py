@@ -14,6 +14,7 @@ from gitruns.errors import GitRunsError, RunNotFoundError
 from gitruns.importers.model import ImportedRun, ParsedSource, Skipped, project_name
 from gitruns.refs import RunRef
 from gitruns.repository import open_store
+from gitruns.settings import env_repo
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +256,7 @@ def write_runs(
             refs[run.parent] = RunRef(parent_ref.project, run.parent)
 
     # Importing brings runs in: make the repository if there is none yet.
-    api = gitruns.Api(repo=open_store(repo))
+    api = gitruns.Api(repo=open_store(repo, env_repo=env_repo()))
     try:
         for run in _order(parsed.runs):
             ref = refs[run.run_id]
