@@ -8,9 +8,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gitruns.errors import ConflictError, InvalidArgumentError
+from gitruns.commits import commit_run
+from gitruns.errors import InvalidArgumentError
 from gitruns.reader import RunView, readable_runs
-from gitruns.readme import render_readme
 from gitruns.refs import RunRef, Sha
 from gitruns.repository import open_store
 from gitruns.run_config import plain_value
@@ -318,19 +318,14 @@ class ApiRun(RunView):
             assert tip.commit is not None
             new = _edited(tip, changes)
             what = ", ".join(sorted(changes))
-            message = f"{self.path}: edit {what}\n\nGitruns-Run: {self.path}\n"
-            sha = self.store.write_commit(
+            sha = commit_run(
+                self.store,
+                self.ref,
                 new,
                 [tip.commit],
-                message,
-                render_readme(new.info, new.config, new.summary),
+                f"edit {what}",
+                reflog=f"gitruns: edit {what}",
             )
-            if not self.store.update_ref(
-                self.ref, tip.commit, sha, f"gitruns: edit {what}"
-            ):
-                raise ConflictError(
-                    self.branch, 1, "another process changed this run; try again"
-                )
         finally:
             writer.abandon()
         self._commit = sha

@@ -6,14 +6,20 @@ import logging
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from dulwich.object_store import tree_lookup_path
 from dulwich.objects import ShaFile
 
 from gitruns.chunk import encode_chunk
+from gitruns.commits import (
+    TRAILER_FORK_OF,
+    TRAILER_REWIND,
+    commit_run,
+    summary_overrides,
+)
 from gitruns.errors import (
-    ConflictError,
     ForkPointError,
     GitRunsError,
     InvalidNameError,
@@ -21,7 +27,6 @@ from gitruns.errors import (
     RunExistsError,
     RunNotFoundError,
 )
-from gitruns.readme import render_readme
 from gitruns.refs import RunRef, Sha
 from gitruns.store import FILE_MODE, RUN_JSON, History, RunStore, Snapshot, chunk_path
 from gitruns.summary import summarize
@@ -33,19 +38,46 @@ _INT = re.compile(r"[+-]?\d+")
 CODE_PATCH = b"code.patch"
 
 
-def split_spec(spec: str) -> tuple[str, str, str]:
-    """Split ``<run>?<key>=<value>`` into run path, key and value text.
+@dataclass(frozen=True)
+class ForkPoint:
+    """Where a fork or rewind starts: ``<run>?<key>=<value>``.
 
-    Raises:
-        ForkPointError: when the ``?key=value`` part is missing or empty.
+    Attributes:
+        run: the run as the user named it (``id`` or ``project/id``).
+        key: ``_step``, or a step metric declared with ``define_metric``.
+        value: the value's text, checked against the run when it is read.
+        spec: the whole point as written, for messages.
     """
-    run, sep, query = spec.partition("?")
-    key, eq, value = query.partition("=")
-    if not sep or not eq or not run or not key or not value:
-        raise ForkPointError(
-            spec, "write it as '<run>?_step=N' (or '<run>?<step metric>=V')"
-        )
-    return run, key, value
+
+    run: str
+    key: str
+    value: str
+    spec: str
+
+    @classmethod
+    def parse(cls, spec: str) -> ForkPoint:
+        """Split ``<run>?<key>=<value>``.
+
+        Raises:
+            ForkPointError: when the ``?key=value`` part is missing or empty.
+        """
+        run, sep, query = spec.partition("?")
+        key, eq, value = query.partition("=")
+        if not sep or not eq or not run or not key or not value:
+            raise ForkPointError(
+                spec, "write it as '<run>?_step=N' (or '<run>?<step metric>=V')"
+            )
+        return cls(run, key, value, spec)
+
+    @classmethod
+    def of(cls, run: str, where: str) -> ForkPoint:
+        """The point ``where`` of ``run``: a step ``N``, or ``<step metric>=V``.
+
+        Raises:
+            ForkPointError: when ``where`` is empty or has an empty side.
+        """
+        query = where if "=" in where else f"_step={where}"
+        return cls.parse(f"{run}?{query}")
 
 
 def create_run(
@@ -67,10 +99,9 @@ def create_run(
     if code_patch:
         extra[CODE_PATCH] = (FILE_MODE, store.blob(code_patch))
     snapshot = Snapshot(None, info, dict(config), {}, History(info["window"]), extra)
-    message = f"{run.path}: new run\n\nGitruns-Run: {run.path}\n"
-    sha = store.write_commit(snapshot, [], message, render_readme(info, config, {}))
-    if not store.update_ref(run, None, sha, "gitruns: new run"):
-        raise RunExistsError(run.path)
+    sha = commit_run(
+        store, run, snapshot, [], "new run", new_branch=True, reflog="gitruns: new run"
+    )
     logger.info("created run %s", run.path)
     return sha
 
@@ -91,16 +122,21 @@ def last_committed_step(store: RunStore, run: RunRef, tip: Snapshot) -> int | No
     return int(store.read_segment(run.path, tip.history, starts[-1]).steps[-1])
 
 
-def step_of(
-    store: RunStore, source: RunRef, tip: Snapshot, key: str, text: str, spec: str
-) -> int:
+def step_of(store: RunStore, source: RunRef, tip: Snapshot, point: ForkPoint) -> int:
     """The step a fork or rewind point names, checked against the source run.
+
+    Args:
+        store: the repository.
+        source: the run the point is in.
+        tip: the run's tip, whose history is searched.
+        point: the point to find.
 
     Raises:
         ForkPointError: for a malformed, negative or out-of-range point, or a
             custom step metric that is undeclared or not monotonic.
         ChunkFormatError: a segment of the source is malformed or misplaced.
     """
+    key, text, spec = point.key, point.value, point.spec
     if key == "_step":
         if not _INT.fullmatch(text.strip()):
             raise ForkPointError(spec, f"_step must be an integer, not {text!r}")
@@ -264,20 +300,34 @@ def cut_history(
 def fork_run(
     store: RunStore,
     source: RunRef,
-    spec: str,
-    key: str,
-    text: str,
+    point: ForkPoint,
     new: RunRef,
     info: dict[str, Any],
     config: Mapping[str, Any],
 ) -> Sha:
-    """Create ``new`` as a fork of ``source`` at the point ``key=text``.
+    """Create ``new`` as a fork of ``source`` at ``point``.
 
     The fork's first commit has as parent the earliest source commit holding
     the fork step; its tree is that commit's tree without later steps.
 
+    Args:
+        store: the repository.
+        source: the run to fork, resolved from ``point.run``.
+        point: the last step (or step metric value) the fork inherits.
+        new: the fork; its branch must not exist.
+        info: the fork's run.json; window, metrics, lineage and steps are
+            filled in from the source.
+        config: config that overrides the source's.
+
     Returns:
         The fork's first commit.
+
+    Raises:
+        InvalidNameError: ``new`` is ``source``.
+        RunExistsError: ``new`` exists.
+        RunNotFoundError: ``source`` has no branch.
+        ForkPointError: the point is malformed or not in the source.
+        ChunkFormatError: a segment the fork reads is malformed.
     """
     if new == source:
         raise InvalidNameError("run id", new.run_id, "a fork needs an id of its own")
@@ -287,7 +337,7 @@ def fork_run(
     if tip_sha is None:
         raise RunNotFoundError(source.path, str(store.git_dir))
     tip = store.read_snapshot(tip_sha, source)
-    step = step_of(store, source, tip, key, text, spec)
+    step = step_of(store, source, tip, point)
     parent = holding_commit(store, source, tip, step)
     base = tip if parent == tip_sha else store.read_snapshot(parent)
     history, totals, last = cut_history(store, source, base, step)
@@ -303,31 +353,41 @@ def fork_run(
     }
     summary = summarize(totals, info["metrics"], {})
     snapshot = Snapshot(None, info, merged_config, summary, history, base.extra)
-    message = (
-        f"{new.path}: fork of {source.path} at step {step}\n\n"
-        f"Gitruns-Run: {new.path}\n"
-        f"Gitruns-Fork-Of: {source.path}?_step={step}\n"
+    sha = commit_run(
+        store,
+        new,
+        snapshot,
+        [parent],
+        f"fork of {source.path} at step {step}",
+        new_branch=True,
+        trailers=[(TRAILER_FORK_OF, f"{source.path}?_step={step}")],
+        reflog=f"gitruns: fork of {source.path}",
     )
-    readme = render_readme(info, merged_config, summary)
-    sha = store.write_commit(snapshot, [parent], message, readme)
-    if not store.update_ref(new, None, sha, f"gitruns: fork of {source.path}"):
-        raise RunExistsError(new.path)
     _record_cut(store, new, base, history, step, sha)
     logger.info("forked %s at step %d into %s", source.path, step, new.path)
     return sha
 
 
-def rewind_run(store: RunStore, run: RunRef, spec: str, key: str, text: str) -> Sha:
+def rewind_run(store: RunStore, run: RunRef, point: ForkPoint) -> Sha:
     """Cut ``run`` back to a step with a new commit on its tip; nothing is lost.
 
     The caller holds the run's lock. The removed steps stay reachable in the
     branch's own history, and the branch only moves forward.
+
+    Returns:
+        The new tip (the old one when no step follows the point).
+
+    Raises:
+        RunNotFoundError: ``run`` has no branch.
+        ForkPointError: the point is malformed or not in the run.
+        ConflictError: the branch moved during the rewind.
+        ChunkFormatError: a segment the rewind reads is malformed.
     """
     tip_sha = store.tip(run)
     if tip_sha is None:
         raise RunNotFoundError(run.path, str(store.git_dir))
     tip = store.read_snapshot(tip_sha, run)
-    step = step_of(store, run, tip, key, text, spec)
+    step = step_of(store, run, tip, point)
     if step == last_committed_step(store, run, tip):
         return tip_sha  # nothing after the step: no commit to make
     history, totals, last = cut_history(store, run, tip, step)
@@ -339,20 +399,17 @@ def rewind_run(store: RunStore, run: RunRef, spec: str, key: str, text: str) -> 
     info["last_step"] = last
     info["next_step"] = step + 1
     info["updated"] = now_iso()
-    overrides = {k: tip.summary.get(k) for k in info.get("summary_set", [])}
-    summary = summarize(totals, info.get("metrics", {}), overrides)
+    summary = summarize(totals, info.get("metrics", {}), summary_overrides(tip))
     snapshot = Snapshot(None, info, tip.config, summary, history, tip.extra)
-    message = (
-        f"{run.path}: rewind to step {step}\n\n"
-        f"Gitruns-Run: {run.path}\nGitruns-Rewind: {step}\n"
+    sha = commit_run(
+        store,
+        run,
+        snapshot,
+        [tip_sha],
+        f"rewind to step {step}",
+        trailers=[(TRAILER_REWIND, str(step))],
+        reflog=f"gitruns: rewind to step {step}",
     )
-    sha = store.write_commit(
-        snapshot, [tip_sha], message, render_readme(info, tip.config, summary)
-    )
-    if not store.update_ref(run, tip_sha, sha, f"gitruns: rewind to step {step}"):
-        raise ConflictError(
-            run.branch, 1, "another process changed this run; try again"
-        )
     _record_cut(store, run, tip, history, step, sha)
     logger.info("rewound %s to step %d", run.path, step)
     return sha

@@ -97,6 +97,22 @@ class Remote:
         return _TRACKING_PREFIX + self.name.encode() + b"/" + ref[len(_BRANCH_PREFIX) :]
 
 
+def tracked_run_counts(repo: BaseRepo) -> dict[str, int]:
+    """How many runs each remote has under ``refs/remotes/<remote>/``.
+
+    After a plain ``git clone`` of a runs remote, its runs sit there rather
+    than under ``refs/heads/runs/``, until ``gitruns pull`` makes them local.
+    """
+    counts: dict[str, int] = {}
+    runs = RUNS_PREFIX[len(_BRANCH_PREFIX) :]
+    for name in repo.refs.keys(base=Ref(_TRACKING_PREFIX.rstrip(b"/"))):
+        remote, _, rest = name.partition(b"/")
+        if rest.startswith(runs):
+            key = remote.decode(errors="replace")
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 @dataclass(frozen=True)
 class RefOutcome:
     """What happened to one run ref in a push, fetch or pull.

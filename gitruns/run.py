@@ -45,7 +45,7 @@ from gitruns.files import (
     tree_path,
     write_files_tree,
 )
-from gitruns.fork import create_run, fork_run, rewind_run, split_spec
+from gitruns.fork import ForkPoint, create_run, fork_run, rewind_run
 from gitruns.refs import RunRef, Sha, check_name, new_run_id
 from gitruns.repository import code_state, open_store
 from gitruns.run_config import Config, Summary, as_mapping, plain_value
@@ -1087,15 +1087,15 @@ def _open_run(
         return run
 
     if resume_from is not None:
-        path, key, text = split_spec(resume_from)
-        ref = store.resolve(path)
+        point = ForkPoint.parse(resume_from)
+        ref = store.resolve(point.run)
         if run_id is not None and run_id != ref.run_id:
             raise InvalidArgumentError(
                 "id", run_id, f"resume_from names run {ref.path}"
             )
         writer = opened(ref, "the rewound run")
         try:
-            rewind_run(store, ref, resume_from, key, text)
+            rewind_run(store, ref, point)
             writer.reload()
         except BaseException:
             writer.abandon()
@@ -1148,14 +1148,14 @@ def _open_run(
     if save_code is not False:
         info["code"], patch = code_state(Path.cwd())
     if fork_from is not None:
-        path, key, text = split_spec(fork_from)
-        parent = store.resolve(path)
+        point = ForkPoint.parse(fork_from)
+        parent = store.resolve(point.run)
         tip = store.tip(parent)
         if window is not None and tip is not None:
             same_window(
                 parent, store.read_snapshot(tip, parent).window, "the fork source"
             )
-        fork_run(store, parent, fork_from, key, text, ref, info, config)
+        fork_run(store, parent, point, ref, info, config)
     else:
         create_run(store, ref, info, config, code_patch=patch)
     run = started(ref, RunWriter.open(store, ref, options), False)

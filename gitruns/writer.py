@@ -53,8 +53,8 @@ from gitruns.chunk import (
     build_chunk,
     encode_chunk,
 )
+from gitruns.commits import commit_run, summary_overrides
 from gitruns.errors import (
-    ConflictError,
     GitRunsError,
     InvalidArgumentError,
     InvalidValueError,
@@ -63,7 +63,6 @@ from gitruns.errors import (
     StepOrderError,
 )
 from gitruns.journal import Journal, JournalFile, RunLock
-from gitruns.readme import render_readme
 from gitruns.refs import RunRef, Sha
 from gitruns.store import RUN_JSON, RunStore, Snapshot
 from gitruns.summary import summarize
@@ -850,7 +849,7 @@ class RunWriter:
         info = dict(snapshot.info)
         config = snapshot.config
         extra = snapshot.extra
-        overrides = {k: snapshot.summary.get(k) for k in info.get("summary_set", [])}
+        overrides = summary_overrides(snapshot)
         meta, state = _merged(jobs)
         changes_meta = bool(meta)
         if meta:
@@ -891,20 +890,18 @@ class RunWriter:
             what = f"steps {segments[0][0]}..{info['last_step']}"
         else:
             what = f"state {info['state']}" if state else "config and summary"
-        message = f"{self.run.path}: {what}\n\nGitruns-Run: {self.run.path}\n"
-        sha = self.store.write_commit(
-            new, [self._tip], message, render_readme(info, config, summary)
-        )
         # No reflog entry: a run's own history is its first-parent line, and
         # an entry per window would cost a read of the Git config each.
-        if not self.store.update_ref(self.run, self._tip, sha, None):
-            raise ConflictError(
-                self.run.branch,
-                1,
-                "something outside this writer moved the branch (a pull, git "
-                "itself); the journal keeps what was logged: `gitruns recover` "
-                "commits it once that is done",
-            )
+        sha = commit_run(
+            self.store,
+            self.run,
+            new,
+            [self._tip],
+            what,
+            conflict="something outside this writer moved the branch (a pull, "
+            "git itself); the journal keeps what was logged: `gitruns recover` "
+            "commits it once that is done",
+        )
         new.commit = sha
         self._snapshot, self._tip, self._totals = new, sha, totals
         for first, blob in segments:

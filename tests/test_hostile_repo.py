@@ -36,7 +36,7 @@ from gitruns import lineage, textconv
 from gitruns.chunk import MAX_CHUNK_BYTES, build_chunk, encode_chunk
 from gitruns.cli.main import main as cli
 from gitruns.errors import ChunkFormatError, ForkPointError, RepositoryError
-from gitruns.fork import fork_run, rewind_run, split_spec
+from gitruns.fork import ForkPoint, fork_run, rewind_run
 from gitruns.reader import RunView
 from gitruns.refs import RunRef, Sha
 from gitruns.store import MAX_OBJECT_BYTES, RunStore
@@ -615,19 +615,19 @@ def test_fork_of_a_misplaced_run_is_a_chunk_error_not_a_crash(
     path, data, reason = MISPLACED[case]
     craft(repo, case, {path: data})
     spec = f"demo/{case}?_step={step}"
-    _, key, text = split_spec(spec)
+    point = ForkPoint.parse(spec)
     info = {"id": "forked", "project": "demo", "window": 10}
     new = RunRef("demo", "forked")
 
     if step == MISPLACED_AT[case]:
         with pytest.raises(ChunkFormatError, match=reason) as refused:
-            fork_run(store, RunRef("demo", case), spec, key, text, new, info, {})
+            fork_run(store, RunRef("demo", case), point, new, info, {})
         assert f"demo/{case}:history/" in str(refused.value)
         args = ["--repo", str(repo), f"demo/{case}", "--step", str(step)]
         result = invoke("fork", *args)
         assert result.exit_code == 5 and reason in result.output, result.output
     else:
-        fork_run(store, RunRef("demo", case), spec, key, text, new, info, {})
+        fork_run(store, RunRef("demo", case), point, new, info, {})
         fork = RunView(store, new).fork_from
         assert fork is not None and fork["step"] == step
 
@@ -751,7 +751,7 @@ def test_fork_points_are_checked_against_the_history_not_run_json(
 
     spec = "demo/lies?_step=500"
     with pytest.raises(ForkPointError, match="up to 24"):
-        rewind_run(store, RunRef("demo", "lies"), spec, "_step", "500")
+        rewind_run(store, RunRef("demo", "lies"), ForkPoint.parse(spec))
     args = ["--repo", str(repo), "demo/lies", "--step", "24", "--id", "f"]
     result = invoke("fork", *args)
     assert result.exit_code == 0, result.output

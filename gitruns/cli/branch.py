@@ -8,7 +8,7 @@ import click
 
 from gitruns.cli.common import failure, with_store
 from gitruns.errors import RunExistsError, RunLockedError
-from gitruns.fork import fork_run, rewind_run
+from gitruns.fork import ForkPoint, fork_run, rewind_run
 from gitruns.refs import RunRef, check_name, new_run_id
 from gitruns.run import new_run_info
 from gitruns.store import RunStore
@@ -45,8 +45,7 @@ def fork_command(
 ) -> None:
     """Fork RUN after a step into a new run that shares its history."""
     source = store.resolve(run)
-    key, _, value = step.partition("=") if "=" in step else ("_step", "", step)
-    spec = f"{source.path}?{key}={value}"
+    point = ForkPoint.of(source.path, step)
     new = RunRef(
         source.project, check_name("run id", new_id) if new_id else new_run_id()
     )
@@ -63,10 +62,10 @@ def fork_command(
     info = new_run_info(new, WriterOptions(), name=name)
     info["state"] = "finished"
     try:
-        fork_run(store, source, spec, key, value, new, info, config)
+        fork_run(store, source, point, new, info, config)
     except RunExistsError:
         raise RunExistsError(new.path, "pass another --id, or leave it out") from None
-    click.echo(f"forked {source.path} at {key}={value} into {new.path}")
+    click.echo(f"forked {source.path} at {point.key}={point.value} into {new.path}")
     click.echo(
         f"continue it with gitruns.init(project={new.project!r}, "
         f"id={new.run_id!r}, resume='must')"
@@ -82,7 +81,7 @@ def rewind_command(store: RunStore, run: str, step: int) -> None:
     ref = store.resolve(run)
     writer = RunWriter.open(store, ref, WriterOptions(background=False))
     try:
-        sha = rewind_run(store, ref, f"{ref.path}?_step={step}", "_step", str(step))
+        sha = rewind_run(store, ref, ForkPoint.of(ref.path, str(step)))
     finally:
         writer.abandon()
     click.echo(

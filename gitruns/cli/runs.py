@@ -7,7 +7,6 @@ import sys
 from typing import Any
 
 import click
-from dulwich.refs import Ref
 
 from gitruns.cli.common import (
     dumps,
@@ -23,19 +22,9 @@ from gitruns.errors import GitRunsError, MetricNotFoundError
 from gitruns.lineage import ancestors, descendants
 from gitruns.reader import RunView, readable_runs
 from gitruns.refs import RunRef
+from gitruns.remote import tracked_run_counts
 from gitruns.store import RunStore
 from gitruns.summary import visible
-
-
-def _tracked_runs(store: RunStore) -> dict[str, int]:
-    # After a plain `git clone`, runs sit under refs/remotes/<remote>/runs/.
-    counts: dict[str, int] = {}
-    for name in store.repo.refs.keys(base=Ref(b"refs/remotes")):
-        remote, _, rest = name.partition(b"/")
-        if rest.startswith(b"runs/"):
-            key = remote.decode(errors="replace")
-            counts[key] = counts.get(key, 0) + 1
-    return counts
 
 
 def _view(store: RunStore, path: str) -> RunView:
@@ -69,7 +58,7 @@ def runs_command(store: RunStore, project: str | None, as_json: bool) -> None:
         return
     if not records:
         click.echo(f"no runs in {store.git_dir}", err=True)
-        tracked = _tracked_runs(store)
+        tracked = tracked_run_counts(store.repo)
         for remote, count in sorted(tracked.items()):
             click.echo(
                 f"{count} run(s) are on remote {remote!r} (refs/remotes/{remote}/"
