@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from dulwich.client import (
     HTTPUnauthorized,
     InvalidWants,
     LocalGitClient,
+    SubprocessGitClient,
     get_transport_and_path,
 )
 from dulwich.errors import (
@@ -282,8 +284,40 @@ def _client(
                 f"cannot use {remote} as a remote: {mask_credentials(str(exc))}; "
                 "pass a path or a file://, ssh://, git:// or http(s):// URL"
             ) from exc
+    if operation == "push" and isinstance(client, LocalGitClient):
+        client = _receiving_client(client, path, remote)
     _local_without_bitmaps(client)
     return client, path
+
+
+#: Hooks that ``git receive-pack`` runs on the receiving side of a push.
+_RECEIVE_HOOKS = ("pre-receive", "update", "proc-receive", "post-receive")
+
+
+def _receiving_client(client: LocalGitClient, path: str, remote: Remote) -> GitClient:
+    """A client for a push to a path that runs the receiving side's hooks.
+
+    dulwich writes a push to a local path itself and runs none of the target's
+    hooks, so a store kept append-only by ``hooks/pre-receive`` would take a
+    force push from a path remote. ``git receive-pack``, run as a subprocess
+    the way a Git server runs it, does run them.
+
+    Raises:
+        RemoteError: the target has hooks and no ``git`` is installed to run
+            them.
+    """
+    if shutil.which("git"):
+        return SubprocessGitClient()
+    hooks = Path(path) / "hooks"
+    if not (Path(path) / "HEAD").exists():
+        hooks = Path(path) / ".git" / "hooks"
+    found = [h for h in _RECEIVE_HOOKS if os.access(hooks / h, os.X_OK)]
+    if found:
+        raise RemoteError(
+            f"{remote} has a {found[0]} hook, which only `git receive-pack` runs, "
+            "and git is not installed here; install git and push again"
+        )
+    return client
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
