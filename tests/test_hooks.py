@@ -244,6 +244,33 @@ def test_force_push_is_rejected(
     assert remote_refs(guarded.url())[f"refs/heads/runs/{run}"] == tip(other, run)
 
 
+@pytest.mark.parametrize("scheme", ["path", "file://"])
+def test_gitruns_force_push_to_a_path_runs_the_targets_hook(
+    local: Path, tmp_path: Path, scheme: str
+) -> None:
+    served = tmp_path / "served.git"
+    git("init", "--quiet", "--bare", served)
+    with closing(Repo(str(served))) as target:
+        hooks.install_hook(target, "pre-receive")
+    url = str(served) if scheme == "path" else f"file://{served}"
+    run = log_run(local, "r1", range(10))
+    remote.push(Repo(str(local)), url)
+    pushed_tip = tip(served, run)
+    other = tmp_path / "other.git"
+    git("clone", "--quiet", "--mirror", str(served), other)
+    log_run(other, "r1", range(10, 15), resume="must")
+    remote.push(Repo(str(other)), url)
+    log_run(local, "r1", range(10, 12), resume="must")
+
+    result = CliRunner().invoke(
+        main, ["push", "--repo", str(local), url, run, "--force"]
+    )
+
+    assert result.exit_code == 7, result.output
+    assert "not a fast-forward" in result.stderr
+    assert tip(served, run) == tip(other, run) != pushed_tip
+
+
 def test_deletion_is_rejected(guarded: GitServer, local: Path) -> None:
     run = log_run(local, "r1", range(10))
     stock_push(local, guarded.url(), f"refs/heads/runs/{run}")
