@@ -22,6 +22,7 @@ from dulwich.errors import NotGitRepository, ObjectFormatException
 from dulwich.file import FileLocked
 from dulwich.object_store import BaseObjectStore
 from dulwich.objects import Blob, Commit, ObjectID, ShaFile, Tree
+from dulwich.pack import PackFileDisappeared
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
@@ -757,6 +758,12 @@ class RunStore:
                 except (FileExistsError, FileLocked):
                     # Another process holds the ref's lock file for a moment.
                     time.sleep(min(0.002 * 2**attempt, 0.1))
+                except FileNotFoundError:
+                    # `git pack-refs` (run by `git gc`) removed the ref's empty
+                    # folder between dulwich making it and locking the ref.
+                    if not self.git_dir.is_dir():
+                        raise
+                    time.sleep(0.001 * attempt)
         raise ConflictError(run.branch, 50)
 
     # -- objects ------------------------------------------------------------
@@ -1011,12 +1018,7 @@ class RunStore:
 
     def count_loose_objects(self) -> int:
         """How many loose objects the repository holds (one listdir per fan-out)."""
-        objects = self.git_dir / "objects"
-        count = 0
-        for folder in os.scandir(objects):
-            if len(folder.name) == 2 and folder.is_dir():
-                count += sum(1 for f in os.scandir(folder) if len(f.name) == 38)
-        return count
+        return sum(1 for _ in self._loose_ids())
 
     def tidy(self) -> int:
         """Pack loose objects once they are many, as ``git gc --auto`` would.
@@ -1033,7 +1035,8 @@ class RunStore:
                 return 0
             packed = self.pack_loose_objects()
             if len(self.repo.object_store.packs) > MAX_PACKS:
-                with self._pack_lock():
+                with self._pack_lock(), contextlib.suppress(PackFileDisappeared):
+                    # A `git gc` running meanwhile removed a pack; it repacks.
                     self.repo.object_store.repack()
             return packed
 
@@ -1049,33 +1052,43 @@ class RunStore:
         with mapped_errors("packing objects"), self._pack_lock():
             batch: list[tuple[Any, None]] = []
             size = 0
-            for sha in self._loose_ids():
-                try:
-                    obj = objects[sha]
-                except KeyError:
-                    continue  # packed by another writer since it was listed
-                batch.append((obj, None))
-                size += len(obj.as_raw_string())
-                if size >= PACK_BATCH_BYTES:
+            try:
+                for sha in self._loose_ids():
+                    try:
+                        obj = objects[sha]
+                    except KeyError:
+                        continue  # packed by another writer since it was listed
+                    batch.append((obj, None))
+                    size += len(obj.as_raw_string())
+                    if size >= PACK_BATCH_BYTES:
+                        packed += self._pack_batch(batch)
+                        batch, size = [], 0
+                if batch:
                     packed += self._pack_batch(batch)
-                    batch, size = [], 0
-            if batch:
-                packed += self._pack_batch(batch)
+            except (FileNotFoundError, PackFileDisappeared) as exc:
+                # A `git gc` running meanwhile repacked and pruned under our
+                # feet; it packs whatever loose objects are left itself.
+                logger.info("packing stopped, git gc is at work: %s", exc)
         return packed
 
     def _loose_ids(self) -> Iterator[ObjectID]:
         root = self.git_dir / "objects"
         for folder in os.scandir(root):
             if len(folder.name) == 2 and folder.is_dir():
-                for entry in os.scandir(folder):
-                    if len(entry.name) == 38:
-                        yield ObjectID((folder.name + entry.name).encode())
+                try:
+                    names = [e.name for e in os.scandir(folder) if len(e.name) == 38]
+                except FileNotFoundError:
+                    continue  # `git gc` packed these and removed the folder
+                for name in names:
+                    yield ObjectID((folder.name + name).encode())
 
     def _pack_batch(self, batch: list[tuple[Any, None]]) -> int:
         objects = self.repo.object_store
         objects.add_objects(batch)
         for obj, _ in batch:
-            objects.delete_loose_object(obj.id)
+            with contextlib.suppress(FileNotFoundError):
+                # `git gc` may have packed and pruned it meanwhile.
+                objects.delete_loose_object(obj.id)
         return len(batch)
 
     @contextlib.contextmanager
@@ -1109,8 +1122,15 @@ def _write_loose(objects: Any, obj: Blob | Tree | Commit) -> None:
         # Already there: refresh its time so that a concurrent gc keeps it.
         os.utime(path)
         return
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="tmp_obj_", dir=folder)
+    for attempt in range(10):
+        os.makedirs(folder, exist_ok=True)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix="tmp_obj_", dir=folder)
+            break
+        except FileNotFoundError:
+            # `git gc` (prune) removed the empty folder after makedirs.
+            if attempt == 9:
+                raise
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(obj.as_legacy_object(compression_level=LOOSE_COMPRESSION))

@@ -124,3 +124,44 @@ def test_a_ref_lock_left_by_a_killed_writer_is_removed(
     assert not ref_lock.exists()
     assert "held.lock, left" in caplog.text
     assert gitruns.Api(repo).run("p/held").last_step == 20
+
+
+def test_forks_and_finishes_survive_a_git_gc_running_alongside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `git gc --auto` may start in a code repository at any time: pack-refs
+    # and prune remove the folders a writer is about to use.
+    import threading
+
+    repo = tmp_path / "runs.git"
+    src = gitruns.init(project="p", id="src", repo=repo, window=50)
+    for i in range(600):
+        src.log({"x": float(i)})
+    src.finish()
+    stop = threading.Event()
+
+    def collect() -> None:
+        while not stop.is_set():
+            subprocess.run(["git", "-C", str(repo), "gc", "-q"], capture_output=True)
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    made = []
+    try:
+        with caplog.at_level(logging.WARNING, logger="gitruns"):
+            for n in range(40):
+                fork = gitruns.init(
+                    project="p", repo=repo, fork_from=f"p/src?_step={n * 13}"
+                )
+                for i in range(60):
+                    fork.log({"y": float(i)})
+                fork.finish()
+                made.append((fork.path, n * 13 + 1 + 60))
+    finally:
+        stop.set()
+        collector.join()
+
+    assert [r.getMessage() for r in caplog.records] == []
+    api = gitruns.Api(repo)
+    assert [(p, len(list(api.run(p).scan_history()))) for p, _ in made] == made
+    assert subprocess.run(["git", "-C", str(repo), "fsck", "--strict"]).returncode == 0
