@@ -1123,12 +1123,12 @@ def _write_loose(objects: Any, obj: Blob | Tree | Commit) -> None:
         os.utime(path)
         return
     for attempt in range(10):
-        os.makedirs(folder, exist_ok=True)
         try:
+            os.makedirs(folder, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix="tmp_obj_", dir=folder)
             break
-        except FileNotFoundError:
-            # `git gc` (prune) removed the empty folder after makedirs.
+        except (FileNotFoundError, FileExistsError):
+            # `git gc` (prune) removed the empty folder while it was made.
             if attempt == 9:
                 raise
     try:
