@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from gitruns.writer import now_iso
 
 logger = logging.getLogger(__name__)
 
-_INT = re.compile(r"[+-]?\d+")
+_INT = re.compile(r"[+-]?[0-9]+")
 CODE_PATCH = b"code.patch"
 
 
@@ -191,6 +190,12 @@ def _step_by_metric(
         for step, value in zip(steps.tolist(), plain):
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ForkPointError(spec, f"{key} at step {step} is not a number")
+            if value != value:  # NaN: no order to fork by
+                raise ForkPointError(
+                    spec,
+                    f"{key} is NaN at step {step}, so it orders no steps; fork by "
+                    "_step instead",
+                )
             if previous is not None and value < previous[1]:
                 raise ForkPointError(
                     spec,
@@ -198,10 +203,13 @@ def _step_by_metric(
                     f"then {value} at step {step}; fork by _step instead",
                 )
             previous = (step, float(value))
-            if value == target or (math.isnan(target) and math.isnan(value)):
+            if value == target:
                 found = step
     if found is None:
-        raise ForkPointError(spec, f"no step has {key} == {text}")
+        span = "" if previous is None else f" (it runs up to {previous[1]:g})"
+        raise ForkPointError(
+            spec, f"no step has {key} == {text}{span}; pick a value it takes"
+        )
     return found
 
 

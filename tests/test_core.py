@@ -273,6 +273,7 @@ def test_bad_input_errors(repo: Path) -> None:
         ("p/src?_step=-1", "must not be negative"),
         ("p/src?_step=1.5", "must be an integer"),
         ("p/src?_step=abc", "must be an integer"),
+        ("p/src?_step=\u0663", "must be an integer"),  # an Arabic-Indic 3
         ("p/src", "write it as '<run>\\?_step=N'"),
         ("p/src?epoch=2", "not a step metric"),
     ],
@@ -330,6 +331,17 @@ def test_fork_by_monotonic_step_metric(repo: Path) -> None:
         ForkPointError, match="not monotonic: 2.0 at step 2 then 0 at step 3"
     ):
         gitruns.init(project="p", fork_from="p/bad?epoch=1", repo=repo)
+    with pytest.raises(ForkPointError, match=r"runs up to 3\); pick a value it takes"):
+        gitruns.init(project="p", fork_from="p/src?epoch=7", repo=repo)
+
+    # A NaN between an epoch and a smaller one must not hide the drop.
+    nan = gitruns.init(project="p", id="nan", repo=repo)
+    nan.define_metric("*", step_metric="epoch")
+    for epoch in [0, 1, 2, math.nan, 1, 5]:
+        nan.log({"epoch": epoch})
+    nan.finish()
+    with pytest.raises(ForkPointError, match="epoch is NaN at step 3"):
+        gitruns.init(project="p", fork_from="p/nan?epoch=1", repo=repo)
 
 
 def test_define_metric_summary(repo: Path) -> None:
