@@ -182,8 +182,8 @@ class Run:
 
     @name.setter
     def name(self, value: str) -> None:
-        self._info["name"] = str(value)
         self._set_meta(name=str(value))
+        self._info["name"] = str(value)
 
     @property
     def display_name(self) -> str:
@@ -198,8 +198,8 @@ class Run:
     @tags.setter
     def tags(self, value: Any) -> None:
         tags = [str(t) for t in value]
-        self._info["tags"] = tags
         self._set_meta(tags=tags)
+        self._info["tags"] = tags
 
     @property
     def notes(self) -> str:
@@ -208,8 +208,8 @@ class Run:
 
     @notes.setter
     def notes(self, value: str) -> None:
-        self._info["notes"] = str(value)
         self._set_meta(notes=str(value))
+        self._info["notes"] = str(value)
 
     @property
     def group(self) -> str | None:

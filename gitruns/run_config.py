@@ -15,6 +15,7 @@ from gitruns.chunk import Digest
 from gitruns.errors import InvalidArgumentError
 from gitruns.store import MAX_JSON_DEPTH
 from gitruns.summary import summarize
+from gitruns.values import check_unicode
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +175,7 @@ class Config(MutableMapping[str, Any]):
             return
         allow = self._allow_val_change if allow_val_change is None else allow_val_change
         clean = {str(k): plain_value(v) for k, v in new.items()}
+        check_unicode(clean, "config")
         if not allow:
             for key, value in clean.items():
                 if key in self._data and not same_value(self._data[key], value):
@@ -228,7 +230,9 @@ class Summary(MutableMapping[str, Any]):
         return self._current()[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self._overrides[str(key)] = plain_value(value)
+        plain = plain_value(value)
+        check_unicode({str(key): plain}, "summary")
+        self._overrides[str(key)] = plain
         self._on_change(dict(self._overrides))
 
     def __delitem__(self, key: str) -> None:

@@ -38,6 +38,7 @@ from gitruns.errors import (
 )
 from gitruns.objects import CorruptObject, ObjectReader, ObjectTooLarge
 from gitruns.refs import RUNS_PREFIX, RunRef, Sha, check_name
+from gitruns.values import check_unicode
 
 logger = logging.getLogger(__name__)
 
@@ -124,12 +125,18 @@ def locate_repository(
     return cwd / DEFAULT_REPO_DIR, True
 
 
-def dumps_json(value: Any) -> bytes:
-    """Sorted, indented JSON that reads well in a pull request's diff."""
-    return (
-        json.dumps(_jsonable(value), indent=2, sort_keys=True, ensure_ascii=False)
-        + "\n"
-    ).encode()
+def dumps_json(value: Any, what: str = "run metadata") -> bytes:
+    """Sorted, indented JSON that reads well in a pull request's diff.
+
+    Raises:
+        InvalidArgumentError: a str in ``value`` has no UTF-8 form.
+    """
+    text = json.dumps(_jsonable(value), indent=2, sort_keys=True, ensure_ascii=False)
+    try:
+        return (text + "\n").encode()
+    except UnicodeEncodeError:
+        check_unicode(value, what)
+        raise
 
 
 def _jsonable(value: Any) -> Any:
@@ -942,9 +949,12 @@ class RunStore:
         """
         with mapped_errors("writing a run commit"):
             root = Tree()
-            root.add(RUN_JSON, FILE_MODE, self.blob(dumps_json(snapshot.info)))
-            root.add(CONFIG_JSON, FILE_MODE, self.blob(dumps_json(snapshot.config)))
-            root.add(SUMMARY_JSON, FILE_MODE, self.blob(dumps_json(snapshot.summary)))
+            for name, value, what in (
+                (RUN_JSON, snapshot.info, "run"),
+                (CONFIG_JSON, snapshot.config, "config"),
+                (SUMMARY_JSON, snapshot.summary, "summary"),
+            ):
+                root.add(name, FILE_MODE, self.blob(dumps_json(value, what)))
             root.add(README, FILE_MODE, self.blob(readme.encode()))
             root.add(GITATTRIBUTES, FILE_MODE, self.blob(GITATTRIBUTES_TEXT))
             if snapshot.history.starts:

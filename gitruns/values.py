@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gitruns.errors import InvalidNameError, InvalidValueError
+from gitruns.errors import InvalidArgumentError, InvalidNameError, InvalidValueError
 
 Value = float | int | bool | str | None
 
@@ -188,3 +188,32 @@ def unencodable(row: Mapping[str, Value]) -> InvalidValueError:
                     "a str must be valid Unicode (it holds a lone surrogate)",
                 )
     return InvalidValueError("<row>", dict(row), "it cannot be encoded")
+
+
+def check_unicode(value: Any, where: str) -> None:
+    """Refuse run metadata (config, name, tags...) holding a str Git cannot store.
+
+    A str with a lone surrogate has no UTF-8 form, so no JSON file of a run
+    can hold it; it is refused before it is journaled or committed.
+
+    Args:
+        value: a str, or a dict, list or tuple of them (keys too), at any depth.
+        where: what ``value`` is, for the message (``config``, ``name``).
+
+    Raises:
+        InvalidArgumentError: naming the first such str and where it is.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise InvalidArgumentError(
+                where, value, "a str must be valid Unicode (it holds a lone surrogate)"
+            ) from None
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            check_unicode(key, f"{where} key")
+            check_unicode(item, f"{where}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check_unicode(item, f"{where}[{index}]")

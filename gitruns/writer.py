@@ -66,7 +66,7 @@ from gitruns.journal import Journal, JournalFile, RunLock
 from gitruns.refs import RunRef, Sha
 from gitruns.store import RUN_JSON, RunStore, Snapshot
 from gitruns.summary import summarize
-from gitruns.values import INT64_MAX, Value, clean_row, unencodable
+from gitruns.values import INT64_MAX, Value, check_unicode, clean_row, unencodable
 
 logger = logging.getLogger(__name__)
 
@@ -654,12 +654,19 @@ class RunWriter:
             self._run_jobs([job])
 
     def set_meta(self, **meta: Any) -> None:
-        """Journal run metadata (config, name, summary overrides...) to commit next."""
+        """Journal run metadata (config, name, summary overrides...) to commit next.
+
+        Raises:
+            InvalidArgumentError: a str in it has no UTF-8 form; nothing of
+                this call is journaled.
+        """
         if self._closed:
             logger.warning(
                 "run %s is finished; %s not stored", self.run.path, ", ".join(meta)
             )
             return
+        for key, value in meta.items():
+            check_unicode(value, key)
         self._write(self._journal.encode_meta(time.time(), meta))
         self._add_meta(meta)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import fractions
 import math
+import re
 import struct
 from datetime import datetime
 from decimal import Decimal
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 import gitruns
-from gitruns.errors import InvalidValueError
+from gitruns.errors import InvalidArgumentError, InvalidValueError
 from gitruns.fork import create_run
 from gitruns.refs import RunRef
 from gitruns.run import new_run_info
@@ -228,3 +229,44 @@ def test_a_nested_dict_is_flattened_and_a_list_inside_it_refused() -> None:
 def test_log_refuses_a_payload_that_is_not_a_dict() -> None:
     with pytest.raises(InvalidValueError, match="takes a dict"):
         clean_row([("loss", 1.0)], set())
+
+
+@pytest.mark.parametrize(
+    ("init", "where"),
+    [
+        ({"name": "a\ud800"}, "run['name']"),
+        ({"notes": "\ud800"}, "run['notes']"),
+        ({"tags": ["ok", "\udfff"]}, "run['tags'][1]"),
+        ({"group": "\ud800"}, "run['group']"),
+        ({"config": {"k\ud800": 1}}, "config key"),
+        ({"config": {"k": ["\ud800"]}}, "config['k'][0]"),
+    ],
+)
+def test_metadata_with_a_lone_surrogate_is_refused_at_init(
+    repo: Path, init: dict[str, Any], where: str
+) -> None:
+    with pytest.raises(InvalidArgumentError, match=re.escape(where)):
+        gitruns.init(project="p", id="s", repo=repo, **init)
+    assert not repo.exists() or gitruns.Api(repo).runs() == []
+
+
+def test_metadata_with_a_lone_surrogate_leaves_a_live_run_as_it_was(
+    repo: Path,
+) -> None:
+    run = gitruns.init(project="p", id="s", repo=repo, config={"lr": 0.1})
+    for change in (
+        lambda: run.config.update({"bad": "\ud800"}),
+        lambda: setattr(run, "name", "\ud800"),
+        lambda: setattr(run, "tags", ["\ud800"]),
+        lambda: run.summary.__setitem__("best", "\ud800"),
+    ):
+        with pytest.raises(InvalidArgumentError, match="lone surrogate"):
+            change()
+    run.config.update({"ok": 1})
+    run.log({"x": 1.0})
+    run.finish()
+
+    view = gitruns.Api(repo).run("p/s")
+    assert view.state == "finished"
+    assert view.config == {"lr": 0.1, "ok": 1}
+    assert view.name == "s" and list(view.tags) == [] and "best" not in view.summary
