@@ -42,7 +42,8 @@ def open_store(
         raise RepositoryError(
             f"no runs here yet: no Git repository encloses {where} and there is "
             f"no {path.name}; runs appear once gitruns.init() or `gitruns "
-            "import` writes some, or pass --repo"
+            "import` writes some, or pass --repo",
+            path=str(path),
         )
     store = RunStore.open(path, create=create and may_create)
     if not _open_stores:

@@ -214,12 +214,15 @@ def find_files(path: Path, patterns: tuple[str, ...], what: str) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise ImportFormatError(f"{path}: no such file or directory; check the path")
+        raise ImportFormatError(
+            f"{path}: no such file or directory; check the path", path=str(path)
+        )
     found = sorted({p for pat in patterns for p in path.rglob(pat) if p.is_file()})
     if not found:
         raise ImportFormatError(
             f"{path}: no {what} found under it ({', '.join(patterns)}); "
-            "check the path or choose another format"
+            "check the path or choose another format",
+            path=str(path),
         )
     return found
 
@@ -230,13 +233,14 @@ def load_yaml(path: Path) -> Any:
         import yaml
     except ImportError:
         raise ImportFormatError(
-            f"{path}: reading YAML needs PyYAML; pip install 'gitruns[import]'"
+            f"{path}: reading YAML needs PyYAML; pip install 'gitruns[import]'",
+            path=str(path),
         ) from None
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ImportFormatError(
-            f"{path}: not valid YAML ({exc}); fix the file"
+            f"{path}: not valid YAML ({exc}); fix the file", path=str(path)
         ) from None
 
 
