@@ -965,15 +965,16 @@ def install_hook(repo: Repo, kind: str, *, force: bool = False) -> Path:
     """Write the hook into the repository, running this interpreter and this gitruns.
 
     Raises:
-        GitRunsError: if a hook of another origin is there and ``force`` is off.
+        RepositoryError: if a hook of another origin is there and ``force`` is off.
     """
     target = hooks_dir(repo) / kind
     if target.exists() and not force:
         current = target.read_text(errors="replace")
         if "gitruns.hooks" not in current:
-            raise GitRunsError(
+            raise RepositoryError(
                 f"{target} exists and is not a gitruns hook; move it away, call "
-                "gitruns from it, or pass --force to replace it"
+                "gitruns from it, or pass --force to replace it",
+                path=str(target),
             )
     package_parent = str(Path(__file__).resolve().parent.parent)
     text = hook_script(kind, sys.executable, package_parent)
