@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gitruns.errors import ConflictError, InvalidArgumentError
+from gitruns.errors import ConflictError, InvalidArgumentError, RepositoryError
 from gitruns.reader import RunView, readable_runs
 from gitruns.readme import render_readme
 from gitruns.refs import RunRef, Sha
@@ -305,7 +305,9 @@ class ApiRun(RunView):
 
         Raises:
             RunLockedError: if a process is writing the run.
+            RunNotFoundError: if the run's branch is gone.
             ConflictError: if the branch moved during the commit.
+            RepositoryError: if the repository cannot be read or written.
         """
         base = self.snapshot
         changes = self._changes(base)
@@ -314,7 +316,11 @@ class ApiRun(RunView):
         writer = RunWriter.open(self.store, self.ref, WriterOptions(background=False))
         try:
             tip = writer.snapshot
-            assert tip.commit is not None
+            if tip.commit is None:
+                raise RepositoryError(
+                    f"run {self.path}: its branch names no commit to edit; "
+                    "check it with `gitruns runs` and retry"
+                )
             new = _edited(tip, changes)
             what = ", ".join(sorted(changes))
             message = f"{self.path}: edit {what}\n\nGitruns-Run: {self.path}\n"

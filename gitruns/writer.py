@@ -338,8 +338,10 @@ class RunWriter:
             )
 
         # Committed state; after start() only the committer thread changes it.
+        if snapshot.commit is None:
+            raise ValueError("a RunWriter starts from a commit; use RunWriter.open()")
         self._snapshot = snapshot
-        self._tip: Sha = snapshot.commit  # type: ignore[assignment]
+        self._tip: Sha = snapshot.commit
         self._totals = self._tip_totals(snapshot)
 
         # Pending state, owned by the caller's thread.
@@ -395,10 +397,16 @@ class RunWriter:
         return writer
 
     def reload(self) -> None:
-        """Re-read the branch tip after an operation moved it under our lock."""
+        """Re-read the branch tip after an operation moved it under our lock.
+
+        Raises:
+            RunNotFoundError: if the run's branch was deleted meanwhile.
+            RepositoryError: if the tip cannot be read.
+        """
         self.flush()
         tip = self.store.tip(self.run)
-        assert tip is not None
+        if tip is None:
+            raise RunNotFoundError(self.run.path, str(self.store.git_dir))
         snapshot = self.store.read_snapshot(tip, self.run)
         self._snapshot, self._tip = snapshot, tip
         self._totals = self._tip_totals(snapshot)
