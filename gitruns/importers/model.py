@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from gitruns.errors import GitRunsError, ImportFormatError
 from gitruns.refs import check_name
+from gitruns.values import check_key
 
 logger = logging.getLogger(__name__)
 
@@ -289,8 +290,6 @@ def _scalar(key: str, value: Any, dropped: dict[str, int]) -> tuple[bool, Value]
 
 def _valid_key(key: str) -> bool:
     """True if gitruns accepts ``key`` as a metric name."""
-    from gitruns.values import check_key
-
     try:
         check_key(key)
     except GitRunsError:
