@@ -964,8 +964,21 @@ def installed(repo: Repo, kind: str) -> bool:
 def install_hook(repo: Repo, kind: str, *, force: bool = False) -> Path:
     """Write the hook into the repository, running this interpreter and this gitruns.
 
+    The hook goes where git looks for hooks (``core.hooksPath`` or hooks/),
+    written beside and renamed into place so git never runs half of it.
+
+    Args:
+        repo: the repository.
+        kind: ``"pre-receive"`` or ``"pre-push"``.
+        force: replace a hook that gitruns did not write.
+
+    Returns:
+        The path of the installed hook.
+
     Raises:
+        InvalidArgumentError: for an unknown ``kind``.
         RepositoryError: if a hook of another origin is there and ``force`` is off.
+        OSError: if the hooks folder cannot be written.
     """
     target = hooks_dir(repo) / kind
     if target.exists() and not force:

@@ -33,6 +33,14 @@ def open_store(
         start: the folder to search from instead of the working directory.
         create: make a bare repository there if there is none (writers do;
             readers should not turn a typo into an empty repository).
+
+    Returns:
+        The open store; it is closed at exit if the caller does not close it.
+
+    Raises:
+        RepositoryError: if there is no repository and ``create`` is off (or
+            the path may not be created), if the path exists and is not a Git
+            repository, or if it cannot be read or created.
     """
     where = start or Path.cwd()
     env_repo = os.environ.get("GITRUNS_REPO")

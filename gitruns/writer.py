@@ -370,6 +370,15 @@ class RunWriter:
     def open(cls, store: RunStore, run: RunRef, options: WriterOptions) -> RunWriter:
         """Lock an existing run, commit what its journal holds, and start writing.
 
+        Args:
+            store: the repository of the run.
+            run: the run, which must exist.
+            options: how to write; with ``options.background`` a committer
+                thread commits finished segments.
+
+        Returns:
+            The writer, holding the run's lock until finish() or abandon().
+
         Raises:
             RunLockedError: if another live writer holds the run.
             RunNotFoundError: if the run has no branch.
@@ -526,11 +535,22 @@ class RunWriter:
         process after that loses none of it. The writer keeps ``row`` itself
         (clean_row makes a new dict for each call): do not change it after.
 
+        Args:
+            row: the metrics, already checked by :func:`gitruns.values.clean_row`.
+            step: the step to log at; None for the current one.
+            commit: whether the call ends its step; None ends it unless
+                ``step`` is given.
+            when: the time stamp in seconds since the epoch; None for now.
+
         Raises:
             StepOrderError: for a step below the current one.
-            InvalidValueError: for a step beyond int64 or a bad time stamp.
+            InvalidValueError: for a step beyond the run's last step, a bad
+                time stamp, a str that is not valid Unicode, or a call over
+                the size limit.
             RepositoryError: if the journal cannot be written (disk full,
                 read-only repository); the call is then not recorded.
+            GitRunsError: if the writer is finished, or belongs to the
+                process this one was forked from.
         """
         if self._closed:
             raise self._closed_error()
