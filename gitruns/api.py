@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gitruns.commits import commit_run
-from gitruns.errors import InvalidArgumentError
+from gitruns.errors import InvalidArgumentError, RepositoryError
 from gitruns.reader import RunView, readable_runs
 from gitruns.refs import RunRef, Sha
 from gitruns.repository import open_store
@@ -306,7 +306,9 @@ class ApiRun(RunView):
 
         Raises:
             RunLockedError: if a process is writing the run.
+            RunNotFoundError: if the run's branch is gone.
             ConflictError: if the branch moved during the commit.
+            RepositoryError: if the repository cannot be read or written.
         """
         base = self.snapshot
         changes = self._changes(base)
@@ -315,7 +317,11 @@ class ApiRun(RunView):
         writer = RunWriter.open(self.store, self.ref, WriterOptions(background=False))
         try:
             tip = writer.snapshot
-            assert tip.commit is not None
+            if tip.commit is None:
+                raise RepositoryError(
+                    f"run {self.path}: its branch names no commit to edit; "
+                    "check it with `gitruns runs` and retry"
+                )
             new = _edited(tip, changes)
             what = ", ".join(sorted(changes))
             sha = commit_run(

@@ -560,7 +560,9 @@ def _int64_array(name: str, values: Sequence[Any]) -> np.ndarray[Any, Any]:
         return np.array(values, dtype=np.int64)
     except OverflowError:
         bad = next(v for v in values if not _INT64_MIN <= v <= _INT64_MAX)
-        raise InvalidValueError(name, bad, "ints must fit in 64 bits") from None
+        raise InvalidValueError(
+            name, bad, "ints must fit in 64 bits; log it as a float or a str"
+        ) from None
 
 
 def _scalar(name: str, value: object) -> Value:
@@ -568,7 +570,9 @@ def _scalar(name: str, value: object) -> Value:
     # subclass such as numpy.float64 comes back as float).
     if value is None or type(value) in _SCALARS:
         if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX:
-            raise InvalidValueError(name, value, "ints must fit in 64 bits")
+            raise InvalidValueError(
+                name, value, "ints must fit in 64 bits; log it as a float or a str"
+            )
         return value  # type: ignore[return-value]
     if isinstance(value, (bool, np.bool_)):
         return bool(value)

@@ -10,6 +10,7 @@ both runs are compared.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ import numpy as np
 import gitruns
 from gitruns.errors import GitRunsError
 from gitruns.run import Run
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -127,9 +130,26 @@ def run_demo(
     fork_at: int = 300,
     lr: float = 0.05,
     fork_lr: float = 0.5,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] | None = None,
 ) -> tuple[str, str]:
-    """Train a base run, fork it at ``fork_at`` with ``fork_lr``; return both paths."""
+    """Train a base run, fork it at ``fork_at`` with ``fork_lr``; return both paths.
+
+    Args:
+        repo: the repository of the runs (resolved as ``gitruns.init`` does).
+        steps: training steps of the base run.
+        fork_at: the step the fork branches after.
+        lr: learning rate of the base run.
+        fork_lr: learning rate of the fork.
+        echo: where the progress lines go (the CLI passes ``click.echo``);
+            by default they are logged at INFO by this module's logger.
+
+    Returns:
+        The paths (``project/run_id``) of the base run and of the fork.
+
+    Raises:
+        GitRunsError: if a run cannot be created, logged or finished.
+    """
+    say = echo if echo is not None else logger.info
     data = load_digits_split()
     config = {"lr": lr, "batch": 32, "hidden": 32, "seed": 0, "model": "mlp-64-32-10"}
     checkpoints: dict[int, Network] = {}
@@ -139,7 +159,7 @@ def run_demo(
             checkpoints[step] = net.copy()
 
     base = gitruns.init(project="digits", name=f"mlp lr={lr}", config=config, repo=repo)
-    echo(f"training {base.path} (lr={lr}) for {steps} steps on sklearn digits ...")
+    say(f"training {base.path} (lr={lr}) for {steps} steps on sklearn digits ...")
     train(base, Network(0), data, range(steps), 32, 20, keep)
     base.finish()
 
@@ -150,7 +170,7 @@ def run_demo(
         config={"lr": fork_lr},
         repo=repo,
     )
-    echo(f"forked {base.path} at step {fork_at} into {fork.path} (lr={fork_lr}) ...")
+    say(f"forked {base.path} at step {fork_at} into {fork.path} (lr={fork_lr}) ...")
     train(fork, checkpoints[fork_at], data, range(fork_at + 1, steps), 32, 20)
     fork.finish()
     return base.path, fork.path

@@ -82,7 +82,23 @@ def _changes(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]
 
 
 def diff_runs(store: RunStore, a: RunView, b: RunView) -> RunDiff:
-    """Compare two runs of one repository."""
+    """Compare two runs of one repository.
+
+    Args:
+        store: the repository of both runs.
+        a: the run compared from.
+        b: the run compared to.
+
+    Returns:
+        Their config and summary changes, where their histories diverge, and
+        for each metric both logged its last value in each (and at the last
+        shared step).
+
+    Raises:
+        RunNotFoundError: if either run has no branch.
+        RepositoryError: if a run's files cannot be read.
+        ChunkFormatError: if a metric chunk of either run is malformed.
+    """
     result = RunDiff(a.path, b.path)
     result.config = _changes(a.config, b.config)
     result.summary = _changes(a.summary, b.summary)

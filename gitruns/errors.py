@@ -54,19 +54,27 @@ class InvalidValueError(GitRunsError, ValueError):
 
     exit_code = 2
 
-    def __init__(self, key: str, value: object, reason: str) -> None:
+    def __init__(
+        self, key: str, value: object, reason: str, *, message: str | None = None
+    ) -> None:
         self.key = key
         self.value = value
-        super().__init__(f"cannot log {key!r} = {value!r:.80}: {reason}")
+        self.reason = reason
+        if message is None:
+            message = f"cannot log {key!r} = {value!r:.80}: {reason}"
+        super().__init__(message)
 
 
 class InvalidArgumentError(InvalidValueError):
-    """An argument of init(), config, save() or a filter that gitruns refuses."""
+    """An argument of init(), config, save() or a filter that gitruns refuses.
+
+    ``key`` holds the argument's name.
+    """
 
     def __init__(self, name: str, value: object, reason: str) -> None:
-        self.key = name
-        self.value = value
-        GitRunsError.__init__(self, f"invalid {name}={value!r:.80}: {reason}")
+        super().__init__(
+            name, value, reason, message=f"invalid {name}={value!r:.80}: {reason}"
+        )
 
 
 class StepOrderError(GitRunsError, ValueError):
@@ -181,13 +189,15 @@ class ChunkFormatError(GitRunsError, ValueError):
 
     exit_code = 5
 
-    def __init__(self, source: str, reason: str) -> None:
+    def __init__(self, source: str, reason: str, *, message: str | None = None) -> None:
         self.source = source
         self.reason = reason
-        super().__init__(
-            f"bad metric chunk {source}: {reason}; the data was not read. "
-            "If it came from a remote, do not pull it; `git fsck` checks the rest"
-        )
+        if message is None:
+            message = (
+                f"bad metric chunk {source}: {reason}; the data was not read. "
+                "If it came from a remote, do not pull it; `git fsck` checks the rest"
+            )
+        super().__init__(message)
 
 
 class UnsupportedVersionError(ChunkFormatError):
@@ -196,19 +206,27 @@ class UnsupportedVersionError(ChunkFormatError):
     def __init__(self, source: str, version: object, supported: int) -> None:
         self.version = version
         self.supported = supported
-        GitRunsError.__init__(
-            self,
-            f"chunk {source} has format version {version}, this gitruns reads "
-            f"major version {supported}; upgrade gitruns to read it",
+        super().__init__(
+            source,
+            "newer format version",
+            message=f"chunk {source} has format version {version}, this gitruns "
+            f"reads major version {supported}; upgrade gitruns to read it",
         )
-        self.source = source
-        self.reason = "newer format version"
 
 
 class RepositoryError(GitRunsError):
-    """The Git repository cannot be opened, read or written."""
+    """The Git repository cannot be opened, read or written.
+
+    Args:
+        message: what failed, ending with what the user can do.
+        path: the repository or file concerned, when the caller knows it.
+    """
 
     exit_code = 6
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        self.path = path
+        super().__init__(message)
 
 
 class RemoteError(GitRunsError):
@@ -237,9 +255,18 @@ class DivergedError(RemoteError):
 
 
 class ImportFormatError(GitRunsError, ValueError):
-    """A foreign log that an importer cannot read."""
+    """A foreign log that an importer cannot read.
+
+    Args:
+        message: what is wrong with the log, ending with what the user can do.
+        path: the file or directory being imported, when the caller knows it.
+    """
 
     exit_code = 8
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        self.path = path
+        super().__init__(message)
 
 
 class MetricNotFoundError(GitRunsError, LookupError):

@@ -171,12 +171,21 @@ def export_history(
 
     See :func:`write_csv` and :func:`write_jsonl`.
 
+    Args:
+        view: the run.
+        out: a text stream; open files with ``newline=""`` for CSV.
+        fmt: ``csv`` or ``jsonl``.
+        keys: only steps where all these metrics were logged, only these keys.
+        min_step: first step to write (inclusive).
+        max_step: step to stop before (exclusive).
+
     Returns:
         The number of steps written.
 
     Raises:
-        ValueError: an unknown format.
+        InvalidArgumentError: an unknown format.
         MetricNotFoundError: a key the run never logged.
+        ChunkFormatError: a metric chunk of the run is malformed.
     """
     if fmt == "csv":
         return write_csv(view, out, keys, min_step, max_step)

@@ -35,7 +35,22 @@ def tree_path(path: str, base: str) -> str:
 
 
 def write_files_tree(store: RunStore, files: Mapping[str, Sha], path: str) -> Sha:
-    """Write ``files`` (tree path -> blob) as nested trees; return the root's id."""
+    """Write ``files`` (tree path -> blob) as nested trees; return the root's id.
+
+    The objects are written as they are; the caller maps OS and dulwich errors
+    (see :func:`gitruns.errors.mapped_errors`).
+
+    Args:
+        store: the repository to write the trees into.
+        files: each file's path in the tree (``/``-separated) and its blob.
+        path: what save() was given, for the error message.
+
+    Returns:
+        The id of the root tree.
+
+    Raises:
+        InvalidArgumentError: if one path is a file and a folder of another.
+    """
     root: dict[str, Any] = {}
     for name, sha in files.items():
         *folders, leaf = name.split("/")

@@ -964,16 +964,30 @@ def installed(repo: Repo, kind: str) -> bool:
 def install_hook(repo: Repo, kind: str, *, force: bool = False) -> Path:
     """Write the hook into the repository, running this interpreter and this gitruns.
 
+    The hook goes where git looks for hooks (``core.hooksPath`` or hooks/),
+    written beside and renamed into place so git never runs half of it.
+
+    Args:
+        repo: the repository.
+        kind: ``"pre-receive"`` or ``"pre-push"``.
+        force: replace a hook that gitruns did not write.
+
+    Returns:
+        The path of the installed hook.
+
     Raises:
-        GitRunsError: if a hook of another origin is there and ``force`` is off.
+        InvalidArgumentError: for an unknown ``kind``.
+        RepositoryError: if a hook of another origin is there and ``force`` is off.
+        OSError: if the hooks folder cannot be written.
     """
     target = hooks_dir(repo) / kind
     if target.exists() and not force:
         current = target.read_text(errors="replace")
         if "gitruns.hooks" not in current:
-            raise GitRunsError(
+            raise RepositoryError(
                 f"{target} exists and is not a gitruns hook; move it away, call "
-                "gitruns from it, or pass --force to replace it"
+                "gitruns from it, or pass --force to replace it",
+                path=str(target),
             )
     package_parent = str(Path(__file__).resolve().parent.parent)
     text = hook_script(kind, sys.executable, package_parent)

@@ -517,11 +517,6 @@ class RunLock:
         os.pwrite(fd, me, 0)
         self._fd = fd
 
-    @property
-    def held(self) -> bool:
-        """Whether this object holds the lock."""
-        return self._fd >= 0
-
     def release(self) -> None:
         """Clear the holder and unlock; the file stays for the next writer."""
         if self._fd < 0:

@@ -80,7 +80,21 @@ def fork_edges(store: RunStore) -> list[Edge]:
 def descendants(
     store: RunStore, run: RunRef, edges: list[Edge] | None = None
 ) -> list[Edge]:
-    """The fork edges below ``run``, depth first."""
+    """The fork edges below ``run``, depth first.
+
+    Args:
+        store: the repository of the runs.
+        run: the run whose forks (and their forks) to list.
+        edges: every fork edge of the repository, if the caller has them;
+            None reads them with :func:`fork_edges`.
+
+    Returns:
+        The edges, each child listed once, forks at earlier steps first.
+
+    Raises:
+        RepositoryError: if the run list cannot be read (a run whose run.json
+            cannot be read is skipped with a warning).
+    """
     edges = fork_edges(store) if edges is None else edges
     children: dict[str, list[Edge]] = {}
     for edge in edges:
@@ -110,9 +124,19 @@ def divergence(store: RunStore, a: RunRef, b: RunRef) -> tuple[str, int] | None:
     child; and where ``a`` and ``b`` reach the common run at different
     commits, the rewinds made between them cut what they share.
 
+    Args:
+        store: the repository of the runs.
+        a: one run.
+        b: the other run.
+
     Returns:
         (common run, last step both hold from it), or None when the runs
         share no history.
+
+    Raises:
+        RunNotFoundError: if ``a`` or ``b`` has no branch.
+        RepositoryError: if ``a``'s or ``b``'s own run.json cannot be read
+            (an unreadable ancestor ends the walk up instead).
     """
     if a == b:
         view = RunView(store, a)

@@ -26,7 +26,17 @@ def _table(rows: Mapping[str, Any], header: tuple[str, str]) -> list[str]:
 def render_readme(
     info: Mapping[str, Any], config: Mapping[str, Any], summary: Mapping[str, Any]
 ) -> str:
-    """Markdown naming the run, its state, lineage, config and summary."""
+    """Markdown naming the run, its state, lineage, config and summary.
+
+    Args:
+        info: the run's run.json, as :func:`gitruns.store.check_run_json`
+            accepts it.
+        config: the run's config.
+        summary: the run's summary; metrics marked ``hidden`` are left out.
+
+    Returns:
+        The text of the run's README.md.
+    """
     path = f"{info.get('project')}/{info.get('id')}"
     lines = [f"# {info.get('name') or info.get('id')}", ""]
     lines.append(f"gitruns run `{path}`, state **{info.get('state')}**, ")

@@ -630,12 +630,12 @@ def check_outcomes(outcomes: Sequence[RefOutcome], action: str) -> None:
         RemoteError: one run was refused otherwise, or several were.
     """
     refused = [o for o in outcomes if not o.ok]
-    if len(refused) == 1:
-        error = refused[0].error(action)
-        assert error is not None
-        raise error
     if not refused:
         return
+    if len(refused) == 1:
+        error = refused[0].error(action)
+        if error is not None:
+            raise error
 
     # Runs refused for the same reason share one clause; each advice is said once.
     groups: dict[str, list[str]] = {}
@@ -801,8 +801,7 @@ def _compare_unfetched(
     compared = {}
     for outcome in unknown:
         theirs = offered.get(outcome.ref)
-        assert outcome.new is not None
-        if theirs is None or ObjectID(theirs) not in store:
+        if outcome.new is None or theirs is None or ObjectID(theirs) not in store:
             continue
         again = _plan_push(repo, outcome.ref, theirs, outcome.new, force=False)
         if again.status in ("behind", "diverged"):
@@ -1209,7 +1208,13 @@ def _move(repo: BaseRepo, target: Remote, planned: RefOutcome) -> RefOutcome:
     """Create or fast-forward one local run, by compare-and-swap."""
     refs = repo.refs
     ref, ours, theirs = planned.ref, planned.old, planned.new
-    assert theirs is not None
+    if theirs is None:
+        return replace(
+            planned,
+            status="rejected",
+            message="the remote offered no commit for the run",
+            advice="fetch again and check the remote's branch",
+        )
     message = f"gitruns pull {target.name or 'URL'}: {planned.status}".encode()
 
     if ours is None:

@@ -292,10 +292,23 @@ def write_report(
 ) -> Path:
     """Write the report page of a run to ``out``, whole or not at all.
 
-    See :func:`render_report` for the arguments.
+    Args:
+        store: the repository of the run.
+        view: the run.
+        out: the HTML file to write; replaced only once the page is whole.
+        metrics: the metrics to plot (see :func:`render_report`).
+        with_lineage: draw the run's ancestors and forks in each plot.
+        images: ``svg`` or ``png`` (see :func:`render_report`).
 
     Returns:
         ``out``.
+
+    Raises:
+        MetricNotFoundError: a metric in ``metrics`` that no drawn run logged.
+        ImportError: matplotlib is not installed.
+        RepositoryError: the run cannot be read.
+        ChunkFormatError: a metric chunk of a drawn run is malformed.
+        OSError: ``out`` cannot be written.
     """
     page = render_report(store, view, metrics, with_lineage, images)
     # A report that failed halfway must not replace a good one.

@@ -37,9 +37,13 @@ def open_store(
         env_repo: the repository ``GITRUNS_REPO`` names, which the caller
             read (see :func:`gitruns.settings.env_repo`).
 
+    Returns:
+        The open store; it is closed at exit if the caller does not close it.
+
     Raises:
-        RepositoryError: no repository is there and ``create`` is false, or
-            the path holds something that is not a Git repository.
+        RepositoryError: if there is no repository and ``create`` is off (or
+            the path may not be created), if the path exists and is not a Git
+            repository, or if it cannot be read or created.
     """
     where = start or Path.cwd()
     path, may_create = locate_repository(repo, env_repo, where)
@@ -48,7 +52,8 @@ def open_store(
         raise RepositoryError(
             f"no runs here yet: no Git repository encloses {where} and there is "
             f"no {path.name}; runs appear once gitruns.init() or `gitruns "
-            "import` writes some, or pass --repo"
+            "import` writes some, or pass --repo",
+            path=str(path),
         )
     store = RunStore.open(path, create=create and may_create)
     if not _open_stores:

@@ -110,8 +110,15 @@ def locate_repository(
 ) -> tuple[Path, bool]:
     """Pick the repository for a run, in DESIGN.md's resolution order.
 
+    Args:
+        explicit: the repository the caller named (``repo=``, ``--repo``).
+        env_value: the value of ``GITRUNS_REPO``, read by the caller.
+        cwd: the folder to search upwards from for an enclosing repository.
+
     Returns:
-        The path and whether it may be created (only the embedded default).
+        The path and whether it may be created: an explicit or environment
+        path may, an enclosing repository already exists, and the embedded
+        default (``./.gitruns``) may.
     """
     if explicit is not None:
         return Path(explicit), True
@@ -946,6 +953,19 @@ class RunStore:
         """Write ``snapshot`` as a full run tree and a commit; return its id.
 
         The branch is not moved; :meth:`update_ref` does that.
+
+        Args:
+            snapshot: the run's files; ``snapshot.commit`` is not read.
+            parents: the commit's parents, first parent first.
+            message: the commit message.
+            readme: the text of the run's README.md.
+
+        Returns:
+            The id of the new commit.
+
+        Raises:
+            RepositoryError: if an object cannot be written (disk full,
+                read-only repository) or fails dulwich's checks.
         """
         with mapped_errors("writing a run commit"):
             root = Tree()

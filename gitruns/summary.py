@@ -72,6 +72,18 @@ def summarize(
     aggregates, in which case it is a dict such as ``{"max": 0.93}``; ``none``
     leaves the metric out. Values the user set on ``run.summary`` win over
     derived ones.
+
+    Args:
+        totals: the digest of each metric over the whole history.
+        definitions: the define_metric rules, by metric name or glob.
+        overrides: what the user set on ``run.summary``.
+
+    Returns:
+        A new dict of metric name to summary value.
+
+    Raises:
+        RepositoryError: for a summary mode in ``definitions`` (read from
+            run.json) that gitruns does not know.
     """
     summary: dict[str, Any] = {}
     for name, digest in totals.items():

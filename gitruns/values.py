@@ -40,7 +40,19 @@ _FAST_KINDS = frozenset({float, int, bool, _NONE})
 
 
 def check_key(key: object) -> str:
-    """Return ``key`` if it may name a metric, else raise InvalidNameError."""
+    """Return ``key`` if it may name a metric.
+
+    Args:
+        key: the proposed metric name.
+
+    Returns:
+        ``key``, unchanged.
+
+    Raises:
+        InvalidNameError: for a key that is not a str, is empty or too long,
+            starts with ``_``, holds control characters or a lone surrogate,
+            or misuses ``/``.
+    """
     if not isinstance(key, str):
         raise InvalidNameError("metric key", key, "must be a string")
     if not key:
@@ -70,7 +82,20 @@ def check_key(key: object) -> str:
 
 
 def to_value(key: str, value: Any) -> Value:
-    """Turn one logged value into what gitruns stores, or raise InvalidValueError."""
+    """Turn one logged value into what gitruns stores.
+
+    Args:
+        key: the metric's name, for the error message.
+        value: what the caller logged.
+
+    Returns:
+        A float, int, bool, str or None of exactly that type.
+
+    Raises:
+        InvalidValueError: for an int beyond int64, a str over
+            :data:`MAX_STR` characters, a numpy scalar float64 cannot hold
+            exactly, or anything that is not a scalar.
+    """
     kind = type(value)
     if kind in _PLAIN:
         if kind is str and len(value) > MAX_STR:
@@ -119,6 +144,12 @@ def clean_row(data: Any, known: set[str]) -> dict[str, Value]:
 
     Returns:
         A new dict, which the caller may keep.
+
+    Raises:
+        InvalidNameError: for a bad key (see :func:`check_key`), a nested key
+            that is not a str, or a key given twice (once nested).
+        InvalidValueError: for ``data`` that is not a mapping, or a value
+            :func:`to_value` refuses.
     """
     # The fast path, for the rows of a training loop: a plain dict of known
     # keys and plain numbers. Every check runs in C, none per key in Python.

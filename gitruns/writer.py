@@ -344,8 +344,10 @@ class RunWriter:
             )
 
         # Committed state; after start() only the committer thread changes it.
+        if snapshot.commit is None:
+            raise ValueError("a RunWriter starts from a commit; use RunWriter.open()")
         self._snapshot = snapshot
-        self._tip: Sha = snapshot.commit  # type: ignore[assignment]
+        self._tip: Sha = snapshot.commit
         self._totals = self._tip_totals(snapshot)
 
         # Pending state, owned by the caller's thread.
@@ -374,6 +376,15 @@ class RunWriter:
     def open(cls, store: RunStore, run: RunRef, options: WriterOptions) -> RunWriter:
         """Lock an existing run, commit what its journal holds, and start writing.
 
+        Args:
+            store: the repository of the run.
+            run: the run, which must exist.
+            options: how to write; with ``options.background`` a committer
+                thread commits finished segments.
+
+        Returns:
+            The writer, holding the run's lock until finish() or abandon().
+
         Raises:
             RunLockedError: if another live writer holds the run.
             RunNotFoundError: if the run has no branch.
@@ -401,10 +412,16 @@ class RunWriter:
         return writer
 
     def reload(self) -> None:
-        """Re-read the branch tip after an operation moved it under our lock."""
+        """Re-read the branch tip after an operation moved it under our lock.
+
+        Raises:
+            RunNotFoundError: if the run's branch was deleted meanwhile.
+            RepositoryError: if the tip cannot be read.
+        """
         self.flush()
         tip = self.store.tip(self.run)
-        assert tip is not None
+        if tip is None:
+            raise RunNotFoundError(self.run.path, str(self.store.git_dir))
         snapshot = self.store.read_snapshot(tip, self.run)
         self._snapshot, self._tip = snapshot, tip
         self._totals = self._tip_totals(snapshot)
@@ -524,11 +541,22 @@ class RunWriter:
         process after that loses none of it. The writer keeps ``row`` itself
         (clean_row makes a new dict for each call): do not change it after.
 
+        Args:
+            row: the metrics, already checked by :func:`gitruns.values.clean_row`.
+            step: the step to log at; None for the current one.
+            commit: whether the call ends its step; None ends it unless
+                ``step`` is given.
+            when: the time stamp in seconds since the epoch; None for now.
+
         Raises:
             StepOrderError: for a step below the current one.
-            InvalidValueError: for a step beyond int64 or a bad time stamp.
+            InvalidValueError: for a step beyond the run's last step, a bad
+                time stamp, a str that is not valid Unicode, or a call over
+                the size limit.
             RepositoryError: if the journal cannot be written (disk full,
                 read-only repository); the call is then not recorded.
+            GitRunsError: if the writer is finished, or belongs to the
+                process this one was forked from.
         """
         if self._closed:
             raise self._closed_error()

@@ -595,7 +595,7 @@ def test_install_writes_this_interpreter_and_keeps_foreign_hooks(local: Path) ->
     assert first.exit_code == 0 and again.exit_code == 0
     assert installed.startswith(f"#!{sys.executable}\n")
     assert os.access(local / "hooks" / "pre-receive", os.X_OK)
-    assert foreign.exit_code == 1 and "not a gitruns hook" in foreign.output
+    assert foreign.exit_code == 6 and "not a gitruns hook" in foreign.output
     assert forced.exit_code == 0
     assert "gitruns.hooks" in (local / "hooks" / "pre-push").read_text()
 

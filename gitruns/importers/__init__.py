@@ -166,9 +166,25 @@ def import_runs(
 ) -> ImportReport:
     """Read foreign logs and write them as gitruns runs (see :func:`write_runs`).
 
+    Args:
+        format: a key of :data:`FORMATS`.
+        paths: files or directories; directories are searched.
+        repo: the repository (resolved as ``gitruns.init`` does); made if
+            there is none.
+        project: the project for every run; default: the project the source
+            names, else ``imported``.
+        on_conflict: which value a step keeps when a metric has several
+            (``last``, ``first``) or ``error`` to refuse.
+        include_deleted: also read runs the source marks deleted (MLflow).
+        progress: called with a number of rows each time that many were written.
+
+    Returns:
+        What happened to each run, and what the source held that was skipped.
+
     Raises:
         ImportFormatError: an unknown format or an unreadable source.
-        GitRunsError: a run could not be written.
+        InvalidNameError: ``project`` is not a valid project name.
+        GitRunsError: a run could not be written (the ones before it are kept).
     """
     parsed = read_source(
         format, paths, on_conflict=on_conflict, include_deleted=include_deleted

@@ -87,7 +87,8 @@ def _read(preset: CsvPreset, file: Path) -> ImportedRun:
         raise ImportFormatError(
             f"{file}: no {preset.step!r} column (columns: "
             f"{', '.join(table.header)}); is this a {preset.format} log? "
-            "Choose the preset that wrote it"
+            "Choose the preset that wrote it",
+            path=str(file),
         )
     steps = table.column(preset.step) if preset.step else list(range(table.rows))
     metric_columns = [
@@ -103,7 +104,8 @@ def _read(preset: CsvPreset, file: Path) -> ImportedRun:
     for i in range(table.rows):
         if steps is None or steps[i] is None:
             raise ImportFormatError(
-                f"{file}: row {i + 2} has no {preset.step!r}; fix or cut that row"
+                f"{file}: row {i + 2} has no {preset.step!r}; fix or cut that row",
+                path=str(file),
             )
         step = as_step(file, preset.step or "row", steps[i], i + 2)
         metrics = {name: col[i] for name, col in metric_columns if col[i] is not None}

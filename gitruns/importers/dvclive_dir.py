@@ -36,14 +36,16 @@ def _live_dirs(path: Path) -> list[Path]:
     """Directories under ``path`` (or ``path`` itself) that DVCLive wrote."""
     if not path.is_dir():
         raise ImportFormatError(
-            f"{path}: not a directory; give the dvclive/ directory (or one above it)"
+            f"{path}: not a directory; give the dvclive/ directory (or one above it)",
+            path=str(path),
         )
     found = sorted(p.parent.parent for p in path.rglob("plots/metrics") if p.is_dir())
     if (path / _PLOTS).is_dir() and path not in found:
         found.insert(0, path)
     if not found:
         raise ImportFormatError(
-            f"{path}: no DVCLive output (plots/metrics/) under it; check the path"
+            f"{path}: no DVCLive output (plots/metrics/) under it; check the path",
+            path=str(path),
         )
     return found
 
@@ -111,7 +113,8 @@ def _read_live(live: Path) -> ImportedRun:
             if column is None or metric not in table.header:
                 raise ImportFormatError(
                     f"{file}: expected columns 'step' and {metric!r}, found "
-                    f"{', '.join(table.header)}; is this DVCLive output?"
+                    f"{', '.join(table.header)}; is this DVCLive output?",
+                    path=str(file),
                 )
             steps = [as_step(file, "step", s, i + 2) for i, s in enumerate(column)]
         timestamps = table.column("timestamp")

@@ -68,7 +68,8 @@ def _time(file: Path, value: Any, where: str) -> float | None:
         return float(value)
     raise ImportFormatError(
         f"{file}: {where} has {TIME}={value!r}, not seconds since the epoch; "
-        "fix or empty that cell"
+        "fix or empty that cell",
+        path=str(file),
     )
 
 
@@ -77,7 +78,8 @@ def _not_an_export(file: Path, given: bool, what: str) -> Skipped:
     if given:
         raise ImportFormatError(
             f"{file}: {what}; is this a gitruns export? "
-            "`gitruns export RUN -o FILE` writes one"
+            "`gitruns export RUN -o FILE` writes one",
+            path=str(file),
         )
     return Skipped(str(file), f"not a gitruns export ({what})")
 
@@ -113,7 +115,7 @@ def _read_csv(file: Path, given: bool) -> ImportedRun | Skipped:
         return _not_an_export(file, given, f"not UTF-8 text ({exc.reason})")
     except csv.Error as exc:
         raise ImportFormatError(
-            f"{file}: not valid CSV ({exc}); fix the file"
+            f"{file}: not valid CSV ({exc}); fix the file", path=str(file)
         ) from None
     if not rows:
         return _not_an_export(file, given, "the file is empty")
@@ -125,7 +127,8 @@ def _read_csv(file: Path, given: bool) -> ImportedRun | Skipped:
     if doubled:
         raise ImportFormatError(
             f"{file}: the header names {', '.join(map(repr, doubled))} twice; "
-            "rename or drop one of each"
+            "rename or drop one of each",
+            path=str(file),
         )
     step_at = header.index(STEP)
     time_at = header.index(TIME) if TIME in header else None
@@ -138,7 +141,8 @@ def _read_csv(file: Path, given: bool) -> ImportedRun | Skipped:
         if len(row) != len(header):
             raise ImportFormatError(
                 f"{file}: line {line} has {len(row)} cells, the header "
-                f"{len(header)}; fix or cut that row and import again"
+                f"{len(header)}; fix or cut that row and import again",
+                path=str(file),
             )
         step = as_step(file, STEP, read_cell(row[step_at]), line)
         when = None
@@ -175,14 +179,16 @@ def _read_jsonl(file: Path, given: bool) -> ImportedRun | Skipped:
                 return _not_an_export(file, given, f"line {number} is not JSON")
             raise ImportFormatError(
                 f"{file}: line {number} is not JSON ({exc.msg}); a file cut "
-                "mid-write loses only its last line: delete it and retry"
+                "mid-write loses only its last line: delete it and retry",
+                path=str(file),
             ) from None
         if not isinstance(entry, dict) or STEP not in entry:
             if not run.records:
                 return _not_an_export(file, given, f"line {number} has no {STEP}")
             raise ImportFormatError(
                 f"{file}: line {number} is not an object with {STEP}; "
-                "fix or cut that line"
+                "fix or cut that line",
+                path=str(file),
             )
         step = as_step(file, STEP, entry.pop(STEP), number)
         when = _time(file, entry.pop(TIME, None), f"line {number}")

@@ -25,7 +25,8 @@ def _step_of(path: Path, entry: dict[str, Any], key: str, row: int) -> int:
     if isinstance(step, bool) or not isinstance(step, int):
         raise ImportFormatError(
             f"{path}: entry {row} has {key}={step!r}, not a whole number; "
-            "is this file really a trainer log?"
+            "is this file really a trainer log?",
+            path=str(path),
         )
     return step
 
@@ -35,7 +36,7 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ImportFormatError(
-            f"{path}: not valid JSON ({exc}); fix the file"
+            f"{path}: not valid JSON ({exc}); fix the file", path=str(path)
         ) from None
 
 
@@ -60,7 +61,8 @@ def parse_trainer_state(path: Path, options: ImportOptions) -> ParsedSource:
         if not isinstance(history, list):
             raise ImportFormatError(
                 f"{file}: no log_history list; is this a Hugging Face "
-                "trainer_state.json?"
+                "trainer_state.json?",
+                path=str(file),
             )
         run = ImportedRun(
             format="hf-trainer",
@@ -70,7 +72,9 @@ def parse_trainer_state(path: Path, options: ImportOptions) -> ParsedSource:
         )
         for row, entry in enumerate(history):
             if not isinstance(entry, dict):
-                raise ImportFormatError(f"{file}: log_history[{row}] is not an object")
+                raise ImportFormatError(
+                    f"{file}: log_history[{row}] is not an object", path=str(file)
+                )
             metrics = {k: v for k, v in entry.items() if k != "step"}
             run.records.append(
                 Record(_step_of(file, entry, "step", row), None, metrics)
@@ -111,10 +115,13 @@ def parse_llamafactory(path: Path, options: ImportOptions) -> ParsedSource:
             except json.JSONDecodeError as exc:
                 raise ImportFormatError(
                     f"{file}: line {number} is not JSON ({exc.msg}); a log cut "
-                    "mid-write loses only its last line: delete it and retry"
+                    "mid-write loses only its last line: delete it and retry",
+                    path=str(file),
                 ) from None
             if not isinstance(entry, dict):
-                raise ImportFormatError(f"{file}: line {number} is not an object")
+                raise ImportFormatError(
+                    f"{file}: line {number} is not an object", path=str(file)
+                )
             step = _step_of(file, entry, "current_steps", number)
             metrics = {k: v for k, v in entry.items() if k != "current_steps"}
             run.records.append(Record(step, None, metrics))

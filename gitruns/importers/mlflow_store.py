@@ -151,7 +151,8 @@ def _metric_points(run_dir: Path) -> list[tuple[str, int, float, int]]:
             except (ValueError, IndexError):
                 raise ImportFormatError(
                     f"{file}: line {number} is not '<timestamp> <value> <step>'; "
-                    "is this an MLflow metric file?"
+                    "is this an MLflow metric file?",
+                    path=str(file),
                 ) from None
             points.append((key, ts, value, step))
     return points
@@ -213,7 +214,8 @@ def _connect(db: Path) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise ImportFormatError(
             f"{db}: cannot read it as an MLflow SQLite store ({exc}); "
-            "give the mlflow.db file that `mlflow server` or `mlflow ui` used"
+            "give the mlflow.db file that `mlflow server` or `mlflow ui` used",
+            path=str(db),
         ) from None
     return conn
 
@@ -271,7 +273,8 @@ def _sqlite_store(db: Path) -> list[tuple[_Run, bool]]:
     except sqlite3.Error as exc:
         raise ImportFormatError(
             f"{db}: unexpected MLflow schema ({exc}); this importer reads the "
-            "runs, params, tags, metrics and experiments tables"
+            "runs, params, tags, metrics and experiments tables",
+            path=str(db),
         ) from None
     finally:
         conn.close()
@@ -306,8 +309,11 @@ def parse_mlflow(path: Path, options: ImportOptions) -> ParsedSource:
         else:
             raise ImportFormatError(
                 f"{path}: no MLflow experiments (*/meta.yaml), mlruns/ or "
-                "mlflow.db in it; give the mlruns/ directory or the mlflow.db file"
+                "mlflow.db in it; give the mlruns/ directory or the mlflow.db file",
+                path=str(path),
             )
     else:
-        raise ImportFormatError(f"{path}: no such file or directory; check the path")
+        raise ImportFormatError(
+            f"{path}: no such file or directory; check the path", path=str(path)
+        )
     return _collect(runs, options, str(path))

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from gitruns.errors import GitRunsError, ImportFormatError
 from gitruns.refs import check_name
+from gitruns.values import check_key
 
 logger = logging.getLogger(__name__)
 
@@ -214,12 +215,15 @@ def find_files(path: Path, patterns: tuple[str, ...], what: str) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise ImportFormatError(f"{path}: no such file or directory; check the path")
+        raise ImportFormatError(
+            f"{path}: no such file or directory; check the path", path=str(path)
+        )
     found = sorted({p for pat in patterns for p in path.rglob(pat) if p.is_file()})
     if not found:
         raise ImportFormatError(
             f"{path}: no {what} found under it ({', '.join(patterns)}); "
-            "check the path or choose another format"
+            "check the path or choose another format",
+            path=str(path),
         )
     return found
 
@@ -230,13 +234,14 @@ def load_yaml(path: Path) -> Any:
         import yaml
     except ImportError:
         raise ImportFormatError(
-            f"{path}: reading YAML needs PyYAML; pip install 'gitruns[import]'"
+            f"{path}: reading YAML needs PyYAML; pip install 'gitruns[import]'",
+            path=str(path),
         ) from None
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ImportFormatError(
-            f"{path}: not valid YAML ({exc}); fix the file"
+            f"{path}: not valid YAML ({exc}); fix the file", path=str(path)
         ) from None
 
 
@@ -285,8 +290,6 @@ def _scalar(key: str, value: Any, dropped: dict[str, int]) -> tuple[bool, Value]
 
 def _valid_key(key: str) -> bool:
     """True if gitruns accepts ``key`` as a metric name."""
-    from gitruns.values import check_key
-
     try:
         check_key(key)
     except GitRunsError:

@@ -79,7 +79,8 @@ def read_table(path: Path, delimiter: str = ",") -> Table:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ImportFormatError(
-            f"{path}: not UTF-8 text ({exc.reason}); is it really a CSV log?"
+            f"{path}: not UTF-8 text ({exc.reason}); is it really a CSV log?",
+            path=str(path),
         ) from None
     notes: list[str] = []
     if "\r\r\n" in text:
@@ -95,7 +96,9 @@ def read_table(path: Path, delimiter: str = ",") -> Table:
     blank = sum(1 for line in lines if not line.strip())
     body = [line for line in lines if line.strip()]
     if not body:
-        raise ImportFormatError(f"{path}: no header row; the file is empty")
+        raise ImportFormatError(
+            f"{path}: no header row; the file is empty", path=str(path)
+        )
 
     reader = csv.reader(io.StringIO("\n".join(body)), delimiter=delimiter)
     rows = list(reader)
@@ -105,7 +108,8 @@ def read_table(path: Path, delimiter: str = ",") -> Table:
         if len(row) != len(header):
             raise ImportFormatError(
                 f"{path}: row {number} has {len(row)} cells, the header "
-                f"{len(header)}; fix or cut that row and import again"
+                f"{len(header)}; fix or cut that row and import again",
+                path=str(path),
             )
         for i, cell in enumerate(row):
             cell = cell.strip()
@@ -123,5 +127,6 @@ def as_step(path: Path, column: str, value: Any, row: int) -> int:
         return value
     raise ImportFormatError(
         f"{path}: row {row} has {value!r} in step column {column!r}, not a whole "
-        "number; choose another preset or fix that row"
+        "number; choose another preset or fix that row",
+        path=str(path),
     )

@@ -43,7 +43,9 @@ def _run_dirs(path: Path) -> dict[Path, list[Path]]:
     if path.is_file():
         return {path.parent: [path]}
     if not path.is_dir():
-        raise ImportFormatError(f"{path}: no such file or directory; check the path")
+        raise ImportFormatError(
+            f"{path}: no such file or directory; check the path", path=str(path)
+        )
     runs: dict[Path, list[Path]] = {}
     for file in sorted(path.rglob(_PATTERN)):
         if file.is_file():
@@ -51,7 +53,8 @@ def _run_dirs(path: Path) -> dict[Path, list[Path]]:
     if not runs:
         raise ImportFormatError(
             f"{path}: no TensorBoard event files (*tfevents*) under it; "
-            "check the path or choose another format"
+            "check the path or choose another format",
+            path=str(path),
         )
     return runs
 

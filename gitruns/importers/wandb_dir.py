@@ -205,12 +205,15 @@ def _logs(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise ImportFormatError(f"{path}: no such file or directory; check the path")
+        raise ImportFormatError(
+            f"{path}: no such file or directory; check the path", path=str(path)
+        )
     found = sorted(p for p in path.rglob("*.wandb") if p.is_file())
     if not found:
         raise ImportFormatError(
             f"{path}: no .wandb files under it; give a wandb/run-<date>-<id> "
-            "folder or the wandb/ directory above it"
+            "folder or the wandb/ directory above it",
+            path=str(path),
         )
     return found
 

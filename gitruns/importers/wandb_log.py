@@ -50,7 +50,8 @@ def scan(data: bytes, source: str) -> LogScan:
     if data[: len(FILE_HEADER)] != FILE_HEADER:
         raise ImportFormatError(
             f"{source}: not a W&B transaction log (no ':W&B' header with "
-            "version 0); is it a .wandb file of a wandb run?"
+            "version 0); is it a .wandb file of a wandb run?",
+            path=str(source),
         )
     result = LogScan()
     pos = len(FILE_HEADER)

@@ -9,11 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gitruns.api import Api
 from gitruns.chunk import MAX_ROWS
 from gitruns.errors import GitRunsError, RunNotFoundError
 from gitruns.importers.model import ImportedRun, ParsedSource, Skipped, project_name
 from gitruns.refs import RunRef
 from gitruns.repository import open_store
+from gitruns.run import init
 from gitruns.settings import env_repo
 
 logger = logging.getLogger(__name__)
@@ -161,14 +163,12 @@ def _write(
     repo: Any,
     progress: Callable[[int], None] | None,
 ) -> None:
-    import gitruns
-
     fork_from = None
     if run.fork_of is not None:
         parent = refs[run.fork_of[0]]
         fork_from = f"{parent.path}?_step={run.fork_of[1]}"
     source = _source(run, refs)
-    new = gitruns.init(
+    new = init(
         project=ref.project,
         id=ref.run_id,
         name=run.name,
@@ -243,8 +243,6 @@ def write_runs(
     Raises:
         GitRunsError: a run cannot be written (the ones before it are kept).
     """
-    import gitruns
-
     report = ImportReport(skipped=list(parsed.skipped), notes=list(parsed.notes))
     refs: dict[str, RunRef] = {}
     for run in parsed.runs:
@@ -256,7 +254,7 @@ def write_runs(
             refs[run.parent] = RunRef(parent_ref.project, run.parent)
 
     # Importing brings runs in: make the repository if there is none yet.
-    api = gitruns.Api(repo=open_store(repo, env_repo=env_repo()))
+    api = Api(repo=open_store(repo, env_repo=env_repo()))
     try:
         for run in _order(parsed.runs):
             ref = refs[run.run_id]
