@@ -284,8 +284,8 @@ def _client(
                 f"cannot use {remote} as a remote: {mask_credentials(str(exc))}; "
                 "pass a path or a file://, ssh://, git:// or http(s):// URL"
             ) from exc
-    if operation == "push" and isinstance(client, LocalGitClient):
-        client = _receiving_client(client, path, remote)
+        if operation == "push" and isinstance(client, LocalGitClient):
+            client = _receiving_client(client, path, remote)
     _local_without_bitmaps(client)
     return client, path
 
@@ -303,14 +303,15 @@ def _receiving_client(client: LocalGitClient, path: str, remote: Remote) -> GitC
     the way a Git server runs it, does run them.
 
     Raises:
+        NotGitRepository: no repository is at ``path``.
         RemoteError: the target has hooks and no ``git`` is installed to run
             them.
     """
+    # A missing repository is told as such here, not as git's "fatal: ...".
+    with Repo(path) as target:
+        hooks = Path(target.controldir()) / "hooks"
     if shutil.which("git"):
         return SubprocessGitClient()
-    hooks = Path(path) / "hooks"
-    if not (Path(path) / "HEAD").exists():
-        hooks = Path(path) / ".git" / "hooks"
     found = [h for h in _RECEIVE_HOOKS if os.access(hooks / h, os.X_OK)]
     if found:
         raise RemoteError(

@@ -120,6 +120,7 @@ def test_fork_and_rewind_commands(runs: Path) -> None:
         (["show", "bad..name"], 2, "invalid run id"),
         (["fork", "p/base", "--step", "3", "--id", "fk"], 4, "pass another --id"),
         (["push", "/nonexistent/remote.git", "p/base"], 7, "nonexistent"),
+        (["push", "/no/such/runs.git"], 7, "no Git repository at /no/such/runs.git"),
         (["import", "hf-trainer", "/nonexistent/trainer_state.json"], 8, "no such"),
     ],
 )

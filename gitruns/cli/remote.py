@@ -84,7 +84,13 @@ def _remote_and_runs(
 
 
 def _names_run(store: RunStore, text: str) -> bool:
-    """Whether ``text`` reads as a run: ``project/id``, or an id known here."""
+    """Whether ``text`` reads as a run: ``project/id``, or an id known here.
+
+    A path (``/srv/runs.git``, ``./runs``, ``~/runs``) never does, even where
+    nothing is there yet: pushing to it then says that no repository is there.
+    """
+    if text.startswith(("/", "./", "../", "~")):
+        return False
     parts = text.strip("/").split("/")
     try:
         if len(parts) in (2, 3):
