@@ -628,28 +628,16 @@ def check_outcomes(outcomes: Sequence[RefOutcome], action: str) -> None:
 
     Raises:
         DivergedError: the one refused run has diverged.
-        RemoteError: one run was refused otherwise, or several were.
+        RemoteError: one run was refused otherwise, or several were (then
+            one line per run).
     """
-    refused = [o for o in outcomes if not o.ok]
-    if not refused:
+    errors = [e for e in (o.error(action) for o in outcomes) if e is not None]
+    if not errors:
         return
-    if len(refused) == 1:
-        error = refused[0].error(action)
-        if error is not None:
-            raise error
-
-    # Runs refused for the same reason share one clause; each advice is said once.
-    groups: dict[str, list[str]] = {}
-    advice: list[str] = []
-    for outcome in refused:
-        groups.setdefault(outcome.detail, []).append(outcome.run.branch)
-        if outcome.advice and outcome.advice not in advice:
-            advice.append(outcome.advice)
-    reasons = "; ".join(f"{', '.join(refs)}: {why}" for why, refs in groups.items())
-    raise RemoteError(
-        f"{action} refused {len(refused)} runs: {reasons}"
-        + "".join(f"; {text}" for text in advice)
-    )
+    if len(errors) == 1:
+        raise errors[0]
+    # One line per refused run, each with its own cause and what to do.
+    raise RemoteError("\n".join(str(error) for error in errors))
 
 
 # -- push ---------------------------------------------------------------------

@@ -383,12 +383,16 @@ def test_gitruns_push_of_a_refused_run_says_the_reason_once(
     reason = "step order: a segment starts at step 2, not after the run's step 4"
     assert said.count(reason) == 1 and "b'" not in said
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    advice = (
+        "the server's hooks decide what it accepts: fix what they say, or ask the "
+        "server's admin"
+    )
     assert errors == [
-        f"Error: push to {guarded.url()} refused 2 runs: runs/{bad_run}: pre-receive "
+        f"Error: push to {guarded.url()} refused runs/{bad_run}: pre-receive "
         f"hook declined (remote: gitruns: refused refs/heads/runs/{bad_run} "
-        f"{bad[:10]}: {reason}); runs/{good}: pre-receive hook declined, with the "
-        "rest of the push; the server's hooks decide what it accepts: fix what "
-        "they say, or ask the server's admin"
+        f"{bad[:10]}: {reason}); {advice}",
+        f"Error: push to {guarded.url()} refused runs/{good}: pre-receive hook "
+        f"declined, with the rest of the push; {advice}",
     ]
 
 

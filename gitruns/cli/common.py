@@ -69,9 +69,21 @@ class GitRunsGroup(click.Group):
             raise failure(str(exc), exc.exit_code) from exc
 
 
+class _Failure(click.ClickException):
+    """Prints ``Error: `` before each line of its message, one error a line."""
+
+    def show(self, file: Any = None) -> None:
+        for line in self.format_message().splitlines():
+            click.echo(f"Error: {line}", file=file, err=file is None)
+
+
 def failure(message: str, exit_code: int) -> click.ClickException:
-    """A ClickException that prints ``Error: message`` and exits with ``exit_code``."""
-    error = click.ClickException(message)
+    """A ClickException that prints ``Error: message`` and exits with ``exit_code``.
+
+    A message of several lines (a push that refused several runs) prints one
+    ``Error:`` line each.
+    """
+    error = _Failure(message)
     # click declares exit_code a class variable; its main() reads the instance.
     error.exit_code = exit_code  # type: ignore[misc]
     return error
