@@ -1085,6 +1085,7 @@ def pull(
     progress: Progress | None = None,
     ssh_command: str | None = None,
     check: bool = True,
+    force: bool = False,
 ) -> list[RefOutcome]:
     """Fetch run branches, then fast-forward local runs and create missing ones.
 
@@ -1103,9 +1104,12 @@ def pull(
         progress: gets the transfer's progress text.
         ssh_command: the ssh program for ``ssh://`` URLs.
         check: raise if a run was refused or diverged, after updating the others.
+        force: replace a local run that diverged with the remote's (``forced``,
+            naming the local commit it replaced); its whole history is checked
+            as a new run's would be.
 
     Returns:
-        One outcome per remote run: ``created``, ``fast-forward``,
+        One outcome per remote run: ``created``, ``fast-forward``, ``forced``,
         ``up to date``, ``ahead``, ``diverged`` or ``rejected`` (with the
         commit that failed the checks and why).
 
@@ -1118,14 +1122,19 @@ def pull(
         repo, remote, runs, project, progress, ssh_command
     )
     planned = [
-        _plan_pull(repo, target, ref, sha) for ref, sha in sorted(remote_refs.items())
+        _plan_pull(repo, target, ref, sha, force)
+        for ref, sha in sorted(remote_refs.items())
     ]
 
     # Every check runs before any branch moves: the checker counts as accepted
-    # only what the local run branches reached before this pull.
-    moving = {o.ref: o for o in planned if o.status in ("created", "fast-forward")}
+    # only what the local run branches reached before this pull. A forced run
+    # is checked as a new one: none of the remote's line is accepted yet.
+    moving = {o.ref: o for o in planned if o.status in _SENT_STATUSES}
     checker = hooks.pull_checker(repo)
-    updates = [hooks.RefUpdate(o.ref, o.old, o.new) for o in moving.values()]
+    updates = [
+        hooks.RefUpdate(o.ref, None if o.status == "forced" else o.old, o.new)
+        for o in moving.values()
+    ]
     refusals = {rejection.ref: rejection for rejection in checker.check(updates)}
     outcomes = []
     for outcome in planned:
@@ -1143,7 +1152,9 @@ def pull(
     return outcomes
 
 
-def _plan_pull(repo: BaseRepo, target: Remote, ref: bytes, theirs: Sha) -> RefOutcome:
+def _plan_pull(
+    repo: BaseRepo, target: Remote, ref: bytes, theirs: Sha, force: bool = False
+) -> RefOutcome:
     """What pulling the remote's ``theirs`` into one local run would do."""
     ours = _read_ref(repo, ref)
     if ours is None:
@@ -1161,6 +1172,16 @@ def _plan_pull(repo: BaseRepo, target: Remote, ref: bytes, theirs: Sha) -> RefOu
             ours,
             f"{_commits(ahead)} not on the remote yet; push them",
         )
+    if force:
+        return RefOutcome(
+            ref,
+            "forced",
+            ours,
+            theirs,
+            f"replaced local {ours[:10].decode()}, dropping "
+            f"{_commits(_count_only_in(repo, ours, theirs))} from the run (`git "
+            f"branch keep-{ours[:7].decode()} {ours[:10].decode()}` keeps them)",
+        )
     tracking = target.tracking_ref(ref)
     # A URL has no remote-tracking refs; its commits were fetched all the same.
     where = tracking.decode() if tracking else f"commit {theirs[:10].decode()}"
@@ -1171,8 +1192,9 @@ def _plan_pull(repo: BaseRepo, target: Remote, ref: bytes, theirs: Sha) -> RefOu
         theirs,
         f"both sides logged after their common commit; local {ours[:10].decode()} "
         f"kept, the remote's is {where}",
-        advice=f"the local run is unchanged and the remote's is {where}: fork "
-        "one side into a new run to keep both",
+        advice=f"the local run is unchanged and the remote's is {where}: keep "
+        "your steps as a fork (`gitruns fork RUN --step N --id NEW`), then take "
+        "the remote's with `gitruns pull --force`",
     )
 
 

@@ -375,6 +375,32 @@ def test_diverged_run_is_rejected_on_push_and_reported_by_pull(
     assert git("ls-remote", git_server.url()).stdout.split()[0] == tip(other, run)
 
 
+def test_pull_force_takes_the_remotes_run_and_says_what_it_replaced(
+    git_daemon: GitServer, local: Path, repo: Repo, tmp_path: Path
+) -> None:
+    git_daemon.create()
+    run = log_run(local, "r1", range(10))
+    remote.push(repo, git_daemon.url())
+    other = tmp_path / "other.git"
+    git("clone", "--quiet", "--bare", git_daemon.url(), other)
+    log_run(other, "r1", range(10, 15), resume="must")
+    with closing(Repo(str(other))) as theirs:
+        remote.push(theirs, git_daemon.url())
+    log_run(local, "r1", range(10, 12), resume="must")
+    ours = tip(local, run)
+    with pytest.raises(DivergedError, match="gitruns pull --force"):
+        remote.pull(repo, git_daemon.url())
+
+    result = CliRunner().invoke(
+        main, ["pull", "--repo", str(local), git_daemon.url(), run, "--force"]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert f"replaced local {ours[:10]}, dropping 1 commit" in result.stdout
+    assert tip(local, run) == tip(other, run)
+    assert steps_of(local, run) == list(range(15))
+
+
 def test_force_push_says_what_it_replaced(
     git_daemon: GitServer, local: Path, repo: Repo, tmp_path: Path
 ) -> None:

@@ -220,12 +220,18 @@ def push(
 @_remote_argument
 @_runs_argument
 @_project_option
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace local runs that diverged with the remote's (says what it replaced).",
+)
 @_quiet_option
 @with_store(create=True)
 def pull(
     remote: str | None,
     runs: tuple[str, ...],
     project: str | None,
+    force: bool,
     quiet: bool,
     store: RunStore,
 ) -> None:
@@ -233,8 +239,9 @@ def pull(
 
     The commits a run would gain get the pre-receive hook's checks first. A
     run that fails them, or that diverged (both sides logged after a common
-    commit), is reported and left as it is (exit 7); the other runs are
-    updated. A local run ahead of the remote is kept.
+    commit), is reported and left as it is (exit 7), unless --force replaces
+    a diverged one; the other runs are updated. A local run ahead of the
+    remote is kept.
     """
     remote, runs = _remote_and_runs(store, "pull", remote, runs)
     with _progress(quiet) as progress:
@@ -246,6 +253,7 @@ def pull(
             progress=progress,
             ssh_command=_ssh_command(),
             check=False,
+            force=force,
         )
     target = remotes.resolve_remote(store.repo, remote)
     _show(outcomes, f"from {target}", "pull")
