@@ -46,7 +46,7 @@ class InvalidNameError(GitRunsError, ValueError):
         self.kind = kind
         self.name = name
         self.reason = reason
-        super().__init__(f"invalid {kind} {name!r}: {reason}")
+        super().__init__(f"invalid {kind} {name!r:.80}: {reason}")
 
 
 class InvalidValueError(GitRunsError, ValueError):
@@ -90,8 +90,8 @@ class StepOrderError(GitRunsError, ValueError):
             fix = "Steps start at 0"
         elif step > 0:
             fix = (
-                "To replace history from that step on, rewind: "
-                f"gitruns.init(resume_from='{run}?_step={step - 1}') "
+                "To replace history from that step on, finish the run and "
+                f"rewind it: gitruns.init(resume_from='{run}?_step={step - 1}') "
                 f"or `gitruns rewind {run} --step {step - 1}`"
             )
         else:

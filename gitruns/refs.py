@@ -30,24 +30,34 @@ def check_name(kind: str, name: object) -> str:
     Raises:
         InvalidNameError: naming the rule that was broken.
     """
-    if not isinstance(name, str):
-        raise InvalidNameError(kind, name, "must be a string")
+    reason = _broken_rule(name) if isinstance(name, str) else "must be a string"
+    if reason is not None or not isinstance(name, str):
+        raise InvalidNameError(
+            kind,
+            name,
+            f"{reason}; use letters, digits, '.', '_' and '-' (at most 64, not "
+            "starting with '.' or '-')",
+        )
+    return name
+
+
+def _broken_rule(name: str) -> str | None:
     if not name:
-        raise InvalidNameError(kind, name, "must not be empty")
+        return "must not be empty"
     if len(name) > 64:
-        raise InvalidNameError(kind, name, "must be at most 64 characters")
+        return "must be at most 64 characters"
     if not _NAME.fullmatch(name):
-        raise InvalidNameError(kind, name, "use only letters, digits, '.', '_' and '-'")
+        return "has a character that is not allowed"
     if name[0] in ".-":
-        raise InvalidNameError(kind, name, "must not start with '.' or '-'")
+        return "must not start with '.' or '-'"
     if ".." in name:
-        raise InvalidNameError(kind, name, "must not contain '..'")
+        return "must not contain '..'"
     if name.endswith(".lock"):
-        raise InvalidNameError(kind, name, "must not end in '.lock'")
+        return "must not end in '.lock'"
     if name.endswith("."):
         # Git refuses a ref name that ends with a dot.
-        raise InvalidNameError(kind, name, "must not end with '.'")
-    return name
+        return "must not end with '.'"
+    return None
 
 
 def new_run_id() -> str:

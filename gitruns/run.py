@@ -302,7 +302,10 @@ class Run:
         try:
             row = clean_row(data, self._known)
         except InvalidValueError:
-            # Off the hot path: drop media objects, or raise the error again.
+            row = None
+        if row is None:
+            # Off the hot path, and outside the handler so that a refusal
+            # shows one traceback: drop media objects, or raise the error again.
             row = clean_row(without_media(data, self.path), self._known)
         if step is not None and type(step) is not int:
             step = _as_step(step)
@@ -1113,6 +1116,13 @@ def _open_run(
         project, check_name("run id", run_id) if run_id is not None else new_run_id()
     )
     exists = store.tip(ref) is not None
+    if run_id is None and resume in (True, "auto", "allow"):
+        logger.warning(
+            "init(resume=%r) without id= starts a new run (%s): gitruns does not "
+            "pick the last run itself; pass id= to resume one",
+            resume,
+            ref.path,
+        )
     if resume is True or resume == "auto":
         resume = "allow"
     if resume not in (None, False, "allow", "must", "never"):

@@ -649,3 +649,41 @@ def test_commits_take_each_identity_key_git_config_sets(
     assert git("log", "-1", "--format=%an <%ae>", "runs/p/who", cwd=repo).startswith(
         author
     )
+
+
+def test_resume_without_an_id_warns_that_it_starts_a_new_run(
+    repo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="gitruns"):
+        run = gitruns.init(project="p", resume=True, repo=repo)
+    run.finish()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"init(resume=True) without id= starts a new run ({run.path}): gitruns "
+        "does not pick the last run itself; pass id= to resume one"
+    ]
+
+
+def test_a_step_below_the_current_one_says_to_finish_then_rewind(repo: Path) -> None:
+    run = gitruns.init(project="p", id="back", repo=repo)
+    for i in range(10):
+        run.log({"x": i})
+    with pytest.raises(StepOrderError, match="finish the run and rewind it") as e:
+        run.log({"x": 0}, step=5)
+    run.finish()
+    # The advice works once the run is finished.
+    fixed = gitruns.init(project="p", resume_from="p/back?_step=4", repo=repo)
+    fixed.log({"x": 0.5})
+    fixed.finish()
+    assert e.value.step == 5 and e.value.current == 10
+    rows = list(gitruns.Api(repo).run("p/back").scan_history())
+    assert [r["_step"] for r in rows] == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_refused_value_raises_one_error_not_a_chain(repo: Path) -> None:
+    import numpy as np
+
+    run = gitruns.init(project="p", id="arr", repo=repo)
+    with pytest.raises(InvalidValueError) as refused:
+        run.log({"a": np.arange(3)})
+    run.finish()
+    assert refused.value.__context__ is None
