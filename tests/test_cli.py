@@ -132,6 +132,16 @@ def test_errors_have_exit_codes(
     assert result.output.startswith("Error: ") and message in result.output
 
 
+def test_a_log_of_another_format_says_to_name_its_format(
+    repo: Path, tmp_path: Path
+) -> None:
+    wrong = tmp_path / "trainer_state.json"
+    wrong.write_text('{"log_history": [{"step": 1, "loss": 0.5}]}\n{"x": 1}\n')
+    code, out = invoke("import", "keras", str(wrong), "--repo", str(repo))
+    assert code == 8
+    assert out.startswith("Error: ") and "if it is not a keras log, name its" in out
+
+
 def test_demo_runs_and_shows_the_fork(repo: Path) -> None:
     code, out = invoke("demo", "--steps", "60", "--fork-at", "30", "--repo", str(repo))
     assert code == 0

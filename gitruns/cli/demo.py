@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
+from pathlib import Path
+
 import click
 
 from gitruns.cli.common import repo_option
@@ -54,7 +58,11 @@ def demo_command(
     click.echo(
         f"  git --git-dir {git_dir} log --oneline --graph runs/{base} runs/{fork}"
     )
+    # Off PATH (a virtual environment not activated), as the user started it.
+    program = "gitruns"
+    if shutil.which(program) is None and Path(sys.argv[0]).name == program:
+        program = sys.argv[0]
     click.echo(
-        f"  gitruns history {fork} --keys eval/accuracy"
+        f"  {program} history {fork} --keys eval/accuracy"
         + (f" --repo {repo}" if repo else "")
     )

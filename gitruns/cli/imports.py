@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
 from gitruns.cli.common import dumps, failure, json_option, repo_option
-from gitruns.errors import RunExistsError
+from gitruns.errors import ImportFormatError, RunExistsError
 from gitruns.importers import FORMATS, ImportReport, read_source, write_runs
 from gitruns.importers.model import ImportedRun, ParsedSource
 
@@ -117,12 +118,22 @@ def import_command(
     steps restart becomes a run and forks, and importing the same source
     again writes nothing.
     """
-    parsed = read_source(
-        format_name,
-        paths,
-        on_conflict=on_conflict,  # type: ignore[arg-type]
-        include_deleted=include_deleted,
-    )
+    try:
+        parsed = read_source(
+            format_name,
+            paths,
+            on_conflict=on_conflict,  # type: ignore[arg-type]
+            include_deleted=include_deleted,
+        )
+    except ImportFormatError as exc:
+        if exc.path is None or not Path(exc.path).exists():
+            raise
+        # The usual cause of a log that does not parse: another format's file.
+        raise ImportFormatError(
+            f"{exc} (or, if it is not a {format_name} log, name its format: "
+            "`gitruns import --help` lists them)",
+            path=exc.path,
+        ) from exc
     report = None
     if not dry_run:
         total = sum(len(r.records) for r in parsed.runs)
