@@ -30,6 +30,7 @@ from gitruns.objects import ObjectReader
 from gitruns.refs import RUNS_PREFIX, RunRef, Sha
 from gitruns.store import (
     CHUNK_SUFFIX,
+    FILE_MODE,
     HISTORY,
     MAX_OBJECT_BYTES,
     RUN_JSON,
@@ -297,8 +298,13 @@ def _compare_history(
                 if e is not None:
                     found.removed[start] = e[1]
                 if f is not None:
-                    if f[0] & 0o170000 != 0o100000:
-                        raise _Refused(None, f"segment {name.decode()} is not a file")
+                    if f[0] != FILE_MODE:
+                        # As readers refuse it (store.History.load).
+                        raise _Refused(
+                            None,
+                            f"segment {name.decode(errors='replace')} must be a "
+                            f"plain file (mode 100644), not mode {f[0]:o}",
+                        )
                     found.added[start] = f[1]
     return found
 

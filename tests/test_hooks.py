@@ -89,7 +89,9 @@ def craft_commit(
         store.close()
 
 
-def craft_files(repo: Path, path: str, files: dict[str, bytes]) -> str:
+def craft_files(
+    repo: Path, path: str, files: dict[str, bytes], mode: str = "100644"
+) -> str:
     """Commit the run's tree with ``files`` replaced, on top of its tip, as git can.
 
     Nothing of gitruns checks the files: this is how a hostile or broken
@@ -111,7 +113,7 @@ def craft_files(repo: Path, path: str, files: dict[str, bytes]) -> str:
     plumbing("read-tree", ref)
     for name, data in files.items():
         blob = plumbing("hash-object", "-w", "--stdin", data=data)
-        plumbing("update-index", "--add", "--cacheinfo", f"100644,{blob},{name}")
+        plumbing("update-index", "--add", "--cacheinfo", f"{mode},{blob},{name}")
     tree = plumbing("write-tree")
     (repo / "crafted.index").unlink()
     commit = plumbing("commit-tree", tree, "-p", ref, "-m", "crafted")
@@ -297,6 +299,35 @@ def test_malformed_chunk_is_rejected(
     assert f"refs/heads/runs/{run} {bad[:10]}: malformed chunk" in message
     assert "history/0000/00/000000000010.msgpack" in message
     assert remote_refs(guarded.url())[f"refs/heads/runs/{run}"] != bad
+
+
+def test_a_segment_that_is_not_a_plain_file_is_rejected_as_readers_refuse_it(
+    guarded: GitServer, local: Path, tmp_path: Path
+) -> None:
+    run = log_run(local, "r1", range(10))
+    assert stock_push(local, guarded.url(), f"refs/heads/runs/{run}").returncode == 0
+    ref = f"refs/heads/runs/{run}"
+    segment = git("--git-dir", local, "ls-tree", "-r", "--name-only", ref, "history")
+    name = segment.stdout.split()[0]
+    data = subprocess.run(
+        ["git", "--git-dir", str(local), "cat-file", "blob", f"{ref}:{name}"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    bad = craft_files(local, run, {name: data}, mode="100755")
+
+    pushed = stock_push(local, guarded.url(), ref)
+    with closing(Repo.init_bare(str(tmp_path / "puller.git"), mkdir=True)) as puller:
+        pulled = remote.pull(puller, str(local), check=False)
+
+    assert pushed.returncode != 0
+    assert (
+        f"refused {ref} {bad[:10]}: segment {name.rsplit('/', 1)[1]} must be a plain "
+        "file (mode 100644), not mode 100755" in pushed.stderr
+    )
+    assert [(o.status, "not mode 100755" in o.message) for o in pulled] == [
+        ("rejected", True)
+    ]
 
 
 def test_step_order_violation_is_rejected(guarded: GitServer, local: Path) -> None:
