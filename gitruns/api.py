@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gitruns.errors import ConflictError, InvalidArgumentError
+from gitruns.errors import ConflictError, InvalidArgumentError, require
 from gitruns.reader import RunView, readable_runs
 from gitruns.readme import render_readme
 from gitruns.refs import RunRef, Sha
@@ -387,9 +387,7 @@ def _edited(tip: Snapshot, changes: Mapping[str, Any]) -> Snapshot:
 def _empty(pandas: bool) -> Any:
     if not pandas:
         return []
-    import pandas as pd
-
-    return pd.DataFrame()
+    return require("pandas", "pandas", "history(pandas=True)").DataFrame()
 
 
 # -- filters and order --------------------------------------------------------

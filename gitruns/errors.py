@@ -3,6 +3,7 @@
 ::
 
     GitRunsError                      exit 1   anything gitruns refuses
+    ├── MissingExtraError             exit 1   an optional extra is not installed
     ├── InvalidNameError              exit 2   project, run id or metric key
     ├── InvalidValueError             exit 2   a value log() cannot store
     │   └── InvalidArgumentError      exit 2   an argument of init(), save(), filters
@@ -27,14 +28,53 @@ the user can do next.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import ModuleType
 
 
 class GitRunsError(Exception):
     """Root of every error gitruns raises on purpose."""
 
     exit_code = 1
+
+
+#: Distribution names of the optional modules whose import name differs.
+_DISTRIBUTIONS = {"sklearn": "scikit-learn", "yaml": "PyYAML"}
+
+
+class MissingExtraError(GitRunsError, ImportError):
+    """A feature needs an optional extra that is not installed."""
+
+    exit_code = 1
+
+    def __init__(self, module: str, extra: str, what: str) -> None:
+        self.module = module
+        self.extra = extra
+        self.what = what
+        top = module.partition(".")[0]
+        package = _DISTRIBUTIONS.get(top, top)
+        super().__init__(
+            f"{what} needs {package}: pip install 'gitruns[{extra}]'", name=top
+        )
+
+
+def require(module: str, extra: str, what: str) -> ModuleType:
+    """Import an optional module, or raise the error that says how to install it.
+
+    Args:
+        module: the module to import ("pandas", "sklearn.datasets").
+        extra: the gitruns extra that installs it ("pandas", "demo").
+        what: the feature that needs it, as the message's subject.
+
+    Raises:
+        MissingExtraError: the module cannot be imported.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(module, extra, what) from exc
 
 
 class InvalidNameError(GitRunsError, ValueError):
