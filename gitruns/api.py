@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gitruns.commits import commit_run
-from gitruns.errors import InvalidArgumentError, RepositoryError
+from gitruns.errors import InvalidArgumentError, RepositoryError, require
 from gitruns.reader import RunView, readable_runs
 from gitruns.refs import RunRef, Sha
 from gitruns.repository import open_store
@@ -389,9 +389,7 @@ def _edited(tip: Snapshot, changes: Mapping[str, Any]) -> Snapshot:
 def _empty(pandas: bool) -> Any:
     if not pandas:
         return []
-    import pandas as pd
-
-    return pd.DataFrame()
+    return require("pandas", "pandas", "history(pandas=True)").DataFrame()
 
 
 # -- filters and order --------------------------------------------------------

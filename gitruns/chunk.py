@@ -7,6 +7,7 @@ import math
 import re
 import struct
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from itertools import islice
@@ -920,12 +921,29 @@ def _unpack_document(data: bytes, magic: str, source: str) -> dict[str, Any]:
             source, f"{len(data)} bytes, over the limit of {MAX_CHUNK_BYTES}"
         )
     _check_version(data, magic, source)
-    try:
+    with _unpacking(source, "not valid msgpack"):
         return _read_document(data, magic, source)
+
+
+@contextmanager
+def _unpacking(source: str, what: str) -> Iterator[None]:
+    """Turn msgpack's errors inside the block into ChunkFormatError.
+
+    The codec's one mapping of its parser's errors (gitruns.errors says which
+    module maps which library's). The reason is ``what``, then msgpack's
+    account in brackets. RecursionError is msgpack's too: its pure-Python
+    fallback nests by recursion.
+
+    Args:
+        source: the chunk, for the message.
+        what: what was wrong ("not valid msgpack", "metric 'loss': bad values").
+    """
+    try:
+        yield
     except ChunkFormatError:
         raise
     except (ValueError, msgpack.UnpackException, RecursionError) as exc:
-        raise ChunkFormatError(source, f"not valid msgpack ({_why(exc)})") from None
+        raise ChunkFormatError(source, f"{what} ({_why(exc)})") from None
 
 
 def _why(exc: BaseException) -> str:
@@ -985,12 +1003,8 @@ def _read_document(data: bytes, magic: str, source: str) -> dict[str, Any]:
     def header(what: str) -> int:
         # The format's large maps are read by their headers, never built
         # whole; read_map_header does not apply max_map_len.
-        try:
+        with _unpacking(source, f"{what} is not a map"):
             count: int = unpacker.read_map_header()
-        except (msgpack.OutOfData, msgpack.StackError):
-            raise
-        except (ValueError, msgpack.UnpackException):
-            raise ChunkFormatError(source, f"{what} is not a map") from None
         if count > MAX_METRICS:
             raise ChunkFormatError(
                 source, f"{what} has {count} entries, over {MAX_METRICS}"
@@ -1103,14 +1117,10 @@ def _check_version(data: bytes, magic: str, source: str) -> None:
     )
     # Only the head is fed: the Unpacker copies what it is given.
     unpacker.feed(memoryview(data)[:_VERSION_ENTRY_BYTES])
-    try:
+    with _unpacking(source, "not a gitruns document: no version entry"):
         unpacker.read_map_header()
         key = unpacker.unpack()
         version = unpacker.unpack()
-    except (ValueError, msgpack.UnpackException, RecursionError) as exc:
-        raise ChunkFormatError(
-            source, f"not a gitruns document (no version entry: {_why(exc)})"
-        ) from None
     if key != magic:
         raise ChunkFormatError(
             source, f"not a gitruns document (first key {key!r:.40}, not {magic!r})"
@@ -1342,13 +1352,10 @@ def _unpack_scalars(name: str, blob: bytes, count: int, source: str) -> list[Val
         max_str_len=len(blob),
     )
     unpacker.feed(blob)
-    try:
+    with _unpacking(source, f"metric {name!r}: bad values"):
         declared = unpacker.read_array_header()
         if declared == count:
             items: list[Value] = list(islice(unpacker, count))
-    except (ValueError, msgpack.UnpackException, RecursionError) as exc:
-        reason = f"bad values ({_why(exc)})"
-        raise ChunkFormatError(source, f"metric {name!r}: {reason}") from None
     if declared != count:
         raise ChunkFormatError(
             source, f"metric {name!r}: {declared} values for {count} present rows"

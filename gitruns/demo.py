@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 import gitruns
-from gitruns.errors import GitRunsError
+from gitruns.errors import require
 from gitruns.run import Run
 
 logger = logging.getLogger(__name__)
@@ -37,14 +37,8 @@ class Data:
 
 def load_digits_split(seed: int = 0) -> Data:
     """The digits, scaled to [0, 1] and split 80/20."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise GitRunsError(
-            "the demo needs scikit-learn for its bundled data set: "
-            "pip install 'gitruns[demo]'"
-        ) from None
-    digits = load_digits()
+    datasets = require("sklearn.datasets", "demo", "the demo's data set")
+    digits = datasets.load_digits()
     x = digits.data.astype(np.float64) / 16.0
     y = digits.target.astype(np.int64)
     order = np.random.default_rng(seed).permutation(len(x))

@@ -1,8 +1,9 @@
-"""The exception tree of gitruns, and the one place foreign errors are mapped.
+"""The exception tree of gitruns, and where foreign errors are mapped into it.
 
 ::
 
     GitRunsError                      exit 1   anything gitruns refuses
+    ├── MissingExtraError             exit 1   an optional extra is not installed
     ├── InvalidNameError              exit 2   project, run id or metric key
     ├── InvalidValueError             exit 2   a value log() cannot store
     │   └── InvalidArgumentError      exit 2   an argument of init(), save(), filters
@@ -23,18 +24,82 @@
 
 Every exception keeps its data as attributes and its message ends with what
 the user can do next.
+
+Foreign errors are mapped here, by three functions:
+
+- :func:`mapped_errors`: dulwich's repository errors and ``OSError`` become
+  :class:`RepositoryError`.
+- :func:`remote_errors`: dulwich's transport errors, urllib3's ``HTTPError``
+  and ``OSError`` during a push or fetch become :class:`RemoteError`, with
+  credentials masked.
+- :func:`require`: the ``ImportError`` of an optional extra becomes
+  :class:`MissingExtraError`.
+
+Two codecs map their own parser's errors, as reading their bytes is their
+concern: ``gitruns.chunk`` turns msgpack's into :class:`ChunkFormatError`
+(in ``_unpacking``), and ``gitruns.store`` turns dulwich's object parse errors
+(and ``objects.CorruptObject``, a delta that does not apply among them) into
+:class:`RepositoryError` naming the object it read. ``remote`` says itself
+when dulwich cannot make sense of a remote's URL (a ValueError, too common to
+map around a whole push). Other modules catch a
+foreign error only to decide what to do, never to report it: ``store``
+creates a repository on dulwich's ``NotGitRepository``, ``repository``
+records no code state outside a Git work tree, ``hooks`` refuses a push whose
+objects dulwich cannot read, and ``journal`` stops at a record msgpack cannot
+read, warns, and keeps the records before it.
 """
 
 from __future__ import annotations
 
+import importlib
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
+from types import ModuleType
 
 
 class GitRunsError(Exception):
     """Root of every error gitruns raises on purpose."""
 
     exit_code = 1
+
+
+#: Distribution names of the optional modules whose import name differs.
+_DISTRIBUTIONS = {"sklearn": "scikit-learn", "yaml": "PyYAML"}
+
+
+class MissingExtraError(GitRunsError, ImportError):
+    """A feature needs an optional extra that is not installed."""
+
+    exit_code = 1
+
+    def __init__(self, module: str, extra: str, what: str) -> None:
+        self.module = module
+        self.extra = extra
+        self.what = what
+        top = module.partition(".")[0]
+        package = _DISTRIBUTIONS.get(top, top)
+        super().__init__(
+            f"{what} needs {package}: pip install 'gitruns[{extra}]'", name=top
+        )
+
+
+def require(module: str, extra: str, what: str) -> ModuleType:
+    """Import an optional module, or raise the error that says how to install it.
+
+    Args:
+        module: the module to import ("pandas", "sklearn.datasets").
+        extra: the gitruns extra that installs it ("pandas", "demo").
+        what: the feature that needs it, as the message's subject.
+
+    Raises:
+        MissingExtraError: the module cannot be imported.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(module, extra, what) from exc
 
 
 class InvalidNameError(GitRunsError, ValueError):
@@ -317,3 +382,89 @@ def mapped_errors(what: str) -> Iterator[None]:
         ):
             hint = "; check that the repository is writable"
         raise RepositoryError(f"{what} failed: {exc}{hint}") from exc
+
+
+# userinfo of a URL: ``scheme://user:secret@host`` or ``scheme://token@host``.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/@\s]+)@")
+
+
+def mask_credentials(text: str) -> str:
+    """Hide the secret part of every URL in ``text``.
+
+    A password is always hidden. On http(s) the user name is hidden too, since
+    access tokens are often passed as the user name.
+    """
+
+    def hide(match: re.Match[str]) -> str:
+        scheme, info = match["scheme"], match["info"]
+        user, colon, _secret = info.partition(":")
+        if colon:
+            shown = "***" if scheme.lower().startswith("http") else user
+            return f"{scheme}{shown}:***@"
+        if scheme.lower().startswith("http"):
+            return f"{scheme}***@"
+        return match[0]
+
+    return _USERINFO.sub(hide, text)
+
+
+@cache
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    from dulwich.client import InvalidWants
+    from dulwich.errors import GitProtocolError, ObjectFormatException
+
+    errors: list[type[BaseException]] = [
+        GitProtocolError,
+        InvalidWants,
+        ObjectFormatException,
+        OSError,
+    ]
+    try:
+        # http(s) remotes raise urllib3's errors for refused or broken connections.
+        from urllib3.exceptions import HTTPError
+    except ImportError:
+        pass
+    else:
+        errors.append(HTTPError)
+    return tuple(errors)
+
+
+@contextmanager
+def remote_errors(remote: str, what: str) -> Iterator[None]:
+    """Turn dulwich's and urllib3's transport errors inside the block into RemoteError.
+
+    Credentials in their messages are masked.
+
+    Args:
+        remote: the remote as the user should see it (credentials masked).
+        what: what was being done, for the message ("pushing to origin").
+    """
+    from dulwich.client import HTTPProxyUnauthorized, HTTPUnauthorized
+    from dulwich.errors import HangupException, NotGitRepository
+
+    try:
+        yield
+    except GitRunsError:
+        raise
+    except HangupException as exc:
+        detail = mask_credentials(str(exc)) or "the server hung up"
+        raise RemoteError(
+            f"{what} failed: {detail}; check the URL and that the server is "
+            "running and lets you in"
+        ) from None
+    except (HTTPUnauthorized, HTTPProxyUnauthorized) as exc:
+        raise RemoteError(
+            f"{what} failed: the server asks for credentials; put them in the "
+            "remote's URL or a credential helper, and check they are valid"
+        ) from exc
+    except NotGitRepository as exc:
+        raise RemoteError(
+            f"{what} failed: there is no Git repository at {remote}; check the "
+            "URL, or create the repository on the server (`git init --bare`)"
+        ) from exc
+    except _transport_errors() as exc:
+        detail = mask_credentials(str(exc) or type(exc).__name__)
+        raise RemoteError(
+            f"{what} failed: {detail}; check the URL, your network and your "
+            "access to the remote"
+        ) from None

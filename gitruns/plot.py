@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from gitruns.errors import InvalidArgumentError, MetricNotFoundError
+from gitruns.errors import InvalidArgumentError, MetricNotFoundError, require
 from gitruns.lineage import Edge, ancestors, descendants, fork_edges
 from gitruns.reader import RunView
 from gitruns.refs import RunRef
@@ -97,13 +97,7 @@ def marker_id(run: str, prefix: str = "") -> str:
 
 def _matplotlib() -> Any:
     """Import matplotlib, or say how to install it."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise ImportError(
-            "plots need matplotlib, an optional extra: pip install 'gitruns[plot]'"
-        ) from None
-    return matplotlib
+    return require("matplotlib", "plot", "drawing plots")
 
 
 # --- from runs to curves ----------------------------------------------------
@@ -571,7 +565,7 @@ def plot_runs(
     Raises:
         MetricNotFoundError: no run logged ``metric``.
         ValueError: an image format that is not supported.
-        ImportError: matplotlib is not installed.
+        MissingExtraError: matplotlib is not installed.
     """
     chosen = image_format(out, fmt)
     _matplotlib()

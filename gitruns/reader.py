@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from gitruns.chunk import Chunk
-from gitruns.errors import GitRunsError, RepositoryError, RunNotFoundError
+from gitruns.errors import GitRunsError, RepositoryError, RunNotFoundError, require
 from gitruns.refs import RunRef, Sha
 from gitruns.store import (
     CONFIG_JSON,
@@ -269,6 +269,9 @@ class RunView:
             pandas: return a DataFrame (needs pandas) instead of a list.
             min_step: first step (inclusive).
             max_step: step to stop before (exclusive).
+
+        Raises:
+            MissingExtraError: pandas=True without pandas installed.
         """
         want = None if keys is None else list(keys)
         if want is not None and x_axis != "_step" and x_axis not in want:
@@ -276,13 +279,7 @@ class RunView:
         if not pandas:
             rows = list(self.scan_history(want, min_step=min_step, max_step=max_step))
             return [rows[i] for i in _sample(len(rows), samples)]
-        try:
-            import pandas as pd
-        except ImportError:
-            raise ImportError(
-                "history(pandas=True) needs pandas: pip install 'gitruns[pandas]', "
-                "or pass pandas=False for a list of dicts"
-            ) from None
+        pd = require("pandas", "pandas", "history(pandas=True)")
 
         # Built column by column: no dict per step on the way.
         wanted = None if want is None else [*want, "_step", "_timestamp"]

@@ -16,25 +16,23 @@ from typing import Any
 
 from dulwich.client import (
     GitClient,
-    HTTPProxyUnauthorized,
-    HTTPUnauthorized,
-    InvalidWants,
     LocalGitClient,
     SubprocessGitClient,
     get_transport_and_path,
-)
-from dulwich.errors import (
-    GitProtocolError,
-    HangupException,
-    NotGitRepository,
-    ObjectFormatException,
 )
 from dulwich.objects import Commit, ObjectID
 from dulwich.refs import Ref
 from dulwich.repo import BaseRepo, Repo
 
 from gitruns import hooks
-from gitruns.errors import DivergedError, GitRunsError, RemoteError, RunNotFoundError
+from gitruns.errors import (
+    DivergedError,
+    GitRunsError,
+    RemoteError,
+    RunNotFoundError,
+    mask_credentials,
+    remote_errors,
+)
 from gitruns.refs import RUNS_PREFIX, RunRef, Sha, check_name
 
 logger = logging.getLogger(__name__)
@@ -51,29 +49,6 @@ _OK_STATUSES = frozenset(
 )
 #: Push outcomes that send the ref to the server.
 _SENT_STATUSES = frozenset({"created", "fast-forward", "forced"})
-
-# userinfo of a URL: ``scheme://user:secret@host`` or ``scheme://token@host``.
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/@\s]+)@")
-
-
-def mask_credentials(text: str) -> str:
-    """Hide the secret part of every URL in ``text``.
-
-    A password is always hidden. On http(s) the user name is hidden too, since
-    access tokens are often passed as the user name.
-    """
-
-    def hide(match: re.Match[str]) -> str:
-        scheme, info = match["scheme"], match["info"]
-        user, colon, _secret = info.partition(":")
-        if colon:
-            shown = "***" if scheme.lower().startswith("http") else user
-            return f"{scheme}{shown}:***@"
-        if scheme.lower().startswith("http"):
-            return f"{scheme}***@"
-        return match[0]
-
-    return _USERINFO.sub(hide, text)
 
 
 @dataclass(frozen=True)
@@ -271,7 +246,7 @@ def _looks_like_url(text: str) -> bool:
 def _client(
     repo: BaseRepo, remote: Remote, operation: str, ssh_command: str | None
 ) -> tuple[GitClient, str]:
-    with _remote_errors(remote, f"connecting to {remote}"):
+    with remote_errors(str(remote), f"connecting to {remote}"):
         try:
             client, path = get_transport_and_path(
                 remote.url,
@@ -321,26 +296,6 @@ def _receiving_client(client: LocalGitClient, path: str, remote: Remote) -> GitC
     return client
 
 
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [
-        GitProtocolError,
-        InvalidWants,
-        ObjectFormatException,
-        OSError,
-    ]
-    try:
-        # http(s) remotes raise urllib3's errors for refused or broken connections.
-        from urllib3.exceptions import HTTPError
-    except ImportError:
-        pass
-    else:
-        errors.append(HTTPError)
-    return tuple(errors)
-
-
-_TRANSPORT_ERRORS = _transport_errors()
-
-
 @contextmanager
 def _graph_walks(repo: BaseRepo) -> Iterator[None]:
     """Make dulwich find what to send by walking commits, not by pack bitmaps.
@@ -376,37 +331,6 @@ def _local_without_bitmaps(client: GitClient) -> None:
             yield repo
 
     client._open_repo = open_repo  # type: ignore[method-assign,assignment]
-
-
-@contextmanager
-def _remote_errors(remote: Remote, what: str) -> Iterator[None]:
-    """Map transport failures into RemoteError, with credentials masked."""
-    try:
-        yield
-    except GitRunsError:
-        raise
-    except HangupException as exc:
-        detail = mask_credentials(str(exc)) or "the server hung up"
-        raise RemoteError(
-            f"{what} failed: {detail}; check the URL and that the server is "
-            "running and lets you in"
-        ) from None
-    except (HTTPUnauthorized, HTTPProxyUnauthorized) as exc:
-        raise RemoteError(
-            f"{what} failed: the server asks for credentials; put them in the "
-            "remote's URL or a credential helper, and check they are valid"
-        ) from exc
-    except NotGitRepository as exc:
-        raise RemoteError(
-            f"{what} failed: there is no Git repository at {remote}; check the "
-            "URL, or create the repository on the server (`git init --bare`)"
-        ) from exc
-    except _TRANSPORT_ERRORS as exc:
-        detail = mask_credentials(str(exc) or type(exc).__name__)
-        raise RemoteError(
-            f"{what} failed: {detail}; check the URL, your network and your "
-            "access to the remote"
-        ) from None
 
 
 #: A progress line of git's own (``Resolving deltas:  50% (1/2)``): shown live.
@@ -721,7 +645,7 @@ def push(
         return count, _counting(records, count, tap)
 
     try:
-        with _remote_errors(target, f"pushing to {target}"), _graph_walks(repo):
+        with remote_errors(str(target), f"pushing to {target}"), _graph_walks(repo):
             result = client.send_pack(
                 path.encode(),
                 update_refs,
@@ -1025,7 +949,7 @@ def _fetch(
             {ObjectID(s) for s in offered.values() if ObjectID(s) not in store}
         )
 
-    with _remote_errors(target, f"fetching from {target}"), _graph_walks(repo):
+    with remote_errors(str(target), f"fetching from {target}"), _graph_walks(repo):
         client.fetch(
             path.encode(),
             repo,

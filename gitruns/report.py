@@ -219,7 +219,7 @@ def render_report(
 
     Raises:
         MetricNotFoundError: a metric in ``metrics`` that no drawn run logged.
-        ImportError: matplotlib is not installed.
+        MissingExtraError: matplotlib is not installed.
     """
     columns = ColumnCache()
     up = ancestors(store, view.ref)

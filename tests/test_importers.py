@@ -444,11 +444,11 @@ def test_wandb_hf_runs_crashed_and_complete() -> None:
 def test_wandb_missing_package_says_how_to_get_it(tmp_path: Path) -> None:
     script = (
         "import sys; sys.modules['wandb'] = None\n"
-        "from gitruns.errors import ImportFormatError\n"
+        "from gitruns.errors import MissingExtraError\n"
         "from gitruns.importers import read_source\n"
         "try:\n"
         f"    read_source('wandb', [{str(REAL_RUNS / 'wandb-hf-trainer-alpaca')!r}])\n"
-        "except ImportFormatError as exc:\n"
+        "except MissingExtraError as exc:\n"
         "    print(exc)\n"
     )
     done = subprocess.run(
@@ -458,7 +458,7 @@ def test_wandb_missing_package_says_how_to_get_it(tmp_path: Path) -> None:
         check=True,
         cwd=Path(__file__).resolve().parents[1],
     )
-    assert "pip install wandb" in done.stdout
+    assert "pip install 'gitruns[wandb]'" in done.stdout
 
 
 def _frame(records: list[bytes]) -> bytes:

@@ -300,7 +300,7 @@ def test_without_matplotlib_the_message_says_what_to_install(
         check=False,
     )
     assert done.returncode == 1
-    assert "Error: plots need matplotlib" in done.stderr
+    assert "Error: drawing plots needs matplotlib" in done.stderr
     assert "pip install 'gitruns[plot]'" in done.stderr
     assert "Traceback" not in done.stderr
 

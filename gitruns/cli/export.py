@@ -34,15 +34,6 @@ def _replacing(path: Path) -> Iterator[TextIO]:
         tmp.unlink(missing_ok=True)
 
 
-@contextmanager
-def _extra_needed() -> Iterator[None]:
-    """Turn a missing optional extra (matplotlib) into an ``Error:`` line."""
-    try:
-        yield
-    except ImportError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
 @click.command("export")
 @click.argument("run")
 @click.option(
@@ -148,8 +139,7 @@ def plot_command(
     if with_lineage:
         refs = family(store, refs)
     views = [RunView(store, ref) for ref in refs]
-    with _extra_needed():
-        curves = plot_runs(store, views, metric, output, x_axis, title)
+    curves = plot_runs(store, views, metric, output, x_axis, title)
     forks = sum(1 for c in curves if c.fork)
     click.echo(
         f"drew {metric} of {len(curves)} run(s) ({forks} fork(s)) to {output}", err=True
@@ -205,6 +195,5 @@ def report_command(
 
     view = RunView(store, store.resolve(run))
     out = output or Path(f"{view.project}-{view.id}.html")
-    with _extra_needed():
-        write_report(store, view, out, split_keys(metrics), with_lineage, images)
+    write_report(store, view, out, split_keys(metrics), with_lineage, images)
     click.echo(f"wrote the report of {view.path} to {out}", err=True)

@@ -26,9 +26,10 @@ from gitruns.cli.runs import (
 def main() -> None:
     """Experiment runs stored as Git branches: log, fork, compare, share.
 
-    Exit codes: 0 ok, 1 other error, 2 bad input or usage, 3 run or metric not
-    found, or ambiguous run, 4 run exists or is locked, 5 malformed chunk, 6 repository
-    error, 7 remote error, 8 import error.
+    Exit codes: 0 ok, 1 other error (such as a missing optional extra), 2 bad
+    input or usage, 3 run or metric not found, or ambiguous run, 4 run exists or
+    is locked, 5 malformed chunk, 6 repository error, 7 remote error, 8 import
+    error.
     """
 
 

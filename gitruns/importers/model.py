@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gitruns.errors import GitRunsError, ImportFormatError
+from gitruns.errors import GitRunsError, ImportFormatError, require
 from gitruns.refs import check_name
 from gitruns.values import check_key
 
@@ -230,13 +230,7 @@ def find_files(path: Path, patterns: tuple[str, ...], what: str) -> list[Path]:
 
 def load_yaml(path: Path) -> Any:
     """Read a YAML file with the safe loader (PyYAML is an optional extra)."""
-    try:
-        import yaml
-    except ImportError:
-        raise ImportFormatError(
-            f"{path}: reading YAML needs PyYAML; pip install 'gitruns[import]'",
-            path=str(path),
-        ) from None
+    yaml = require("yaml", "import", f"reading {path}")
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

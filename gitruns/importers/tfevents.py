@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from gitruns.errors import ImportFormatError
+from gitruns.errors import ImportFormatError, require
 from gitruns.importers.model import (
     ImportedRun,
     ImportOptions,
@@ -26,16 +26,12 @@ _PATTERN = "*tfevents*"
 
 def _loader() -> Any:
     """The tensorboard package's raw event reader, or a clear error."""
-    try:
-        from tensorboard.backend.event_processing.event_file_loader import (
-            EventFileLoader,
-        )
-    except ImportError:
-        raise ImportFormatError(
-            "reading TensorBoard files needs the tensorboard package: "
-            "pip install 'gitruns[import]' (or pip install tensorboard)"
-        ) from None
-    return EventFileLoader
+    loader = require(
+        "tensorboard.backend.event_processing.event_file_loader",
+        "import",
+        "reading TensorBoard event files",
+    )
+    return loader.EventFileLoader
 
 
 def _run_dirs(path: Path) -> dict[Path, list[Path]]:
@@ -158,7 +154,8 @@ def parse_tensorboard(path: Path, options: ImportOptions) -> ParsedSource:
     profiler traces, images, histograms and other text are skipped and noted.
 
     Raises:
-        ImportFormatError: no event files, or the tensorboard package missing.
+        ImportFormatError: no event files.
+        MissingExtraError: the tensorboard package is missing.
     """
     parsed = ParsedSource()
     root = path if path.is_dir() else path.parent

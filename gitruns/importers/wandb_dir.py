@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitruns.errors import ImportFormatError
+from gitruns.errors import ImportFormatError, require
 from gitruns.importers.model import (
     ImportedRun,
     ImportOptions,
@@ -27,14 +27,11 @@ _SYSTEM = ("_step", "_timestamp", "_runtime")
 
 def _protobuf() -> Any:
     """W&B's record classes, or the error that says how to get them."""
-    try:
-        from wandb.proto import wandb_internal_pb2
-    except ImportError:
-        raise ImportFormatError(
-            "reading the history of a W&B run (its .wandb file) needs the wandb "
-            "package: pip install wandb. Nothing was imported"
-        ) from None
-    return wandb_internal_pb2
+    return require(
+        "wandb.proto.wandb_internal_pb2",
+        "wandb",
+        "reading the history of a W&B run (its .wandb file)",
+    )
 
 
 @dataclass
@@ -232,8 +229,9 @@ def parse_wandb(path: Path, options: ImportOptions) -> ParsedSource:
     says what was lost; a run without an exit record is marked crashed.
 
     Raises:
-        ImportFormatError: no ``.wandb`` file, not a W&B log, or the wandb
-            package missing (it parses the records).
+        ImportFormatError: no ``.wandb`` file, or not a W&B log.
+        MissingExtraError: the wandb package, which parses the records, is
+            missing.
     """
     pb = _protobuf()
     parsed = ParsedSource()
