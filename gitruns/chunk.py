@@ -956,6 +956,11 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+#: Why a map holding one key twice is refused: readers that keep the first
+#: and readers that keep the last would see different data.
+_TWICE = "a map holds a key twice, so readers could differ on its value"
+
+
 def _read_document(data: bytes, magic: str, source: str) -> dict[str, Any]:
     """Return a document's known entries, reading it once from the front.
 
@@ -974,10 +979,13 @@ def _read_document(data: bytes, magic: str, source: str) -> dict[str, Any]:
     maps = [0]
     arrays = [0]
 
-    def count_map(obj: dict[str, Any]) -> dict[str, Any]:
+    def count_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
         maps[0] -= 1
         if maps[0] < 0:
             raise ChunkFormatError(source, "a map where the format has a value")
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            raise ChunkFormatError(source, _TWICE)
         return obj
 
     def count_array(items: list[Any]) -> list[Any]:
@@ -994,7 +1002,7 @@ def _read_document(data: bytes, magic: str, source: str) -> dict[str, Any]:
         max_array_len=_MAX_LOOSE_ARRAY,
         max_map_len=_MAX_COLUMN_ENTRIES,
         max_ext_len=0,
-        object_hook=count_map,
+        object_pairs_hook=count_map,
         list_hook=count_array,
     )
     unpacker.feed(data)
@@ -1034,8 +1042,12 @@ def _read_document(data: bytes, magic: str, source: str) -> dict[str, Any]:
     values = _DOCUMENT_VALUES[magic]
     digest_map = _DIGEST_MAPS[magic]
     doc: dict[str, Any] = {}
+    seen: set[str] = set()
     for _ in range(header("the document")):
         entry = key()
+        if entry in seen:
+            raise ChunkFormatError(source, f"{_TWICE} ({entry!r})")
+        seen.add(entry)
         if entry in values:
             doc[entry] = unpack()
         elif entry == digest_map:
@@ -1044,6 +1056,8 @@ def _read_document(data: bytes, magic: str, source: str) -> dict[str, Any]:
                 digests = {}
                 for _ in range(header(entry)):
                     name = key()
+                    if name in digests:
+                        raise ChunkFormatError(source, f"{_TWICE} ({name!r})")
                     digests[name] = unpack()
             doc[entry] = digests
         elif entry == "columns" and magic == _MAGIC:
@@ -1052,6 +1066,8 @@ def _read_document(data: bytes, magic: str, source: str) -> dict[str, Any]:
                 columns = {}
                 for _ in range(header(entry)):
                     name = key()
+                    if name in columns:
+                        raise ChunkFormatError(source, f"{_TWICE} ({name!r})")
                     maps[0] = 1
                     columns[name] = unpack()
             for name, column in columns.items():

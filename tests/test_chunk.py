@@ -1575,3 +1575,52 @@ if __name__ == "__main__":
         print(f"wrote {len(golden_chunks())} golden files to {GOLDEN}")
     else:
         print(__doc__)
+
+
+def _with_a_key_twice(data: bytes, path: tuple[str, ...], key: str) -> bytes:
+    """Re-pack a document with ``key`` of the map at ``path`` given a second time.
+
+    The second copy is an empty map or zero, after the first: a reader that
+    keeps the last value (msgpack's dicts) would read other data.
+    """
+
+    def pack_map(pairs: list[tuple[Any, Any]], where: tuple[str, ...]) -> bytes:
+        count = len(pairs) + (where == path and any(k == key for k, _ in pairs))
+        head = (
+            bytes([0x80 | count]) if count < 16 else b"\xde" + struct.pack(">H", count)
+        )
+        out = [head]
+        for k, v in pairs:
+            out.append(msgpack.packb(k, use_bin_type=True))
+            out.append(pack(v, (*where, k)))
+            if where == path and k == key:
+                out.append(msgpack.packb(k, use_bin_type=True))
+                out.append(msgpack.packb({} if isinstance(v, list) else 0))
+        return b"".join(out)
+
+    def pack(value: Any, where: tuple[str, ...]) -> bytes:
+        if isinstance(value, list) and all(
+            isinstance(p, tuple) and len(p) == 2 for p in value
+        ):
+            return pack_map(value, where)
+        return msgpack.packb(value, use_bin_type=True)
+
+    doc = msgpack.unpackb(
+        data,
+        raw=False,
+        object_pairs_hook=lambda pairs: list(pairs),
+        strict_map_key=False,
+    )
+    return pack_map(doc, ())
+
+
+@pytest.mark.parametrize(
+    ("path", "key"),
+    [((), "columns"), (("columns",), "loss"), (("columns", "loss"), "values")],
+)
+def test_a_map_holding_a_key_twice_is_refused(path: tuple[str, ...], key: str) -> None:
+    chunk = build_chunk(10, 0, [0, 1, 2], [0.0] * 3, {"loss": ([0, 1, 2], [1.0] * 3)})
+    data = encode_chunk(chunk)
+    assert decode_chunk(_with_a_key_twice(data, (), "nothing-here"), source=SOURCE)
+    error = refused(_with_a_key_twice(data, path, key))
+    assert "holds a key twice" in str(error)
