@@ -949,19 +949,43 @@ def _fetch(
             {ObjectID(s) for s in offered.values() if ObjectID(s) not in store}
         )
 
-    with remote_errors(str(target), f"fetching from {target}"), _graph_walks(repo):
-        client.fetch(
-            path.encode(),
-            repo,
-            determine_wants=determine_wants,
-            progress=tap,
-            ref_prefix=[RUNS_PREFIX],
-        )
+    def fetch_wanted(wants: Callable[..., list[ObjectID]]) -> None:
+        with (
+            _missing_objects(target),
+            _graph_walks(repo),
+            remote_errors(str(target), f"fetching from {target}"),
+        ):
+            client.fetch(
+                path.encode(),
+                repo,
+                determine_wants=wants,
+                progress=tap,
+                ref_prefix=[RUNS_PREFIX],
+            )
+
+    failed: dict[bytes, str] = {}
+    try:
+        fetch_wanted(determine_wants)
+    except RemoteError:
+        if len(offered) < 2:
+            raise
+        # One run the remote cannot send must not keep the others: fetch
+        # them one at a time, and report the ones that fail.
+        for ref, sha in sorted(offered.items()):
+            try:
+                fetch_wanted(_only(ObjectID(sha), repo))
+            except RemoteError as exc:
+                failed[ref] = str(exc)
+        if len(failed) == len(offered):
+            raise
     tap.finish()
     _check_selection(offered, runs, str(target))
 
     outcomes = []
     for ref, sha in sorted(offered.items()):
+        if ref in failed:
+            outcomes.append(_unfetched(ref, sha, failed[ref]))
+            continue
         tracking = target.tracking_ref(ref)
         if tracking is None:
             outcomes.append(RefOutcome(ref, "new", None, sha, "fetched, not tracked"))
@@ -971,6 +995,45 @@ def _fetch(
         if outcome.status != "up to date":
             logger.info("fetch from %s: %s", target, outcome)
     return outcomes, target, offered
+
+
+def _only(sha: ObjectID, repo: BaseRepo) -> Callable[..., list[ObjectID]]:
+    """A determine_wants that asks for one commit, unless it is here already."""
+
+    def wants(
+        refs: Mapping[Ref, ObjectID | None], depth: int | None = None
+    ) -> list[ObjectID]:
+        return [] if sha in repo.object_store else [sha]
+
+    return wants
+
+
+@contextmanager
+def _missing_objects(target: Remote) -> Iterator[None]:
+    """A path remote that lacks an object it names is a RemoteError, not a KeyError."""
+    try:
+        yield
+    except KeyError as exc:
+        missing = exc.args[0] if exc.args else b"?"
+        if isinstance(missing, bytes):
+            missing = missing.decode(errors="replace")
+        raise RemoteError(
+            f"fetching from {target} failed: the remote repository lacks object "
+            f"{missing}, which its runs name; run `git fsck` there"
+        ) from exc
+
+
+def _unfetched(ref: bytes, sha: Sha, why: str) -> RefOutcome:
+    """A run the remote could not send: reported, nothing of it moved."""
+    return RefOutcome(
+        ref,
+        "rejected",
+        None,
+        sha,
+        why,
+        advice="the local run is unchanged and the other runs were fetched; have "
+        "the remote repository repaired",
+    )
 
 
 def _read_ref(repo: BaseRepo, ref: bytes) -> Sha | None:
@@ -1042,11 +1105,12 @@ def pull(
         DivergedError: the one run that diverged (with ``check``).
         RemoteError: the fetch failed, or runs were refused (with ``check``).
     """
-    _fetched, target, remote_refs = _fetch(
+    fetched, target, remote_refs = _fetch(
         repo, remote, runs, project, progress, ssh_command
     )
+    unfetched = {o.ref: o for o in fetched if o.status == "rejected"}
     planned = [
-        _plan_pull(repo, target, ref, sha, force)
+        unfetched.get(ref) or _plan_pull(repo, target, ref, sha, force)
         for ref, sha in sorted(remote_refs.items())
     ]
 

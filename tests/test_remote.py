@@ -890,3 +890,43 @@ def test_git_subprocess_sees_no_user_config(git_env: dict[str, str]) -> None:
         env={**os.environ},
     ).stdout
     assert "global" not in out and ".gitconfig" not in out
+
+
+def test_pull_of_a_remote_missing_an_object_takes_the_intact_runs(
+    local: Path, tmp_path: Path
+) -> None:
+    good = log_run(local, "good", range(5))
+    broken = log_run(local, "broken", range(5))
+    # The broken run's newest commit names a blob the repository lacks.
+    env = {**os.environ, "GIT_INDEX_FILE": str(tmp_path / "index")}
+    ref = f"refs/heads/runs/{broken}"
+    plumb = ["git", "--git-dir", str(local)]
+    subprocess.run([*plumb, "read-tree", ref], env=env, check=True)
+    subprocess.run(
+        [*plumb, "update-index", "--cacheinfo", f"100644,{'2' * 40},README.md"],
+        env=env,
+        check=True,
+    )
+    tree = subprocess.run(
+        [*plumb, "write-tree", "--missing-ok"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    commit = git("--git-dir", local, "commit-tree", tree, "-p", ref, "-m", "x")
+    git("--git-dir", local, "update-ref", ref, commit.stdout.strip())
+    into = tmp_path / "into.git"
+    git("init", "--quiet", "--bare", into)
+
+    result = CliRunner().invoke(main, ["pull", "--repo", str(into), str(local)])
+
+    assert result.exit_code == 7, result.output
+    assert f"created      {good}" in result.stdout
+    assert f"rejected     {broken}" in result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and f"lacks object {'2' * 40}" in errors[0]
+    assert steps_of(into, good) == list(range(5))
+    assert (
+        f"refs/heads/runs/{broken}" not in git("--git-dir", into, "for-each-ref").stdout
+    )
