@@ -12,7 +12,13 @@ import pytest
 pytest.register_assert_rewrite("tests.gitserver")
 
 # The loopback Git servers' fixtures, for every test module.
-from tests.gitserver import git_daemon, git_env, git_server, http_backend  # noqa: E402
+from tests.gitserver import (  # noqa: E402
+    SCRUBBED_GIT_ENV,
+    git_daemon,
+    git_env,
+    git_server,
+    http_backend,
+)
 
 __all__ = ["git_daemon", "git_env", "git_server", "http_backend"]
 
@@ -38,17 +44,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(skip)
 
 
-_SCRUBBED = {
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_AUTHOR_NAME": "gitruns tests",
-    "GIT_AUTHOR_EMAIL": "tests@gitruns.invalid",
-    "GIT_COMMITTER_NAME": "gitruns tests",
-    "GIT_COMMITTER_EMAIL": "tests@gitruns.invalid",
-    "GIT_TERMINAL_PROMPT": "0",
-}
-
-
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No user git config, no GITRUNS_* settings, and a cwd outside any repository.
@@ -59,7 +54,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in list(os.environ):
         if name.startswith("GITRUNS_") or name in ("GIT_DIR", "GIT_WORK_TREE"):
             monkeypatch.delenv(name)
-    for name, value in _SCRUBBED.items():
+    for name, value in SCRUBBED_GIT_ENV.items():
         monkeypatch.setenv(name, value)
     work = tmp_path / "cwd"
     work.mkdir()
