@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
+
+import gitruns
+from gitruns.reader import RunView
 
 pytest.register_assert_rewrite("tests.gitserver")
 
@@ -65,6 +69,32 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def repo(tmp_path: Path) -> Path:
     """Where a test's runs go (created on first use)."""
     return tmp_path / "runs.git"
+
+
+@pytest.fixture
+def seed_runs(repo: Path) -> tuple[RunView, RunView]:
+    """DESIGN.md §5's reference scenario in ``repo``: (demo/source, demo/forked).
+
+    The source logs steps 0..299; its fork at step 200 holds 0..200 and logs
+    201..400 itself, two log() calls per i. Written as the design writes it, but
+    with fixed ids so tests can name the runs, and a config on the source for
+    the fork to inherit.
+    """
+    src = gitruns.init(project="demo", id="source", repo=repo, config={"lr": 0.1})
+    for i in range(300):
+        src.log({"metric": i})
+    src.finish()
+
+    fork = gitruns.init(
+        project="demo", id="forked", fork_from=f"{src.id}?_step=200", repo=repo
+    )
+    for i in range(200, 300):
+        wiggle = 0 if i < 250 else 2 * math.sin(i / 3.0)
+        fork.log({"metric": i + wiggle})
+        fork.log({"additional_metric": i * 1.1})
+    fork.finish()
+    api = gitruns.Api(repo)
+    return api.run("demo/source"), api.run("demo/forked")
 
 
 def git(*args: str, cwd: Path | None = None) -> str:
