@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite: a clean environment and a runs repository."""
+"""Fixtures shared by the whole suite: a clean environment, repositories, seed runs."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import inspect
 import math
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
+from dulwich.repo import Repo
 
 import gitruns
 from gitruns.reader import RunView
@@ -23,6 +26,7 @@ from tests.gitserver import (  # noqa: E402
     git_server,
     http_backend,
 )
+from tests.gitserver import git as server_git  # noqa: E402
 
 __all__ = ["git_daemon", "git_env", "git_server", "http_backend"]
 
@@ -69,6 +73,21 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def repo(tmp_path: Path) -> Path:
     """Where a test's runs go (created on first use)."""
     return tmp_path / "runs.git"
+
+
+@pytest.fixture
+def local_bare(tmp_path: Path, git_env: dict[str, str]) -> Path:
+    """An empty bare repository made by real git, for a user's runs to push."""
+    path = tmp_path / "local.git"
+    server_git("init", "--quiet", "--bare", path)
+    return path
+
+
+@pytest.fixture
+def local_repo(local_bare: Path) -> Iterator[Repo]:
+    """``local_bare`` opened with dulwich, as remote.push() and the hooks take it."""
+    with closing(Repo(str(local_bare))) as opened:
+        yield opened
 
 
 @pytest.fixture
