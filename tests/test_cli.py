@@ -53,6 +53,32 @@ def test_every_command_has_help(name: str) -> None:
     assert code == 0 and "Usage:" in out
 
 
+def _listed(help_text: str) -> dict[str, str]:
+    """The Commands: section of a group's --help: name -> its short help."""
+    section = help_text.split("\nCommands:\n", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split(None, 1) for line in section.splitlines()]
+    return {row[0]: row[1] if len(row) > 1 else "" for row in rows}
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", *(n for n, c in _all_commands(main) if isinstance(c, click.Group))],
+    ids=lambda name: f"gitruns {name}".strip(),
+)
+def test_every_group_lists_its_commands(name: str) -> None:
+    group = dict(_all_commands(main)).get(name, main)
+    assert isinstance(group, click.Group)
+    assert group.help and len(group.help.strip()) > 10, name
+    code, out = invoke(*name.split(), "--help")
+    assert code == 0 and "Usage:" in out
+
+    listed = _listed(out)
+    assert sorted(listed) == sorted(
+        n for n, c in group.commands.items() if not c.hidden
+    )
+    assert all(listed.values()), listed  # each one with its short help
+
+
 def test_runs_listing(runs: Path) -> None:
     code, out = invoke("runs", "--repo", str(runs))
     assert code == 0

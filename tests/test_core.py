@@ -18,30 +18,14 @@ from gitruns.errors import (
     RunNotFoundError,
     StepOrderError,
 )
+from gitruns.reader import RunView
 from gitruns.store import RunStore
 from tests.conftest import git
 
 
-def seed_scenario(repo: Path) -> tuple[str, str]:
-    """DESIGN.md §5's reference scenario, as written (with repo=)."""
-    src = gitruns.init(project="demo", repo=repo)
-    for i in range(300):
-        src.log({"metric": i})
-    src.finish()
-
-    fork = gitruns.init(project="demo", fork_from=f"{src.id}?_step=200", repo=repo)
-    for i in range(200, 300):
-        wiggle = 0 if i < 250 else 2 * math.sin(i / 3.0)
-        fork.log({"metric": i + wiggle})
-        fork.log({"additional_metric": i * 1.1})
-    fork.finish()
-    return src.path, fork.path
-
-
-def test_seed_scenario(repo: Path) -> None:
-    src_path, fork_path = seed_scenario(repo)
-    api = gitruns.Api(repo)
-    src, fork = api.run(src_path), api.run(fork_path)
+def test_seed_scenario(seed_runs: tuple[RunView, RunView]) -> None:
+    src, fork = seed_runs
+    src_path = src.path
 
     src_rows = list(src.scan_history())
     fork_rows = list(fork.scan_history())
@@ -355,8 +339,10 @@ def test_define_metric_summary(repo: Path) -> None:
     assert summary == {"acc": {"max": 0.9}, "loss": 0.5, "best_note": "hand-set"}
 
 
-def test_run_tree_is_valid_git(repo: Path, tmp_path: Path) -> None:
-    src_path, fork_path = seed_scenario(repo)
+def test_run_tree_is_valid_git(
+    seed_runs: tuple[RunView, RunView], repo: Path, tmp_path: Path
+) -> None:
+    src_path, fork_path = (view.path for view in seed_runs)
     git("fsck", "--strict", "--no-dangling", cwd=repo)
     branch = f"runs/{fork_path}"
     files = git("ls-tree", "-r", "--name-only", branch, cwd=repo).split()

@@ -69,25 +69,6 @@ def rows_match(
 
 
 @pytest.fixture
-def seed(repo: Path) -> tuple[RunView, RunView]:
-    """DESIGN.md section 5: a run of 300 steps and its fork at 200."""
-    src = gitruns.init(project="demo", id="source", repo=repo)
-    for i in range(300):
-        src.log({"metric": i})
-    src.finish()
-    fork = gitruns.init(
-        project="demo", id="forked", fork_from="source?_step=200", repo=repo
-    )
-    for i in range(200, 300):
-        wiggle = 0 if i < 250 else 2 * math.sin(i / 3.0)
-        fork.log({"metric": i + wiggle})
-        fork.log({"additional_metric": i * 1.1})
-    fork.finish()
-    api = gitruns.Api(repo)
-    return api.run("demo/source"), api.run("demo/forked")
-
-
-@pytest.fixture
 def odd(repo: Path) -> RunView:
     """A run holding every awkward value, sparse metrics and a text metric."""
     with gitruns.init(project="odd", id="values", repo=repo) as run:
@@ -115,8 +96,8 @@ def test_csv_cell_spelling() -> None:
     assert csv_cell(None) == "" and csv_cell(True) == "True" and csv_cell(7) == "7"
 
 
-def test_csv_export_of_the_seed_fork(seed: tuple[RunView, RunView]) -> None:
-    _, fork = seed
+def test_csv_export_of_the_seed_fork(seed_runs: tuple[RunView, RunView]) -> None:
+    _, fork = seed_runs
     code, out, err = invoke("export", "demo/forked", "--repo", str(fork.store.git_dir))
     assert code == 0, err
     table = list(csv.reader(io.StringIO(out)))
@@ -135,9 +116,9 @@ def test_csv_export_of_the_seed_fork(seed: tuple[RunView, RunView]) -> None:
 
 
 def test_jsonl_export_is_scan_history(
-    odd: RunView, seed: tuple[RunView, RunView]
+    odd: RunView, seed_runs: tuple[RunView, RunView]
 ) -> None:
-    for view in (odd, *seed):
+    for view in (odd, *seed_runs):
         out = io.StringIO()
         count = export_history(view, out, "jsonl")
         lines = out.getvalue().splitlines()
@@ -180,9 +161,9 @@ def _import_jsonl(path: Path, repo: Path) -> RunView:
 
 
 def test_round_trip_csv_export_import(
-    seed: tuple[RunView, RunView], tmp_path: Path
+    seed_runs: tuple[RunView, RunView], tmp_path: Path
 ) -> None:
-    _, fork = seed
+    _, fork = seed_runs
     path = tmp_path / "fork.csv"
     code, _, err = invoke(
         "export", "demo/forked", "-o", str(path), "--repo", str(fork.store.git_dir)
@@ -290,9 +271,9 @@ def test_round_trip_of_a_real_run_in_both_formats(tmp_path: Path) -> None:
 
 
 def test_exports_of_one_run_import_once(
-    seed: tuple[RunView, RunView], tmp_path: Path
+    seed_runs: tuple[RunView, RunView], tmp_path: Path
 ) -> None:
-    _, fork = seed
+    _, fork = seed_runs
     full, head = tmp_path / "full.jsonl", tmp_path / "head.jsonl"
     with full.open("w") as handle:
         export_history(fork, handle, "jsonl")
@@ -310,9 +291,9 @@ def test_exports_of_one_run_import_once(
 
 
 def test_round_trip_jsonl_export_import_is_exact(
-    seed: tuple[RunView, RunView], odd: RunView, tmp_path: Path
+    seed_runs: tuple[RunView, RunView], odd: RunView, tmp_path: Path
 ) -> None:
-    for view in (odd, seed[1]):
+    for view in (odd, seed_runs[1]):
         path = tmp_path / f"{view.id}.jsonl"
         with path.open("w") as handle:
             export_history(view, handle, "jsonl")
@@ -321,10 +302,10 @@ def test_round_trip_jsonl_export_import_is_exact(
 
 
 def test_round_trip_gives_the_same_pandas_history(
-    seed: tuple[RunView, RunView], tmp_path: Path
+    seed_runs: tuple[RunView, RunView], tmp_path: Path
 ) -> None:
     pandas = pytest.importorskip("pandas")
-    _, fork = seed
+    _, fork = seed_runs
     path = tmp_path / "fork.jsonl"
     with path.open("w") as handle:
         export_history(fork, handle, "jsonl")
@@ -337,9 +318,9 @@ def test_round_trip_gives_the_same_pandas_history(
 
 
 def test_keys_and_step_range_pick_rows_as_scan_history(
-    seed: tuple[RunView, RunView],
+    seed_runs: tuple[RunView, RunView],
 ) -> None:
-    _, fork = seed
+    _, fork = seed_runs
     repo = str(fork.store.git_dir)
     code, out, _ = invoke(
         "export",
@@ -379,9 +360,9 @@ def test_keys_and_step_range_pick_rows_as_scan_history(
 
 
 def test_unknown_key_is_a_clear_error(
-    seed: tuple[RunView, RunView], tmp_path: Path
+    seed_runs: tuple[RunView, RunView], tmp_path: Path
 ) -> None:
-    _, fork = seed
+    _, fork = seed_runs
     target = tmp_path / "out.csv"
     code, _, err = invoke(
         "export",
@@ -400,9 +381,9 @@ def test_unknown_key_is_a_clear_error(
 
 
 def test_output_file_matches_stdout(
-    seed: tuple[RunView, RunView], tmp_path: Path
+    seed_runs: tuple[RunView, RunView], tmp_path: Path
 ) -> None:
-    _, fork = seed
+    _, fork = seed_runs
     repo = str(fork.store.git_dir)
     for fmt in ("csv", "jsonl"):
         target = tmp_path / f"fork.{fmt}"

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -131,19 +130,6 @@ def remote_refs(url: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def local(tmp_path: Path, git_env: dict[str, str]) -> Path:
-    path = tmp_path / "local.git"
-    git("init", "--quiet", "--bare", path)
-    return path
-
-
-@pytest.fixture
-def repo(local: Path) -> Iterator[Repo]:
-    with closing(Repo(str(local))) as r:
-        yield r
-
-
-@pytest.fixture
 def guarded(git_daemon: GitServer) -> GitServer:
     """A git daemon whose repository has the gitruns pre-receive hook."""
     path = git_daemon.create()
@@ -161,20 +147,22 @@ def stock_push(
 # -- pre-receive on a real server ---------------------------------------------------
 
 
-def test_valid_pushes_pass(git_server: GitServer, local: Path, repo: Repo) -> None:
+def test_valid_pushes_pass(
+    git_server: GitServer, local_bare: Path, local_repo: Repo
+) -> None:
     path = git_server.create()
     with closing(Repo(str(path))) as served:
         hooks.install_hook(served, "pre-receive")
-    src = log_run(local, "src", range(120))
-    fork = log_run(local, "fork", range(51, 70), fork_from=f"{src}?_step=50")
+    src = log_run(local_bare, "src", range(120))
+    fork = log_run(local_bare, "fork", range(51, 70), fork_from=f"{src}?_step=50")
 
     # A fork before its parent, the parent, more steps, then a rewind.
-    first = remote.push(repo, git_server.url(), [RunRef("demo", "fork")])
-    second = remote.push(repo, git_server.url())
-    log_run(local, "src", range(120, 130), resume="must")
-    third = remote.push(repo, git_server.url())
-    log_run(local, "src", range(91, 95), resume_from=f"{src}?_step=90")
-    fourth = remote.push(repo, git_server.url(), [RunRef("demo", "src")])
+    first = remote.push(local_repo, git_server.url(), [RunRef("demo", "fork")])
+    second = remote.push(local_repo, git_server.url())
+    log_run(local_bare, "src", range(120, 130), resume="must")
+    third = remote.push(local_repo, git_server.url())
+    log_run(local_bare, "src", range(91, 95), resume_from=f"{src}?_step=90")
+    fourth = remote.push(local_repo, git_server.url(), [RunRef("demo", "src")])
 
     assert [o.status for o in first] == ["created"]
     assert {o.run.path: o.status for o in second} == {
@@ -183,20 +171,22 @@ def test_valid_pushes_pass(git_server: GitServer, local: Path, repo: Repo) -> No
     }
     assert {o.run.path: o.status for o in third}[src] == "fast-forward"
     assert [o.status for o in fourth] == ["fast-forward"]
-    assert remote_refs(git_server.url())[f"refs/heads/runs/{src}"] == tip(local, src)
+    assert remote_refs(git_server.url())[f"refs/heads/runs/{src}"] == tip(
+        local_bare, src
+    )
 
 
 def test_every_imported_real_run_passes(
-    guarded: GitServer, local: Path, repo: Repo
+    guarded: GitServer, local_bare: Path, local_repo: Repo
 ) -> None:
     runner = CliRunner()
     for fmt, sample in IMPORTS:
         result = runner.invoke(
-            main, ["import", fmt, str(REAL_RUNS / sample), "--repo", str(local)]
+            main, ["import", fmt, str(REAL_RUNS / sample), "--repo", str(local_bare)]
         )
         assert result.exit_code == 0, result.output
 
-    outcomes = remote.push(repo, guarded.url(), check=False)
+    outcomes = remote.push(local_repo, guarded.url(), check=False)
 
     assert len(outcomes) > 40
     assert [str(o) for o in outcomes if not o.ok] == []
@@ -204,29 +194,31 @@ def test_every_imported_real_run_passes(
 
 
 def test_partial_windows_forks_and_rewinds_inside_a_window_pass(
-    guarded: GitServer, local: Path, repo: Repo
+    guarded: GitServer, local_bare: Path, local_repo: Repo
 ) -> None:
     # A tiny window and a zero flush interval: every step is its own commit and
     # segment, and fork and rewind points fall inside windows.
     settings = {"window": 10, "flush_interval": 0.0}
-    src = log_run(local, "src", range(37), **settings)
-    log_run(local, "fork", range(24, 41), fork_from=f"{src}?_step=23", **settings)
-    log_run(local, "src", range(16, 30), resume_from=f"{src}?_step=15", **settings)
-    segments = git("--git-dir", local, "ls-tree", "-r", "--name-only", f"runs/{src}")
+    src = log_run(local_bare, "src", range(37), **settings)
+    log_run(local_bare, "fork", range(24, 41), fork_from=f"{src}?_step=23", **settings)
+    log_run(local_bare, "src", range(16, 30), resume_from=f"{src}?_step=15", **settings)
+    segments = git(
+        "--git-dir", local_bare, "ls-tree", "-r", "--name-only", f"runs/{src}"
+    )
 
-    outcomes = remote.push(repo, guarded.url(), check=False)
+    outcomes = remote.push(local_repo, guarded.url(), check=False)
 
     assert segments.stdout.count(".msgpack") > 4
     assert [str(o) for o in outcomes if not o.ok] == []
 
 
 def test_force_push_is_rejected(
-    guarded: GitServer, local: Path, tmp_path: Path
+    guarded: GitServer, local_bare: Path, tmp_path: Path
 ) -> None:
-    run = log_run(local, "r1", range(10))
+    run = log_run(local_bare, "r1", range(10))
     assert (
         stock_push(
-            local, guarded.url(), "refs/heads/runs/*:refs/heads/runs/*"
+            local_bare, guarded.url(), "refs/heads/runs/*:refs/heads/runs/*"
         ).returncode
         == 0
     )
@@ -234,12 +226,12 @@ def test_force_push_is_rejected(
     git("clone", "--quiet", "--bare", guarded.url(), other)
     log_run(other, "r1", range(10, 15), resume="must")
     assert stock_push(other, guarded.url(), f"refs/heads/runs/{run}").returncode == 0
-    log_run(local, "r1", range(10, 12), resume="must")
+    log_run(local_bare, "r1", range(10, 12), resume="must")
 
-    pushed = stock_push(local, guarded.url(), f"+refs/heads/runs/{run}")
+    pushed = stock_push(local_bare, guarded.url(), f"+refs/heads/runs/{run}")
 
     assert pushed.returncode != 0
-    at = tip(local, run)[:10]
+    at = tip(local_bare, run)[:10]
     assert f"gitruns: refused refs/heads/runs/{run} {at}: not a fast-forward" in (
         pushed.stderr
     )
@@ -248,24 +240,24 @@ def test_force_push_is_rejected(
 
 @pytest.mark.parametrize("scheme", ["path", "file://"])
 def test_gitruns_force_push_to_a_path_runs_the_targets_hook(
-    local: Path, tmp_path: Path, scheme: str
+    local_bare: Path, tmp_path: Path, scheme: str
 ) -> None:
     served = tmp_path / "served.git"
     git("init", "--quiet", "--bare", served)
     with closing(Repo(str(served))) as target:
         hooks.install_hook(target, "pre-receive")
     url = str(served) if scheme == "path" else f"file://{served}"
-    run = log_run(local, "r1", range(10))
-    remote.push(Repo(str(local)), url)
+    run = log_run(local_bare, "r1", range(10))
+    remote.push(Repo(str(local_bare)), url)
     pushed_tip = tip(served, run)
     other = tmp_path / "other.git"
     git("clone", "--quiet", "--mirror", str(served), other)
     log_run(other, "r1", range(10, 15), resume="must")
     remote.push(Repo(str(other)), url)
-    log_run(local, "r1", range(10, 12), resume="must")
+    log_run(local_bare, "r1", range(10, 12), resume="must")
 
     result = CliRunner().invoke(
-        main, ["push", "--repo", str(local), url, run, "--force"]
+        main, ["push", "--repo", str(local_bare), url, run, "--force"]
     )
 
     assert result.exit_code == 7, result.output
@@ -273,27 +265,29 @@ def test_gitruns_force_push_to_a_path_runs_the_targets_hook(
     assert tip(served, run) == tip(other, run) != pushed_tip
 
 
-def test_deletion_is_rejected(guarded: GitServer, local: Path) -> None:
-    run = log_run(local, "r1", range(10))
-    stock_push(local, guarded.url(), f"refs/heads/runs/{run}")
+def test_deletion_is_rejected(guarded: GitServer, local_bare: Path) -> None:
+    run = log_run(local_bare, "r1", range(10))
+    stock_push(local_bare, guarded.url(), f"refs/heads/runs/{run}")
 
-    pushed = stock_push(local, guarded.url(), f":refs/heads/runs/{run}")
+    pushed = stock_push(local_bare, guarded.url(), f":refs/heads/runs/{run}")
 
     assert pushed.returncode != 0
-    assert f"refused refs/heads/runs/{run} {tip(local, run)[:10]}: " in pushed.stderr
+    assert (
+        f"refused refs/heads/runs/{run} {tip(local_bare, run)[:10]}: " in pushed.stderr
+    )
     assert "cannot be deleted" in pushed.stderr
     assert f"refs/heads/runs/{run}" in remote_refs(guarded.url())
 
 
 def test_malformed_chunk_is_rejected(
-    guarded: GitServer, local: Path, repo: Repo
+    guarded: GitServer, local_bare: Path, local_repo: Repo
 ) -> None:
-    run = log_run(local, "r1", range(10))
-    remote.push(repo, guarded.url())
-    bad = craft_commit(local, run, [10, 11], data=b"\x82\xa3not a chunk")
+    run = log_run(local_bare, "r1", range(10))
+    remote.push(local_repo, guarded.url())
+    bad = craft_commit(local_bare, run, [10, 11], data=b"\x82\xa3not a chunk")
 
     with pytest.raises(RemoteError) as refused:
-        remote.push(repo, guarded.url())
+        remote.push(local_repo, guarded.url())
 
     message = str(refused.value)
     assert f"refs/heads/runs/{run} {bad[:10]}: malformed chunk" in message
@@ -302,23 +296,27 @@ def test_malformed_chunk_is_rejected(
 
 
 def test_a_segment_that_is_not_a_plain_file_is_rejected_as_readers_refuse_it(
-    guarded: GitServer, local: Path, tmp_path: Path
+    guarded: GitServer, local_bare: Path, tmp_path: Path
 ) -> None:
-    run = log_run(local, "r1", range(10))
-    assert stock_push(local, guarded.url(), f"refs/heads/runs/{run}").returncode == 0
+    run = log_run(local_bare, "r1", range(10))
+    assert (
+        stock_push(local_bare, guarded.url(), f"refs/heads/runs/{run}").returncode == 0
+    )
     ref = f"refs/heads/runs/{run}"
-    segment = git("--git-dir", local, "ls-tree", "-r", "--name-only", ref, "history")
+    segment = git(
+        "--git-dir", local_bare, "ls-tree", "-r", "--name-only", ref, "history"
+    )
     name = segment.stdout.split()[0]
     data = subprocess.run(
-        ["git", "--git-dir", str(local), "cat-file", "blob", f"{ref}:{name}"],
+        ["git", "--git-dir", str(local_bare), "cat-file", "blob", f"{ref}:{name}"],
         capture_output=True,
         check=True,
     ).stdout
-    bad = craft_files(local, run, {name: data}, mode="100755")
+    bad = craft_files(local_bare, run, {name: data}, mode="100755")
 
-    pushed = stock_push(local, guarded.url(), ref)
+    pushed = stock_push(local_bare, guarded.url(), ref)
     with closing(Repo.init_bare(str(tmp_path / "puller.git"), mkdir=True)) as puller:
-        pulled = remote.pull(puller, str(local), check=False)
+        pulled = remote.pull(puller, str(local_bare), check=False)
 
     assert pushed.returncode != 0
     assert (
@@ -330,12 +328,12 @@ def test_a_segment_that_is_not_a_plain_file_is_rejected_as_readers_refuse_it(
     ]
 
 
-def test_step_order_violation_is_rejected(guarded: GitServer, local: Path) -> None:
-    run = log_run(local, "r1", range(10))
-    stock_push(local, guarded.url(), f"refs/heads/runs/{run}")
-    bad = craft_commit(local, run, [5, 6])
+def test_step_order_violation_is_rejected(guarded: GitServer, local_bare: Path) -> None:
+    run = log_run(local_bare, "r1", range(10))
+    stock_push(local_bare, guarded.url(), f"refs/heads/runs/{run}")
+    bad = craft_commit(local_bare, run, [5, 6])
 
-    pushed = stock_push(local, guarded.url(), f"refs/heads/runs/{run}")
+    pushed = stock_push(local_bare, guarded.url(), f"refs/heads/runs/{run}")
 
     assert pushed.returncode != 0
     assert (
@@ -344,11 +342,13 @@ def test_step_order_violation_is_rejected(guarded: GitServer, local: Path) -> No
     ) in pushed.stderr
 
 
-def test_a_commit_of_another_run_is_rejected(guarded: GitServer, local: Path) -> None:
-    run = log_run(local, "r1", range(5))
+def test_a_commit_of_another_run_is_rejected(
+    guarded: GitServer, local_bare: Path
+) -> None:
+    run = log_run(local_bare, "r1", range(5))
 
     pushed = stock_push(
-        local, guarded.url(), f"refs/heads/runs/{run}:refs/heads/runs/demo/r2"
+        local_bare, guarded.url(), f"refs/heads/runs/{run}:refs/heads/runs/demo/r2"
     )
 
     assert pushed.returncode != 0
@@ -358,22 +358,22 @@ def test_a_commit_of_another_run_is_rejected(guarded: GitServer, local: Path) ->
 
 
 def test_bad_run_ref_name_is_rejected_and_other_refs_pass(
-    guarded: GitServer, local: Path, tmp_path: Path
+    guarded: GitServer, local_bare: Path, tmp_path: Path
 ) -> None:
-    run = log_run(local, "r1", range(5))
+    run = log_run(local_bare, "r1", range(5))
     work = tmp_path / "code"
     git("init", "--quiet", work)
     git("commit", "--quiet", "--allow-empty", "-m", "code", cwd=work)
 
     nested = stock_push(
-        local, guarded.url(), f"refs/heads/runs/{run}:refs/heads/runs/demo/r1/x"
+        local_bare, guarded.url(), f"refs/heads/runs/{run}:refs/heads/runs/demo/r1/x"
     )
     code = git("push", guarded.url(), "HEAD:refs/heads/main", cwd=work, check=False)
 
     assert nested.returncode != 0
     assert (
         "gitruns: refused refs/heads/runs/demo/r1/x "
-        f"{tip(local, run)[:10]}: not a valid run branch: "
+        f"{tip(local_bare, run)[:10]}: not a valid run branch: "
         "must be runs/<project>/<run_id>"
     ) in nested.stderr
     assert "b'" not in nested.stderr
@@ -381,14 +381,14 @@ def test_bad_run_ref_name_is_rejected_and_other_refs_pass(
 
 
 def test_deep_run_json_is_refused_with_one_line_naming_ref_and_commit(
-    guarded: GitServer, local: Path
+    guarded: GitServer, local_bare: Path
 ) -> None:
-    run = log_run(local, "r1", range(5))
-    stock_push(local, guarded.url(), f"refs/heads/runs/{run}")
-    before = tip(local, run)
-    bad = craft_files(local, run, {"run.json": b"[" * 100_000 + b"]" * 100_000})
+    run = log_run(local_bare, "r1", range(5))
+    stock_push(local_bare, guarded.url(), f"refs/heads/runs/{run}")
+    before = tip(local_bare, run)
+    bad = craft_files(local_bare, run, {"run.json": b"[" * 100_000 + b"]" * 100_000})
 
-    pushed = stock_push(local, guarded.url(), f"refs/heads/runs/{run}")
+    pushed = stock_push(local_bare, guarded.url(), f"refs/heads/runs/{run}")
 
     assert pushed.returncode != 0
     said = [line for line in pushed.stderr.splitlines() if "gitruns" in line]
@@ -401,13 +401,15 @@ def test_deep_run_json_is_refused_with_one_line_naming_ref_and_commit(
 
 
 def test_gitruns_push_of_a_refused_run_says_the_reason_once(
-    guarded: GitServer, local: Path, repo: Repo
+    guarded: GitServer, local_bare: Path, local_repo: Repo
 ) -> None:
-    good = log_run(local, "good", range(5))
-    bad_run = log_run(local, "bad", range(5))
-    bad = craft_commit(local, bad_run, [2, 3])
+    good = log_run(local_bare, "good", range(5))
+    bad_run = log_run(local_bare, "bad", range(5))
+    bad = craft_commit(local_bare, bad_run, [2, 3])
 
-    result = CliRunner().invoke(main, ["push", "--repo", str(local), guarded.url()])
+    result = CliRunner().invoke(
+        main, ["push", "--repo", str(local_bare), guarded.url()]
+    )
 
     assert result.exit_code == 7
     said = result.stdout + result.stderr
@@ -427,13 +429,15 @@ def test_gitruns_push_of_a_refused_run_says_the_reason_once(
     ]
 
 
-def test_one_bad_ref_refuses_the_whole_push(guarded: GitServer, local: Path) -> None:
-    good = log_run(local, "good", range(5))
-    bad_run = log_run(local, "bad", range(5))
-    craft_commit(local, bad_run, [2, 3])
+def test_one_bad_ref_refuses_the_whole_push(
+    guarded: GitServer, local_bare: Path
+) -> None:
+    good = log_run(local_bare, "good", range(5))
+    bad_run = log_run(local_bare, "bad", range(5))
+    craft_commit(local_bare, bad_run, [2, 3])
 
     pushed = stock_push(
-        local, guarded.url(), "--atomic", "refs/heads/runs/*:refs/heads/runs/*"
+        local_bare, guarded.url(), "--atomic", "refs/heads/runs/*:refs/heads/runs/*"
     )
 
     assert pushed.returncode != 0
@@ -445,44 +449,46 @@ def test_one_bad_ref_refuses_the_whole_push(guarded: GitServer, local: Path) -> 
 
 
 def test_unchecked_commits_cannot_be_smuggled_through_another_branch(
-    guarded: GitServer, local: Path
+    guarded: GitServer, local_bare: Path
 ) -> None:
-    run = log_run(local, "r1", range(10))
-    stock_push(local, guarded.url(), f"refs/heads/runs/{run}")
-    craft_commit(local, run, [3, 4])
+    run = log_run(local_bare, "r1", range(10))
+    stock_push(local_bare, guarded.url(), f"refs/heads/runs/{run}")
+    craft_commit(local_bare, run, [3, 4])
     # Outside runs/ anything goes, so the bad commit reaches the server's objects.
     assert (
         stock_push(
-            local, guarded.url(), f"refs/heads/runs/{run}:refs/heads/junk"
+            local_bare, guarded.url(), f"refs/heads/runs/{run}:refs/heads/junk"
         ).returncode
         == 0
     )
 
-    pushed = stock_push(local, guarded.url(), f"refs/heads/runs/{run}")
+    pushed = stock_push(local_bare, guarded.url(), f"refs/heads/runs/{run}")
 
     assert pushed.returncode != 0 and "step order" in pushed.stderr
 
 
-def test_server_config_can_allow_rewrites(guarded: GitServer, local: Path) -> None:
-    run = log_run(local, "r1", range(5))
-    stock_push(local, guarded.url(), f"refs/heads/runs/{run}")
+def test_server_config_can_allow_rewrites(guarded: GitServer, local_bare: Path) -> None:
+    run = log_run(local_bare, "r1", range(5))
+    stock_push(local_bare, guarded.url(), f"refs/heads/runs/{run}")
     git("config", "gitruns.allowRewrite", "true", cwd=guarded.base / "runs.git")
 
-    deleted = stock_push(local, guarded.url(), f":refs/heads/runs/{run}")
+    deleted = stock_push(local_bare, guarded.url(), f":refs/heads/runs/{run}")
 
     assert deleted.returncode == 0, deleted.stderr
     assert f"refs/heads/runs/{run}" not in remote_refs(guarded.url())
 
 
-def test_pre_receive_checks_only_the_new_commits(local: Path, tmp_path: Path) -> None:
-    log_run(local, "r1", range(40))
+def test_pre_receive_checks_only_the_new_commits(
+    local_bare: Path, tmp_path: Path
+) -> None:
+    log_run(local_bare, "r1", range(40))
     for first in range(40, 100, 10):
-        log_run(local, "r1", range(first, first + 10), resume="must")
+        log_run(local_bare, "r1", range(first, first + 10), resume="must")
     branch = Ref(RunRef("demo", "r1").ref)
-    with closing(Repo(str(local))) as r:
+    with closing(Repo(str(local_bare))) as r:
         head = Sha(r.refs[branch])
         old = Sha(
-            git("--git-dir", local, "rev-parse", f"{head.decode()}^")
+            git("--git-dir", local_bare, "rev-parse", f"{head.decode()}^")
             .stdout.strip()
             .encode()
         )
@@ -498,7 +504,7 @@ def test_pre_receive_checks_only_the_new_commits(local: Path, tmp_path: Path) ->
         assert store_view.check([hooks.RefUpdate(update.ref, None, head)]) == []
 
     assert len(checker._checked) == 1
-    count = git("--git-dir", local, "rev-list", "--count", head.decode())
+    count = git("--git-dir", local_bare, "rev-list", "--count", head.decode())
     assert len(store_view._checked) == int(count.stdout)
 
 
@@ -535,16 +541,16 @@ def test_pre_push_stops_a_bad_run_before_it_leaves(
 
 
 def test_gitruns_push_runs_an_installed_pre_push_check(
-    git_daemon: GitServer, local: Path, repo: Repo
+    git_daemon: GitServer, local_bare: Path, local_repo: Repo
 ) -> None:
     git_daemon.create()
-    good = log_run(local, "good", range(5))
-    bad_run = log_run(local, "bad", range(5))
-    bad = craft_commit(local, bad_run, [1, 2])
-    hooks.install_hook(repo, "pre-push")
+    good = log_run(local_bare, "good", range(5))
+    bad_run = log_run(local_bare, "bad", range(5))
+    bad = craft_commit(local_bare, bad_run, [1, 2])
+    hooks.install_hook(local_repo, "pre-push")
 
-    checked = remote.push(repo, git_daemon.url(), check=False)
-    unchecked = remote.push(repo, git_daemon.url(), verify=False)
+    checked = remote.push(local_repo, git_daemon.url(), check=False)
+    unchecked = remote.push(local_repo, git_daemon.url(), verify=False)
 
     outcomes = {o.run.path: o for o in checked}
     assert outcomes[good].status == "created"
@@ -554,15 +560,15 @@ def test_gitruns_push_runs_an_installed_pre_push_check(
 
 
 def test_pre_push_refusal_says_how_this_repository_lifts_it(
-    local: Path, repo: Repo
+    local_bare: Path, local_repo: Repo
 ) -> None:
-    run = log_run(local, "r1", range(3))
-    at = tip(local, run)
+    run = log_run(local_bare, "r1", range(3))
+    at = tip(local_bare, run)
     err = io.StringIO()
     line = f"(delete) {'0' * 40} refs/heads/runs/{run} {at}\n".encode()
 
     status = hooks.run_hook(
-        "pre-push", ["origin"], io.BytesIO(line), err, {"GIT_DIR": str(local)}
+        "pre-push", ["origin"], io.BytesIO(line), err, {"GIT_DIR": str(local_bare)}
     )
 
     assert status == 1
@@ -599,7 +605,7 @@ def test_source_tree_hooks_are_the_installed_script(tmp_path: Path) -> None:
         assert os.access(script, os.X_OK)
 
 
-def test_source_tree_hook_runs_from_a_checkout(local: Path) -> None:
+def test_source_tree_hook_runs_from_a_checkout(local_bare: Path) -> None:
     # No update under runs/: the hook has nothing to say and lets the push in.
     # The script's `env python3` must find an interpreter that has gitruns'
     # dependencies, as it does in a shell whose virtual environment is active.
@@ -611,28 +617,36 @@ def test_source_tree_hook_runs_from_a_checkout(local: Path) -> None:
         input=f"{zero} {'a' * 40} refs/heads/main\n",
         capture_output=True,
         text=True,
-        cwd=local,
-        env=scrubbed_env({"GIT_DIR": str(local), "PATH": path}),
+        cwd=local_bare,
+        env=scrubbed_env({"GIT_DIR": str(local_bare), "PATH": path}),
     )
     assert proc.returncode == 0, proc.stderr
 
 
-def test_install_writes_this_interpreter_and_keeps_foreign_hooks(local: Path) -> None:
+def test_install_writes_this_interpreter_and_keeps_foreign_hooks(
+    local_bare: Path,
+) -> None:
     runner = CliRunner()
 
-    first = runner.invoke(cli, ["hooks", "install", "--server", "--repo", str(local)])
-    again = runner.invoke(cli, ["hooks", "install", "--server", "--repo", str(local)])
-    (local / "hooks" / "pre-push").write_text("#!/bin/sh\nexit 0\n")
-    foreign = runner.invoke(cli, ["hooks", "install", "--repo", str(local)])
-    forced = runner.invoke(cli, ["hooks", "install", "--force", "--repo", str(local)])
+    first = runner.invoke(
+        cli, ["hooks", "install", "--server", "--repo", str(local_bare)]
+    )
+    again = runner.invoke(
+        cli, ["hooks", "install", "--server", "--repo", str(local_bare)]
+    )
+    (local_bare / "hooks" / "pre-push").write_text("#!/bin/sh\nexit 0\n")
+    foreign = runner.invoke(cli, ["hooks", "install", "--repo", str(local_bare)])
+    forced = runner.invoke(
+        cli, ["hooks", "install", "--force", "--repo", str(local_bare)]
+    )
 
-    installed = (local / "hooks" / "pre-receive").read_text()
+    installed = (local_bare / "hooks" / "pre-receive").read_text()
     assert first.exit_code == 0 and again.exit_code == 0
     assert installed.startswith(f"#!{sys.executable}\n")
-    assert os.access(local / "hooks" / "pre-receive", os.X_OK)
+    assert os.access(local_bare / "hooks" / "pre-receive", os.X_OK)
     assert foreign.exit_code == 6 and "not a gitruns hook" in foreign.output
     assert forced.exit_code == 0
-    assert "gitruns.hooks" in (local / "hooks" / "pre-push").read_text()
+    assert "gitruns.hooks" in (local_bare / "hooks" / "pre-push").read_text()
 
 
 def test_a_hook_that_cannot_read_the_repository_fails_closed(tmp_path: Path) -> None:

@@ -40,25 +40,6 @@ def invoke(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-@pytest.fixture
-def seed(repo: Path) -> tuple[RunView, RunView]:
-    """DESIGN.md section 5: a run of 300 steps and its fork at 200."""
-    src = gitruns.init(project="demo", id="source", repo=repo, config={"lr": 0.1})
-    for i in range(300):
-        src.log({"metric": i})
-    src.finish()
-    fork = gitruns.init(
-        project="demo", id="forked", fork_from="source?_step=200", repo=repo
-    )
-    for i in range(200, 300):
-        wiggle = 0 if i < 250 else 2 * math.sin(i / 3.0)
-        fork.log({"metric": i + wiggle})
-        fork.log({"additional_metric": i * 1.1})
-    fork.finish()
-    api = gitruns.Api(repo)
-    return api.run("demo/source"), api.run("demo/forked")
-
-
 def png_size(data: bytes) -> tuple[int, int]:
     assert data[:8] == PNG_SIGNATURE
     assert data[12:16] == b"IHDR"
@@ -69,8 +50,8 @@ def png_size(data: bytes) -> tuple[int, int]:
 # --- what is drawn ----------------------------------------------------------
 
 
-def test_fork_line_starts_at_its_fork_point(seed: tuple[RunView, RunView]) -> None:
-    src, fork = seed
+def test_fork_line_starts_at_its_fork_point(seed_runs: tuple[RunView, RunView]) -> None:
+    src, fork = seed_runs
     curves = {c.run: c for c in trace(src.store, [fork, src], "metric")}
     assert list(curves) == ["demo/source", "demo/forked"]  # parents drawn first
 
@@ -89,9 +70,9 @@ def test_fork_line_starts_at_its_fork_point(seed: tuple[RunView, RunView]) -> No
 
 
 def test_fork_alone_draws_its_inherited_part_once(
-    seed: tuple[RunView, RunView],
+    seed_runs: tuple[RunView, RunView],
 ) -> None:
-    _, fork = seed
+    _, fork = seed_runs
     (curve,) = trace(fork.store, [fork], "metric")
     assert curve.steps[0] == 0 and curve.joins is None
     # Points up to the fork point are inherited (dashed), the rest its own.
@@ -99,8 +80,8 @@ def test_fork_alone_draws_its_inherited_part_once(
     assert curve.fork is not None and curve.fork.step == 200
 
 
-def test_metric_only_the_fork_logged(seed: tuple[RunView, RunView]) -> None:
-    src, fork = seed
+def test_metric_only_the_fork_logged(seed_runs: tuple[RunView, RunView]) -> None:
+    src, fork = seed_runs
     (curve,) = trace(src.store, [src, fork], "additional_metric")
     assert curve.run == "demo/forked" and curve.steps[0] == 202
     assert curve.fork is not None and curve.fork.step == 200
@@ -175,8 +156,8 @@ def test_long_lines_are_thinned_keeping_spikes_and_gaps(repo: Path) -> None:
     assert curve.steps[0] == 0 and curve.steps[-1] == 29_999
 
 
-def test_unknown_metric(seed: tuple[RunView, RunView]) -> None:
-    src, fork = seed
+def test_unknown_metric(seed_runs: tuple[RunView, RunView]) -> None:
+    src, fork = seed_runs
     with pytest.raises(MetricNotFoundError, match="additional_metric, metric"):
         trace(src.store, [src, fork], "loss")
     with pytest.raises(MetricNotFoundError, match="'epoch'"):
@@ -186,8 +167,8 @@ def test_unknown_metric(seed: tuple[RunView, RunView]) -> None:
 # --- files ------------------------------------------------------------------
 
 
-def test_seed_plot_png(seed: tuple[RunView, RunView], tmp_path: Path) -> None:
-    src, _ = seed
+def test_seed_plot_png(seed_runs: tuple[RunView, RunView], tmp_path: Path) -> None:
+    src, _ = seed_runs
     out = tmp_path / "seed.png"
     code, _, err = invoke(
         "plot",
@@ -208,9 +189,9 @@ def test_seed_plot_png(seed: tuple[RunView, RunView], tmp_path: Path) -> None:
 
 
 def test_seed_plot_svg_has_the_fork_marker(
-    seed: tuple[RunView, RunView], tmp_path: Path
+    seed_runs: tuple[RunView, RunView], tmp_path: Path
 ) -> None:
-    src, fork = seed
+    src, fork = seed_runs
     out = tmp_path / "seed.svg"
     plot_runs(src.store, [src, fork], "metric", out)
     text = out.read_text()
@@ -234,9 +215,9 @@ def test_seed_plot_svg_has_the_fork_marker(
 
 
 def test_plot_lineage_flag_adds_forks(
-    seed: tuple[RunView, RunView], tmp_path: Path
+    seed_runs: tuple[RunView, RunView], tmp_path: Path
 ) -> None:
-    src, _ = seed
+    src, _ = seed_runs
     out = tmp_path / "all.svg"
     code, _, err = invoke(
         "plot",
@@ -253,8 +234,8 @@ def test_plot_lineage_flag_adds_forks(
     assert 'id="fork-demo-forked"' in out.read_text()
 
 
-def test_plot_errors(seed: tuple[RunView, RunView], tmp_path: Path) -> None:
-    repo = str(seed[0].store.git_dir)
+def test_plot_errors(seed_runs: tuple[RunView, RunView], tmp_path: Path) -> None:
+    repo = str(seed_runs[0].store.git_dir)
     code, _, err = invoke(
         "plot", "source", "-m", "metric", "-o", str(tmp_path / "x.gif"), "--repo", repo
     )
@@ -271,7 +252,7 @@ def test_plot_errors(seed: tuple[RunView, RunView], tmp_path: Path) -> None:
 
 
 def test_without_matplotlib_the_message_says_what_to_install(
-    seed: tuple[RunView, RunView], tmp_path: Path
+    seed_runs: tuple[RunView, RunView], tmp_path: Path
 ) -> None:
     # A fresh interpreter in which importing matplotlib fails, as if absent.
     script = (
@@ -293,7 +274,7 @@ def test_without_matplotlib_the_message_says_what_to_install(
             "-o",
             str(tmp_path / "x.png"),
             "--repo",
-            str(seed[0].store.git_dir),
+            str(seed_runs[0].store.git_dir),
         ],
         capture_output=True,
         text=True,
@@ -369,8 +350,10 @@ def check_page(page: str) -> PageCheck:
     return check
 
 
-def test_report_of_the_seed_fork(seed: tuple[RunView, RunView], tmp_path: Path) -> None:
-    src, fork = seed
+def test_report_of_the_seed_fork(
+    seed_runs: tuple[RunView, RunView], tmp_path: Path
+) -> None:
+    src, fork = seed_runs
     out = tmp_path / "report.html"
     code, _, err = invoke(
         "report", "forked", "-o", str(out), "--repo", str(src.store.git_dir)
@@ -411,9 +394,9 @@ def test_report_with_png_images_and_hostile_names(repo: Path, tmp_path: Path) ->
 
 
 def test_report_metric_choice_and_errors(
-    seed: tuple[RunView, RunView], tmp_path: Path
+    seed_runs: tuple[RunView, RunView], tmp_path: Path
 ) -> None:
-    repo = str(seed[0].store.git_dir)
+    repo = str(seed_runs[0].store.git_dir)
     out = tmp_path / "one.html"
     code, _, _ = invoke(
         "report",
@@ -448,9 +431,9 @@ def test_report_metric_choice_and_errors(
     not CHROMIUM.exists(), reason="no /usr/bin/chromium to open the page"
 )
 def test_report_opens_in_headless_chromium(
-    seed: tuple[RunView, RunView], tmp_path: Path
+    seed_runs: tuple[RunView, RunView], tmp_path: Path
 ) -> None:
-    src, _ = seed
+    src, _ = seed_runs
     page = tmp_path / "report.html"
     assert (
         invoke("report", "forked", "-o", str(page), "--repo", str(src.store.git_dir))[0]

@@ -63,20 +63,6 @@ def tip(repo: Path, path: str) -> str:
     return git("--git-dir", repo, "rev-parse", f"refs/heads/runs/{path}").stdout.strip()
 
 
-@pytest.fixture
-def local(tmp_path: Path, git_env: dict[str, str]) -> Path:
-    """An empty bare repository for a user's runs."""
-    path = tmp_path / "local.git"
-    git("init", "--quiet", "--bare", path)
-    return path
-
-
-@pytest.fixture
-def repo(local: Path) -> Iterator[Repo]:
-    with closing(Repo(str(local))) as r:
-        yield r
-
-
 @pytest.fixture(scope="module")
 def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     """A real sshd on loopback for this module's tests; skipped where it is absent."""
@@ -139,14 +125,14 @@ def test_git_daemon_stops_with_every_child(
 
 
 def test_push_run_and_fork_then_read_a_stock_clone(
-    git_server: GitServer, local: Path, repo: Repo, tmp_path: Path
+    git_server: GitServer, local_bare: Path, local_repo: Repo, tmp_path: Path
 ) -> None:
     git_server.create()
-    src = log_run(local, "src", range(300))
-    fork = log_run(local, "fork", range(201, 260), fork_from=f"{src}?_step=200")
+    src = log_run(local_bare, "src", range(300))
+    fork = log_run(local_bare, "fork", range(201, 260), fork_from=f"{src}?_step=200")
     messages: list[str] = []
 
-    outcomes = remote.push(repo, git_server.url(), progress=messages.append)
+    outcomes = remote.push(local_repo, git_server.url(), progress=messages.append)
 
     assert statuses(outcomes) == {src: "created", fork: "created"}
     assert "Writing objects: 100%" in "".join(messages)
@@ -166,19 +152,19 @@ def test_push_run_and_fork_then_read_a_stock_clone(
 
 
 def test_push_moves_only_run_branches(
-    git_daemon: GitServer, local: Path, repo: Repo, tmp_path: Path
+    git_daemon: GitServer, local_bare: Path, local_repo: Repo, tmp_path: Path
 ) -> None:
     git_daemon.create()
-    log_run(local, "a1", range(5))
+    log_run(local_bare, "a1", range(5))
     work = tmp_path / "code"
-    git("clone", "--quiet", local, work)
+    git("clone", "--quiet", local_bare, work)
     (work / "train.py").write_text("print('hi')\n")
     git("add", ".", cwd=work)
     git("commit", "--quiet", "-m", "code", cwd=work)
     git("push", "--quiet", "origin", "HEAD:refs/heads/main", cwd=work)
-    git("--git-dir", local, "tag", "v1", "refs/heads/main")
+    git("--git-dir", local_bare, "tag", "v1", "refs/heads/main")
 
-    remote.push(repo, git_daemon.url())
+    remote.push(local_repo, git_daemon.url())
 
     refs = git("ls-remote", git_daemon.url()).stdout
     assert "refs/heads/runs/demo/a1" in refs
@@ -186,49 +172,49 @@ def test_push_moves_only_run_branches(
 
 
 def test_push_reports_up_to_date_then_fast_forward(
-    git_daemon: GitServer, local: Path, repo: Repo
+    git_daemon: GitServer, local_bare: Path, local_repo: Repo
 ) -> None:
     git_daemon.create()
-    run = log_run(local, "r1", range(10))
-    remote.push(repo, git_daemon.url())
+    run = log_run(local_bare, "r1", range(10))
+    remote.push(local_repo, git_daemon.url())
 
-    again = remote.push(repo, git_daemon.url())
-    log_run(local, "r1", range(10, 20), resume="must")
-    more = remote.push(repo, git_daemon.url())
+    again = remote.push(local_repo, git_daemon.url())
+    log_run(local_bare, "r1", range(10, 20), resume="must")
+    more = remote.push(local_repo, git_daemon.url())
 
     assert statuses(again) == {run: "up to date"}
     assert statuses(more) == {run: "fast-forward"}
     assert more[0].old is not None and more[0].old != more[0].new
-    assert git("ls-remote", git_daemon.url()).stdout.split()[0] == tip(local, run)
+    assert git("ls-remote", git_daemon.url()).stdout.split()[0] == tip(local_bare, run)
 
 
 def test_push_selects_named_runs_or_a_project(
-    git_daemon: GitServer, local: Path, repo: Repo
+    git_daemon: GitServer, local_bare: Path, local_repo: Repo
 ) -> None:
     git_daemon.create()
-    log_run(local, "a1", range(3), project="alpha")
-    log_run(local, "b1", range(3), project="beta")
-    log_run(local, "b2", range(3), project="beta")
+    log_run(local_bare, "a1", range(3), project="alpha")
+    log_run(local_bare, "b1", range(3), project="beta")
+    log_run(local_bare, "b2", range(3), project="beta")
 
-    first = remote.push(repo, git_daemon.url(), [RunRef("beta", "b2")])
-    second = remote.push(repo, git_daemon.url(), project="alpha")
+    first = remote.push(local_repo, git_daemon.url(), [RunRef("beta", "b2")])
+    second = remote.push(local_repo, git_daemon.url(), project="alpha")
 
     assert statuses(first) == {"beta/b2": "created"}
     assert statuses(second) == {"alpha/a1": "created"}
     refs = git("ls-remote", git_daemon.url()).stdout
     assert "runs/beta/b1" not in refs
     with pytest.raises(RunNotFoundError):
-        remote.push(repo, git_daemon.url(), [RunRef("beta", "nope")])
+        remote.push(local_repo, git_daemon.url(), [RunRef("beta", "nope")])
 
 
 def test_fork_pushed_before_its_parent_keeps_lineage(
-    http_backend: GitServer, local: Path, repo: Repo, tmp_path: Path
+    http_backend: GitServer, local_bare: Path, local_repo: Repo, tmp_path: Path
 ) -> None:
     http_backend.create()
-    src = log_run(local, "parent", range(50))
-    fork = log_run(local, "child", range(31, 40), fork_from=f"{src}?_step=30")
+    src = log_run(local_bare, "parent", range(50))
+    fork = log_run(local_bare, "child", range(31, 40), fork_from=f"{src}?_step=30")
 
-    remote.push(repo, http_backend.url(), [RunRef("demo", "child")])
+    remote.push(local_repo, http_backend.url(), [RunRef("demo", "child")])
 
     clone = tmp_path / "clone.git"
     git("clone", "--quiet", "--bare", http_backend.url(), clone)
@@ -251,36 +237,38 @@ def test_fork_pushed_before_its_parent_keeps_lineage(
 
 
 def test_push_updates_remote_tracking_refs(
-    git_daemon: GitServer, local: Path, repo: Repo
+    git_daemon: GitServer, local_bare: Path, local_repo: Repo
 ) -> None:
     git_daemon.create()
-    run = log_run(local, "r1", range(5))
-    git("--git-dir", local, "remote", "add", "origin", git_daemon.url())
+    run = log_run(local_bare, "r1", range(5))
+    git("--git-dir", local_bare, "remote", "add", "origin", git_daemon.url())
 
-    remote.push(repo, "origin")
+    remote.push(local_repo, "origin")
 
-    tracking = git("--git-dir", local, "rev-parse", f"refs/remotes/origin/runs/{run}")
-    assert tracking.stdout.strip() == tip(local, run)
+    tracking = git(
+        "--git-dir", local_bare, "rev-parse", f"refs/remotes/origin/runs/{run}"
+    )
+    assert tracking.stdout.strip() == tip(local_bare, run)
 
 
 def test_push_and_pull_after_git_gc_and_more_logging(
-    git_daemon: GitServer, local: Path, repo: Repo, tmp_path: Path
+    git_daemon: GitServer, local_bare: Path, local_repo: Repo, tmp_path: Path
 ) -> None:
     # git gc writes a pack bitmap; the packs gitruns writes next have none.
     git_daemon.create()
-    run = log_run(local, "r1", range(50))
-    remote.push(repo, git_daemon.url())
+    run = log_run(local_bare, "r1", range(50))
+    remote.push(local_repo, git_daemon.url())
     other = tmp_path / "other.git"
     git("init", "--quiet", "--bare", other)
     with closing(Repo(str(other))) as theirs:
-        remote.pull(theirs, str(local))
-    git("--git-dir", local, "gc", "--quiet")
-    log_run(local, "r1", range(50, 60), resume="must")
-    assert len(list((local / "objects" / "pack").glob("*.bitmap"))) == 1
+        remote.pull(theirs, str(local_bare))
+    git("--git-dir", local_bare, "gc", "--quiet")
+    log_run(local_bare, "r1", range(50, 60), resume="must")
+    assert len(list((local_bare / "objects" / "pack").glob("*.bitmap"))) == 1
 
-    pushed = remote.push(repo, git_daemon.url())
+    pushed = remote.push(local_repo, git_daemon.url())
     with closing(Repo(str(other))) as theirs:
-        pulled = remote.pull(theirs, str(local))
+        pulled = remote.pull(theirs, str(local_bare))
 
     assert statuses(pushed) == {run: "fast-forward"}
     assert statuses(pulled) == {run: "fast-forward"}
@@ -291,19 +279,19 @@ def test_push_and_pull_after_git_gc_and_more_logging(
 
 
 def test_pull_creates_then_fast_forwards_runs(
-    git_server: GitServer, local: Path, repo: Repo, tmp_path: Path
+    git_server: GitServer, local_bare: Path, local_repo: Repo, tmp_path: Path
 ) -> None:
     git_server.create()
-    run = log_run(local, "r1", range(20))
-    remote.push(repo, git_server.url())
+    run = log_run(local_bare, "r1", range(20))
+    remote.push(local_repo, git_server.url())
     second = tmp_path / "second.git"
     git("init", "--quiet", "--bare", second)
     git("--git-dir", second, "remote", "add", "origin", git_server.url())
 
     with closing(Repo(str(second))) as other:
         created = remote.pull(other, "origin")
-        log_run(local, "r1", range(20, 30), resume="must")
-        remote.push(repo, git_server.url())
+        log_run(local_bare, "r1", range(20, 30), resume="must")
+        remote.push(local_repo, git_server.url())
         forwarded = remote.pull(other, "origin")
         unchanged = remote.pull(other, "origin")
 
@@ -312,15 +300,15 @@ def test_pull_creates_then_fast_forwards_runs(
     assert statuses(unchanged) == {run: "up to date"}
     assert steps_of(second, run) == list(range(30))
     tracking = git("--git-dir", second, "rev-parse", f"refs/remotes/origin/runs/{run}")
-    assert tracking.stdout.strip() == tip(local, run)
+    assert tracking.stdout.strip() == tip(local_bare, run)
 
 
 def test_fetch_writes_remote_tracking_refs_only(
-    git_daemon: GitServer, local: Path, repo: Repo, tmp_path: Path
+    git_daemon: GitServer, local_bare: Path, local_repo: Repo, tmp_path: Path
 ) -> None:
     git_daemon.create()
-    run = log_run(local, "r1", range(5))
-    remote.push(repo, git_daemon.url())
+    run = log_run(local_bare, "r1", range(5))
+    remote.push(local_repo, git_daemon.url())
     second = tmp_path / "second.git"
     git("init", "--quiet", "--bare", second)
     git("--git-dir", second, "remote", "add", "team", git_daemon.url())
@@ -338,27 +326,27 @@ def test_fetch_writes_remote_tracking_refs_only(
 
 
 def test_diverged_run_is_rejected_on_push_and_reported_by_pull(
-    git_server: GitServer, local: Path, repo: Repo, tmp_path: Path
+    git_server: GitServer, local_bare: Path, local_repo: Repo, tmp_path: Path
 ) -> None:
     git_server.create()
-    run = log_run(local, "r1", range(10))
-    remote.push(repo, git_server.url())
+    run = log_run(local_bare, "r1", range(10))
+    remote.push(local_repo, git_server.url())
     other = tmp_path / "other.git"
     git("clone", "--quiet", "--bare", git_server.url(), other)
 
     # Both sides log after the common commit; the other side pushes first.
     log_run(other, "r1", range(10, 15), resume="must")
-    log_run(local, "r1", range(10, 12), resume="must")
+    log_run(local_bare, "r1", range(10, 12), resume="must")
     with closing(Repo(str(other))) as theirs:
         remote.push(theirs, git_server.url())
-    ours_before = tip(local, run)
+    ours_before = tip(local_bare, run)
 
     # Never fetched: the push fetches the remote's tip to tell it is diverged.
-    unfetched = remote.push(repo, git_server.url(), check=False)
+    unfetched = remote.push(local_repo, git_server.url(), check=False)
     with pytest.raises(DivergedError) as pulled:
-        remote.pull(repo, git_server.url())
+        remote.pull(local_repo, git_server.url())
     with pytest.raises(DivergedError) as pushed:
-        remote.push(repo, git_server.url())
+        remote.push(local_repo, git_server.url())
 
     assert statuses(unfetched) == {run: "diverged"}
     assert unfetched[0].message == (
@@ -371,72 +359,72 @@ def test_diverged_run_is_rejected_on_push_and_reported_by_pull(
     assert "push with --force" in str(pushed.value)
     assert pushed.value.local == ours_before
     assert pushed.value.remote == tip(other, run)
-    assert tip(local, run) == ours_before
+    assert tip(local_bare, run) == ours_before
     assert git("ls-remote", git_server.url()).stdout.split()[0] == tip(other, run)
 
 
 def test_pull_force_takes_the_remotes_run_and_says_what_it_replaced(
-    git_daemon: GitServer, local: Path, repo: Repo, tmp_path: Path
+    git_daemon: GitServer, local_bare: Path, local_repo: Repo, tmp_path: Path
 ) -> None:
     git_daemon.create()
-    run = log_run(local, "r1", range(10))
-    remote.push(repo, git_daemon.url())
+    run = log_run(local_bare, "r1", range(10))
+    remote.push(local_repo, git_daemon.url())
     other = tmp_path / "other.git"
     git("clone", "--quiet", "--bare", git_daemon.url(), other)
     log_run(other, "r1", range(10, 15), resume="must")
     with closing(Repo(str(other))) as theirs:
         remote.push(theirs, git_daemon.url())
-    log_run(local, "r1", range(10, 12), resume="must")
-    ours = tip(local, run)
+    log_run(local_bare, "r1", range(10, 12), resume="must")
+    ours = tip(local_bare, run)
     with pytest.raises(DivergedError, match="gitruns pull --force"):
-        remote.pull(repo, git_daemon.url())
+        remote.pull(local_repo, git_daemon.url())
 
     result = CliRunner().invoke(
-        main, ["pull", "--repo", str(local), git_daemon.url(), run, "--force"]
+        main, ["pull", "--repo", str(local_bare), git_daemon.url(), run, "--force"]
     )
 
     assert result.exit_code == 0, result.output
     assert f"replaced local {ours[:10]}, dropping 1 commit" in result.stdout
-    assert tip(local, run) == tip(other, run)
-    assert steps_of(local, run) == list(range(15))
+    assert tip(local_bare, run) == tip(other, run)
+    assert steps_of(local_bare, run) == list(range(15))
 
 
 def test_force_push_says_what_it_replaced(
-    git_daemon: GitServer, local: Path, repo: Repo, tmp_path: Path
+    git_daemon: GitServer, local_bare: Path, local_repo: Repo, tmp_path: Path
 ) -> None:
     git_daemon.create()
-    run = log_run(local, "r1", range(10))
-    remote.push(repo, git_daemon.url())
+    run = log_run(local_bare, "r1", range(10))
+    remote.push(local_repo, git_daemon.url())
     other = tmp_path / "other.git"
     git("clone", "--quiet", "--bare", git_daemon.url(), other)
     log_run(other, "r1", range(10, 15), resume="must")
     with closing(Repo(str(other))) as theirs:
         remote.push(theirs, git_daemon.url())
     replaced = tip(other, run)
-    log_run(local, "r1", range(10, 12), resume="must")
-    remote.fetch(repo, git_daemon.url())
+    log_run(local_bare, "r1", range(10, 12), resume="must")
+    remote.fetch(local_repo, git_daemon.url())
 
-    outcomes = remote.push(repo, git_daemon.url(), force=True)
+    outcomes = remote.push(local_repo, git_daemon.url(), force=True)
 
     assert statuses(outcomes) == {run: "forced"}
     assert f"replaced {replaced[:10]}, dropping 1 commit" in outcomes[0].message
-    assert git("ls-remote", git_daemon.url()).stdout.split()[0] == tip(local, run)
+    assert git("ls-remote", git_daemon.url()).stdout.split()[0] == tip(local_bare, run)
 
 
 def test_pull_keeps_a_local_run_that_is_ahead(
-    git_daemon: GitServer, local: Path, repo: Repo
+    git_daemon: GitServer, local_bare: Path, local_repo: Repo
 ) -> None:
     git_daemon.create()
-    run = log_run(local, "r1", range(10))
-    remote.push(repo, git_daemon.url())
-    log_run(local, "r1", range(10, 20), resume="must")
-    before = tip(local, run)
+    run = log_run(local_bare, "r1", range(10))
+    remote.push(local_repo, git_daemon.url())
+    log_run(local_bare, "r1", range(10, 20), resume="must")
+    before = tip(local_bare, run)
 
-    outcomes = remote.pull(repo, git_daemon.url())
+    outcomes = remote.pull(local_repo, git_daemon.url())
 
     assert statuses(outcomes) == {run: "ahead"}
     assert "push them" in outcomes[0].message
-    assert tip(local, run) == before
+    assert tip(local_bare, run) == before
 
 
 def first_chunk(repo: Path, path: str) -> str:
@@ -446,13 +434,13 @@ def first_chunk(repo: Path, path: str) -> str:
 
 
 def test_pull_checks_what_it_fetches_and_moves_no_refused_run(
-    git_daemon: GitServer, local: Path, repo: Repo, tmp_path: Path
+    git_daemon: GitServer, local_bare: Path, local_repo: Repo, tmp_path: Path
 ) -> None:
     git_daemon.create()
-    good = log_run(local, "good", range(20))
-    extended = log_run(local, "extended", range(10))
-    remote.push(repo, git_daemon.url())
-    before = tip(local, good)
+    good = log_run(local_bare, "good", range(20))
+    extended = log_run(local_bare, "extended", range(10))
+    remote.push(local_repo, git_daemon.url())
+    before = tip(local_bare, good)
 
     # A writer that skips every rule pushes to a server without the hook.
     evil = tmp_path / "evil.git"
@@ -468,7 +456,9 @@ def test_pull_checks_what_it_fetches_and_moves_no_refused_run(
     log_run(evil, "extended", range(10, 20), resume="must")
     git("--git-dir", evil, "push", "--quiet", git_daemon.url(), "refs/heads/runs/*")
 
-    outcomes = {o.run.path: o for o in remote.pull(repo, git_daemon.url(), check=False)}
+    outcomes = {
+        o.run.path: o for o in remote.pull(local_repo, git_daemon.url(), check=False)
+    }
 
     assert {path: o.status for path, o in outcomes.items()} == {
         good: "rejected",
@@ -487,14 +477,16 @@ def test_pull_checks_what_it_fetches_and_moves_no_refused_run(
     assert outcomes[deep].commit == nested.encode()
     assert "run.json" in outcomes[deep].message
     # The refused runs are as they were; the others moved.
-    assert tip(local, good) == before and steps_of(local, good) == list(range(20))
-    branches = git("--git-dir", local, "branch", "--list", "runs/*").stdout
+    assert tip(local_bare, good) == before and steps_of(local_bare, good) == list(
+        range(20)
+    )
+    branches = git("--git-dir", local_bare, "branch", "--list", "runs/*").stdout
     assert "garbled" not in branches and "deep" not in branches
-    assert steps_of(local, extended) == list(range(20))
-    assert steps_of(local, other) == list(range(20))
+    assert steps_of(local_bare, extended) == list(range(20))
+    assert steps_of(local_bare, other) == list(range(20))
 
     result = CliRunner().invoke(
-        main, ["pull", "-q", "--repo", str(local), git_daemon.url()]
+        main, ["pull", "-q", "--repo", str(local_bare), git_daemon.url()]
     )
     assert result.exit_code == 7
     assert f"rejected     {good}" in result.stdout
@@ -517,7 +509,7 @@ def test_pull_checks_what_it_fetches_and_moves_no_refused_run(
         match=r"(?s)refused runs/demo/deep: .*\n.* refused runs/demo/garbled: "
         r".*\n.* refused runs/demo/good: ",
     ):
-        remote.pull(repo, git_daemon.url())
+        remote.pull(local_repo, git_daemon.url())
 
 
 def git_blob(repo: Path, sha: str) -> bytes:
@@ -548,18 +540,22 @@ def install_server_hook(repository: Path, kind: str, text: str) -> None:
 
 
 def test_an_update_hook_refusing_one_run_lets_the_others_in(
-    git_server: GitServer, local: Path, repo: Repo
+    git_server: GitServer, local_bare: Path, local_repo: Repo
 ) -> None:
     install_server_hook(git_server.create(), "update", UPDATE_HOOK)
-    r1 = log_run(local, "r1", range(10))
-    r2 = log_run(local, "r2", range(5))
-    f1 = log_run(local, "f1", range(6, 8), fork_from=f"{r1}?_step=5")
+    r1 = log_run(local_bare, "r1", range(10))
+    r2 = log_run(local_bare, "r2", range(5))
+    f1 = log_run(local_bare, "f1", range(6, 8), fork_from=f"{r1}?_step=5")
 
-    outcomes = {o.run.path: o for o in remote.push(repo, git_server.url(), check=False)}
-    log_run(local, "r3", range(3))
+    outcomes = {
+        o.run.path: o for o in remote.push(local_repo, git_server.url(), check=False)
+    }
+    log_run(local_bare, "r3", range(3))
     runner = CliRunner()
-    loud = runner.invoke(main, ["push", "--repo", str(local), git_server.url()])
-    quiet = runner.invoke(main, ["push", "-q", "--repo", str(local), git_server.url()])
+    loud = runner.invoke(main, ["push", "--repo", str(local_bare), git_server.url()])
+    quiet = runner.invoke(
+        main, ["push", "-q", "--repo", str(local_bare), git_server.url()]
+    )
 
     assert {path: o.status for path, o in outcomes.items()} == {
         r1: "created",
@@ -573,7 +569,7 @@ def test_an_update_hook_refusing_one_run_lets_the_others_in(
     )
     on_server = remote_refs(git_server.url())
     assert f"refs/heads/runs/{r2}" not in on_server
-    assert on_server[f"refs/heads/runs/{f1}"] == tip(local, f1)
+    assert on_server[f"refs/heads/runs/{f1}"] == tip(local_bare, f1)
     assert "created      demo/r3" in loud.stdout
     assert "Writing objects: 100%" in loud.stderr and quiet.stderr.count("\n") == 1
     for result in (loud, quiet):
@@ -590,15 +586,15 @@ def test_an_update_hook_refusing_one_run_lets_the_others_in(
 
 
 def test_a_foreign_pre_receive_refusal_carries_its_message_with_quiet(
-    git_daemon: GitServer, local: Path
+    git_daemon: GitServer, local_bare: Path
 ) -> None:
     refusal = '#!/bin/sh\necho "quota exceeded for team X" >&2\nexit 1\n'
     install_server_hook(git_daemon.create(), "pre-receive", refusal)
-    log_run(local, "r1", range(3))
-    log_run(local, "r2", range(3))
+    log_run(local_bare, "r1", range(3))
+    log_run(local_bare, "r2", range(3))
 
     result = CliRunner().invoke(
-        main, ["push", "-q", "--repo", str(local), git_daemon.url()]
+        main, ["push", "-q", "--repo", str(local_bare), git_daemon.url()]
     )
 
     assert result.exit_code == 7
@@ -620,14 +616,14 @@ def remote_refs(url: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("form", ["path", "file-url"])
 def test_push_to_a_local_repository(
-    form: str, local: Path, repo: Repo, tmp_path: Path
+    form: str, local_bare: Path, local_repo: Repo, tmp_path: Path
 ) -> None:
     target = tmp_path / "target.git"
     git("init", "--quiet", "--bare", target)
-    run = log_run(local, "r1", range(5))
+    run = log_run(local_bare, "r1", range(5))
     url = str(target) if form == "path" else target.as_uri()
 
-    outcomes = remote.push(repo, url)
+    outcomes = remote.push(local_repo, url)
 
     assert statuses(outcomes) == {run: "created"}
     assert steps_of(target, run) == list(range(5))
@@ -635,8 +631,8 @@ def test_push_to_a_local_repository(
 
 def test_push_fetch_and_pull_over_a_real_ssh_server(
     ssh_server: SshServer,
-    local: Path,
-    repo: Repo,
+    local_bare: Path,
+    local_repo: Repo,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -644,21 +640,21 @@ def test_push_fetch_and_pull_over_a_real_ssh_server(
     ssh_server.create(name)
     url = ssh_server.url(name)
     ssh = ssh_server.ssh_command
-    src = log_run(local, "src", range(30))
-    fork = log_run(local, "fork", range(21, 25), fork_from=f"{src}?_step=20")
+    src = log_run(local_bare, "src", range(30))
+    fork = log_run(local_bare, "fork", range(21, 25), fork_from=f"{src}?_step=20")
     second = tmp_path / "second.git"
     git("init", "--quiet", "--bare", second)
     git("--git-dir", second, "remote", "add", "origin", url)
 
-    pushed = remote.push(repo, url, ssh_command=ssh)
+    pushed = remote.push(local_repo, url, ssh_command=ssh)
     with closing(Repo(str(second))) as other:
         fetched = remote.fetch(other, "origin", ssh_command=ssh)
         pulled = remote.pull(other, "origin", ssh_command=ssh)
     # The command line finds the ssh program where git does.
-    log_run(local, "src", range(30, 40), resume="must")
+    log_run(local_bare, "src", range(30, 40), resume="must")
     monkeypatch.setenv("GIT_SSH_COMMAND", ssh)
     runner = CliRunner()
-    cli_push = runner.invoke(main, ["push", "-q", "--repo", str(local), url])
+    cli_push = runner.invoke(main, ["push", "-q", "--repo", str(local_bare), url])
     cli_pull = runner.invoke(main, ["pull", "-q", "--repo", str(second)])
 
     assert statuses(pushed) == {src: "created", fork: "created"}
@@ -675,17 +671,17 @@ def test_push_fetch_and_pull_over_a_real_ssh_server(
 
 
 def test_a_hook_refusal_over_ssh_names_the_run_and_the_reason(
-    ssh_server: SshServer, local: Path, repo: Repo, tmp_path: Path
+    ssh_server: SshServer, local_bare: Path, local_repo: Repo, tmp_path: Path
 ) -> None:
     served = ssh_server.create(f"{tmp_path.name}.git")
     with closing(Repo(str(served))) as guarded:
         hooks.install_hook(guarded, "pre-receive")
-    run = log_run(local, "r1", range(5))
-    bad = craft_commit(local, run, [2, 3])
+    run = log_run(local_bare, "r1", range(5))
+    bad = craft_commit(local_bare, run, [2, 3])
 
     with pytest.raises(RemoteError) as refused:
         remote.push(
-            repo, ssh_server.url(served.name), ssh_command=ssh_server.ssh_command
+            local_repo, ssh_server.url(served.name), ssh_command=ssh_server.ssh_command
         )
 
     assert str(refused.value).startswith(
@@ -696,25 +692,25 @@ def test_a_hook_refusal_over_ssh_names_the_run_and_the_reason(
 
 
 def test_remote_name_comes_from_git_config(
-    git_daemon: GitServer, local: Path, repo: Repo
+    git_daemon: GitServer, local_bare: Path, local_repo: Repo
 ) -> None:
     git_daemon.create()
-    run = log_run(local, "r1", range(5))
-    git("--git-dir", local, "remote", "add", "shared", git_daemon.url())
+    run = log_run(local_bare, "r1", range(5))
+    git("--git-dir", local_bare, "remote", "add", "shared", git_daemon.url())
 
-    outcomes = remote.push(repo, "shared")
+    outcomes = remote.push(local_repo, "shared")
 
     assert statuses(outcomes) == {run: "created"}
     with pytest.raises(
         RemoteError, match="no remote named 'elsewhere'.*git remote add"
     ):
-        remote.push(repo, "elsewhere")
+        remote.push(local_repo, "elsewhere")
 
 
 def test_credentials_in_urls_are_never_shown(
-    local: Path, repo: Repo, tmp_path: Path, git_env: dict[str, str]
+    local_bare: Path, local_repo: Repo, tmp_path: Path, git_env: dict[str, str]
 ) -> None:
-    log_run(local, "r1", range(5))
+    log_run(local_bare, "r1", range(5))
     with running_http_backend(
         tmp_path / "http", tmp_path / "http.log", auth=("alice", "s3cret-token")
     ) as server:
@@ -723,12 +719,12 @@ def test_credentials_in_urls_are_never_shown(
         bad = server.url().replace("http://", "http://alice:wrong-pass@")
         messages: list[str] = []
 
-        outcomes = remote.push(repo, good, progress=messages.append)
+        outcomes = remote.push(local_repo, good, progress=messages.append)
         with pytest.raises(RemoteError) as refused:
-            remote.push(repo, bad)
-        git("--git-dir", local, "remote", "add", "origin", good)
+            remote.push(local_repo, bad)
+        git("--git-dir", local_bare, "remote", "add", "origin", good)
         runner = CliRunner()
-        result = runner.invoke(main, ["push", "--repo", str(local)])
+        result = runner.invoke(main, ["push", "--repo", str(local_bare)])
 
     assert statuses(outcomes) == {"demo/r1": "created"}
     assert "wrong-pass" not in str(refused.value) and "credentials" in str(
@@ -749,31 +745,33 @@ def test_mask_credentials() -> None:
 
 
 def test_unreachable_server_is_a_remote_error(
-    local: Path, repo: Repo, git_env: dict[str, str]
+    local_bare: Path, local_repo: Repo, git_env: dict[str, str]
 ) -> None:
-    log_run(local, "r1", range(3))
+    log_run(local_bare, "r1", range(3))
     from tests.gitserver import free_port
 
     with pytest.raises(RemoteError, match="check the URL"):
-        remote.push(repo, f"git://127.0.0.1:{free_port()}/runs.git")
+        remote.push(local_repo, f"git://127.0.0.1:{free_port()}/runs.git")
 
 
 # -- the command line ---------------------------------------------------------
 
 
 def test_cli_push_pull_fetch(
-    git_daemon: GitServer, local: Path, tmp_path: Path
+    git_daemon: GitServer, local_bare: Path, tmp_path: Path
 ) -> None:
     git_daemon.create()
-    run = log_run(local, "r1", range(5))
-    git("--git-dir", local, "remote", "add", "origin", git_daemon.url())
+    run = log_run(local_bare, "r1", range(5))
+    git("--git-dir", local_bare, "remote", "add", "origin", git_daemon.url())
     second = tmp_path / "second.git"
     git("init", "--quiet", "--bare", second)
     git("--git-dir", second, "remote", "add", "origin", git_daemon.url())
     runner = CliRunner()
 
-    pushed = runner.invoke(main, ["push", "--repo", str(local)])
-    quiet = runner.invoke(main, ["push", "-q", "--repo", str(local), "origin", "r1"])
+    pushed = runner.invoke(main, ["push", "--repo", str(local_bare)])
+    quiet = runner.invoke(
+        main, ["push", "-q", "--repo", str(local_bare), "origin", "r1"]
+    )
     fetched = runner.invoke(main, ["fetch", "--repo", str(second)])
     pulled = runner.invoke(main, ["pull", "-q", "--repo", str(second), "origin", run])
 
@@ -784,16 +782,16 @@ def test_cli_push_pull_fetch(
     assert quiet.stderr == ""
     assert fetched.exit_code == 0 and f"new          {run}" in fetched.stdout
     assert pulled.exit_code == 0 and f"created      {run}" in pulled.stdout
-    assert tip(second, run) == tip(local, run)
+    assert tip(second, run) == tip(local_bare, run)
 
 
 def test_cli_push_of_a_run_behind_the_remote_exits_7_with_one_error_line(
-    git_daemon: GitServer, local: Path, tmp_path: Path
+    git_daemon: GitServer, local_bare: Path, tmp_path: Path
 ) -> None:
     git_daemon.create()
-    run = log_run(local, "r1", range(5))
+    run = log_run(local_bare, "r1", range(5))
     other = tmp_path / "other.git"
-    with closing(Repo(str(local))) as ours:
+    with closing(Repo(str(local_bare))) as ours:
         remote.push(ours, git_daemon.url())
     git("clone", "--quiet", "--bare", git_daemon.url(), other)
     log_run(other, "r1", range(5, 8), resume="must")
@@ -802,7 +800,9 @@ def test_cli_push_of_a_run_behind_the_remote_exits_7_with_one_error_line(
 
     # Once before the remote's commits are here, once after that push fetched them.
     runs = [
-        CliRunner().invoke(main, ["push", "-q", "--repo", str(local), git_daemon.url()])
+        CliRunner().invoke(
+            main, ["push", "-q", "--repo", str(local_bare), git_daemon.url()]
+        )
         for _ in range(2)
     ]
 
@@ -821,18 +821,18 @@ def test_cli_push_of_a_run_behind_the_remote_exits_7_with_one_error_line(
 
 
 def test_cli_run_named_without_a_remote_goes_to_origin(
-    local: Path, tmp_path: Path
+    local_bare: Path, tmp_path: Path
 ) -> None:
     target = tmp_path / "target.git"
     git("init", "--quiet", "--bare", target)
-    log_run(local, "r1", range(3))
-    log_run(local, "r2", range(3))
+    log_run(local_bare, "r1", range(3))
+    log_run(local_bare, "r2", range(3))
     runner = CliRunner()
 
-    no_origin = runner.invoke(main, ["push", "--repo", str(local), "demo/r1"])
-    git("--git-dir", local, "remote", "add", "origin", str(target))
-    by_path = runner.invoke(main, ["push", "-q", "--repo", str(local), "demo/r1"])
-    by_id = runner.invoke(main, ["push", "-q", "--repo", str(local), "r2", "r1"])
+    no_origin = runner.invoke(main, ["push", "--repo", str(local_bare), "demo/r1"])
+    git("--git-dir", local_bare, "remote", "add", "origin", str(target))
+    by_path = runner.invoke(main, ["push", "-q", "--repo", str(local_bare), "demo/r1"])
+    by_id = runner.invoke(main, ["push", "-q", "--repo", str(local_bare), "r2", "r1"])
     second = tmp_path / "second.git"
     git("init", "--quiet", "--bare", second)
     git("--git-dir", second, "remote", "add", "origin", str(target))
@@ -842,7 +842,7 @@ def test_cli_run_named_without_a_remote_goes_to_origin(
     assert no_origin.stderr == (
         "Error: 'demo/r1' is a run, not a remote, and this repository has no "
         "remote 'origin' to push it; name the remote first (`gitruns push REMOTE "
-        f"demo/r1`) or add origin with `git --git-dir {local} remote add origin "
+        f"demo/r1`) or add origin with `git --git-dir {local_bare} remote add origin "
         "<url>`\n"
     )
     assert by_path.exit_code == 0, by_path.output
@@ -861,13 +861,13 @@ def statuses_of(table: str) -> dict[str, str]:
 
 
 def test_cli_progress_from_a_path_remote_ends_on_the_final_counts(
-    local: Path, tmp_path: Path
+    local_bare: Path, tmp_path: Path
 ) -> None:
-    log_run(local, "r1", range(3000))
+    log_run(local_bare, "r1", range(3000))
     second = tmp_path / "second.git"
     git("init", "--quiet", "--bare", second)
 
-    result = CliRunner().invoke(main, ["pull", "--repo", str(second), str(local)])
+    result = CliRunner().invoke(main, ["pull", "--repo", str(second), str(local_bare)])
 
     assert result.exit_code == 0, result.output
     counters = re.findall(r"^([a-z][a-z ]+): (\d+)/(\d+)", result.stderr, re.M)
@@ -893,14 +893,14 @@ def test_git_subprocess_sees_no_user_config(git_env: dict[str, str]) -> None:
 
 
 def test_pull_of_a_remote_missing_an_object_takes_the_intact_runs(
-    local: Path, tmp_path: Path
+    local_bare: Path, tmp_path: Path
 ) -> None:
-    good = log_run(local, "good", range(5))
-    broken = log_run(local, "broken", range(5))
+    good = log_run(local_bare, "good", range(5))
+    broken = log_run(local_bare, "broken", range(5))
     # The broken run's newest commit names a blob the repository lacks.
     env = {**os.environ, "GIT_INDEX_FILE": str(tmp_path / "index")}
     ref = f"refs/heads/runs/{broken}"
-    plumb = ["git", "--git-dir", str(local)]
+    plumb = ["git", "--git-dir", str(local_bare)]
     subprocess.run([*plumb, "read-tree", ref], env=env, check=True)
     subprocess.run(
         [*plumb, "update-index", "--cacheinfo", f"100644,{'2' * 40},README.md"],
@@ -914,12 +914,12 @@ def test_pull_of_a_remote_missing_an_object_takes_the_intact_runs(
         capture_output=True,
         text=True,
     ).stdout.strip()
-    commit = git("--git-dir", local, "commit-tree", tree, "-p", ref, "-m", "x")
-    git("--git-dir", local, "update-ref", ref, commit.stdout.strip())
+    commit = git("--git-dir", local_bare, "commit-tree", tree, "-p", ref, "-m", "x")
+    git("--git-dir", local_bare, "update-ref", ref, commit.stdout.strip())
     into = tmp_path / "into.git"
     git("init", "--quiet", "--bare", into)
 
-    result = CliRunner().invoke(main, ["pull", "--repo", str(into), str(local)])
+    result = CliRunner().invoke(main, ["pull", "--repo", str(into), str(local_bare)])
 
     assert result.exit_code == 7, result.output
     assert f"created      {good}" in result.stdout
