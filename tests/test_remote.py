@@ -325,20 +325,25 @@ def test_fetch_writes_remote_tracking_refs_only(
     assert refs == [f"refs/remotes/team/runs/{run}"]
 
 
+def diverged(url: str, local: Path, repo: Repo, tmp_path: Path) -> tuple[str, Path]:
+    """Run r1 pushed at 10 steps, then logged on in a clone (10..14, pushed) and here
+    (10..11, not pushed): both sides logged after their common commit."""
+    run = log_run(local, "r1", range(10))
+    remote.push(repo, url)
+    other = tmp_path / "other.git"
+    git("clone", "--quiet", "--bare", url, other)
+    log_run(other, "r1", range(10, 15), resume="must")
+    with closing(Repo(str(other))) as theirs:
+        remote.push(theirs, url)
+    log_run(local, "r1", range(10, 12), resume="must")
+    return run, other
+
+
 def test_diverged_run_is_rejected_on_push_and_reported_by_pull(
     git_server: GitServer, local_bare: Path, local_repo: Repo, tmp_path: Path
 ) -> None:
     git_server.create()
-    run = log_run(local_bare, "r1", range(10))
-    remote.push(local_repo, git_server.url())
-    other = tmp_path / "other.git"
-    git("clone", "--quiet", "--bare", git_server.url(), other)
-
-    # Both sides log after the common commit; the other side pushes first.
-    log_run(other, "r1", range(10, 15), resume="must")
-    log_run(local_bare, "r1", range(10, 12), resume="must")
-    with closing(Repo(str(other))) as theirs:
-        remote.push(theirs, git_server.url())
+    run, other = diverged(git_server.url(), local_bare, local_repo, tmp_path)
     ours_before = tip(local_bare, run)
 
     # Never fetched: the push fetches the remote's tip to tell it is diverged.
@@ -367,14 +372,7 @@ def test_pull_force_takes_the_remotes_run_and_says_what_it_replaced(
     git_daemon: GitServer, local_bare: Path, local_repo: Repo, tmp_path: Path
 ) -> None:
     git_daemon.create()
-    run = log_run(local_bare, "r1", range(10))
-    remote.push(local_repo, git_daemon.url())
-    other = tmp_path / "other.git"
-    git("clone", "--quiet", "--bare", git_daemon.url(), other)
-    log_run(other, "r1", range(10, 15), resume="must")
-    with closing(Repo(str(other))) as theirs:
-        remote.push(theirs, git_daemon.url())
-    log_run(local_bare, "r1", range(10, 12), resume="must")
+    run, other = diverged(git_daemon.url(), local_bare, local_repo, tmp_path)
     ours = tip(local_bare, run)
     with pytest.raises(DivergedError, match="gitruns pull --force"):
         remote.pull(local_repo, git_daemon.url())
@@ -393,15 +391,8 @@ def test_force_push_says_what_it_replaced(
     git_daemon: GitServer, local_bare: Path, local_repo: Repo, tmp_path: Path
 ) -> None:
     git_daemon.create()
-    run = log_run(local_bare, "r1", range(10))
-    remote.push(local_repo, git_daemon.url())
-    other = tmp_path / "other.git"
-    git("clone", "--quiet", "--bare", git_daemon.url(), other)
-    log_run(other, "r1", range(10, 15), resume="must")
-    with closing(Repo(str(other))) as theirs:
-        remote.push(theirs, git_daemon.url())
+    run, other = diverged(git_daemon.url(), local_bare, local_repo, tmp_path)
     replaced = tip(other, run)
-    log_run(local_bare, "r1", range(10, 12), resume="must")
     remote.fetch(local_repo, git_daemon.url())
 
     outcomes = remote.push(local_repo, git_daemon.url(), force=True)
