@@ -308,8 +308,8 @@ class DivergedError(RemoteError):
         ref: str,
         local: str,
         remote: str,
-        fix: str = "fork one side into a new run, or push with --force to "
-        "replace the remote's",
+        fix: str = "take one side: `gitruns pull --force` takes the remote's, "
+        "`gitruns push --force` replaces it with yours",
     ) -> None:
         self.ref = ref
         self.local = local

@@ -67,6 +67,11 @@ class Remote:
         shown = mask_credentials(self.url)
         return f"{self.name} ({shown})" if self.name else shown
 
+    @property
+    def command_name(self) -> str:
+        """How a command names this remote: its name, else its URL (no credentials)."""
+        return self.name or mask_credentials(self.url)
+
     def tracking_ref(self, ref: bytes) -> bytes | None:
         """``refs/remotes/<name>/runs/...`` for a run ref; None for a bare URL."""
         if self.name is None:
@@ -623,7 +628,9 @@ def push(
         planned.clear()
         sending: dict[Ref, ObjectID] = {}
         for ref, sha in sorted(local.items()):
-            outcome = _plan_push(repo, ref, remote_refs.get(Ref(ref)), sha, force)
+            outcome = _plan_push(
+                repo, ref, remote_refs.get(Ref(ref)), sha, force, target.command_name
+            )
             planned[ref] = outcome
             if outcome.status in _SENT_STATUSES:
                 sending[Ref(ref)] = ObjectID(sha)
@@ -716,7 +723,9 @@ def _compare_unfetched(
         theirs = offered.get(outcome.ref)
         if outcome.new is None or theirs is None or ObjectID(theirs) not in store:
             continue
-        again = _plan_push(repo, outcome.ref, theirs, outcome.new, force=False)
+        again = _plan_push(
+            repo, outcome.ref, theirs, outcome.new, False, mask_credentials(remote)
+        )
         if again.status in ("behind", "diverged"):
             compared[outcome.ref] = again
     return [compared.get(o.ref, o) for o in outcomes]
@@ -774,8 +783,23 @@ def _remember_pushed(
             )
 
 
+def _diverged_advice(ref: bytes, remote: str) -> str:
+    """How to settle a run both sides logged on: take one side, by name."""
+    run = RunRef.from_ref(ref).path
+    return (
+        f"take the remote's with `gitruns pull --force {remote} {run}` (it names "
+        "the local commit it replaces, which Git keeps for you to branch from), "
+        f"or replace the remote's with yours: `gitruns push --force {remote} {run}`"
+    )
+
+
 def _plan_push(
-    repo: BaseRepo, ref: bytes, theirs: bytes | None, ours: Sha, force: bool
+    repo: BaseRepo,
+    ref: bytes,
+    theirs: bytes | None,
+    ours: Sha,
+    force: bool,
+    remote: str = "REMOTE",
 ) -> RefOutcome:
     """What a push of ``ours`` over the remote's ``theirs`` will do."""
     old = Sha(theirs) if theirs is not None else None
@@ -817,7 +841,7 @@ def _plan_push(
         "diverged",
         f"both sides logged after their common commit ({_commits(only_theirs)} "
         f"only on the remote, {_commits(only_ours)} only here)",
-        "fork one side into a new run, or push with --force to replace the remote's",
+        _diverged_advice(ref, remote),
     )
 
 
@@ -1167,8 +1191,9 @@ def _plan_pull(
             ours,
             theirs,
             f"replaced local {ours[:10].decode()}, dropping "
-            f"{_commits(_count_only_in(repo, ours, theirs))} from the run (`git "
-            f"branch keep-{ours[:7].decode()} {ours[:10].decode()}` keeps them)",
+            f"{_commits(_count_only_in(repo, ours, theirs))} from the run "
+            f"(`{git_command(repo)} branch keep-{ours[:7].decode()} "
+            f"{ours[:10].decode()}` keeps them)",
         )
     tracking = target.tracking_ref(ref)
     # A URL has no remote-tracking refs; its commits were fetched all the same.
@@ -1180,9 +1205,8 @@ def _plan_pull(
         theirs,
         f"both sides logged after their common commit; local {ours[:10].decode()} "
         f"kept, the remote's is {where}",
-        advice=f"the local run is unchanged and the remote's is {where}: keep "
-        "your steps as a fork (`gitruns fork RUN --step N --id NEW`), then take "
-        "the remote's with `gitruns pull --force`",
+        advice=f"the local run is unchanged and the remote's is {where}: "
+        + _diverged_advice(ref, target.command_name),
     )
 
 

@@ -361,7 +361,8 @@ def test_diverged_run_is_rejected_on_push_and_reported_by_pull(
     assert pulled.value.ref == f"runs/{run}"
     # Pull says where the remote's commits are; push how to replace them.
     assert "the local run is unchanged and the remote's is commit " in str(pulled.value)
-    assert "push with --force" in str(pushed.value)
+    assert f"`gitruns push --force {git_server.url()} {run}`" in str(pushed.value)
+    assert f"`gitruns pull --force {git_server.url()} {run}`" in str(pulled.value)
     assert pushed.value.local == ours_before
     assert pushed.value.remote == tip(other, run)
     assert tip(local_bare, run) == ours_before
