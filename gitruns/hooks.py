@@ -25,6 +25,7 @@ from gitruns.errors import (
     InvalidArgumentError,
     InvalidNameError,
     RepositoryError,
+    mapped_errors,
 )
 from gitruns.objects import ObjectReader
 from gitruns.refs import RUNS_PREFIX, RunRef, Sha
@@ -983,8 +984,8 @@ def install_hook(repo: Repo, kind: str, *, force: bool = False) -> Path:
 
     Raises:
         InvalidArgumentError: for an unknown ``kind``.
-        RepositoryError: if a hook of another origin is there and ``force`` is off.
-        OSError: if the hooks folder cannot be written.
+        RepositoryError: if a hook of another origin is there and ``force`` is
+            off, or if the hooks folder cannot be written.
     """
     target = hooks_dir(repo) / kind
     if target.exists() and not force:
@@ -997,10 +998,11 @@ def install_hook(repo: Repo, kind: str, *, force: bool = False) -> Path:
             )
     package_parent = str(Path(__file__).resolve().parent.parent)
     text = hook_script(kind, sys.executable, package_parent)
-    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".gitruns-tmp")
-    partial.write_text(text)
-    partial.chmod(0o755)
-    partial.replace(target)
+    with mapped_errors(f"installing the {kind} hook in {target.parent}"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(text)
+        partial.chmod(0o755)
+        partial.replace(target)
     logger.info("installed %s hook in %s", kind, target)
     return target

@@ -936,7 +936,8 @@ def fetch(
     Returns:
         One outcome per fetched run: its remote-tracking ref ``new``,
         ``updated``, ``forced`` (the remote's branch was rewritten) or
-        ``up to date``.
+        ``up to date``; ``rejected`` for a run the remote could not send
+        (a path remote lacking an object it names), the others fetched.
 
     Raises:
         RunNotFoundError: a named run is not on the remote.
@@ -990,7 +991,7 @@ def _fetch(
     failed: dict[bytes, str] = {}
     try:
         fetch_wanted(determine_wants)
-    except RemoteError:
+    except _MissingObject:
         if len(offered) < 2:
             raise
         # One run the remote cannot send must not keep the others: fetch
@@ -998,7 +999,7 @@ def _fetch(
         for ref, sha in sorted(offered.items()):
             try:
                 fetch_wanted(_only(ObjectID(sha), repo))
-            except RemoteError as exc:
+            except _MissingObject as exc:
                 failed[ref] = str(exc)
         if len(failed) == len(offered):
             raise
@@ -1032,18 +1033,26 @@ def _only(sha: ObjectID, repo: BaseRepo) -> Callable[..., list[ObjectID]]:
     return wants
 
 
+class _MissingObject(RemoteError):
+    """A path remote lacks an object that one of its runs names."""
+
+
 @contextmanager
 def _missing_objects(target: Remote) -> Iterator[None]:
-    """A path remote that lacks an object it names is a RemoteError, not a KeyError."""
+    """Map dulwich's KeyError for an object a path remote lacks; others pass.
+
+    dulwich's local client reads the remote repository itself and raises
+    KeyError(<sha>) for an object that is not there.
+    """
     try:
         yield
     except KeyError as exc:
-        missing = exc.args[0] if exc.args else b"?"
-        if isinstance(missing, bytes):
-            missing = missing.decode(errors="replace")
-        raise RemoteError(
+        missing = exc.args[0] if exc.args else None
+        if not (isinstance(missing, bytes) and re.fullmatch(rb"[0-9a-f]{40}", missing)):
+            raise
+        raise _MissingObject(
             f"fetching from {target} failed: the remote repository lacks object "
-            f"{missing}, which its runs name; run `git fsck` there"
+            f"{missing.decode()}, which its runs name; run `git fsck` there"
         ) from exc
 
 

@@ -32,13 +32,14 @@ from gitruns.errors import (
     ChunkFormatError,
     ConflictError,
     GitRunsError,
+    InvalidArgumentError,
     RepositoryError,
     RunNotFoundError,
     mapped_errors,
 )
 from gitruns.objects import CorruptObject, ObjectReader, ObjectTooLarge
 from gitruns.refs import RUNS_PREFIX, RunRef, Sha, check_name
-from gitruns.values import check_unicode
+from gitruns.values import SURROGATE, check_unicode
 
 logger = logging.getLogger(__name__)
 
@@ -135,15 +136,23 @@ def locate_repository(
 def dumps_json(value: Any, what: str = "run metadata") -> bytes:
     """Sorted, indented JSON that reads well in a pull request's diff.
 
+    Args:
+        value: what the file holds.
+        what: what it is, for an error (``config``, ``summary``).
+
+    Returns:
+        The file's UTF-8 bytes.
+
     Raises:
         InvalidArgumentError: a str in ``value`` has no UTF-8 form.
     """
-    text = json.dumps(_jsonable(value), indent=2, sort_keys=True, ensure_ascii=False)
+    plain = _jsonable(value)
+    text = json.dumps(plain, indent=2, sort_keys=True, ensure_ascii=False)
     try:
         return (text + "\n").encode()
     except UnicodeEncodeError:
-        check_unicode(value, what)
-        raise
+        check_unicode(plain, what)  # names where the bad str is
+        raise InvalidArgumentError(what, text, SURROGATE) from None
 
 
 def _jsonable(value: Any) -> Any:

@@ -39,6 +39,14 @@ _NONE = type(None)
 _FAST_KINDS = frozenset({float, int, bool, _NONE})
 
 
+#: Why a str with a lone surrogate (say, bytes decoded with "surrogateescape")
+#: is refused, and what to do instead.
+SURROGATE = (
+    "a str must be valid Unicode (it holds a lone surrogate); decode its bytes "
+    "with errors='replace', or drop that character"
+)
+
+
 def check_key(key: object) -> str:
     """Return ``key`` if it may name a metric.
 
@@ -216,7 +224,7 @@ def unencodable(row: Mapping[str, Value]) -> InvalidValueError:
                 return InvalidValueError(
                     key,
                     value,
-                    "a str must be valid Unicode (it holds a lone surrogate)",
+                    SURROGATE,
                 )
     return InvalidValueError("<row>", dict(row), "it cannot be encoded")
 
@@ -238,9 +246,7 @@ def check_unicode(value: Any, where: str) -> None:
         try:
             value.encode()
         except UnicodeEncodeError:
-            raise InvalidArgumentError(
-                where, value, "a str must be valid Unicode (it holds a lone surrogate)"
-            ) from None
+            raise InvalidArgumentError(where, value, SURROGATE) from None
     elif isinstance(value, Mapping):
         for key, item in value.items():
             check_unicode(key, f"{where} key")

@@ -919,6 +919,11 @@ def test_pull_of_a_remote_missing_an_object_takes_the_intact_runs(
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and f"lacks object {'2' * 40}" in errors[0]
     assert steps_of(into, good) == list(range(5))
+    fetched = CliRunner().invoke(
+        main, ["fetch", "--repo", str(tmp_path / "into.git"), str(local_bare)]
+    )
+    assert fetched.exit_code == 7, fetched.output
+    assert f"refused runs/{broken}: fetching from" in fetched.stderr
     assert (
         f"refs/heads/runs/{broken}" not in git("--git-dir", into, "for-each-ref").stdout
     )

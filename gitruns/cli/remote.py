@@ -273,7 +273,11 @@ def fetch(
     quiet: bool,
     store: RunStore,
 ) -> None:
-    """Fetch runs from REMOTE into refs/remotes/REMOTE/runs/..., moving no run."""
+    """Fetch runs from REMOTE into refs/remotes/REMOTE/runs/..., moving no run.
+
+    A run the remote cannot send (it lacks an object the run names) is
+    reported and the command exits 7; the other runs are fetched.
+    """
     remote, runs = _remote_and_runs(store, "fetch", remote, runs)
     with _progress(quiet) as progress:
         outcomes = remotes.fetch(
@@ -286,6 +290,7 @@ def fetch(
         )
     target = remotes.resolve_remote(store.repo, remote)
     _show(outcomes, f"from {target}", "fetch")
+    remotes.check_outcomes(outcomes, f"fetch from {target}")
 
 
 #: The commands of this module, for the root group to register.
