@@ -265,3 +265,17 @@ def test_reading_where_there_are_no_runs_says_so(tmp_path: Path) -> None:
     assert result.exit_code == 6
     assert "no runs here yet: no Git repository encloses" in result.output
     assert not (tmp_path / ".gitruns").exists()
+
+
+def test_show_and_history_say_when_logged_steps_are_not_committed(repo: Path) -> None:
+    run = gitruns.init(project="p", id="live", repo=repo, flush_interval=3600)
+    for i in range(5):
+        run.log({"x": i})
+    note = "p/live has logged steps that are not committed yet"
+    for command in ("show", "history"):
+        result = CliRunner().invoke(main, [command, "p/live", "--repo", str(repo)])
+        assert result.exit_code == 0 and note in result.stderr, result.output
+        assert "gitruns recover p/live" in result.stderr
+    run.finish()
+    result = CliRunner().invoke(main, ["history", "p/live", "--repo", str(repo)])
+    assert note not in result.stderr and result.stdout.count("\n") == 6

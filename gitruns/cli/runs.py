@@ -19,16 +19,33 @@ from gitruns.cli.common import (
 )
 from gitruns.diff import MISSING, diff_runs
 from gitruns.errors import GitRunsError, MetricNotFoundError
+from gitruns.journal import Journal
 from gitruns.lineage import ancestors, descendants
 from gitruns.reader import RunView, readable_runs
 from gitruns.refs import RunRef
 from gitruns.remote import tracked_run_counts
 from gitruns.store import RunStore
 from gitruns.summary import visible
+from gitruns.writer import journal_dir
 
 
 def _view(store: RunStore, path: str) -> RunView:
     return RunView(store, store.resolve(path))
+
+
+def _warn_if_journaled(store: RunStore, view: RunView) -> None:
+    """Say on stderr that the run has logged steps its branch does not hold yet.
+
+    After a kill -9 a run looks cut short until its journal is committed; the
+    same holds for a live writer between two commits.
+    """
+    if Journal(journal_dir(store, view.ref)).files():
+        click.echo(
+            f"note: {view.path} has logged steps that are not committed yet: its "
+            "writer is live, or died; once no process writes it, `gitruns "
+            f"recover {view.path}` commits them",
+            err=True,
+        )
 
 
 @click.command("runs")
@@ -105,6 +122,7 @@ def show_command(store: RunStore, run: str, as_json: bool) -> None:
         )
         return
     info = view.info
+    _warn_if_journaled(store, view)
     click.echo(click.style(f"{view.path}", bold=True) + f"  ({view.name})")
     click.echo(f"  state      {view.state}")
     click.echo(f"  steps      {_span(view)}")
@@ -160,6 +178,7 @@ def history_command(
 ) -> None:
     """Print a run's metric history, one row per step."""
     view = _view(store, run)
+    _warn_if_journaled(store, view)
     wanted = split_keys(keys)
     rows_list = list(view.scan_history(wanted, min_step=min_step, max_step=max_step))
     if not rows_list and wanted:
