@@ -183,10 +183,11 @@ class RunNotFoundError(GitRunsError, LookupError):
 
     exit_code = 3
 
-    def __init__(self, path: str, where: str = "") -> None:
+    def __init__(self, path: str, where: str = "", fix: str = "") -> None:
         self.path = path
         where = f" in {where}" if where else ""
-        super().__init__(f"no run {path!r}{where}; `gitruns runs` lists the runs there")
+        fix = fix or "`gitruns runs` lists the runs there"
+        super().__init__(f"no run {path!r}{where}; {fix}")
 
 
 class AmbiguousRunError(GitRunsError, LookupError):

@@ -541,11 +541,14 @@ def _run_refs(
 
 
 def _check_selection(
-    found: Mapping[bytes, Sha], runs: Sequence[RunRef] | None, where: str
+    found: Mapping[bytes, Sha],
+    runs: Sequence[RunRef] | None,
+    where: str,
+    fix: str = "",
 ) -> None:
     for run in runs or ():
         if run.ref not in found:
-            raise RunNotFoundError(run.path, where)
+            raise RunNotFoundError(run.path, where, fix)
 
 
 def check_outcomes(outcomes: Sequence[RefOutcome], action: str) -> None:
@@ -1004,7 +1007,13 @@ def _fetch(
         if len(failed) == len(offered):
             raise
     tap.finish()
-    _check_selection(offered, runs, str(target))
+    _check_selection(
+        offered,
+        runs,
+        str(target),
+        f"`git ls-remote {shlex.quote(target.command_name)} 'refs/heads/runs/*'` "
+        "lists the runs there",
+    )
 
     outcomes = []
     for ref, sha in sorted(offered.items()):
