@@ -74,5 +74,13 @@ def commit_run(
 
 
 def summary_overrides(snapshot: Snapshot) -> dict[str, Any]:
-    """The summary values a user set on the run, which derived ones never replace."""
+    """The summary values a user set on the run, which derived ones never replace.
+
+    Args:
+        snapshot: the run as one of its commits holds it.
+
+    Returns:
+        Metric name -> the value the user set, for each name run.json lists in
+        ``summary_set``.
+    """
     return {k: snapshot.summary.get(k) for k in snapshot.info.get("summary_set", [])}

@@ -70,7 +70,13 @@ _DISTRIBUTIONS = {"sklearn": "scikit-learn", "yaml": "PyYAML"}
 
 
 class MissingExtraError(GitRunsError, ImportError):
-    """A feature needs an optional extra that is not installed."""
+    """A feature needs an optional extra that is not installed.
+
+    Args:
+        module: the module that could not be imported.
+        extra: the gitruns extra that installs it.
+        what: the feature that needs it, as the message's subject.
+    """
 
     exit_code = 1
 
@@ -92,6 +98,9 @@ def require(module: str, extra: str, what: str) -> ModuleType:
         module: the module to import ("pandas", "sklearn.datasets").
         extra: the gitruns extra that installs it ("pandas", "demo").
         what: the feature that needs it, as the message's subject.
+
+    Returns:
+        The imported module.
 
     Raises:
         MissingExtraError: the module cannot be imported.
@@ -394,6 +403,12 @@ def mask_credentials(text: str) -> str:
 
     A password is always hidden. On http(s) the user name is hidden too, since
     access tokens are often passed as the user name.
+
+    Args:
+        text: a URL, or a message that may hold URLs.
+
+    Returns:
+        ``text`` with ``***`` for every secret.
     """
 
     def hide(match: re.Match[str]) -> str:
@@ -439,6 +454,10 @@ def remote_errors(remote: str, what: str) -> Iterator[None]:
     Args:
         remote: the remote as the user should see it (credentials masked).
         what: what was being done, for the message ("pushing to origin").
+
+    Raises:
+        RemoteError: for a transport, protocol or authentication failure, a
+            missing remote repository, or an OS error of the transfer.
     """
     from dulwich.client import HTTPProxyUnauthorized, HTTPUnauthorized
     from dulwich.errors import HangupException, NotGitRepository

@@ -57,6 +57,12 @@ class ForkPoint:
     def parse(cls, spec: str) -> ForkPoint:
         """Split ``<run>?<key>=<value>``.
 
+        Args:
+            spec: the point as ``fork_from=`` or ``resume_from=`` give it.
+
+        Returns:
+            The point; its run and value are checked when it is used.
+
         Raises:
             ForkPointError: when the ``?key=value`` part is missing or empty.
         """
@@ -71,6 +77,13 @@ class ForkPoint:
     @classmethod
     def of(cls, run: str, where: str) -> ForkPoint:
         """The point ``where`` of ``run``: a step ``N``, or ``<step metric>=V``.
+
+        Args:
+            run: the run, as the CLI resolved it (``project/id``).
+            where: what ``--step`` says.
+
+        Returns:
+            The point, as :meth:`parse` reads ``<run>?<key>=<value>``.
 
         Raises:
             ForkPointError: when ``where`` is empty or has an empty side.
@@ -381,6 +394,11 @@ def rewind_run(store: RunStore, run: RunRef, point: ForkPoint) -> Sha:
 
     The caller holds the run's lock. The removed steps stay reachable in the
     branch's own history, and the branch only moves forward.
+
+    Args:
+        store: the repository.
+        run: the run to rewind.
+        point: the last step (or step metric value) to keep.
 
     Returns:
         The new tip (the old one when no step follows the point).

@@ -47,8 +47,9 @@ _TRACKING_PREFIX = b"refs/remotes/"
 _OK_STATUSES = frozenset(
     {"created", "fast-forward", "forced", "up to date", "new", "updated", "ahead"}
 )
-#: Push outcomes that send the ref to the server.
-_SENT_STATUSES = frozenset({"created", "fast-forward", "forced"})
+#: Outcomes that move a ref: a push sends it to the server, a pull moves the
+#: local run to it.
+_MOVING_STATUSES = frozenset({"created", "fast-forward", "forced"})
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,12 @@ def tracked_run_counts(repo: BaseRepo) -> dict[str, int]:
 
     After a plain ``git clone`` of a runs remote, its runs sit there rather
     than under ``refs/heads/runs/``, until ``gitruns pull`` makes them local.
+
+    Args:
+        repo: the local repository.
+
+    Returns:
+        Remote name -> how many run branches it tracks there.
     """
     counts: dict[str, int] = {}
     runs = RUNS_PREFIX[len(_BRANCH_PREFIX) :]
@@ -635,7 +642,7 @@ def push(
                 repo, ref, remote_refs.get(Ref(ref)), sha, force, target.command_name
             )
             planned[ref] = outcome
-            if outcome.status in _SENT_STATUSES:
+            if outcome.status in _MOVING_STATUSES:
                 sending[Ref(ref)] = ObjectID(sha)
         if checker is not None:
             _verify(checker, planned, sending)
@@ -859,7 +866,7 @@ def _reported(
     planned: RefOutcome, ref_status: Mapping[bytes, str | None] | None
 ) -> RefOutcome:
     """The planned outcome as the server's report-status turned it out."""
-    if planned.status not in _SENT_STATUSES:
+    if planned.status not in _MOVING_STATUSES:
         return planned
     refusal = (ref_status or {}).get(planned.ref)
     if refusal is None:
@@ -1159,7 +1166,7 @@ def pull(
     # Every check runs before any branch moves: the checker counts as accepted
     # only what the local run branches reached before this pull. A forced run
     # is checked as a new one: none of the remote's line is accepted yet.
-    moving = {o.ref: o for o in planned if o.status in _SENT_STATUSES}
+    moving = {o.ref: o for o in planned if o.status in _MOVING_STATUSES}
     checker = hooks.pull_checker(repo)
     updates = [
         hooks.RefUpdate(o.ref, None if o.status == "forced" else o.old, o.new)

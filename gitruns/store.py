@@ -764,6 +764,10 @@ class RunStore:
 
         Returns:
             False when the branch is no longer at ``old`` (compare-and-swap lost).
+
+        Raises:
+            ConflictError: the ref's lock stayed taken through every retry.
+            RepositoryError: the ref cannot be written (disk, permissions).
         """
         reflog = None if message is None else message.encode()
         with mapped_errors(f"updating {run.branch}"):
@@ -1170,6 +1174,7 @@ def _write_loose(objects: Any, obj: Blob | Tree | Commit) -> None:
             # `git gc` (prune) removed the empty folder while it was made.
             if attempt == 9:
                 raise
+            time.sleep(0.001 * attempt)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(obj.as_legacy_object(compression_level=LOOSE_COMPRESSION))
