@@ -142,6 +142,7 @@ def test_fork_and_rewind_commands(runs: Path) -> None:
         (["fork", "p/base", "--step", "999"], 2, "committed steps up to 49"),
         (["rewind", "p/base", "--step", "-3"], 2, "must not be negative"),
         (["fork", "p/base", "--step", "=5"], 2, "write it as '<run>?_step=N'"),
+        (["fork", "p/base", "--step", "3", "--set", "lr"], 2, "write it as KEY=VALUE"),
         (["fork", "p/base", "--step", "epoch="], 2, "write it as '<run>?_step=N'"),
         (["show", "bad..name"], 2, "invalid run id"),
         (["fork", "p/base", "--step", "3", "--id", "fk"], 4, "pass another --id"),

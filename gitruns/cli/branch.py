@@ -7,7 +7,7 @@ import json
 import click
 
 from gitruns.cli.common import failure, with_store
-from gitruns.errors import RunExistsError, RunLockedError
+from gitruns.errors import InvalidArgumentError, RunExistsError, RunLockedError
 from gitruns.fork import ForkPoint, fork_run, rewind_run
 from gitruns.refs import RunRef, check_name, new_run_id
 from gitruns.run import new_run_info
@@ -53,7 +53,7 @@ def fork_command(
     for item in overrides:
         k, sep, v = item.partition("=")
         if not sep:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
+            raise InvalidArgumentError("--set", item, "write it as KEY=VALUE")
         try:
             config[k] = json.loads(v)
         except ValueError:
