@@ -358,6 +358,8 @@ class RunWriter:
         self._buffer = Buffer()
         self._last_flush = time.monotonic()
         self._meta: dict[str, Any] | None = None
+        #: config and summary_overrides as last journaled, for the next patch.
+        self._latest: dict[str, dict[str, Any]] = {}
         self._handed_off: Path | None = None
 
         self._error: BaseException | None = None
@@ -480,7 +482,7 @@ class RunWriter:
         for record in self._journal.replay(files):
             step = record.step
             if step is None:
-                journaled_meta.update(record.data)
+                _merge_meta(journaled_meta, record.data, self._snapshot)
                 continue
             problem = _unstorable(step, record.data, known, self.max_step)
             if problem:
@@ -684,6 +686,10 @@ class RunWriter:
     def set_meta(self, **meta: Any) -> None:
         """Journal run metadata (config, name, summary overrides...) to commit next.
 
+        ``config`` and ``summary_overrides`` are whole dicts here, but the
+        journal gets only what changed since the last call: a script that sets
+        thousands of summary keys one by one journals each key once.
+
         Raises:
             InvalidArgumentError: a str in it has no UTF-8 form; nothing of
                 this call is journaled.
@@ -693,9 +699,18 @@ class RunWriter:
                 "run %s is finished; %s not stored", self.run.path, ", ".join(meta)
             )
             return
-        for key, value in meta.items():
-            check_unicode(value, key)
-        self._write(self._journal.encode_meta(time.time(), meta))
+        journaled = dict(meta)
+        for key in _PATCHED & meta.keys():
+            before = self._latest.get(key)
+            if before is None:
+                before = _committed(self._snapshot, key)
+            journaled[key + _PATCH] = _patch(before, journaled.pop(key))
+        # What is new is checked; the rest was, when it was journaled.
+        for key, value in journaled.items():
+            check_unicode(value, key.removesuffix(_PATCH))
+        for key in _PATCHED & meta.keys():
+            self._latest[key] = dict(meta[key])
+        self._write(self._journal.encode_meta(time.time(), journaled))
         self._add_meta(meta)
 
     def _add_meta(self, meta: dict[str, Any]) -> None:
@@ -961,6 +976,44 @@ class RunWriter:
         return build_chunk(
             self.window, buffer.start, buffer.steps, buffer.times, columns, prefix
         )
+
+
+#: Metadata journaled as patches (``<key>_patch``: ``{"set": {}, "del": []}``).
+_PATCHED = frozenset({"config", "summary_overrides"})
+_PATCH = "_patch"
+
+
+def _committed(snapshot: Snapshot, key: str) -> dict[str, Any]:
+    """``config`` or ``summary_overrides`` as a commit holds it."""
+    if key == "config":
+        return dict(snapshot.config)
+    return summary_overrides(snapshot)
+
+
+def _patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What turns ``before`` into ``after``: keys set (or changed), keys removed."""
+    changed = {k: v for k, v in after.items() if k not in before or before[k] != v}
+    return {"set": changed, "del": [k for k in before if k not in after]}
+
+
+def _merge_meta(
+    into: dict[str, Any], record: dict[str, Any], snapshot: Snapshot
+) -> None:
+    """Merge one journaled metadata record into ``into``, applying its patches.
+
+    A patch applies to what the records before it made of the key, else to
+    what the run's last commit holds.
+    """
+    for key, value in record.items():
+        if not key.endswith(_PATCH) or key[: -len(_PATCH)] not in _PATCHED:
+            into[key] = value
+            continue
+        name = key[: -len(_PATCH)]
+        current = dict(into.get(name, _committed(snapshot, name)))
+        current.update(value.get("set", {}))
+        for gone in value.get("del", []):
+            current.pop(gone, None)
+        into[name] = current
 
 
 def _merged(jobs: list[Job]) -> tuple[dict[str, Any] | None, str | None]:

@@ -183,6 +183,42 @@ def test_metadata_open_rows_and_int_times_survive_a_crash(
     assert next(iter(view.scan_history()))["_timestamp"] == 1_700_000_000.0
 
 
+def test_summary_and_config_set_key_by_key_journal_linearly_and_survive(
+    repo: Path,
+) -> None:
+    # A summary key per class, set one by one (a W&B idiom): each call must
+    # journal what changed, not the whole summary again, and a kill -9 after
+    # them loses none.
+    child = python(
+        """
+        import os, signal, sys
+        import gitruns
+        run = gitruns.init(project="p", id="keys", repo=sys.argv[1], config={"a": 1})
+        run.log({"loss": 1.0})
+        for i in range(2000):
+            run.summary[f"class_{i:04d}_accuracy"] = i / 2000
+        for i in range(500):
+            run.config[f"c{i}"] = i
+        run.config.update({"a": 2}, allow_val_change=True)
+        del run.summary["class_0000_accuracy"]
+        print("done", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """,
+        str(repo),
+    )
+    out, err = child.communicate(timeout=120)
+    assert out.strip() == "done", err
+    journaled = sum(path.stat().st_size for path in journal_files(repo, "p/keys"))
+
+    assert recover_cli(repo, "p/keys").returncode == 0
+    view = gitruns.Api(repo).run("p/keys")
+    summary = {k: v for k, v in view.summary.items() if k.startswith("class_")}
+    assert len(summary) == 1999 and summary["class_1999_accuracy"] == 1999 / 2000
+    assert view.config == {"a": 2, **{f"c{i}": i for i in range(500)}}
+    # Whole dicts each time would journal about 2000 * 2000 * 35 / 2 bytes.
+    assert journaled < 2 * 1024 * 1024
+
+
 def test_a_refused_call_leaves_no_trace(store: RunStore, repo: Path) -> None:
     writer = new_writer(store, "refused")
     writer.log({"loss": 1.0})
