@@ -37,6 +37,7 @@ from gitruns.store import (
     RUN_JSON,
     TREE_MODE,
     chunk_dirs,
+    chunk_name,
     loads_json,
     read_object,
 )
@@ -245,7 +246,13 @@ def _path(*parts: bytes) -> str:
 
 def _segment_start(name: bytes, l1: bytes, l2: bytes, window: int) -> int:
     stem = name[: -len(CHUNK_SUFFIX)]
-    if not name.endswith(CHUNK_SUFFIX) or not stem.isdigit() or len(stem) > 19:
+    if (
+        not name.endswith(CHUNK_SUFFIX)
+        or not stem.isdigit()
+        or len(stem) > 19
+        or name != chunk_name(int(stem))
+    ):
+        # As readers refuse it: a second name for a start doubles a segment.
         raise _Refused(None, f"{_path(l1, l2, name)} is not a segment file name")
     start = int(stem)
     if chunk_dirs(start, window) != (l1, l2):

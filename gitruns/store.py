@@ -529,9 +529,18 @@ def _history_path(*parts: bytes) -> str:
 
 def _parse_chunk_name(name: bytes, where: str, l1: bytes, l2: bytes) -> int:
     stem = name[: -len(CHUNK_SUFFIX)]
-    if not name.endswith(CHUNK_SUFFIX) or not stem.isdigit() or len(stem) > 19:
+    # One name per start (no "10.msgpack" beside "000000000010.msgpack"):
+    # two names would hold one segment twice.
+    if (
+        not name.endswith(CHUNK_SUFFIX)
+        or not stem.isdigit()
+        or len(stem) > 19
+        or name != chunk_name(int(stem))
+    ):
         raise ChunkFormatError(
-            f"{where}:{_history_path(l1, l2, name)}", "not a segment file name"
+            f"{where}:{_history_path(l1, l2, name)}",
+            "not a segment file name (12 or more digits, the first step, as "
+            "gitruns names them)",
         )
     return int(stem)
 

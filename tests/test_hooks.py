@@ -328,6 +328,27 @@ def test_a_segment_that_is_not_a_plain_file_is_rejected_as_readers_refuse_it(
     ]
 
 
+def test_a_second_name_for_a_segment_is_rejected_and_unreadable(
+    guarded: GitServer, local_bare: Path
+) -> None:
+    run = log_run(local_bare, "r1", range(10))
+    ref = f"refs/heads/runs/{run}"
+    name = "history/0000/00/000000000000.msgpack"
+    data = subprocess.run(
+        ["git", "--git-dir", str(local_bare), "cat-file", "blob", f"{ref}:{name}"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    craft_files(local_bare, run, {"history/0000/00/0.msgpack": data})
+
+    pushed = stock_push(local_bare, guarded.url(), ref)
+
+    assert pushed.returncode != 0
+    assert "history/0000/00/0.msgpack is not a segment file name" in pushed.stderr
+    with pytest.raises(gitruns.ChunkFormatError, match="not a segment file name"):
+        gitruns.Api(str(local_bare)).run(run).history(pandas=False)
+
+
 def test_step_order_violation_is_rejected(guarded: GitServer, local_bare: Path) -> None:
     run = log_run(local_bare, "r1", range(10))
     stock_push(local_bare, guarded.url(), f"refs/heads/runs/{run}")
