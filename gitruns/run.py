@@ -358,9 +358,10 @@ class Run:
         }
         if not overwrite:
             rule = {**self._definitions.get(name, {}), **rule}
+        # Journaled first: a refused rule (a str Git cannot store) changes nothing.
+        self._set_meta(metrics={**self._definitions, name: rule})
         self._definitions[name] = rule
         self._info["metrics"] = dict(self._definitions)
-        self._set_meta(metrics=dict(self._definitions))
         return rule
 
     # -- saved files --------------------------------------------------------

@@ -186,8 +186,15 @@ class Config(MutableMapping[str, Any]):
                         "allow_val_change=True to config.update() or init() "
                         "to change it",
                     )
+        before = dict(self._data)
         self._data.update(clean)
-        self._on_change(dict(self._data))
+        try:
+            self._on_change(dict(self._data))
+        except BaseException:
+            # Refused (too large to store): the config stays as it was.
+            self._data.clear()
+            self._data.update(before)
+            raise
 
     def setdefaults(self, data: Any) -> None:
         """Set the keys that have no value yet (W&B's sweep idiom)."""
@@ -232,8 +239,14 @@ class Summary(MutableMapping[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         plain = plain_value(value)
         check_unicode({str(key): plain}, "summary")
+        before = dict(self._overrides)
         self._overrides[str(key)] = plain
-        self._on_change(dict(self._overrides))
+        try:
+            self._on_change(dict(self._overrides))
+        except BaseException:
+            self._overrides.clear()
+            self._overrides.update(before)
+            raise
 
     def __delitem__(self, key: str) -> None:
         del self._overrides[key]

@@ -149,10 +149,19 @@ def dumps_json(value: Any, what: str = "run metadata") -> bytes:
     plain = _jsonable(value)
     text = json.dumps(plain, indent=2, sort_keys=True, ensure_ascii=False)
     try:
-        return (text + "\n").encode()
+        data = (text + "\n").encode()
     except UnicodeEncodeError:
         check_unicode(plain, what)  # names where the bad str is
         raise InvalidArgumentError(what, text, SURROGATE) from None
+    if len(data) > MAX_OBJECT_BYTES:
+        # Readers refuse an object this large, so the run could not be read.
+        raise InvalidArgumentError(
+            what,
+            f"<{len(data) >> 20} MiB of JSON>",
+            f"a run's {what} may take {MAX_OBJECT_BYTES >> 20} MiB; keep large "
+            "things (a vocabulary, a dataset list) in a file with gitruns.save()",
+        )
+    return data
 
 
 def _jsonable(value: Any) -> Any:

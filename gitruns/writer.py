@@ -64,7 +64,7 @@ from gitruns.errors import (
 )
 from gitruns.journal import Journal, JournalFile, RunLock
 from gitruns.refs import RunRef, Sha
-from gitruns.store import RUN_JSON, RunStore, Snapshot
+from gitruns.store import MAX_OBJECT_BYTES, RUN_JSON, RunStore, Snapshot, dumps_json
 from gitruns.summary import summarize
 from gitruns.values import INT64_MAX, Value, check_unicode, clean_row, unencodable
 
@@ -360,6 +360,10 @@ class RunWriter:
         self._meta: dict[str, Any] | None = None
         #: config and summary_overrides as last journaled, for the next patch.
         self._latest: dict[str, dict[str, Any]] = {}
+        #: Bytes of metadata journaled since its size was last checked, and
+        #: the largest file it made then.
+        self._grown = 0
+        self._sized = 0
         self._handed_off: Path | None = None
 
         self._error: BaseException | None = None
@@ -708,9 +712,20 @@ class RunWriter:
         # What is new is checked; the rest was, when it was journaled.
         for key, value in journaled.items():
             check_unicode(value, key.removesuffix(_PATCH))
+        record = self._journal.encode_meta(time.time(), journaled)
+        self._grown += len(record)
+        # Not at every call, sizing a large dict costs: when enough has been
+        # journaled, or the largest one may be near the limit (a journaled
+        # byte can take a few in the indented file).
+        if (
+            self._grown > _RECHECK_BYTES
+            or self._sized + 4 * self._grown > MAX_OBJECT_BYTES
+        ):
+            sizes = [len(dumps_json(meta[k], k)) for k in _PATCHED & meta.keys()]
+            self._sized, self._grown = max(sizes, default=self._sized), 0
         for key in _PATCHED & meta.keys():
             self._latest[key] = dict(meta[key])
-        self._write(self._journal.encode_meta(time.time(), journaled))
+        self._write(record)
         self._add_meta(meta)
 
     def _add_meta(self, meta: dict[str, Any]) -> None:
@@ -980,6 +995,10 @@ class RunWriter:
 
 #: Metadata journaled as patches (``<key>_patch``: ``{"set": {}, "del": []}``).
 _PATCHED = frozenset({"config", "summary_overrides"})
+
+#: Journaled metadata bytes after which set_meta checks that config and the
+#: summary overrides still fit the size a run's JSON file may have.
+_RECHECK_BYTES = 1 << 20
 _PATCH = "_patch"
 
 

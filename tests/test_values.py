@@ -259,10 +259,12 @@ def test_metadata_with_a_lone_surrogate_leaves_a_live_run_as_it_was(
         lambda: setattr(run, "name", "\ud800"),
         lambda: setattr(run, "tags", ["\ud800"]),
         lambda: run.summary.__setitem__("best", "\ud800"),
+        lambda: run.define_metric("acc\ud800", summary="max"),
     ):
         with pytest.raises(InvalidArgumentError, match="lone surrogate"):
             change()
     run.config.update({"ok": 1})
+    run.define_metric("x", summary="max")
     run.log({"x": 1.0})
     run.finish()
 
@@ -270,3 +272,22 @@ def test_metadata_with_a_lone_surrogate_leaves_a_live_run_as_it_was(
     assert view.state == "finished"
     assert view.config == {"lr": 0.1, "ok": 1}
     assert view.name == "s" and list(view.tags) == [] and "best" not in view.summary
+
+
+def test_a_config_larger_than_readers_take_is_refused_and_leaves_no_run(
+    repo: Path,
+) -> None:
+    vocabulary = [f"token{i}" for i in range(1_600_000)]  # about 26 MiB of JSON
+    with pytest.raises(InvalidArgumentError, match="config may take 16 MiB"):
+        gitruns.init(project="p", id="big", repo=repo, config={"vocab": vocabulary})
+    assert gitruns.Api(repo).runs() == []
+
+    run = gitruns.init(project="p", id="grows", repo=repo)
+    with pytest.raises(InvalidArgumentError, match="config may take 16 MiB"):
+        for i in range(60):
+            run.config[f"part{i}"] = vocabulary[i * 25_000 : (i + 1) * 25_000]
+    kept = dict(run.config)
+    run.log({"x": 1.0})
+    run.finish()
+    view = gitruns.Api(repo).run("p/grows")
+    assert view.state == "finished" and view.config == kept and 0 < len(kept) < 60
