@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import zlib
 from collections import OrderedDict
 
@@ -152,12 +153,19 @@ class ObjectReader:
             if len(data) > limit:
                 raise ObjectTooLarge(len(data), limit)
             return type_num, data
-        for _attempt in range(3):
+        for attempt in range(3):
             try:
                 return self._read_disk(self._disk, sha, limit, depth)
             except (PackFileDisappeared, FileNotFoundError):
                 # A repack or prune moved the object while we looked for it.
                 self._packs = None
+            except KeyError:
+                # Or `git gc` moved it between our look at the packs and at
+                # the loose object: look again, once its new pack is in place.
+                if attempt == 2:
+                    raise
+                self._packs = None
+                time.sleep(0.01)
             except zlib.error as exc:
                 raise CorruptObject(
                     f"its compressed bytes are malformed ({exc})"
