@@ -150,7 +150,7 @@ def step_of(store: RunStore, source: RunRef, tip: Snapshot, point: ForkPoint) ->
     """
     key, text, spec = point.key, point.value, point.spec
     if key == "_step":
-        if not _INT.fullmatch(text.strip()):
+        if len(text) > 24 or not _INT.fullmatch(text.strip()):
             raise ForkPointError(spec, f"_step must be an integer, not {text!r}")
         step = int(text)
         if step < 0:

@@ -141,6 +141,8 @@ def test_fork_and_rewind_commands(runs: Path) -> None:
         (["show", "ghost"], 3, "no run 'ghost'"),
         (["fork", "p/base", "--step", "999"], 2, "committed steps up to 49"),
         (["rewind", "p/base", "--step", "-3"], 2, "must not be negative"),
+        (["rewind", "p/base", "--step", "\u0663"], 2, "must be an integer"),
+        (["fork", "p/base", "--step", "9" * 5000], 2, "must be an integer"),
         (["fork", "p/base", "--step", "=5"], 2, "write it as '<run>?_step=N'"),
         (["fork", "p/base", "--step", "3", "--set", "lr"], 2, "write it as KEY=VALUE"),
         (["fork", "p/base", "--step", "epoch="], 2, "write it as '<run>?_step=N'"),

@@ -74,18 +74,23 @@ def fork_command(
 
 @click.command("rewind")
 @click.argument("run")
-@click.option("--step", "step", required=True, type=int, help="Last step to keep.")
+@click.option(
+    "--step", "step", required=True, help="Last step to keep (or metric=value)."
+)
 @with_store
-def rewind_command(store: RunStore, run: str, step: int) -> None:
+def rewind_command(store: RunStore, run: str, step: str) -> None:
     """Rewind RUN to a step with a new commit; later steps stay in its Git history."""
     ref = store.resolve(run)
+    point = ForkPoint.of(ref.path, step)
     writer = RunWriter.open(store, ref, WriterOptions(background=False))
     try:
-        sha = rewind_run(store, ref, ForkPoint.of(ref.path, str(step)))
+        sha = rewind_run(store, ref, point)
     finally:
         writer.abandon()
     click.echo(
-        f"rewound {ref.path} to step {step} ({sha[:10].decode()}); "
+        f"rewound {ref.path} to "
+        + (f"step {point.value}" if point.key == "_step" else step)
+        + f" ({sha[:10].decode()}); "
         f"the removed steps stay in `git log {ref.branch}`"
     )
 
