@@ -6,7 +6,7 @@ import logging
 import math
 import re
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
@@ -1039,14 +1039,18 @@ def _read_document(data: bytes, magic: str, source: str) -> dict[str, Any]:
             return found
         return None
 
+    def new_key(taken: Container[str]) -> str:
+        name = key()
+        if name in taken:
+            raise ChunkFormatError(source, f"{_TWICE} ({name!r})")
+        return name
+
     values = _DOCUMENT_VALUES[magic]
     digest_map = _DIGEST_MAPS[magic]
     doc: dict[str, Any] = {}
     seen: set[str] = set()
     for _ in range(header("the document")):
-        entry = key()
-        if entry in seen:
-            raise ChunkFormatError(source, f"{_TWICE} ({entry!r})")
+        entry = new_key(seen)
         seen.add(entry)
         if entry in values:
             doc[entry] = unpack()
@@ -1055,9 +1059,7 @@ def _read_document(data: bytes, magic: str, source: str) -> dict[str, Any]:
             if digests is None:
                 digests = {}
                 for _ in range(header(entry)):
-                    name = key()
-                    if name in digests:
-                        raise ChunkFormatError(source, f"{_TWICE} ({name!r})")
+                    name = new_key(digests)
                     digests[name] = unpack()
             doc[entry] = digests
         elif entry == "columns" and magic == _MAGIC:
@@ -1065,9 +1067,7 @@ def _read_document(data: bytes, magic: str, source: str) -> dict[str, Any]:
             if columns is None:
                 columns = {}
                 for _ in range(header(entry)):
-                    name = key()
-                    if name in columns:
-                        raise ChunkFormatError(source, f"{_TWICE} ({name!r})")
+                    name = new_key(columns)
                     maps[0] = 1
                     columns[name] = unpack()
             for name, column in columns.items():

@@ -90,6 +90,26 @@ def as_mapping(data: Any, what: str) -> dict[str, Any]:
         ) from None
 
 
+def _change(
+    data: dict[str, Any],
+    new: Mapping[str, Any],
+    on_change: Callable[[dict[str, Any]], None],
+) -> None:
+    """Merge ``new`` into ``data`` and journal it; a refusal undoes the merge.
+
+    The writer refuses what it cannot store (a config over the size readers
+    take): the run's config or summary then stays as it was.
+    """
+    before = dict(data)
+    data.update(new)
+    try:
+        on_change(dict(data))
+    except BaseException:
+        data.clear()
+        data.update(before)
+        raise
+
+
 def same_value(a: Any, b: Any) -> bool:
     """Whether a config value is unchanged (a NaN is unchanged by a NaN)."""
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
@@ -186,15 +206,7 @@ class Config(MutableMapping[str, Any]):
                         "allow_val_change=True to config.update() or init() "
                         "to change it",
                     )
-        before = dict(self._data)
-        self._data.update(clean)
-        try:
-            self._on_change(dict(self._data))
-        except BaseException:
-            # Refused (too large to store): the config stays as it was.
-            self._data.clear()
-            self._data.update(before)
-            raise
+        _change(self._data, clean, self._on_change)
 
     def setdefaults(self, data: Any) -> None:
         """Set the keys that have no value yet (W&B's sweep idiom)."""
@@ -239,14 +251,7 @@ class Summary(MutableMapping[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         plain = plain_value(value)
         check_unicode({str(key): plain}, "summary")
-        before = dict(self._overrides)
-        self._overrides[str(key)] = plain
-        try:
-            self._on_change(dict(self._overrides))
-        except BaseException:
-            self._overrides.clear()
-            self._overrides.update(before)
-            raise
+        _change(self._overrides, {str(key): plain}, self._on_change)
 
     def __delitem__(self, key: str) -> None:
         del self._overrides[key]
