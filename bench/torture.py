@@ -18,7 +18,16 @@ these points:
 - ``ref``: just before the run's ref is renamed into place;
 - ``commit``: after a commit is written, before the ref moves;
 - ``retire``: after the ref moved, before the journal file is deleted;
-- ``pack``: half-way through packing the loose objects at finish.
+- ``pack``: half-way through packing the loose objects at finish;
+- ``committer``: the parent kills the worker's committer process after a
+  random delay (the worker takes over its commits), and later the worker;
+- ``both``: the parent kills the worker and its committer process at once.
+
+Workers killed at the points inside committing (object, ref, commit, retire,
+pack) commit in their own process (``background=False``), so that the points
+are reached where the patches are; the others have a committer process,
+which commits what a killed worker journaled and marks the run crashed (with
+``both``, nobody does until the recovery).
 
 After each kill the run is recovered, alternately by ``gitruns recover`` and
 by reopening it with ``gitruns.init(resume="must")``, then checked: every
@@ -52,7 +61,20 @@ import msgpack
 
 PROJECT = "torture"
 RUN_ID = "victim"
-POINTS = ("timer", "journal", "torn", "object", "ref", "commit", "retire", "pack")
+POINTS = (
+    "timer",
+    "journal",
+    "torn",
+    "object",
+    "ref",
+    "commit",
+    "retire",
+    "pack",
+    "committer",
+    "both",
+)
+#: The points reached while committing, which a worker commits itself to reach.
+_COMMIT_POINTS = frozenset({"object", "ref", "commit", "retire", "pack"})
 
 #: How many hits of a point a worker lets pass before it kills itself, at most.
 _REACH = {
@@ -117,23 +139,23 @@ def _inject(point: str, countdown: _Countdown) -> None:
     from gitruns.store import RunStore
 
     if point in ("journal", "torn"):
-        original_write = Journal.write
+        original_append = Journal._append
 
-        def write(self: Journal, record: bytes) -> None:
+        def append(self: Journal, record: bytes) -> None:
             if countdown.tick():
                 if point == "torn":
                     # The record's frame lands but only half its bytes do,
                     # as a power cut could leave the mapped page.
-                    original_write(self, record)
+                    original_append(self, record)
                     end, half, mapping = self.size, len(record) // 2, self._map
                     assert mapping is not None
                     mapping[end - len(record) + half : end] = bytes(len(record) - half)
                     _die(point)
-                original_write(self, record)
+                original_append(self, record)
                 _die(point)
-            original_write(self, record)
+            original_append(self, record)
 
-        Journal.write = write  # type: ignore[method-assign]
+        Journal._append = append  # type: ignore[method-assign]
 
     elif point in ("object", "ref", "pack"):
         needle = {
@@ -261,9 +283,17 @@ def worker(repo: str, ack: str, seed: int, point: str, fsync: str, quick: bool) 
             window=(7, 50, 64)[zlib.crc32(str(repo).encode()) % 3],
             flush_interval=rng.choice((0.01, 0.05, 30.0)),
             fsync=fsync,
+            background=point not in _COMMIT_POINTS,
         )
 
-    run = open_run()
+    def opened() -> gitruns.Run:
+        run = open_run()
+        link = run._writer._link
+        if link is not None:
+            note("committer", link.pid)
+        return run
+
+    run = opened()
     while True:
         roll = rng.random()
         data, flat = _row(rng)
@@ -282,7 +312,7 @@ def worker(repo: str, ack: str, seed: int, point: str, fsync: str, quick: bool) 
         note("ok")
         if rng.random() < finish_odds:
             run.finish()
-            run = open_run()
+            run = opened()
         if rng.random() < 0.01:
             time.sleep(0.02)
 
@@ -417,6 +447,14 @@ def fsck(repo: Path) -> str | None:
     return None
 
 
+def _kill_committer(ack: Path) -> None:
+    """SIGKILL the committer process the worker last started, if it lives."""
+    pids = [c[1] for c in _acks_raw(ack) if c[0] == "committer"]
+    if pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pids[-1]), signal.SIGKILL)
+
+
 def _recover(repo: Path, how: str) -> str | None:
     """Recover the run in a fresh process; None on success, else its stderr."""
     if how == "cli":
@@ -467,10 +505,17 @@ class Torture:
         ]
         child = subprocess.Popen(argv, stderr=subprocess.PIPE)
         cap = _QUICK_CAP_SECONDS if self.quick else _CAP_SECONDS
-        delay = self.rng.uniform(0.4, 1.6) if point == "timer" else cap
+        timed = point in ("timer", "committer", "both")
+        delay = self.rng.uniform(0.4, 1.6) if timed else cap
         try:
             child.wait(timeout=delay)
         except subprocess.TimeoutExpired:
+            if point in ("committer", "both"):
+                _kill_committer(ack)
+            if point == "committer":
+                # The worker commits in its place; kill it a moment later.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=self.rng.uniform(0.1, 0.6))
             child.send_signal(signal.SIGKILL)
             child.wait()
         assert child.stderr is not None
@@ -478,7 +523,8 @@ class Torture:
         child.stderr.close()
         if child.returncode == -signal.SIGKILL:
             died = [c for c in _acks_raw(ack) if c[0] == "died"]
-            figures.kills[died[0][1] if died else "timer"] += 1
+            timer = point if point in ("committer", "both") else "timer"
+            figures.kills[died[0][1] if died else timer] += 1
         else:
             figures.recover_failures += 1
             last = err.strip().splitlines()[-1:] or ["no output"]

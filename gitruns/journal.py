@@ -1,31 +1,42 @@
 """What is logged but not yet committed: a memory-mapped journal, and run locks.
 
-Each accepted log() call is one msgpack record ``[step, time, row]`` copied
-into a journal file mapped into memory before log() returns. A mapped file is
-the kernel's page cache itself, so the record is the kernel's the moment the
-copy ends: a killed process loses nothing it accepted, and log() makes no
-system call (and never lets go of the GIL) to get there. Run metadata (config,
-name, summary overrides, saved files) is journaled too, as
-``[nil, time, {"json": ..., "extra": ...}]``.
+Each accepted log() call is one record copied into a journal file mapped into
+memory before log() returns. A mapped file is the kernel's page cache itself,
+so the record is the kernel's the moment the copy ends: a killed process
+loses nothing it accepted, and log() makes no system call (and never lets go
+of the GIL) to get there.
 
-A file starts with :data:`MAGIC` and holds frames ``<length> <crc32> <record>``
-(little-endian u32 each) in room reserved ahead by writing zeros, so that the
-file system has set the blocks aside before a record is copied into the
-mapping: there it could not report a full disk, only kill the process with
-SIGBUS. (Zeros rather than ``posix_fallocate``: the pages are then already in
-the page cache when log() touches them, and deleting a file whose blocks were
-never allocated costs no discard.) The room past the last frame stays zero: a
-zero length ends the file. A record is copied before its frame header, so a process
-killed half-way through a copy leaves a zero header, and a record torn by a
-power loss fails its checksum: either way the damage can only be at the end of
-what was written, and log() never returned for it. ``fsync="always"`` syncs
-the pages of every record before log() returns.
+A file starts with :data:`MAGIC` and holds frames ``<length> <crc32>
+<payload>`` (little-endian u32 each). A payload is one of:
 
-A journal file covers the rows of one pending segment; the writer moves on to
-a new file when it hands a segment to be committed and deletes the old one
-once the run's branch points at the commit that holds it. The committer thread
-prepares the next file ahead (:meth:`Journal.prepare`), so that moving on
-costs the caller no system call either.
+- a *row*, for the rows of a training loop: a byte 0xC1 (a byte msgpack never
+  uses), the kind :data:`ROW`, the id of the file's *schema* that names the
+  row's keys and value types, then the step, the time and the values as
+  fixed-width little-endian numbers. Rows of one schema all have the same
+  length, so a reader turns a run of them into columns with a few numpy
+  operations, never a loop over values;
+- a *schema*: 0xC1, :data:`SCHEMA`, then msgpack ``[id, keys, codes]``, written
+  before the first row that uses it (ids count from 0 in each file);
+- a *record*: msgpack ``[step, time, row]`` for any other row (text, None, a
+  value too large for a row), and ``[nil, time, {"json": ..., "extra": ...}]``
+  for run metadata (config, name, summary overrides, saved files);
+- the *end* of the file: 0xC1, :data:`END`, written when the writer moves on
+  to the next file.
+
+Room for frames is reserved ahead (``posix_fallocate``, zeros where the file
+system has none), so that the file system has set the blocks aside before a
+record is copied into the mapping: there it could not report a full disk,
+only kill the process with SIGBUS. The room past the last frame stays zero: a
+zero length ends the frame list. A payload is copied before its frame header,
+so a process killed half-way through a copy leaves a zero header, and a
+payload torn by a power loss fails its checksum: either way the damage can
+only be at the end of what was written, and log() never returned for it.
+``fsync="always"`` syncs the pages of every record before log() returns.
+
+A file grows in place, four times its room each time, up to :data:`MAX_ROOM`; past that
+the writer ends it and goes on in a new one. Files are deleted by whoever
+commits their rows, once the run's branch holds every row of a file the
+writer has left (see :class:`JournalReader`).
 """
 
 from __future__ import annotations
@@ -39,14 +50,16 @@ import mmap
 import os
 import socket
 import struct
-import threading
 import time
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import msgpack
+import numpy as np
 
 from gitruns.errors import RepositoryError, RunLockedError
 
@@ -54,21 +67,66 @@ logger = logging.getLogger(__name__)
 
 SUFFIX = ".jnl"
 
-#: The first bytes of a framed journal file. A file without them was written
-#: by gitruns 0.1 as bare msgpack records, and is still read.
-MAGIC = b"gitrunsJ"
+#: The first bytes of a journal file.
+MAGIC = b"gitrunJ2"
+#: The first bytes of a journal of gitruns 0.1.x (records only), still read.
+OLD_MAGIC = b"gitrunsJ"
 
-#: A frame header: the record's length and its CRC-32.
+#: A frame header: the payload's length and its CRC-32.
 _FRAME = struct.Struct("<II")
 
-#: Room reserved for a new file at first; a file grows by doubling, and the
-#: next file starts with the room the last one needed.
-INITIAL_ROOM = 64 * 1024
-_ROOM_STEP = 64 * 1024
-MAX_INITIAL_ROOM = 32 * 2**20
+#: The first byte of the payloads that are not msgpack records; msgpack
+#: never uses it, so a reader tells the two apart by one byte.
+TAG = 0xC1
+#: The second byte of such payloads: what they hold.
+SCHEMA, ROW, END = 1, 2, 3
+_END_PAYLOAD = bytes([TAG, END])
+#: Room kept free in every file for the frame that ends it.
+_END_ROOM = _FRAME.size + len(_END_PAYLOAD)
 
-#: msgpack's buffer bound when replaying; a single record is one log() call.
+#: A row's fixed head: tag, kind, two pad bytes, schema id, step, time.
+_ROW_HEAD = "<BB2xIqd"
+_ROW_HEAD_SIZE = struct.calcsize(_ROW_HEAD)
+
+#: How each value type a row may hold is stored: float64, int64 or bool.
+#: numpy's scalars go the same way, as values.to_value turns them into the
+#: plain kind (a float32 widened exactly).
+_CODES: dict[type, str] = {
+    float: "d",
+    int: "q",
+    bool: "?",
+    np.float64: "d",
+    np.float32: "d",
+    np.float16: "d",
+    np.int64: "q",
+    np.int32: "q",
+    np.int16: "q",
+    np.int8: "q",
+    np.uint32: "q",
+    np.uint16: "q",
+    np.uint8: "q",
+    np.bool_: "?",
+}
+_DTYPES = {"d": "<f8", "q": "<i8", "?": "?"}
+
+#: Schemas one file may declare; rows beyond them are written as records.
+MAX_SCHEMAS = 1024
+
+#: Room reserved for a new file; a file grows fourfold each time it fills.
+INITIAL_ROOM = 256 * 1024
+_GROWTH = 4
+#: The room past which a file is ended and the next one started.
+MAX_ROOM = 64 << 20
+_ROOM_STEP = 64 * 1024
+
+#: msgpack's buffer bound when reading records; a record is one log() call.
 _MAX_RECORD = 2**30
+
+#: Bytes a reader takes from a file at a time: at first, and at most. It reads
+#: twice what the last read found, so that the zero room past the last frame
+#: (megabytes of it) is not copied at every look.
+_FIRST_READ = 64 * 1024
+_READ_BYTES = 8 << 20
 
 _PAGE_MASK = ~(mmap.PAGESIZE - 1)
 
@@ -81,12 +139,105 @@ class Record(NamedTuple):
     data: dict[str, Any]
 
 
-class JournalFile:
-    """One open journal file: its path, descriptor and mapping.
+@dataclass(frozen=True)
+class Schema:
+    """The keys and value types of the rows a file stores as fixed-width rows.
 
-    The writer hands a file it has finished with to the committer thread,
-    which closes it (unmapping costs time the caller should not pay).
+    Attributes:
+        id: the schema's number in its file.
+        keys: the metric names, in the order of the values.
+        codes: one struct code per value: ``d`` float64, ``q`` int64, ``?`` bool.
     """
+
+    id: int
+    keys: tuple[str, ...]
+    codes: str
+
+    @property
+    def size(self) -> int:
+        """Bytes of one row's payload."""
+        return _ROW_HEAD_SIZE + struct.calcsize("<" + self.codes)
+
+    def packer(self) -> struct.Struct:
+        """The struct that lays out one row's payload."""
+        return struct.Struct(_ROW_HEAD + self.codes)
+
+    @cached_property
+    def frames(self) -> np.dtype[Any]:
+        """A numpy view of one whole frame holding a row of this schema."""
+        fields = [
+            ("length", "<u4"),
+            ("crc", "<u4"),
+            ("tag", "u1"),
+            ("kind", "u1"),
+            ("pad", "<u2"),
+            ("schema", "<u4"),
+            ("step", "<i8"),
+            ("time", "<f8"),
+        ]
+        fields += [(f"v{i}", _DTYPES[code]) for i, code in enumerate(self.codes)]
+        return np.dtype(fields)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Consecutive rows of one schema, read from a journal as columns.
+
+    Attributes:
+        schema: the rows' keys and value types.
+        steps: their steps (int64), in journal order.
+        times: their times (float64).
+        columns: one array per key of the schema, in its order.
+        size: the journal bytes the rows took.
+    """
+
+    schema: Schema
+    steps: np.ndarray[Any, np.dtype[np.int64]]
+    times: np.ndarray[Any, np.dtype[np.float64]]
+    columns: list[np.ndarray[Any, Any]]
+    size: int
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def upto(self, count: int) -> Rows:
+        """The first ``count`` rows."""
+        per_row = self.size // max(1, len(self.steps))
+        return Rows(
+            self.schema,
+            self.steps[:count],
+            self.times[:count],
+            [c[:count] for c in self.columns],
+            per_row * count,
+        )
+
+    def after(self, count: int) -> Rows:
+        """The rows after the first ``count``."""
+        per_row = self.size // max(1, len(self.steps))
+        return Rows(
+            self.schema,
+            self.steps[count:],
+            self.times[count:],
+            [c[count:] for c in self.columns],
+            self.size - per_row * count,
+        )
+
+    def records(self) -> Iterator[Record]:
+        """The rows one by one, as records (for tools and tests, not speed)."""
+        keys = self.schema.keys
+        columns = [c.tolist() for c in self.columns]
+        for i, (step, when) in enumerate(
+            zip(self.steps.tolist(), self.times.tolist(), strict=True)
+        ):
+            yield Record(step, when, {k: col[i] for k, col in zip(keys, columns)})
+
+
+#: What a journal holds, in order: runs of rows and single records.
+Item = Rows | Record
+
+
+class JournalFile:
+    """One open journal file: its path, descriptor and mapping."""
 
     __slots__ = ("path", "fd", "map")
 
@@ -104,10 +255,10 @@ class JournalFile:
 
 
 class Journal:
-    """The journal files of one run, in a folder of their own.
+    """The journal files a writer appends to, in a folder of their own.
 
     Args:
-        folder: the run's journal folder; created on the first write.
+        folder: the run's journal folder; created with the first file.
         fsync: sync every record (and the folder when a file is created),
             so that what log() accepted also survives a power loss.
     """
@@ -122,26 +273,82 @@ class Journal:
         self._file: JournalFile | None = None
         self._map: mmap.mmap | None = None
         self._room = 0
-        self._next_room = INITIAL_ROOM
-        # The spare file and the sequence numbers are shared with the
-        # committer thread: files must be used in the order they are named.
-        self._spare: JournalFile | None = None
-        self._lock = threading.Lock()
+        self._fallocate = True
+        # (keys, value types) -> how to pack the rows of this file with them.
+        self._schemas: dict[tuple[tuple[str, ...], tuple[type, ...]], _RowPacker] = {}
         self._packer = msgpack.Packer(use_bin_type=True, autoreset=True)
-        #: ``pack([step, time, row])``: :meth:`encode` without a call around it,
-        #: for the hot path (it raises what msgpack raises).
-        self.pack = self._packer.pack
 
     def files(self) -> list[Path]:
         """The journal files present, oldest first."""
-        if not self.folder.is_dir():
-            return []
-        return sorted(p for p in self.folder.glob("*" + SUFFIX) if p.stem.isdigit())
+        return journal_files(self.folder)
 
     @property
     def current(self) -> Path | None:
         """The file being appended to, if one is open."""
         return None if self._file is None else self._file.path
+
+    # -- writing --------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the first file now, so that the first log() need not.
+
+        Raises:
+            RepositoryError: if the file cannot be created (see :meth:`write`).
+        """
+        if self._map is None:
+            self._start()
+
+    def write_row(self, step: int, when: float, row: dict[str, Any]) -> int:
+        """Append ``row`` as a fixed-width row if its schema is known; else 0.
+
+        The hot path: a row whose keys and value types (in order) are those
+        of a schema this file declared is stored without any other check.
+        Rows are declared by :meth:`declare`, after the caller validated one.
+
+        Returns:
+            The bytes written, or 0 when the row must go another way (a new
+            schema, or an int that int64 cannot hold).
+
+        Raises:
+            RepositoryError: as :meth:`write`.
+        """
+        key = (tuple(row), tuple(map(type, row.values())))
+        found = self._schemas.get(key)
+        if found is None:
+            return 0
+        if self.size + found.frame_size + _END_ROOM > self._room:
+            self._make_room(found.frame_size)
+            found = self._schemas.get(key)
+            if found is None:
+                return 0  # a new file, which declares its own schemas
+        try:
+            payload = found.pack(TAG, ROW, found.schema_id, step, when, *row.values())
+        except struct.error:
+            return 0  # an int beyond int64: the caller's checks say so
+        self._append(payload)
+        return found.frame_size
+
+    def declare(self, row: dict[str, Any]) -> bool:
+        """Declare the schema of a validated row, so that rows like it are fast.
+
+        Returns:
+            Whether rows with these keys and value types are now written as
+            fixed-width rows (not when a value has no fixed width, or the file
+            holds :data:`MAX_SCHEMAS` schemas already).
+        """
+        kinds = tuple(map(type, row.values()))
+        codes = [_CODES.get(kind, "") for kind in kinds]
+        if not row or "" in codes or len(self._schemas) >= MAX_SCHEMAS:
+            return False
+        keys = tuple(row)
+        body = self._packer.pack([len(self._schemas), list(keys), "".join(codes)])
+        # Room first: a new file would number its schemas from 0 again.
+        self._make_room(_FRAME.size + 2 + len(body) + _ROW_HEAD_SIZE + 8 * len(row))
+        schema = Schema(len(self._schemas), keys, "".join(codes))
+        body = self._packer.pack([schema.id, list(keys), schema.codes])
+        self._append(bytes([TAG, SCHEMA]) + body)
+        self._schemas[(keys, kinds)] = _RowPacker(schema)
+        return True
 
     def encode(self, step: int, when: float, row: dict[str, Any]) -> bytes:
         """The record of one log() call, ready for :meth:`write`.
@@ -170,26 +377,26 @@ class Journal:
             data["extra"] = [[name, mode, sha] for name, (mode, sha) in extra.items()]
         return bytes(self._packer.pack([None, when, data]))
 
-    def write(self, record: bytes) -> None:
-        """Append one record; it is in the kernel's page cache when this returns.
+    def write(self, payload: bytes) -> None:
+        """Append one payload; it is in the kernel's page cache when this returns.
 
         Raises:
             RepositoryError: if the file could not be created or grown (disk
                 full, read-only file system); nothing was written then.
         """
+        self._make_room(_FRAME.size + len(payload))
+        self._append(payload)
+
+    def _append(self, payload: bytes) -> None:
+        """Copy one frame into room already made for it."""
         mapping = self._map
-        if mapping is None:
-            mapping = self._start()
+        assert mapping is not None
         start = self.size
-        end = start + _FRAME.size + len(record)
-        if end > self._room:
-            self._grow(end)
-            mapping = self._map
-            assert mapping is not None
-        # The record first, then its header: a copy cut short by a kill
-        # leaves a zero header, which ends the file before the cut record.
-        mapping[start + _FRAME.size : end] = record
-        _FRAME.pack_into(mapping, start, len(record), zlib.crc32(record))
+        end = start + _FRAME.size + len(payload)
+        # The payload first, then its header: a copy cut short by a kill
+        # leaves a zero header, which ends the file before the cut payload.
+        mapping[start + _FRAME.size : end] = payload
+        _FRAME.pack_into(mapping, start, len(payload), zlib.crc32(payload))
         self.size = end
         if self.fsync:
             self._sync(start, end)
@@ -208,11 +415,27 @@ class Journal:
                 + _fix_for(exc)
             ) from exc
 
-    def _grow(self, end: int) -> None:
-        assert self._file is not None and self._map is not None
-        room = _round_up(max(end, 2 * self._room))
+    def _make_room(self, frame: int) -> None:
+        """Make room for a frame of ``frame`` bytes: grow, or start the next file.
+
+        Raises:
+            RepositoryError: as :meth:`write`.
+        """
+        if self._map is None:
+            self._start(frame)
+            return
+        need = self.size + frame + _END_ROOM
+        if need <= self._room:
+            return
+        assert self._file is not None
+        room = _round_up(max(need, _GROWTH * self._room))
+        if room > MAX_ROOM and self.size > len(MAGIC):
+            # Full: end this file and go on in the next (a reader follows).
+            self._end_file()
+            self._start(frame)
+            return
         try:
-            _append_zeros(self._file.fd, room - self._room)
+            self._reserve(self._file.fd, self._room, room - self._room)
             self._map.resize(room)
         except OSError as exc:
             raise RepositoryError(
@@ -224,34 +447,24 @@ class Journal:
             os.fsync(self._file.fd)
         self._room = room
 
-    def _start(self) -> mmap.mmap:
-        """Move on to the spare file, or create one now if there is none."""
-        with self._lock:
-            spare, self._spare = self._spare, None
-            if spare is None:
-                seq = self._seq
-                self._seq += 1
-        if spare is None:
-            spare = self._create(seq, self._next_room)
-        self._file, self._map = spare, spare.map
-        self._room, self.size = len(spare.map), len(MAGIC)
-        return spare.map
+    def _end_file(self) -> None:
+        assert self._map is not None
+        start = self.size
+        self._map[start + _FRAME.size : start + _END_ROOM] = _END_PAYLOAD
+        _FRAME.pack_into(self._map, start, len(_END_PAYLOAD), zlib.crc32(_END_PAYLOAD))
+        self.size = start + _END_ROOM
+        if self.fsync:
+            self._sync(start, self.size)
+        self._close_file()
 
-    def prepare(self) -> None:
-        """Create the next file ahead of need, off the caller's path.
-
-        Called by the committer thread; any error is left for :meth:`write`
-        to meet (and report) when it has to create the file itself.
-        """
-        with self._lock:
-            if self._spare is not None:
-                return
-            try:
-                self._spare = self._create(self._seq, self._next_room)
-            except RepositoryError as exc:
-                logger.debug("no spare journal file: %s", exc)
-                return
-            self._seq += 1
+    def _start(self, frame: int = 0) -> None:
+        """Create and map the next file, with room for a frame of ``frame`` bytes."""
+        room = _round_up(max(INITIAL_ROOM, len(MAGIC) + frame + _END_ROOM))
+        opened = self._create(self._seq, room)
+        self._seq += 1
+        self._file, self._map = opened, opened.map
+        self._room, self.size = room, len(MAGIC)
+        self._schemas = {}
 
     def _create(self, seq: int, room: int) -> JournalFile:
         path = self.folder / f"{seq:08d}{SUFFIX}"
@@ -262,7 +475,7 @@ class Journal:
             # the mapped room, never over a record.
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
             os.write(fd, MAGIC)
-            _append_zeros(fd, room - len(MAGIC))
+            self._reserve(fd, len(MAGIC), room - len(MAGIC))
             mapping = mmap.mmap(fd, room)
             if self.fsync:
                 os.fsync(fd)
@@ -278,33 +491,27 @@ class Journal:
             ) from exc
         return JournalFile(path, fd, mapping)
 
-    def rotate(self) -> JournalFile | None:
-        """Stop writing to the current file and return it; the next write moves on.
+    def _reserve(self, fd: int, offset: int, count: int) -> None:
+        """Set ``count`` bytes aside at ``offset`` (the end of the file)."""
+        if self._fallocate:
+            try:
+                os.posix_fallocate(fd, offset, count)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+                self._fallocate = False
+        _append_zeros(fd, count)
 
-        The caller closes the returned file once it no longer needs it
-        mapped (the committer does, off the caller's path).
-        """
-        done = self._file
-        if done is not None:
-            used = self.size
-            self._next_room = min(
-                MAX_INITIAL_ROOM, max(INITIAL_ROOM, _round_up(used + used // 4))
-            )
-        self._file, self._map = None, None
+    def _close_file(self) -> None:
+        done, self._file, self._map = self._file, None, None
         self._room = self.size = 0
-        return done
-
-    def close(self) -> None:
-        """Close the open file, keeping it on disk; delete the unused spare."""
-        done = self.rotate()
         if done is not None:
             done.close()
-        with self._lock:
-            spare, self._spare = self._spare, None
-        if spare is not None:
-            spare.close()
-            with contextlib.suppress(OSError):
-                spare.path.unlink()
+
+    def close(self) -> None:
+        """Close the open file, keeping it on disk for whoever commits it."""
+        self._close_file()
 
     @staticmethod
     def retire(paths: list[Path]) -> None:
@@ -314,9 +521,31 @@ class Journal:
                 path.unlink()
 
     def replay(self, paths: list[Path] | None = None) -> Iterator[Record]:
-        """Every record of the given files (default: all), oldest first."""
+        """Every record of the given files (default: all), rows included, in order."""
         for path in self.files() if paths is None else paths:
             yield from read_records(path)
+
+
+class _RowPacker:
+    """Packs the rows of one schema (the hot path's only object)."""
+
+    __slots__ = ("pack", "schema_id", "frame_size")
+
+    pack: Any
+    schema_id: int
+    frame_size: int
+
+    def __init__(self, schema: Schema) -> None:
+        self.pack = schema.packer().pack
+        self.schema_id = schema.id
+        self.frame_size = _FRAME.size + schema.size
+
+
+def journal_files(folder: Path) -> list[Path]:
+    """The journal files in ``folder``, oldest first."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*" + SUFFIX) if p.stem.isdigit())
 
 
 def _round_up(size: int) -> int:
@@ -325,59 +554,318 @@ def _round_up(size: int) -> int:
 
 def _append_zeros(fd: int, count: int) -> None:
     """Reserve ``count`` more bytes at the end of a file, or raise OSError."""
-    zeros = memoryview(bytes(count))
+    zeros = memoryview(bytes(min(count, 1 << 20)))
     done = 0
     while done < count:
-        more = os.write(fd, zeros[done:])
+        more = os.write(fd, zeros[: count - done])
         if more <= 0:
             # A regular file writes whole unless space runs out.
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         done += more
 
 
-def read_records(path: Path) -> Iterator[Record]:
-    """The well-formed records of one journal file, stopping at a damaged one.
+# -- reading -------------------------------------------------------------------
 
-    A damaged record can only be the last one written to a file (see the
-    module docstring), and log() never returned for it.
+
+class _Parse(NamedTuple):
+    """What reading the frames of a buffer found."""
+
+    items: list[Item]
+    end: int  # where reading stopped
+    ended: bool  # an end frame: the writer went on to the next file
+    problem: str  # why reading stopped at damage ("" if it did not)
+    short: int = 0  # the bytes the frame at ``end`` needs, where the buffer ends first
+
+
+def _parse_frames(
+    data: bytes, pos: int, schemas: dict[int, Schema], *, final: bool
+) -> _Parse:
+    """Read the frames of ``data`` from ``pos`` into items.
+
+    Reading stops at a zero header (the end of what was written), at a frame
+    that runs past ``data`` (the rest is read later), at an end frame, and at
+    a damaged frame. While the writer may still be writing (``final`` false),
+    a frame that fails its checksum, or a row of a schema not seen yet, is
+    taken for a frame being written, and read again next time.
+    """
+    items: list[Item] = []
+    size = len(data)
+    view = memoryview(data)
+    while True:
+        if pos + _FRAME.size > size:
+            return _Parse(items, pos, False, "", _FRAME.size)
+        length, crc = _FRAME.unpack_from(data, pos)
+        if length == 0:
+            break
+        end = pos + _FRAME.size + length
+        if end > size:
+            return _Parse(items, pos, False, "", _FRAME.size + length)
+        head = data[pos + _FRAME.size]
+        if head == TAG and length >= _ROW_HEAD_SIZE and data[pos + 9] == ROW:
+            rows, used, problem = _read_rows(data, pos, length, schemas)
+            if rows is not None:
+                items.append(rows)
+            pos += used
+            if problem:
+                return _Parse(items, pos, False, problem if final else "")
+            continue
+        payload = view[pos + _FRAME.size : end]
+        if zlib.crc32(payload) != crc:
+            damage = "a record fails its checksum" if final else ""
+            return _Parse(items, pos, False, damage)
+        if head != TAG:
+            try:
+                item = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+                items.append(_record(item))
+            except (ValueError, msgpack.UnpackException) as exc:
+                return _Parse(items, pos, False, str(exc) or type(exc).__name__)
+        elif length >= 2 and payload[1] == END:
+            return _Parse(items, end, True, "")
+        elif length >= 2 and payload[1] == SCHEMA:
+            try:
+                schema = _schema_from(bytes(payload[2:]))
+            except (ValueError, msgpack.UnpackException) as exc:
+                return _Parse(items, pos, False, str(exc) or "a malformed schema")
+            schemas[schema.id] = schema
+        else:
+            return _Parse(items, pos, False, "a frame of an unknown kind")
+        pos = end
+    return _Parse(items, pos, False, "")
+
+
+def _read_rows(
+    data: bytes, pos: int, length: int, schemas: dict[int, Schema]
+) -> tuple[Rows | None, int, str]:
+    """The run of rows of one schema that starts at ``pos``.
+
+    Returns:
+        The rows (None if none could be read), the bytes they took, and why
+        reading stops after them ("" if it may go on).
+    """
+    (schema_id,) = struct.unpack_from("<I", data, pos + 12)
+    schema = schemas.get(schema_id)
+    if schema is None or schema.size != length:
+        return None, 0, f"a row of an undeclared schema ({schema_id})"
+    stride = _FRAME.size + length
+    available = (len(data) - pos) // stride
+
+    # numpy's fixed costs pay for a run of rows, not for one: look at the next
+    # frame's head first (length, tag, kind and schema: all but the CRC),
+    # then take runs in growing batches so a short run costs little.
+    count = 1
+    if available > 1 and _same_head(data, pos, pos + stride):
+        batch = 64
+        while True:
+            count = min(available, batch)
+            frames = np.frombuffer(data, dtype=schema.frames, count=count, offset=pos)
+            same = (
+                (frames["length"] == length)
+                & (frames["tag"] == TAG)
+                & (frames["kind"] == ROW)
+                & (frames["schema"] == schema_id)
+            )
+            if not same.all():
+                count = int(np.argmin(same))
+                break
+            if count == available:
+                break
+            batch *= 8
+    frames = np.frombuffer(data, dtype=schema.frames, count=count, offset=pos)
+    raw = np.frombuffer(data, dtype=np.uint8, count=count * stride, offset=pos)
+    payloads = raw.reshape(count, stride)[:, _FRAME.size :]
+    crcs = np.fromiter(map(zlib.crc32, payloads), dtype=np.uint32, count=count)
+    bad = np.flatnonzero(crcs != frames["crc"])
+    problem = ""
+    if len(bad):
+        count = int(bad[0])
+        frames = frames[:count]
+        problem = "a record fails its checksum"
+    if not count:
+        return None, 0, problem
+    rows = Rows(
+        schema,
+        frames["step"],
+        frames["time"],
+        [frames[f"v{i}"] for i in range(len(schema.keys))],
+        count * stride,
+    )
+    return rows, count * stride, problem
+
+
+def _same_head(data: bytes, a: int, b: int) -> bool:
+    # Two frames' lengths, tags, kinds, pads and schema ids (not their CRCs).
+    return (
+        data[a : a + 4] == data[b : b + 4]
+        and data[a + 8 : a + 16] == data[b + 8 : b + 16]
+    )
+
+
+def _schema_from(data: bytes) -> Schema:
+    item = msgpack.unpackb(data, raw=False)
+    if not (
+        isinstance(item, list)
+        and len(item) == 3
+        and type(item[0]) is int
+        and 0 <= item[0] < MAX_SCHEMAS
+        and isinstance(item[1], list)
+        and all(type(k) is str for k in item[1])
+        and type(item[2]) is str
+        and len(item[2]) == len(item[1])
+        and set(item[2]) <= set(_DTYPES)
+    ):
+        raise ValueError("a malformed schema")
+    return Schema(item[0], tuple(item[1]), item[2])
+
+
+def _count(items: list[Item]) -> int:
+    return sum(len(i) if isinstance(i, Rows) else 1 for i in items)
+
+
+class JournalReader:
+    """Reads a run's journal as its writer appends to it, item by item.
+
+    The reader keeps its place: each :meth:`read` returns what was written
+    since the last one. It moves on to the next file where the writer ended
+    one (or left one without an end, a writer killed before a new one
+    started), and with ``final`` (the writer is gone) reads every file to its
+    end and reports damage.
+
+    Args:
+        folder: the run's journal folder.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        #: Files read to their end, whose rows the caller may commit and then
+        #: retire; the file being read is not among them.
+        self.done: list[Path] = []
+        self._path: Path | None = None
+        self._fd = -1
+        self._pos = 0
+        self._records = 0
+        self._schemas: dict[int, Schema] = {}
+        self._read_size = _FIRST_READ
+
+    def close(self) -> None:
+        """Close the file being read."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def files(self) -> list[Path]:
+        """Every file present that the reader has not finished, oldest first."""
+        done = set(self.done)
+        return [p for p in journal_files(self.folder) if p not in done]
+
+    def read(self, *, final: bool = False) -> list[Item]:
+        """The items written since the last call.
+
+        Args:
+            final: the writer is done (finished, or dead): read every file to
+                its end, report damage, and count every file as done.
+        """
+        items: list[Item] = []
+        while self._path is not None or self._next_file():
+            parse = self._read_file(final)
+            items += parse.items
+            finished = parse.ended or final or bool(parse.problem)
+            if not finished and self._newer_exists():
+                # Left without an end frame by a writer that is gone.
+                again = self._read_file(True)
+                items += again.items
+                parse, finished = again, True
+            if parse.problem:
+                _warn_damaged(self._path, self._records, parse.problem)
+            if not finished:
+                break
+            assert self._path is not None
+            self.done.append(self._path)
+            self.close()
+            self._path = None
+        return items
+
+    def _next_file(self) -> bool:
+        for path in self.files():
+            try:
+                self._fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            self._path, self._schemas, self._records = path, {}, 0
+            self._read_size = _FIRST_READ
+            head = os.pread(self._fd, len(MAGIC), 0)
+            self._pos = len(MAGIC) if head in (MAGIC, OLD_MAGIC) else -1
+            return True
+        return False
+
+    def _newer_exists(self) -> bool:
+        assert self._path is not None
+        return any(p > self._path for p in journal_files(self.folder))
+
+    def _read_file(self, final: bool) -> _Parse:
+        assert self._path is not None
+        if self._pos < 0:
+            # gitruns 0.1's bare records: a crashed writer's, read whole once.
+            records: list[Item] = list(_bare_records(self._path, self._read_all()))
+            return _Parse(records, 0, True, "")
+        items: list[Item] = []
+        found = 0
+        size = self._read_size
+        while True:
+            data = os.pread(self._fd, size, self._pos)
+            parse = _parse_frames(data, 0, self._schemas, final=final)
+            items += parse.items
+            self._records += _count(parse.items)
+            self._pos += parse.end
+            found += parse.end
+            if parse.short and len(data) == size:
+                # The buffer ended before a frame did: read on, from it.
+                size = min(_READ_BYTES, 2 * size) if parse.end else 0
+                size = max(size, parse.short)
+                continue
+            self._read_size = max(_FIRST_READ, min(_READ_BYTES, 2 * found))
+            problem = parse.problem
+            if final and not problem and not parse.ended:
+                problem = self._torn_tail()
+            return _Parse(items, self._pos, parse.ended, problem)
+
+    def _torn_tail(self) -> str:
+        # A payload a kill cut short lies just past the last frame, its
+        # header still zero: say so (log() never returned for it).
+        tail = os.pread(self._fd, _FIRST_READ, self._pos)
+        return "bytes past the last record" if tail.count(0) != len(tail) else ""
+
+    def _read_all(self) -> bytes:
+        assert self._path is not None
+        with contextlib.suppress(FileNotFoundError):
+            return self._path.read_bytes()
+        return b""
+
+
+def read_records(path: Path) -> Iterator[Record]:
+    """The well-formed records of one journal file, rows as records, in order.
+
+    Reading stops at a damaged frame, which can only be the last one written
+    to a file (see the module docstring): log() never returned for it.
     """
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return
-    if data.startswith(MAGIC):
-        yield from _framed_records(path, data)
+    if data.startswith(MAGIC) or data.startswith(OLD_MAGIC):
+        parse = _parse_frames(data, len(MAGIC), {}, final=True)
+        for item in parse.items:
+            if isinstance(item, Rows):
+                yield from item.records()
+            else:
+                yield item
+        problem = parse.problem
+        rest = len(data) - parse.end
+        if not problem and not parse.ended and data.count(0, parse.end) != rest:
+            problem = "bytes past the last record"
+        if problem:
+            _warn_damaged(path, _count(parse.items), problem)
     elif data:
         yield from _bare_records(path, data)
-
-
-def _framed_records(path: Path, data: bytes) -> Iterator[Record]:
-    view = memoryview(data)
-    pos, count, size = len(MAGIC), 0, len(data)
-    problem = ""
-    while pos + _FRAME.size <= size:
-        length, crc = _FRAME.unpack_from(data, pos)
-        if length == 0:
-            break
-        end = pos + _FRAME.size + length
-        if end > size or zlib.crc32(view[pos + _FRAME.size : end]) != crc:
-            problem = "a record fails its checksum"
-            break
-        try:
-            item = msgpack.unpackb(
-                view[pos + _FRAME.size : end], raw=False, strict_map_key=True
-            )
-            record = _record(item)
-        except (ValueError, msgpack.UnpackException) as exc:
-            problem = str(exc)
-            break
-        count += 1
-        pos = end
-        yield record
-    if not problem and data.count(0, pos) != size - pos:
-        problem = "bytes past the last record"
-    if problem:
-        _warn_damaged(path, count, problem)
 
 
 def _bare_records(path: Path, data: bytes) -> Iterator[Record]:
@@ -400,7 +888,7 @@ def _bare_records(path: Path, data: bytes) -> Iterator[Record]:
         _warn_damaged(path, count, str(exc))
 
 
-def _warn_damaged(path: Path, count: int, problem: str) -> None:
+def _warn_damaged(path: Path | None, count: int, problem: str) -> None:
     logger.warning(
         "journal %s: stopped after %d records at a damaged one (%s); it was "
         "never acknowledged to the caller",
@@ -462,12 +950,23 @@ def _fix_for(exc: OSError) -> str:
     return "Fix the cause, then go on logging."
 
 
+# -- locks -----------------------------------------------------------------------
+
+#: How long a writer waits for the committer of a dead writer to finish its run.
+ORPHAN_WAIT_SECONDS = 60.0
+#: How long a writer waits on a lock whose file names no holder.
+_UNNAMED_WAIT_SECONDS = 2.0
+
+
 class RunLock:
     """One writer per run: an flock'ed file naming the holder's host and pid.
 
-    The kernel releases the flock when its holder dies, so a lock file that
-    still names a holder but can be locked was left by a dead process: it is
-    taken over, the recovery is logged, and :attr:`stale_holder` says who it was.
+    The kernel releases the flock when every process holding it is gone, so
+    a lock file that still names a holder but can be locked was left by a
+    dead process: it is taken over, the recovery is logged, and
+    :attr:`stale_holder` says who it was. A writer's committer process
+    shares its lock: when a writer dies, its committer commits what the
+    journal holds first, and a new writer waits for it.
 
     Args:
         path: the lock file.
@@ -479,6 +978,11 @@ class RunLock:
         self.run = run
         self.stale_holder: tuple[str, int] | None = None
         self._fd = -1
+
+    @property
+    def fd(self) -> int:
+        """The locked descriptor (a committer process inherits it), or -1."""
+        return self._fd
 
     def acquire(self) -> None:
         """Take the lock, or raise RunLockedError naming the live holder.
@@ -495,13 +999,34 @@ class RunLock:
             raise RepositoryError(
                 f"cannot lock run {self.run} at {self.path} ({exc}); "
                 "check that the repository is writable"
-            ) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            host, pid = _holder(fd, wait=True)
-            os.close(fd)
-            raise RunLockedError(self.run, host, pid) from None
+            ) from None
+        started = time.monotonic()
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                host, pid = _holder(fd, wait=not told)
+            # A holder that is gone while its lock is not has a committer
+            # process committing what it journaled: wait for it. A lock that
+            # names no one is being let go (or taken) at this moment.
+            waited = time.monotonic() - started
+            gone = _gone(host, pid)
+            if (not gone and pid >= 0) or waited > (
+                ORPHAN_WAIT_SECONDS if gone else _UNNAMED_WAIT_SECONDS
+            ):
+                os.close(fd)
+                raise RunLockedError(self.run, host, pid)
+            if gone and not told:
+                told = True
+                logger.info(
+                    "run %s: waiting for the committer of pid %d, which is gone, "
+                    "to commit what it journaled",
+                    self.run,
+                    pid,
+                )
+            time.sleep(0.01)
 
         stale = _holder(fd, wait=False)
         if stale != ("?", -1):
@@ -527,6 +1052,32 @@ class RunLock:
             os.ftruncate(fd, 0)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def release_orphaned_lock(fd: int) -> None:
+    """Let go of the lock of a writer that is gone, saying its run is in order.
+
+    The committer process of a dead writer calls this once it has committed
+    what the writer journaled, so the next writer sees no stale holder.
+    """
+    if fd < 0:
+        return
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _gone(host: str, pid: int) -> bool:
+    """Whether the named holder is a process of this host that has ended."""
+    if host != socket.gethostname() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _holder(fd: int, *, wait: bool) -> tuple[str, int]:

@@ -90,6 +90,7 @@ class Run:
         self._ref = ref
         self._writer = writer
         self._known: set[str] = set()
+        self._clean = self._cleaned
         self._mode = mode
         self._resumed = resumed
         self._finished = False
@@ -299,17 +300,21 @@ class Run:
             sync: accepted for W&B compatibility; ignored.
             timestamp: wall-clock time of the step (imports), default now.
         """
+        if step is not None and type(step) is not int:
+            step = _as_step(step)
+        self._writer.log(data, step, commit, timestamp, self._clean)
+
+    def _cleaned(self, data: Any) -> dict[str, Any]:
+        """``data`` as a stored row: checked, flattened, W&B media left out."""
         try:
             row = clean_row(data, self._known)
         except InvalidValueError:
             row = None
         if row is None:
-            # Off the hot path, and outside the handler so that a refusal
-            # shows one traceback: drop media objects, or raise the error again.
+            # Outside the handler so that a refusal shows one traceback: drop
+            # media objects, or raise the error again.
             row = clean_row(without_media(data, self.path), self._known)
-        if step is not None and type(step) is not int:
-            step = _as_step(step)
-        self._writer.log(row, step, commit, timestamp)
+        return row
 
     def define_metric(
         self,

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -44,21 +45,55 @@ _HOLDER = """
                        resume="allow")
     for i in range(20):
         run.log({"loss": float(i)})
-    print("holding", flush=True)
+    print("holding", run._writer._link.pid, flush=True)
     time.sleep(120)
 """
 
 
+class Holder:
+    """A process that opens run p/held, logs 20 steps and keeps it open.
+
+    Attributes:
+        child: the writer's process.
+        committer: the pid of its committer process.
+    """
+
+    def __init__(self, repo: Path) -> None:
+        self.child = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(_HOLDER), str(repo)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.child.stdout is not None
+        word, pid = self.child.stdout.readline().split()
+        assert word == "holding"
+        self.committer = int(pid)
+        self.pid = self.child.pid
+
+    def kill(self, *, committer_too: bool = False) -> None:
+        """SIGKILL the writer (and first its committer process, if asked)."""
+        if committer_too:
+            os.kill(self.committer, signal.SIGKILL)
+            _wait_gone(self.committer)
+        self.child.send_signal(signal.SIGKILL)
+        self.child.wait()
+
+
+def _wait_gone(pid: int) -> None:
+    for _ in range(500):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            return  # a zombie of the killed writer: gone for locks
+        time.sleep(0.01)
+    raise AssertionError(f"pid {pid} is still alive")
+
+
 def start_holder(repo: Path) -> subprocess.Popen[str]:
-    """A process that opens run p/held, logs 20 steps and keeps it open."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(_HOLDER), str(repo)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout is not None
-    assert child.stdout.readline().strip() == "holding"
-    return child
+    """The writer's process of a :class:`Holder`."""
+    return Holder(repo).child
 
 
 def test_a_second_writer_is_told_the_host_and_pid_of_the_first(repo: Path) -> None:
@@ -87,12 +122,32 @@ def test_a_second_writer_in_the_same_process_is_refused(repo: Path) -> None:
     again.finish()
 
 
-def test_the_lock_of_a_killed_writer_is_recovered_and_logged(
+def test_a_killed_writers_committer_commits_its_steps_and_marks_it_crashed(
     repo: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    holder = start_holder(repo)
-    holder.send_signal(signal.SIGKILL)
-    holder.wait()
+    holder = Holder(repo)
+    holder.kill()
+
+    # The next writer waits for the committer process, which commits the
+    # 20 journaled steps and lets the lock go; nothing is left to recover.
+    with caplog.at_level(logging.INFO, logger="gitruns"):
+        run = gitruns.init(project="p", id="held", resume="must", repo=repo)
+    assert "recovered" not in caplog.text
+    assert run.step == 20
+    log = git_log(repo, "runs/p/held")
+    assert log[0] == "p/held: steps 0..19" and log[1] == "p/held: new run"
+    run.log({"loss": 20.0})
+    run.finish()
+    view = gitruns.Api(repo).run("p/held")
+    assert [row["loss"] for row in view.scan_history()] == [float(i) for i in range(21)]
+    _wait_gone(holder.committer)
+
+
+def test_the_lock_of_a_killed_writer_and_committer_is_recovered_and_logged(
+    repo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    holder = Holder(repo)
+    holder.kill(committer_too=True)
 
     with caplog.at_level(logging.WARNING, logger="gitruns"):
         run = gitruns.init(project="p", id="held", resume="must", repo=repo)
@@ -108,23 +163,36 @@ def test_the_lock_of_a_killed_writer_is_recovered_and_logged(
     assert [row["loss"] for row in view.scan_history()] == [float(i) for i in range(21)]
 
 
+@pytest.mark.parametrize("committer_too", [False, True])
 def test_a_ref_lock_left_by_a_killed_writer_is_removed(
-    repo: Path, caplog: pytest.LogCaptureFixture
+    repo: Path, caplog: pytest.LogCaptureFixture, committer_too: bool
 ) -> None:
-    holder = start_holder(repo)
+    holder = Holder(repo)
     # As if it died while moving its branch: the ref's lock file stays.
     ref_lock = repo / "refs" / "heads" / "runs" / "p" / "held.lock"
     ref_lock.write_text("0" * 40 + "\n")
-    holder.send_signal(signal.SIGKILL)
-    holder.wait()
+    holder.kill(committer_too=committer_too)
 
     with caplog.at_level(logging.WARNING, logger="gitruns"):
         run = gitruns.init(project="p", id="held", resume="must", repo=repo)
         run.log({"loss": 20.0})
         run.finish()
     assert not ref_lock.exists()
-    assert "held.lock, left" in caplog.text
+    if committer_too:
+        # Nobody else could remove it: the next writer did, and said so.
+        assert "held.lock, left" in caplog.text
     assert gitruns.Api(repo).run("p/held").last_step == 20
+
+
+def git_log(repo: Path, branch: str) -> list[str]:
+    """The subjects of a branch's commits, newest first."""
+    done = subprocess.run(
+        ["git", "--git-dir", str(repo), "log", "--format=%s", branch],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.splitlines()
 
 
 def test_forks_and_finishes_survive_a_git_gc_running_alongside(

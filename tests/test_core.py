@@ -394,8 +394,11 @@ def test_finished_run_leaves_few_loose_objects(repo: Path) -> None:
 
 
 def test_storage_grows_linearly_with_flushes(repo: Path) -> None:
-    # a flush every step must not rewrite the window's earlier data
-    with gitruns.init(project="p", id="fl", repo=repo, flush_interval=0.0) as run:
+    # A flush every step (committing in log(), so every step is its own
+    # segment) must not rewrite the window's earlier data.
+    with gitruns.init(
+        project="p", id="fl", repo=repo, flush_interval=0.0, background=False
+    ) as run:
         for i in range(200):
             run.log({"m": float(i)})
     store = RunStore.open(repo)
@@ -579,40 +582,31 @@ def test_a_fork_into_a_taken_id_says_to_leave_the_id_out(repo: Path) -> None:
         )
 
 
-def test_log_waits_for_the_committer_past_the_backlog_bytes(
-    repo: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import time
+def test_the_writer_holds_no_rows_whatever_the_length_of_the_run(repo: Path) -> None:
+    import tracemalloc
 
-    from gitruns import writer
+    # Rows live in the journal (a file) until committed: the writer's memory
+    # does not grow with what it logged, committed or waiting.
+    row = {f"m{i}": float(i) for i in range(100)}
 
-    monkeypatch.setattr(writer, "MAX_BACKLOG_BYTES", 20_000)
-    slow = writer.RunWriter._commit
-
-    def slow_commit(self: writer.RunWriter, jobs: list[writer.Job]) -> None:
-        time.sleep(0.02)  # a committer that cannot keep up
-        slow(self, jobs)
-
-    monkeypatch.setattr(writer.RunWriter, "_commit", slow_commit)
-    run = gitruns.init(project="p", id="wide", repo=repo, window=10)
-    seen: list[int] = []
-    put = run._writer._queue.put
-
-    def watched_put(job: writer.Job | None) -> None:
-        seen.append(run._writer._backlog_bytes)
-        put(job)
-
-    monkeypatch.setattr(run._writer._queue, "put", watched_put)
-    row = {f"m{i}": float(i) for i in range(100)}  # about 1 KiB journaled
-    for _ in range(300):
+    def peak(steps: int, background: bool) -> int:
+        run = gitruns.init(
+            project="p", id=f"r{steps}{background}", repo=repo, background=background
+        )
         run.log(row)
-    run.finish()
+        tracemalloc.start()
+        for _ in range(steps):
+            run.log(row)
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        run.finish()
+        assert gitruns.Api(repo).run(f"p/r{steps}{background}").last_step == steps
+        return top
 
-    # Each buffer holds ten rows (a window), about 10 KiB: never more than
-    # the bound plus the buffer that was let through are waiting.
-    assert max(seen) <= 20_000 + 12_000 and len(seen) >= 30
-    steps = [r["_step"] for r in gitruns.Api(repo).run("p/wide").scan_history()]
-    assert steps == list(range(300))
+    for background in (False, True):
+        short, long = peak(2_000, background), peak(20_000, background)
+        # 20,000 rows are 16 MB of float64: none of it stays in memory.
+        assert long < 1.5 * short + (1 << 20), (background, short, long)
 
 
 @pytest.mark.parametrize(

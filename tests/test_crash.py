@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,6 @@ import pytest
 import gitruns
 from gitruns.errors import RepositoryError
 from gitruns.fork import create_run
-from gitruns.journal import Journal
 from gitruns.refs import RunRef
 from gitruns.run import new_run_info
 from gitruns.store import RunStore
@@ -140,11 +140,14 @@ def test_a_torn_journal_tail_is_skipped_and_logged(
     writer = new_writer(store, "torn")
     for step in range(10):
         writer.log({"loss": step / 10})
+    # A kill half-way through copying the next record: half its bytes lie
+    # past the last frame, and its header (copied last) is still zero.
+    journal = writer._journal
+    record = journal.encode(10, 1.0, {"loss": 1.0})
+    start = journal.size + 8
+    assert journal._map is not None
+    journal._map[start : start + len(record) // 2] = record[: len(record) // 2]
     writer.abandon()  # as a crash: nothing committed, the journal kept
-    [path] = journal_files(repo, f"{PROJECT}/torn")
-    whole = path.read_bytes()
-    record = Journal(path.parent).encode(10, 1.0, {"loss": 1.0})
-    path.write_bytes(whole + record[: len(record) // 2])
 
     with caplog.at_level(logging.WARNING, logger="gitruns"):
         writer = reopen(store, "torn")
@@ -497,6 +500,45 @@ def test_a_read_only_object_store_keeps_the_journal_for_recover(
     assert history(repo, f"{PROJECT}/ro") == {s: {"loss": float(s)} for s in range(60)}
     assert run_json(repo, f"{PROJECT}/ro")["state"] == "crashed"
     assert journal_files(repo, f"{PROJECT}/ro") == []
+    assert fsck_problem(repo) is None
+
+
+def test_a_read_only_object_store_fails_the_committer_process_and_finish(
+    small_disk: Path,
+) -> None:
+    assert _mount("-o", "remount,size=64m", str(small_disk)).returncode == 0
+    repo = small_disk / "runs.git"
+    run = gitruns.init(project=PROJECT, id="ro2", repo=repo, save_code=False, window=10)
+    step = 0
+    while not (run._writer._local is None and run._writer._link is not None):
+        run.log({"loss": float(step)})  # until the committer process commits
+        step += 1
+        time.sleep(0.002)
+    run._writer.flush()
+    committed = step - 1
+
+    objects = str(repo / "objects")
+    assert _mount("--bind", objects, objects).returncode == 0
+    try:
+        assert _mount("-o", "remount,bind,ro", objects).returncode == 0
+        for _ in range(35):
+            run.log({"loss": float(step)})  # accepted: the journal takes it
+            step += 1
+        with pytest.raises(RepositoryError) as failed:
+            run.finish()
+        message = str(failed.value)
+        assert "Read-only file system" in message
+        assert f"gitruns recover {PROJECT}/ro2" in message
+        assert journal_files(repo, f"{PROJECT}/ro2")
+        assert max(history(repo, f"{PROJECT}/ro2")) == committed
+    finally:
+        subprocess.run(["umount", "-l", objects], check=False)
+
+    done = recover_cli(repo)
+    assert done.returncode == 0, done.stderr
+    stored = history(repo, f"{PROJECT}/ro2")
+    assert stored == {s: {"loss": float(s)} for s in range(step)}
+    assert journal_files(repo, f"{PROJECT}/ro2") == []
     assert fsck_problem(repo) is None
 
 

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,16 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from gitruns.journal import INITIAL_ROOM, MAGIC, Journal, Record, read_records
+from gitruns import journal as journal_module
+from gitruns.journal import (
+    INITIAL_ROOM,
+    MAGIC,
+    Journal,
+    JournalReader,
+    Record,
+    Rows,
+    read_records,
+)
 
 ROW = {"loss": 0.5, "acc": 1.0, "note": "héllo", "nan": math.nan}
 
@@ -45,20 +55,26 @@ def kill_after(code: str, folder: Path) -> None:
 
 
 def test_records_written_before_a_sigkill_are_all_replayed(tmp_path: Path) -> None:
-    # No close, no flush, no fsync: the mapping is the page cache.
+    # No close, no flush, no fsync: the mapping is the page cache. Rows of a
+    # declared schema and plain records alike.
     kill_after(
         """
-        for step in range(5000):
-            journal.write(journal.encode(step, 1.5, {"loss": step / 3}))
+        journal.declare({"loss": 0.0, "n": 0})
+        for step in range(20000):
+            if step % 3:
+                assert journal.write_row(step, 1.5, {"loss": step / 3, "n": step})
+            else:
+                journal.write(journal.encode(step, 1.5, {"loss": step / 3, "n": step}))
         journal.write(journal.encode_meta(2.0, {"name": "kept"}))
         """,
         tmp_path,
     )
     replayed = records(tmp_path)
-    assert [r.step for r in replayed[:-1]] == list(range(5000))
-    assert all(r.data == {"loss": r.step / 3} for r in replayed[:-1])
+    assert [r.step for r in replayed[:-1]] == list(range(20000))
+    assert all(r.data == {"loss": r.step / 3, "n": r.step} for r in replayed[:-1])
+    assert all(type(r.data["n"]) is int for r in replayed[:-1])
     assert replayed[-1] == Record(None, 2.0, {"name": "kept"})
-    # 5000 records outgrew the first room: the file grew while mapped.
+    # 20000 records outgrew the first room: the file grew while mapped.
     [path] = Journal(tmp_path).files()
     assert path.stat().st_size > INITIAL_ROOM
 
@@ -142,26 +158,116 @@ def test_an_empty_file_left_by_a_kill_holds_no_records(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fsync", [False, True])
-def test_files_are_used_in_the_order_they_are_named(
-    tmp_path: Path, fsync: bool
+def test_a_full_file_ends_and_the_next_goes_on_in_name_order(
+    tmp_path: Path, fsync: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(journal_module, "MAX_ROOM", 2 * INITIAL_ROOM)
     journal = Journal(tmp_path, fsync=fsync)
-    journal.write(journal.encode(0, 1.0, {"a": 0}))
-    journal.prepare()  # the committer's move: the next file, ahead of need
-    first = journal.rotate()
-    assert first is not None
-    first.close()
-    journal.write(journal.encode(1, 1.0, {"a": 1}))
-    second = journal.rotate()
-    assert second is not None
-    second.close()
-    journal.write(journal.encode(2, 1.0, {"a": 2}))  # no spare: made on the spot
-    journal.prepare()
-    journal.close()  # the unused spare is deleted
+    reader = JournalReader(tmp_path)
+    seen: list[int] = []
+    for step in range(60_000):
+        row = {"a": float(step), "b": step}
+        if not journal.write_row(step, 1.0, row):
+            journal.declare(row)  # again in every new file
+            assert journal.write_row(step, 1.0, row)
+        if step % 7000 == 0:
+            seen += steps_of(reader.read())  # a reader keeps up as it goes
+    journal.close()
+    seen += steps_of(reader.read(final=True))
 
     names = [p.name for p in Journal(tmp_path).files()]
-    assert names == ["00000000.jnl", "00000001.jnl", "00000002.jnl"]
-    assert [r.data["a"] for r in records(tmp_path)] == [0, 1, 2]
+    assert names[:3] == ["00000000.jnl", "00000001.jnl", "00000002.jnl"]
+    assert all(p.stat().st_size <= 2 * INITIAL_ROOM for p in Journal(tmp_path).files())
+    assert seen == list(range(60_000))
+    assert reader.done == Journal(tmp_path).files()
+    replayed = records(tmp_path)
+    assert [r.data["b"] for r in replayed] == list(range(60_000))
+
+
+def steps_of(items: list[Rows | Record]) -> list[int]:
+    """The steps of what a reader returned, rows and records alike."""
+    out: list[int] = []
+    for item in items:
+        if isinstance(item, Rows):
+            out += item.steps.tolist()
+        elif item.step is not None:
+            out.append(item.step)
+    return out
+
+
+def test_rows_come_back_as_columns_bit_for_bit(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    nan = struct.unpack("<d", struct.pack("<Q", 0x7FF80000_00C0FFEE))[0]
+    values = [0.5, -0.0, math.inf, -math.inf, nan, 5e-324]
+    for step, value in enumerate(values):
+        row = {
+            "f": value,
+            "i": [2**63 - 1, -(2**63), 0, 7, -1, 3][step],
+            "b": step % 2 == 0,
+        }
+        if not journal.write_row(step, 10.0 + step, row):
+            assert journal.declare(row)
+            assert journal.write_row(step, 10.0 + step, row)
+    journal.write(journal.encode(6, 16.0, {"f": "text"}))
+    journal.close()
+
+    items = JournalReader(tmp_path).read(final=True)
+    rows, record = items
+    assert isinstance(rows, Rows) and isinstance(record, Record)
+    assert rows.schema.keys == ("f", "i", "b") and rows.schema.codes == "dq?"
+    assert rows.steps.tolist() == list(range(6))
+    assert rows.times.tolist() == [10.0 + s for s in range(6)]
+    f, i, b = rows.columns
+    assert f.view("<u8").tolist() == [
+        struct.unpack("<Q", struct.pack("<d", v))[0] for v in values
+    ]
+    assert i.tolist() == [2**63 - 1, -(2**63), 0, 7, -1, 3]
+    assert b.dtype == bool and b.tolist() == [True, False] * 3
+    assert record == Record(6, 16.0, {"f": "text"})
+
+
+def test_a_row_whose_int_does_not_fit_goes_another_way(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    assert journal.declare({"n": 1})
+    assert journal.write_row(0, 1.0, {"n": 2**63 - 1})
+    assert journal.write_row(1, 1.0, {"n": 2**63}) == 0  # too wide: not written
+    assert journal.write_row(2, 1.0, {"n": 1.5}) == 0  # another type: no schema
+    journal.close()
+    assert [r.data for r in records(tmp_path)] == [{"n": 2**63 - 1}]
+
+
+def test_a_reader_waits_for_a_frame_being_written(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.declare({"x": 0.0})
+    for step in range(3):
+        journal.write_row(step, 1.0, {"x": float(step)})
+    reader = JournalReader(tmp_path)
+    assert steps_of(reader.read()) == [0, 1, 2]
+    # A frame whose payload is in but whose header is not: the writer is
+    # still at it, so a live reader leaves it for the next look.
+    payload = journal._schemas[(("x",), (float,))].pack(0xC1, 2, 0, 3, 1.0, 3.0)
+    start = journal.size
+    assert journal._map is not None
+    journal._map[start + 8 : start + 8 + len(payload)] = payload
+    assert reader.read() == []
+    journal._append(payload)  # now whole
+    assert steps_of(reader.read()) == [3]
+    journal.close()
+
+
+def test_a_row_of_a_schema_never_declared_is_damage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = Journal(tmp_path)
+    journal.declare({"x": 0.0})
+    journal.write_row(0, 1.0, {"x": 0.0})
+    packed = journal._schemas[(("x",), (float,))].pack(0xC1, 2, 9, 1, 1.0, 1.0)
+    journal.write(packed)  # schema 9 was never declared
+    journal.write(journal.encode(2, 1.0, {"x": 2.0}))
+    journal.close()
+    with caplog.at_level(logging.WARNING, logger="gitruns"):
+        assert steps_of(JournalReader(tmp_path).read(final=True)) == [0]
+    assert "undeclared schema (9)" in caplog.text
 
 
 def test_records_that_cross_pages_sync_with_fsync_always(tmp_path: Path) -> None:
@@ -181,7 +287,6 @@ def test_a_file_that_cannot_be_created_refuses_the_record(tmp_path: Path) -> Non
     journal = Journal(folder)
     with pytest.raises(RepositoryError, match="was not recorded"):
         journal.write(journal.encode(0, 1.0, {}))
-    journal.prepare()  # the committer's attempt fails quietly
     assert journal.current is None
 
 

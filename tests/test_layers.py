@@ -31,6 +31,8 @@ BOTTOM = (
 #: Operations on runs: write, fork, read, compare, move, check, import, export.
 MIDDLE = (
     "gitruns.commits",
+    "gitruns.committer",  # journal -> commits, in the writer or in its own process
+    "gitruns.committer_process",
     "gitruns.writer",
     "gitruns.fork",
     "gitruns.files",

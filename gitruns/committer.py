@@ -1,0 +1,753 @@
+"""Committing a run's journal: rows read back as columns, one chunk per window.
+
+A :class:`Committer` reads what a writer journaled (:class:`JournalReader`),
+keeps what is not committed yet, and writes it as commits of the run's
+branch: one segment (chunk) per window, or per part of a window flushed
+before it filled, all the segments ready at once in one commit, with the
+run's metadata and state. The journal is the only source: the same code
+commits in the writer's process (``background=False``, a run finished before
+its committer process was up, recovery after a crash) and in the committer
+process (:mod:`gitruns.committer_process`).
+
+Rows are merged as log() merges them: the records of one step (``commit=
+False``, or ``log(step=s)`` twice) become one row, a key logged twice keeping
+the later value, and the row's time is that of its first record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from gitruns.chunk import (
+    MAX_CHUNK_BYTES,
+    MAX_METRICS,
+    Chunk,
+    Digest,
+    build_chunk,
+    encode_chunk,
+)
+from gitruns.commits import commit_run, summary_overrides
+from gitruns.errors import GitRunsError
+from gitruns.journal import Journal, JournalReader, Record, Rows
+from gitruns.refs import RunRef, Sha
+from gitruns.store import RUN_JSON, RunStore, Snapshot
+from gitruns.summary import summarize
+from gitruns.values import INT64_MAX, Value, check_key, clean_row
+
+logger = logging.getLogger(__name__)
+
+#: A segment is cut once it holds this many journaled bytes or this many
+#: metrics, so that every segment fits in one chunk.
+SEGMENT_BYTES = MAX_CHUNK_BYTES // 8
+SEGMENT_METRICS = MAX_METRICS // 2
+
+#: A ref lock file older than this is left over, even if no run lock says so.
+STALE_REF_LOCK_SECONDS = 60.0
+
+#: The conflict advice of a window commit that lost its branch to someone else.
+MOVED = (
+    "something outside this writer moved the branch (a pull, git itself); the "
+    "journal keeps what was logged: `gitruns recover` commits it once that is done"
+)
+
+
+def journal_dir(store: RunStore, run: RunRef) -> Path:
+    """Where the journal of ``run`` keeps what is not committed yet."""
+    return store.data_dir / "journal" / run.project / run.run_id
+
+
+def now_iso(ts: float | None = None) -> str:
+    """A UTC ISO-8601 time stamp, to the second."""
+    moment = datetime.fromtimestamp(time.time() if ts is None else ts, timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def last_step_for(window: int) -> int:
+    """The last step a run with ``window`` can log: its window must fit in int64."""
+    last_start = (INT64_MAX - window + 1) // window * window
+    return last_start + window - 1
+
+
+@dataclass(frozen=True)
+class CommitOptions:
+    """How a committer writes a run.
+
+    Attributes:
+        window: the run's window size, from its run.json.
+        float32: store float metrics as float32.
+        fsync: sync every object written to disk.
+    """
+
+    window: int
+    float32: bool = False
+    fsync: bool = False
+
+
+@dataclass
+class _Pending:
+    """What was read from the journal and is not committed yet."""
+
+    items: list[Rows | Record] = field(default_factory=list)
+    #: Metadata records merged in order (patches applied), or None.
+    meta: dict[str, Any] | None = None
+    #: Journal bytes of ``items``.
+    size: int = 0
+
+    @property
+    def first_step(self) -> int | None:
+        """The first step pending, or None."""
+        if not self.items:
+            return None
+        first = self.items[0]
+        return int(first.steps[0]) if isinstance(first, Rows) else first.step
+
+    @property
+    def last_step(self) -> int | None:
+        """The last step pending, or None."""
+        if not self.items:
+            return None
+        last = self.items[-1]
+        return int(last.steps[-1]) if isinstance(last, Rows) else last.step
+
+
+class Committer:
+    """Commits what a run's journal holds beyond the branch's tip.
+
+    Args:
+        store: the run's repository.
+        run: the run.
+        snapshot: the run at its branch's tip, as read by the caller.
+        options: how to write.
+        folder: the run's journal folder (default: :func:`journal_dir`).
+    """
+
+    def __init__(
+        self,
+        store: RunStore,
+        run: RunRef,
+        snapshot: Snapshot,
+        options: CommitOptions,
+        folder: Path | None = None,
+    ) -> None:
+        if snapshot.commit is None:
+            raise ValueError("a Committer starts from a commit")
+        self.store = store
+        self.run = run
+        self.options = options
+        self.window = options.window
+        self.max_step = last_step_for(options.window)
+        self.reader = JournalReader(folder or journal_dir(store, run))
+        self.snapshot = snapshot
+        self.tip: Sha = snapshot.commit
+        self.totals = tip_totals(store, run, snapshot)
+        self._pending = _Pending()
+        self._floor = -1 if snapshot.last_step is None else snapshot.last_step
+        #: The last step read, committed or not: steps below it are closed.
+        self.last_read = self._floor
+        # Highest step each finished journal file holds (None: none).
+        self._file_steps: dict[Path, int | None] = {}
+        self._known: set[str] = set()
+        self._checked_schemas: set[int] = set()
+        self._last_commit = time.monotonic()
+        if options.fsync:
+            store.repo.object_store.fsync_object_files = True
+
+    def close(self) -> None:
+        """Close the journal file being read."""
+        self.reader.close()
+
+    # -- reading -------------------------------------------------------------
+
+    def read(self, *, final: bool = False) -> int:
+        """Take in what the journal holds since the last read.
+
+        Args:
+            final: the writer is done: read every file to its end.
+
+        Returns:
+            How many rows and records were read.
+        """
+        done_before = len(self.reader.done)
+        items = self.reader.read(final=final)
+        count = 0
+        for item in items:
+            if isinstance(item, Rows):
+                kept = self._rows(item)
+                if kept is not None:
+                    self._pending.items.append(kept)
+                    self._pending.size += kept.size
+                    count += len(kept)
+            elif item.step is None:
+                self._pending.meta = merge_meta(
+                    self._pending.meta or {}, item.data, self.snapshot
+                )
+                count += 1
+            elif self._record(item):
+                self._pending.items.append(item)
+                self._pending.size += 64
+                count += 1
+        # A file finished by this read holds no step beyond those read so far.
+        for path in self.reader.done[done_before:]:
+            self._file_steps[path] = self.last_read if self.last_read >= 0 else None
+        return count
+
+    def _rows(self, rows: Rows) -> Rows | None:
+        """``rows`` without what is committed already or cannot be stored."""
+        schema = rows.schema
+        if id(schema) not in self._checked_schemas:
+            try:
+                for key in schema.keys:
+                    if key not in self._known:
+                        check_key(key)
+                        self._known.add(key)
+            except GitRunsError as exc:
+                logger.error(
+                    "run %s: %d journaled rows left out: %s",
+                    self.run.path,
+                    len(rows),
+                    exc,
+                )
+                return None
+            self._checked_schemas.add(id(schema))
+        steps = rows.steps
+        # Already committed (a crash between moving the branch and deleting
+        # the journal), out of order (only a bug or a tampered journal), or
+        # beyond what the window allows.
+        keep = (steps > self._floor) & (steps <= self.max_step)
+        order = np.maximum.accumulate(np.concatenate(([self.last_read], steps)))[:-1]
+        keep &= steps >= order
+        if not keep.all():
+            dropped = steps[~keep]
+            late = dropped[dropped > self._floor]
+            if len(late):
+                logger.warning(
+                    "run %s: %d journaled rows out of step order or range left "
+                    "out (first: step %d)",
+                    self.run.path,
+                    len(late),
+                    int(late[0]),
+                )
+            if not keep.any():
+                return None
+            where = np.flatnonzero(keep)
+            if len(where) == where[-1] - where[0] + 1:
+                rows = rows.after(int(where[0])).upto(len(where))
+            else:
+                rows = Rows(
+                    schema,
+                    rows.steps[keep],
+                    rows.times[keep],
+                    [c[keep] for c in rows.columns],
+                    rows.size * len(where) // len(steps),
+                )
+        self.last_read = max(self.last_read, int(rows.steps[-1]))
+        return rows
+
+    def _record(self, record: Record) -> bool:
+        """Whether a journaled record of a row is to be committed."""
+        step = record.step
+        assert step is not None
+        problem = ""
+        if not 0 <= step <= self.max_step:
+            problem = f"step {step!r} is outside 0..{self.max_step}"
+        else:
+            try:
+                clean_row(record.data, self._known)
+            except GitRunsError as exc:
+                problem = str(exc)
+        if problem:
+            # Only a bug or a tampered journal gets here; the rest of the
+            # journal must still reach Git.
+            logger.error(
+                "run %s: journal record of step %d left out: %s",
+                self.run.path,
+                step,
+                problem,
+            )
+            return False
+        if step <= self._floor:
+            return False
+        if step < self.last_read:
+            logger.warning(
+                "run %s: journal step %d after %d ignored",
+                self.run.path,
+                step,
+                self.last_read,
+            )
+            return False
+        self.last_read = step
+        return True
+
+    # -- what is pending -------------------------------------------------------
+
+    @property
+    def pending_steps(self) -> bool:
+        """Whether rows are read and not committed."""
+        return bool(self._pending.items)
+
+    @property
+    def pending_meta(self) -> bool:
+        """Whether metadata is read and not committed."""
+        return bool(self._pending.meta)
+
+    def complete_windows(self) -> int | None:
+        """The last step of the windows the journal has gone past, if any pending.
+
+        A window is complete once a step of a later window is read: no record
+        can add to it any more.
+        """
+        first = self._pending.first_step
+        if first is None:
+            return None
+        current = self.last_read - self.last_read % self.window
+        if first >= current:
+            return None
+        return current - 1
+
+    def pending_step_range(self) -> tuple[int, int, int] | None:
+        """How many distinct steps are pending, and the first and last; or None."""
+        items = self._pending.items
+        if not items:
+            return None
+        parts = [i.steps if isinstance(i, Rows) else [i.step] for i in items]
+        steps = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
+        count = 1 + int(np.count_nonzero(steps[1:] != steps[:-1]))
+        return count, int(steps[0]), int(steps[-1])
+
+    def pending_totals(self) -> dict[str, Digest]:
+        """Digests of everything committed and read, the open step included."""
+        totals = dict(self.totals)
+        for chunk in self._chunks(self._pending.items, totals):
+            totals = dict(chunk.totals())
+        return totals
+
+    def since_commit(self) -> float:
+        """Seconds since the last commit (or since this committer started)."""
+        return time.monotonic() - self._last_commit
+
+    # -- committing ------------------------------------------------------------
+
+    def commit(
+        self,
+        through: int | None = None,
+        *,
+        state: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Sha | None:
+        """Commit the rows read up to step ``through`` (all with None).
+
+        A caller passes only steps that are closed: no record can add to them
+        any more.
+
+        Args:
+            through: the last step to commit; None commits every row read.
+            state: the run's new state (``finished``, ``crashed``), if it changes.
+            meta: metadata to commit besides what the journal holds.
+
+        Returns:
+            The new commit, or None when there was nothing to commit.
+
+        Raises:
+            RepositoryError, ConflictError: the commit could not be written;
+                nothing read is lost (the journal keeps it, and so does this
+                committer, which tries again on the next call).
+        """
+        pending = self._pending
+        items, rest = (
+            (pending.items, []) if through is None else _split(pending.items, through)
+        )
+        journal_meta = dict(pending.meta or {})
+        journal_meta.update(meta or {})
+        sha = self._write(items, journal_meta, state)
+
+        self._pending = _Pending(rest, None, sum(_size(i) for i in rest))
+        self._last_commit = time.monotonic()
+        if self.snapshot.last_step is not None:
+            self._floor = self.snapshot.last_step
+        self._retire()
+        return sha
+
+    def _retire(self) -> None:
+        """Delete finished journal files whose every row is committed."""
+        gone = [
+            path
+            for path, last in self._file_steps.items()
+            if last is None or last <= self._floor
+        ]
+        Journal.retire(gone)
+        for path in gone:
+            del self._file_steps[path]
+
+    def _chunks(
+        self, items: Sequence[Rows | Record], prefix: dict[str, Digest]
+    ) -> list[Chunk]:
+        """The segments ``items`` make: one per window, cut where too large."""
+        chunks: list[Chunk] = []
+        totals = prefix
+        for part in _segments(items, self.window):
+            steps, times, metrics = _columns(part)
+            start = int(steps[0]) - int(steps[0]) % self.window
+            chunk = build_chunk(
+                self.window,
+                start,
+                cast(Sequence[int], steps),
+                cast(Sequence[float], times),
+                metrics,
+                prefix=totals,
+                float32=self.options.float32,
+            )
+            chunks.append(chunk)
+            totals = dict(chunk.totals())
+        return chunks
+
+    def _write(
+        self, items: Sequence[Rows | Record], meta: dict[str, Any], state: str | None
+    ) -> Sha | None:
+        """One commit of ``items``' segments, ``meta`` and ``state``."""
+        snapshot = self.snapshot
+        info = dict(snapshot.info)
+        config = snapshot.config
+        extra = snapshot.extra
+        overrides = summary_overrides(snapshot)
+        if meta:
+            config = meta.pop("config", config)
+            overrides = meta.pop("summary_overrides", overrides)
+            extra = {**extra, **meta.pop("extra", {})}
+            info.update(meta)
+            info["summary_set"] = sorted(overrides)
+        if state is not None:
+            info["state"] = state
+        # A state is committed even when it is the run's already (a resumed
+        # run finished again records when); metadata only if it changes.
+        changed = (
+            bool(items)
+            or state is not None
+            or info != snapshot.info
+            or config != snapshot.config
+            or extra != snapshot.extra
+            or overrides != summary_overrides(snapshot)
+        )
+        if not changed:
+            return None
+        # A run being written is running, whatever it was before.
+        info.setdefault("state", "running")
+        if state is None:
+            info["state"] = "running"
+        if info.get("float32", False) != self.options.float32:
+            info["float32"] = self.options.float32
+
+        history = snapshot.history.copy()
+        segments: list[tuple[int, Sha]] = []
+        chunks = self._chunks(items, self.totals)
+        totals = self.totals
+        for chunk in chunks:
+            first = int(chunk.steps[0])
+            blob = self.store.chunk_blob(encode_chunk(chunk))
+            history.add(first, blob)
+            segments.append((first, blob))
+            totals = dict(chunk.totals())
+            info["last_step"] = int(chunk.steps[-1])
+        info["updated"] = now_iso()
+
+        summary = summarize(totals, info.get("metrics", {}), overrides)
+        new = Snapshot(None, info, config, summary, history, extra)
+        if segments:
+            what = f"steps {segments[0][0]}..{info['last_step']}"
+        else:
+            what = f"state {info['state']}" if state else "config and summary"
+        # No reflog entry: a run's own history is its first-parent line, and
+        # an entry per window would cost a read of the Git config each.
+        sha = commit_run(self.store, self.run, new, [self.tip], what, conflict=MOVED)
+        new.commit = sha
+        self.snapshot, self.tip, self.totals = new, sha, totals
+        for first, blob in segments:
+            self.store.record_segment(self.run, first, blob, sha)
+        logger.info(
+            "run %s: committed %s as %s", self.run.path, what, sha[:10].decode()
+        )
+        return sha
+
+
+def tip_totals(store: RunStore, run: RunRef, snapshot: Snapshot) -> dict[str, Digest]:
+    """The digests of a run's whole history at ``snapshot``, from its last segment."""
+    if not snapshot.history.starts:
+        return {}
+    start = snapshot.history.starts[-1]
+    chunk = store.read_segment(run.path, snapshot.history, start)
+    return dict(chunk.totals())
+
+
+def float32_of(store: RunStore, info: dict[str, Any]) -> bool:
+    """Whether a run stores float32: its run.json says, or its fork source's does."""
+    for _ in range(32):
+        stored = info.get("float32")
+        if isinstance(stored, bool):
+            return stored
+        fork = info.get("fork_from")
+        if not isinstance(fork, dict) or not isinstance(fork.get("commit"), str):
+            return False
+        try:
+            info = store.read_json(Sha(fork["commit"].encode()), RUN_JSON) or {}
+        except GitRunsError:
+            return False
+    return False
+
+
+# -- metadata ----------------------------------------------------------------------
+
+#: Metadata journaled as patches (``<key>_patch``: ``{"set": {}, "del": []}``).
+PATCHED = frozenset({"config", "summary_overrides"})
+PATCH = "_patch"
+
+
+def committed_meta(snapshot: Snapshot, key: str) -> dict[str, Any]:
+    """``config`` or ``summary_overrides`` as a commit holds it."""
+    if key == "config":
+        return dict(snapshot.config)
+    return summary_overrides(snapshot)
+
+
+def merge_meta(
+    into: dict[str, Any], record: dict[str, Any], snapshot: Snapshot
+) -> dict[str, Any]:
+    """Merge one journaled metadata record into ``into``, applying its patches.
+
+    A patch applies to what the records before it made of the key, else to
+    what the run's last commit holds. Patches set keys and remove keys, so
+    applying again records that were committed before (a committer that
+    reads a journal from its start) ends where they ended.
+
+    Returns:
+        ``into``, changed.
+    """
+    for key, value in record.items():
+        if not key.endswith(PATCH) or key[: -len(PATCH)] not in PATCHED:
+            into[key] = value
+            continue
+        name = key[: -len(PATCH)]
+        current = dict(into.get(name, committed_meta(snapshot, name)))
+        current.update(value.get("set", {}))
+        for gone in value.get("del", []):
+            current.pop(gone, None)
+        into[name] = current
+    return into
+
+
+# -- from journal items to columns -------------------------------------------------
+
+
+def _size(item: Rows | Record) -> int:
+    return item.size if isinstance(item, Rows) else 64
+
+
+def _first(item: Rows | Record) -> int:
+    return int(item.steps[0]) if isinstance(item, Rows) else int(item.step or 0)
+
+
+def _last(item: Rows | Record) -> int:
+    return int(item.steps[-1]) if isinstance(item, Rows) else int(item.step or 0)
+
+
+def _split(
+    items: Sequence[Rows | Record], step: int
+) -> tuple[list[Rows | Record], list[Rows | Record]]:
+    """Items up to and including ``step``, and the items after it."""
+    for i, item in enumerate(items):
+        if _last(item) <= step:
+            continue
+        head, tail = list(items[:i]), list(items[i:])
+        if isinstance(item, Rows) and _first(item) <= step:
+            cut = int(np.searchsorted(item.steps, step, side="right"))
+            head.append(item.upto(cut))
+            tail[0] = item.after(cut)
+        return head, tail
+    return list(items), []
+
+
+def _segments(
+    items: Sequence[Rows | Record], window: int
+) -> Iterable[list[Rows | Record]]:
+    """``items`` cut into segments: by window, and where one grows too large."""
+    rest = list(items)
+    while rest:
+        first = _first(rest[0])
+        end = first - first % window + window - 1
+        part, rest = _split(rest, end)
+        yield from _limited(part)
+
+
+def _limited(items: list[Rows | Record]) -> Iterable[list[Rows | Record]]:
+    """One window's items, cut between steps where they hold too much."""
+    size = sum(_size(i) for i in items)
+    width = len({k for i in items for k in _keys(i)})
+    if size <= SEGMENT_BYTES and width < SEGMENT_METRICS:
+        yield items
+        return
+    # Rare (very wide or very large windows): cut at the first step where
+    # the bytes or the metrics of the segment so far reach the bound.
+    steps = _step_sizes(items)
+    total = 0
+    keys: set[str] = set()
+    for step, nbytes, names in steps:
+        total += nbytes
+        keys |= names
+        if (total >= SEGMENT_BYTES or len(keys) >= SEGMENT_METRICS) and step < _last(
+            items[-1]
+        ):
+            head, tail = _split(items, step)
+            yield head
+            yield from _limited(tail)
+            return
+    yield items
+
+
+def _keys(item: Rows | Record) -> Iterable[str]:
+    return item.schema.keys if isinstance(item, Rows) else item.data.keys()
+
+
+def _step_sizes(items: list[Rows | Record]) -> list[tuple[int, int, set[str]]]:
+    """(step, bytes, keys) of every step of ``items``, in order."""
+    out: list[tuple[int, int, set[str]]] = []
+    for item in items:
+        if isinstance(item, Rows):
+            per_row = item.size // max(1, len(item))
+            names = set(item.schema.keys)
+            pairs: Iterable[tuple[int, int, set[str]]] = (
+                (s, per_row, names) for s in item.steps.tolist()
+            )
+        else:
+            pairs = [(int(item.step or 0), 64 + 16 * len(item.data), set(item.data))]
+        for step, nbytes, names in pairs:
+            if out and out[-1][0] == step:
+                out[-1] = (step, out[-1][1] + nbytes, out[-1][2] | names)
+            else:
+                out.append((step, nbytes, names))
+    return out
+
+
+def _columns(
+    items: Sequence[Rows | Record],
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], dict[str, tuple[Any, Any]]]:
+    """The steps, times and metric columns of one segment's items.
+
+    Returns:
+        The distinct steps, the time of each (its first record's), and
+        metric -> (row indices into the steps, values), as build_chunk takes
+        them. A key logged twice at one step keeps the later value.
+    """
+    step_parts: list[np.ndarray[Any, Any]] = []
+    time_parts: list[np.ndarray[Any, Any]] = []
+    pieces: dict[str, list[tuple[np.ndarray[Any, Any], Any]]] = {}
+    for group in _groups(items):
+        if isinstance(group, Rows):
+            step_parts.append(group.steps)
+            time_parts.append(group.times)
+            for key, values in zip(group.schema.keys, group.columns, strict=True):
+                pieces.setdefault(key, []).append((group.steps, values))
+            continue
+        steps = np.array([r.step for r in group], dtype=np.int64)
+        step_parts.append(steps)
+        time_parts.append(np.array([r.when for r in group], dtype=np.float64))
+        for key, (at, values) in _transposed(group).items():
+            pieces.setdefault(key, []).append((steps[at], values))
+
+    all_steps = np.concatenate(step_parts) if len(step_parts) > 1 else step_parts[0]
+    all_times = np.concatenate(time_parts) if len(time_parts) > 1 else time_parts[0]
+    first = np.ones(len(all_steps), dtype=bool)
+    np.not_equal(all_steps[1:], all_steps[:-1], out=first[1:])
+    steps = all_steps[first]
+    times = all_times[first]
+
+    metrics: dict[str, tuple[Any, Any]] = {}
+    for key, parts in pieces.items():
+        at = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+        column: Any = _joined([p[1] for p in parts])
+        last = np.ones(len(at), dtype=bool)
+        np.not_equal(at[1:], at[:-1], out=last[:-1])
+        if not last.all():
+            at = at[last]
+            if isinstance(column, np.ndarray):
+                column = column[last]
+            else:
+                column = list(itertools.compress(column, last.tolist()))
+        rows = np.searchsorted(steps, at) if len(at) != len(steps) else None
+        metrics[key] = (np.arange(len(steps)) if rows is None else rows, column)
+    return steps, times, metrics
+
+
+def _groups(items: Sequence[Rows | Record]) -> Iterable[Rows | list[Record]]:
+    """Items with consecutive records gathered into lists."""
+    for is_rows, run in itertools.groupby(items, key=lambda i: isinstance(i, Rows)):
+        if is_rows:
+            yield from run  # type: ignore[misc]
+        else:
+            yield list(run)  # type: ignore[arg-type]
+
+
+def _transposed(records: list[Record]) -> dict[str, tuple[np.ndarray[Any, Any], Any]]:
+    """metric -> (indices of the records holding it, their values), in order.
+
+    Consecutive records with the same keys are transposed in one go.
+    """
+    parts: dict[str, list[tuple[range, Sequence[Value]]]] = {}
+    first = 0
+    for keys, block in itertools.groupby(tuple(r.data) for r in records):
+        stop = first + len(list(block))
+        if keys:
+            rows = records[first:stop]
+            columns = zip(*(r.data.values() for r in rows), strict=True)
+            for key, values in zip(keys, columns, strict=True):
+                parts.setdefault(key, []).append((range(first, stop), values))
+        first = stop
+    out: dict[str, tuple[np.ndarray[Any, Any], Any]] = {}
+    for key, pieces in parts.items():
+        at = np.concatenate([np.arange(r.start, r.stop) for r, _ in pieces])
+        out[key] = (at, [v for _, values in pieces for v in values])
+    return out
+
+
+def _joined(parts: list[Any]) -> Any:
+    """Value pieces as one array when they share a dtype, else as one list."""
+    if all(isinstance(p, np.ndarray) for p in parts):
+        if len(parts) == 1:
+            return parts[0]
+        if len({p.dtype for p in parts}) == 1:
+            return np.concatenate(parts)
+    values: list[Value] = []
+    for part in parts:
+        values.extend(part.tolist() if isinstance(part, np.ndarray) else part)
+    return values
+
+
+def clear_stale_ref_lock(store: RunStore, run: RunRef, holder_died: bool) -> None:
+    """Remove the lock file of the run's ref if a dead writer left it behind.
+
+    A writer killed while moving the branch leaves ``<ref>.lock``, and no
+    later update of the branch can succeed while it is there. The caller
+    holds the run's lock, so only a dead writer (or a stuck foreign tool,
+    after a minute) can own it.
+    """
+    path = store.git_dir / (run.ref.decode() + ".lock")
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if holder_died or age > STALE_REF_LOCK_SECONDS:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        logger.warning(
+            "run %s: removed %s, left %.0f s ago by a writer that is gone",
+            run.path,
+            path,
+            age,
+        )

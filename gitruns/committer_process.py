@@ -1,0 +1,600 @@
+"""A run's committer process: commits the run's journal beside the training loop.
+
+A writer with ``background`` starts the process when the run starts, as a
+bootstrap that imports nothing of gitruns (a Python interpreter waiting on a
+pipe, a few milliseconds of CPU), and sends it one word: ``boot`` once the
+run has a complete window (or its flush interval has passed), ``stop`` at
+finish() if it never did. Booted, the process loads gitruns, opens the
+repository, says it is ready, and waits to be told the commit to start from.
+From then on it reads the journal as the writer appends to it and commits
+each window once a later one has begun (and what is logged, every flush
+interval), while the writer only journals. The two share the run's lock (the
+process inherits its descriptor): if the writer dies, the process commits what
+the journal holds, marks the run ``crashed``, and only then lets the lock go.
+
+After the bootstrap's word, the two exchange msgpack maps on the process's
+standard input and output:
+
+====================================  ========================================
+writer -> committer                   committer -> writer
+====================================  ========================================
+                                      ``{"ready": pid}``
+``{"go": tip}``                       ``{"error": message}`` (a commit failed;
+                                      it is tried again, the journal keeps it)
+``{"flush": step, "id": n}``          ``{"flushed": n}`` or ``{"failed": msg}``
+``{"totals": n}``                     ``{"totals": n, "digests": bytes}``
+``{"finish": state, "meta": {...}}``  ``{"done": tip}`` or ``{"failed": msg}``
+``{"cancel": true}``                  (the process exits, committing nothing)
+end of input (the writer is gone)     (the process commits, as ``crashed``)
+                                      ``{"log": [level, logger, message]}``
+====================================  ========================================
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from gitruns.chunk import Digest, decode_digests, encode_digests
+from gitruns.committer import CommitOptions, Committer, clear_stale_ref_lock
+from gitruns.errors import GitRunsError, RepositoryError
+from gitruns.journal import release_orphaned_lock
+from gitruns.refs import RunRef, Sha
+from gitruns.store import RunStore
+
+logger = logging.getLogger(__name__)
+
+#: How often the committer process looks at the journal, in seconds.
+POLL_SECONDS = 0.02
+
+#: How long the committer process waits after a failed commit to try again.
+RETRY_SECONDS = 1.0
+
+#: The words the bootstrap reads, all of one length.
+BOOT = b"boot\n"
+STOP = b"stop\n"
+
+#: The bootstrap: a Python process that reads one word and imports nothing of
+#: gitruns unless it is told to boot (or its writer died without a word).
+_BOOTSTRAP = """\
+import os, sys
+word = b""
+while len(word) < 5:
+    more = os.read(0, 5 - len(word))
+    if not more:
+        break
+    word += more
+if word != b"stop\\n":
+    sys.path.insert(0, sys.argv[1])
+    from gitruns.committer_process import serve
+    serve(word, sys.argv[2])
+"""
+
+# Processes told to stop but not waited for; reaped later, so none lingers
+# as a zombie of a long training process.
+_stopped: list[subprocess.Popen[bytes]] = []
+
+
+class CommitterGone(Exception):
+    """The committer process ended before it answered."""
+
+
+class CommitterLink:
+    """The writer's end of a committer process.
+
+    Attributes:
+        pid: the process id.
+        ready: the process has booted and waits for ``go``.
+        active: it commits the run (``go`` was sent).
+        gone: why the process is no longer there ("" while it is).
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        self._process = process
+        # Descriptors of our own: the Popen's file objects close theirs now,
+        # so that nothing closes a descriptor twice later.
+        self._to = os.dup(process.stdin.fileno())
+        self._from = os.dup(process.stdout.fileno())
+        process.stdin.close()
+        process.stdout.close()
+        process.stdin = process.stdout = None
+        os.set_blocking(self._from, False)
+        self._unpacker = msgpack.Unpacker(raw=False)
+        self.pid = process.pid
+        self.booted = False
+        self.ready = False
+        self.active = False
+        self.gone = ""
+        self._replies: list[dict[str, Any]] = []
+        self._asked = 0
+        self._reported = ""
+
+    @classmethod
+    def spawn(
+        cls,
+        store: RunStore,
+        run: RunRef,
+        options: CommitOptions,
+        flush_interval: float,
+        lock_fd: int,
+    ) -> CommitterLink | None:
+        """Start the bootstrap of a committer process for ``run``.
+
+        Returns:
+            The link, or None where no process can be started (no Python
+            executable, no processes left): the writer then commits itself.
+        """
+        _reap()
+        params = {
+            "repo": str(store.git_dir),
+            "project": run.project,
+            "run": run.run_id,
+            "window": options.window,
+            "float32": options.float32,
+            "fsync": options.fsync,
+            "flush_interval": flush_interval,
+            "parent": os.getpid(),
+            "lock_fd": lock_fd,
+        }
+        # The directory the writer's gitruns was imported from, so that the
+        # process runs the same gitruns.
+        root = str(Path(__file__).resolve().parent.parent)
+        if not sys.executable:
+            logger.debug("no Python executable to start a committer process")
+            return None
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-c", _BOOTSTRAP, root, json.dumps(params)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                pass_fds=(lock_fd,) if lock_fd >= 0 else (),
+                start_new_session=True,
+            )
+        except OSError as exc:
+            logger.warning(
+                "run %s: no committer process (%s); committing in this process",
+                run.path,
+                exc,
+            )
+            return None
+        return cls(process)
+
+    # -- the bootstrap's word ---------------------------------------------------
+
+    def boot(self) -> None:
+        """Tell the bootstrap to load gitruns and get ready."""
+        if not self.booted and not self.gone:
+            self.booted = True
+            self._write(BOOT)
+
+    # -- messages -----------------------------------------------------------------
+
+    def poll(self) -> None:
+        """Take in what the process said, without waiting."""
+        if self.gone or self._from < 0:
+            return
+        try:
+            data = os.read(self._from, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._lost(f"reading from it failed: {exc}")
+            return
+        if not data:
+            self._lost(self._exit_status())
+            return
+        self._unpacker.feed(data)
+        for message in self._unpacker:
+            self._take(message)
+
+    def _take(self, message: Any) -> None:
+        if not isinstance(message, dict):
+            return
+        if "log" in message:
+            level, name, text = message["log"]
+            logging.getLogger(str(name)).log(int(level), "%s", text)
+        elif "ready" in message:
+            self.ready = True
+        elif "error" in message:
+            self._reported = str(message["error"])
+        else:
+            self._replies.append(message)
+
+    def _lost(self, why: str) -> None:
+        self.gone = why or "it ended"
+        self._close_fds()
+
+    def _close_fds(self) -> None:
+        for fd in (self._to, self._from):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._to = self._from = -1
+
+    def _exit_status(self) -> str:
+        try:
+            code = self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return "it closed its output"
+        if code < 0:
+            return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+    def _write(self, data: bytes) -> None:
+        if self._to < 0:
+            return
+        try:
+            os.write(self._to, data)
+        except OSError as exc:
+            self._lost(f"writing to it failed: {exc}")
+
+    def _send(self, message: dict[str, Any]) -> None:
+        self._write(msgpack.packb(message, use_bin_type=True))
+
+    def _wait(self, key: str, ident: Any = None) -> dict[str, Any]:
+        """The reply that holds ``key`` (with ``ident``), or ``failed``."""
+        while True:
+            for i, reply in enumerate(self._replies):
+                if "failed" in reply or (
+                    key in reply and (ident is None or reply[key] == ident)
+                ):
+                    del self._replies[i]
+                    if "failed" in reply:
+                        raise RepositoryError(str(reply["failed"]))
+                    return reply
+            if self.gone:
+                raise CommitterGone(self.gone)
+            select.select([self._from], [], [], 0.5)
+            self.poll()
+
+    # -- what the writer asks -------------------------------------------------------
+
+    def go(self, tip: Sha) -> None:
+        """Start committing from the commit ``tip``."""
+        self._send({"go": tip.decode()})
+        self.active = True
+
+    def flush(self, through: int) -> None:
+        """Commit the rows up to step ``through``; return once committed.
+
+        Raises:
+            RepositoryError: the commit failed (the journal keeps the rows).
+            CommitterGone: the process ended first.
+        """
+        self._asked += 1
+        self._send({"flush": through, "id": self._asked})
+        self._wait("flushed", self._asked)
+
+    def totals(self) -> dict[str, Digest]:
+        """Digests of everything journaled so far, committed or not.
+
+        Raises:
+            CommitterGone: the process ended first.
+        """
+        self._asked += 1
+        self._send({"totals": self._asked})
+        reply = self._wait("totals", self._asked)
+        return decode_digests(reply["digests"], source="the committer's totals")
+
+    def finish(self, state: str, meta: dict[str, Any]) -> Sha:
+        """Commit everything with the final ``state``; wait for the process to end.
+
+        Raises:
+            RepositoryError: the commit failed (the journal keeps the rows).
+            CommitterGone: the process ended first.
+        """
+        self._send({"finish": state, "meta": meta})
+        reply = self._wait("done")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(timeout=60)
+        self._close()
+        return Sha(str(reply["done"]).encode())
+
+    def cancel(self) -> None:
+        """Let the process go without committing anything; do not wait for it."""
+        if not self.gone:
+            self._write(self._send_cancel())
+        self._close()
+        _stopped.append(self._process)
+
+    def _send_cancel(self) -> bytes:
+        if not self.booted:
+            return STOP
+        return bytes(msgpack.packb({"cancel": True}))
+
+    def abandon(self) -> None:
+        """Stop the process without committing more; wait until it has stopped."""
+        if not self.gone:
+            self._write(self._send_cancel())
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(timeout=30)
+        self._close()
+
+    def forget(self) -> None:
+        """In a forked child: let go of the parent's process, saying nothing."""
+        self.gone = "it belongs to the parent process"
+        self._close()
+
+    def _close(self) -> None:
+        self._close_fds()
+        if not self.gone:
+            self.gone = "it was let go"
+
+
+def _reap() -> None:
+    """Collect stopped processes that have ended."""
+    _stopped[:] = [p for p in _stopped if p.poll() is None]
+
+
+atexit.register(_reap)
+
+
+# -- the process itself -------------------------------------------------------------
+
+
+class _Channel:
+    """The committer's end of the pipes: msgpack maps in and out."""
+
+    def __init__(self) -> None:
+        # Standard output is the channel; anything a library prints goes to
+        # standard error instead of into the stream.
+        self._out = os.dup(1)
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+        os.set_blocking(self._out, False)
+        self._unpacker = msgpack.Unpacker(raw=False)
+        self._queue: list[dict[str, Any]] = []
+        self.closed = False
+
+    def send(self, message: dict[str, Any], *, drop: bool = False) -> None:
+        """Send one message; with ``drop``, only if the pipe has room now.
+
+        Log records are dropped rather than wait for a writer that is busy
+        elsewhere; replies wait (the writer is waiting for them).
+        """
+        data = memoryview(msgpack.packb(message, use_bin_type=True))
+        while data:
+            try:
+                data = data[os.write(self._out, data) :]
+            except BlockingIOError:
+                if drop:
+                    return
+                select.select([], [self._out], [], 1.0)
+            except OSError:
+                return
+
+    def receive(self, timeout: float | None) -> list[dict[str, Any]]:
+        """The messages not taken yet, waiting ``timeout`` seconds (None: until one)."""
+        if not self._queue:
+            self._fill(timeout)
+        taken, self._queue = self._queue, []
+        return taken
+
+    def unread(self, messages: list[dict[str, Any]]) -> None:
+        """Put back messages taken but not acted on, for the next receive()."""
+        self._queue[:0] = messages
+
+    def _fill(self, timeout: float | None) -> None:
+        if self.closed:
+            if timeout:
+                time.sleep(timeout)
+            return
+        ready, _, _ = select.select([0], [], [], timeout)
+        if not ready:
+            return
+        data = os.read(0, 1 << 16)
+        if not data:
+            self.closed = True
+            return
+        self._unpacker.feed(data)
+        self._queue += [m for m in self._unpacker if isinstance(m, dict)]
+
+
+class _Forward(logging.Handler):
+    """Sends the process's log records to the writer, which logs them."""
+
+    def __init__(self, channel: _Channel) -> None:
+        super().__init__(logging.INFO)
+        self.channel = channel
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.channel.send(
+                {"log": [record.levelno, record.name, record.getMessage()]},
+                drop=True,
+            )
+
+
+def serve(word: bytes, params_text: str) -> None:
+    """The committer process: commit one run's journal until told to stop.
+
+    Args:
+        word: what the bootstrap read: ``boot``, or nothing when the writer
+            ended without a word (then the journal is committed as crashed).
+        params_text: JSON of the run and how to commit it (see
+            :meth:`CommitterLink.spawn`).
+    """
+    # Ctrl-C reaches the writer, which finishes the run through us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    params = json.loads(params_text)
+    channel = _Channel()
+    root = logging.getLogger("gitruns")
+    root.addHandler(_Forward(channel))
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+    store = RunStore.open(params["repo"], create=False)
+    run = RunRef(params["project"], params["run"])
+    options = CommitOptions(
+        int(params["window"]), bool(params["float32"]), bool(params["fsync"])
+    )
+    session = _Session(store, run, options, params, channel)
+    if word != BOOT:
+        session.crashed()
+        return
+    channel.send({"ready": os.getpid()})
+    while True:
+        messages = channel.receive(None)
+        if channel.closed and not messages:
+            session.crashed()
+            return
+        for i, message in enumerate(messages):
+            if "go" in message:
+                channel.unread(messages[i + 1 :])
+                session.run(Sha(str(message["go"]).encode()))
+                return
+            if "cancel" in message:
+                return
+
+
+class _Session:
+    """What the committer process does for its run."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        run: RunRef,
+        options: CommitOptions,
+        params: dict[str, Any],
+        channel: _Channel,
+    ) -> None:
+        self.store = store
+        self.run_ref = run
+        self.options = options
+        self.channel = channel
+        self.parent = int(params["parent"])
+        self.lock_fd = int(params["lock_fd"])
+        self.interval = float(params["flush_interval"])
+        self.committer: Committer | None = None
+        self._failed = ""
+        self._retry_at = 0.0
+
+    def _committer(self, tip: Sha | None = None) -> Committer:
+        if self.committer is None:
+            if tip is None:
+                tip = self.store.tip(self.run_ref)
+                if tip is None:
+                    raise RepositoryError(f"run {self.run_ref.path} has no branch")
+            snapshot = self.store.read_snapshot(tip, self.run_ref)
+            self.committer = Committer(self.store, self.run_ref, snapshot, self.options)
+        return self.committer
+
+    def run(self, tip: Sha) -> None:
+        """Commit the journal from ``tip`` on, until the writer is done."""
+        committer = self._committer(tip)
+        while True:
+            messages = self.channel.receive(POLL_SECONDS)
+            for i, message in enumerate(messages):
+                if self._answer(message):
+                    self.channel.unread(messages[i + 1 :])
+                    return
+            if self.channel.closed or os.getppid() != self.parent:
+                self.crashed()
+                return
+            committer.read()
+            self._commit_ready(committer)
+
+    def _commit_ready(self, committer: Committer) -> None:
+        """Commit complete windows, and everything closed once an interval passed."""
+        if time.monotonic() < self._retry_at:
+            return
+        through = committer.complete_windows()
+        waiting = committer.pending_meta or committer.pending_steps
+        if through is None and waiting and committer.since_commit() >= self.interval:
+            through = committer.last_read - 1
+        if through is None:
+            return
+        self._try(lambda: committer.commit(through))
+
+    def _try(self, action: Any) -> bool:
+        try:
+            action()
+        except Exception as exc:  # noqa: BLE001 - reported, and tried again
+            message = f"{exc}"
+            if message != self._failed:
+                logger.error(
+                    "run %s: commit failed, the journal keeps the rows: %s",
+                    self.run_ref.path,
+                    exc,
+                )
+                self.channel.send({"error": message})
+            self._failed = message
+            self._retry_at = time.monotonic() + RETRY_SECONDS
+            return False
+        if self._failed:
+            logger.warning(
+                "run %s: committing works again after: %s",
+                self.run_ref.path,
+                self._failed,
+            )
+            self._failed = ""
+        return True
+
+    def _answer(self, message: dict[str, Any]) -> bool:
+        """Act on one message; True when the process is done."""
+        committer = self._committer()
+        if "flush" in message:
+            committer.read()
+            done = self._try(lambda: committer.commit(int(message["flush"])))
+            reply = {"flushed": message["id"]} if done else {"failed": self._failed}
+            self.channel.send(reply)
+        elif "totals" in message:
+            committer.read()
+            digests = encode_digests(committer.pending_totals())
+            self.channel.send({"totals": message["totals"], "digests": digests})
+        elif "finish" in message:
+            self._finish(str(message["finish"]), dict(message.get("meta") or {}))
+            return True
+        elif "cancel" in message:
+            return True
+        return False
+
+    def _finish(self, state: str, meta: dict[str, Any]) -> None:
+        committer = self._committer()
+        committer.read(final=True)
+        if not self._try(lambda: committer.commit(state=state, meta=meta)):
+            self.channel.send({"failed": self._failed})
+            return
+        self._tidy()
+        self.channel.send({"done": committer.tip.decode()})
+
+    def crashed(self) -> None:
+        """The writer is gone: commit what its journal holds, as crashed."""
+        clear_stale_ref_lock(self.store, self.run_ref, holder_died=True)
+        with contextlib.suppress(GitRunsError):
+            # The writer may have committed the journal's rows since our
+            # last read; start again from the branch's tip.
+            self.committer = None
+            committer = self._committer()
+            committer.read(final=True)
+            state = committer.snapshot.info.get("state")
+            if state == "running" or committer.pending_steps:
+                committer.commit(state="crashed")
+                logger.warning(
+                    "run %s: its writer is gone; committed what it journaled "
+                    "and marked it crashed",
+                    self.run_ref.path,
+                )
+            self._tidy()
+        release_orphaned_lock(self.lock_fd)
+
+    def _tidy(self) -> None:
+        try:
+            self.store.tidy()
+        except GitRunsError as exc:
+            logger.warning(
+                "run %s: loose objects not packed: %s", self.run_ref.path, exc
+            )
