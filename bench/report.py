@@ -117,28 +117,41 @@ def goals(results: Result) -> list[Result]:
             note,
         )
     )
+    # The goal is about window boundaries, where a writer that commits per
+    # window pauses; the slowest call anywhere is shown beside it, with the
+    # plain-list floor's, which measures the machine's own noise (scheduling,
+    # other tenants, the allocator) that no writer controls.
+    edges = [
+        (label, r["latency"]["boundary_max_us"] / r["latency"]["median_us"])
+        for label, r in ours.items()
+        if r.get("latency")
+        and r["latency"].get("boundary_max_us")
+        and r["latency"].get("median_us")
+    ]
+    value, note = worst(edges)
     pauses = [
         (label, r["latency"]["max_over_median"])
         for label, r in ours.items()
         if r.get("latency") and r["latency"].get("max_over_median")
     ]
-    value, note = worst(pauses)
-    # The same figure for the plain-list floor shows the machine's own noise
-    # (scheduling, other tenants), which no writer controls.
+    anywhere, where = worst(pauses)
     floor_pauses = [
         r["latency"]["max_over_median"]
         for (label, tool), r in rows.items()
         if tool == "floor-msgpack"
-        and label == note.removeprefix("worst case: ")
+        and label == where.removeprefix("worst case: ")
         and _ok(r)
         and r.get("latency")
         and r["latency"].get("max_over_median")
     ]
-    if floor_pauses:
-        note += f"; floor-msgpack there: {floor_pauses[0]:.3g}x"
+    if anywhere is not None:
+        note += f"; slowest call anywhere {anywhere:.3g}x ({where.split(': ')[-1]}"
+        if floor_pauses:
+            note += f", floor-msgpack there {floor_pauses[0]:.3g}x"
+        note += ")"
     out.append(
         _goal(
-            "longest log() pause vs median call",
+            "longest pause at a window boundary vs median call",
             value,
             "<= 10x",
             value is not None and value <= 10,

@@ -146,7 +146,7 @@ class Committer:
         self.options = options
         self.window = options.window
         self.max_step = last_step_for(options.window)
-        self.reader = JournalReader(folder or journal_dir(store, run))
+        self.reader = JournalReader((folder or journal_dir(store, run)).resolve())
         self.snapshot = snapshot
         self.tip: Sha = snapshot.commit
         self.totals = tip_totals(store, run, snapshot)

@@ -139,7 +139,7 @@ class CommitterLink:
         """
         _reap()
         params = {
-            "repo": str(store.git_dir),
+            "repo": str(store.git_dir.resolve()),
             "project": run.project,
             "run": run.run_id,
             "window": options.window,
@@ -152,12 +152,15 @@ class CommitterLink:
         # The directory the writer's gitruns was imported from, so that the
         # process runs the same gitruns.
         root = str(Path(__file__).resolve().parent.parent)
-        if not sys.executable:
-            logger.debug("no Python executable to start a committer process")
+        executable = sys.executable
+        if not Path(executable or "/").name.startswith(("python", "pypy")):
+            # Embedded interpreters (uWSGI, an application's own Python)
+            # name their host program here, which would not run our code.
+            logger.debug("no Python executable (%r) to start a committer", executable)
             return None
         try:
             process = subprocess.Popen(
-                [sys.executable, "-c", _BOOTSTRAP, root, json.dumps(params)],
+                [executable, "-c", _BOOTSTRAP, root, json.dumps(params)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 pass_fds=(lock_fd,) if lock_fd >= 0 else (),
@@ -427,8 +430,11 @@ def serve(word: bytes, params_text: str) -> None:
         params_text: JSON of the run and how to commit it (see
             :meth:`CommitterLink.spawn`).
     """
-    # Ctrl-C reaches the writer, which finishes the run through us.
+    # Ctrl-C and a scheduler's SIGTERM reach the writer too, which finishes
+    # the run through this process: it must outlive them. It ends on its own
+    # once the writer is done or gone.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     params = json.loads(params_text)
     channel = _Channel()
     root = logging.getLogger("gitruns")

@@ -74,6 +74,9 @@ OLD_MAGIC = b"gitrunsJ"
 
 #: A frame header: the payload's length and its CRC-32.
 _FRAME = struct.Struct("<II")
+# Bound once for the hot path.
+_pack_frame = _FRAME.pack_into
+_crc32 = zlib.crc32
 
 #: The first byte of the payloads that are not msgpack records; msgpack
 #: never uses it, so a reader tells the two apart by one byte.
@@ -274,6 +277,7 @@ class Journal:
         self._map: mmap.mmap | None = None
         self._room = 0
         self._fallocate = True
+        self._last: _RowPacker | None = None
         # (keys, value types) -> how to pack the rows of this file with them.
         self._schemas: dict[tuple[tuple[str, ...], tuple[type, ...]], _RowPacker] = {}
         self._packer = msgpack.Packer(use_bin_type=True, autoreset=True)
@@ -312,21 +316,37 @@ class Journal:
         Raises:
             RepositoryError: as :meth:`write`.
         """
-        key = (tuple(row), tuple(map(type, row.values())))
-        found = self._schemas.get(key)
-        if found is None:
-            return 0
-        if self.size + found.frame_size + _END_ROOM > self._room:
+        values = row.values()
+        keys = tuple(row)
+        kinds = tuple(map(type, values))
+        found = self._last
+        # Most rows are like the row before: two tuple comparisons, no hash.
+        if found is None or keys != found.keys or kinds != found.kinds:
+            found = self._schemas.get((keys, kinds))
+            if found is None:
+                return 0
+            self._last = found
+        start = self.size
+        end = start + found.frame_size
+        if end + _END_ROOM > self._room:
             self._make_room(found.frame_size)
-            found = self._schemas.get(key)
+            found = self._schemas.get((keys, kinds))
             if found is None:
                 return 0  # a new file, which declares its own schemas
+            start = self.size
+            end = start + found.frame_size
         try:
-            payload = found.pack(TAG, ROW, found.schema_id, step, when, *row.values())
+            payload = found.pack(TAG, ROW, found.schema_id, step, when, *values)
         except struct.error:
             return 0  # an int beyond int64: the caller's checks say so
-        self._append(payload)
-        return found.frame_size
+        # As in _append: the payload first, its header last.
+        mapping = self._map
+        mapping[start + 8 : end] = payload  # type: ignore[index]
+        _pack_frame(mapping, start, found.payload_size, _crc32(payload))  # type: ignore[arg-type]
+        self.size = end
+        if self.fsync:
+            self._sync(start, end)
+        return end - start
 
     def declare(self, row: dict[str, Any]) -> bool:
         """Declare the schema of a validated row, so that rows like it are fast.
@@ -347,7 +367,7 @@ class Journal:
         schema = Schema(len(self._schemas), keys, "".join(codes))
         body = self._packer.pack([schema.id, list(keys), schema.codes])
         self._append(bytes([TAG, SCHEMA]) + body)
-        self._schemas[(keys, kinds)] = _RowPacker(schema)
+        self._schemas[(keys, kinds)] = _RowPacker(schema, kinds)
         return True
 
     def encode(self, step: int, when: float, row: dict[str, Any]) -> bytes:
@@ -465,6 +485,7 @@ class Journal:
         self._file, self._map = opened, opened.map
         self._room, self.size = room, len(MAGIC)
         self._schemas = {}
+        self._last = None
 
     def _create(self, seq: int, room: int) -> JournalFile:
         path = self.folder / f"{seq:08d}{SUFFIX}"
@@ -529,16 +550,22 @@ class Journal:
 class _RowPacker:
     """Packs the rows of one schema (the hot path's only object)."""
 
-    __slots__ = ("pack", "schema_id", "frame_size")
+    __slots__ = ("pack", "schema_id", "payload_size", "frame_size", "keys", "kinds")
 
     pack: Any
     schema_id: int
+    payload_size: int
     frame_size: int
+    keys: tuple[str, ...]
+    kinds: tuple[type, ...]
 
-    def __init__(self, schema: Schema) -> None:
+    def __init__(self, schema: Schema, kinds: tuple[type, ...]) -> None:
         self.pack = schema.packer().pack
         self.schema_id = schema.id
+        self.payload_size = schema.size
         self.frame_size = _FRAME.size + schema.size
+        self.keys = schema.keys
+        self.kinds = kinds
 
 
 def journal_files(folder: Path) -> list[Path]:

@@ -86,6 +86,9 @@ DEFER_SECONDS = 10.0
 #: Journal bytes past which the writer commits waiting windows itself.
 DEFER_BYTES = 256 << 20
 
+_time = time.time
+_monotonic = time.monotonic
+
 # Writers of this process; a forked child must not write into their journals.
 _live_writers: weakref.WeakSet[RunWriter] = weakref.WeakSet()
 
@@ -181,9 +184,11 @@ class RunWriter:
         #: The last step whose window still fits in int64, as chunks need.
         self.max_step = last_step_for(snapshot.window)
         self._lock = lock
+        # An absolute folder: the script may change its directory later.
         self._journal = Journal(
-            journal_dir(store, run), fsync=options.fsync == "always"
+            journal_dir(store, run).resolve(), fsync=options.fsync == "always"
         )
+        self._write_row = self._journal.write_row
         #: Steps that a previous writer journaled and open() committed.
         self.recovered = 0
         self.float32 = (
@@ -369,14 +374,16 @@ class RunWriter:
                 f"{self.max_step} (steps are int64); start a new run",
             )
         if when is None:
-            when = time.time()
+            when = _time()
         elif type(when) is not float:
             when = _as_time(when)
-        if not (type(data) is dict and self._journal.write_row(step, when, data)):
+        if type(data) is not dict or not self._write_row(step, when, data):
             self._write_new(step, when, data, clean)
 
         # Nothing above changed any state: a refused call leaves no trace.
-        if step != current or not self._open:
+        if (step != current or not self._open) and (
+            step >= self._window_end or _monotonic() >= self._next_check
+        ):
             self._opened(step)
         if ends_step:
             self._open = False
@@ -419,7 +426,7 @@ class RunWriter:
         journal.write(record)
 
     def _opened(self, step: int) -> None:
-        """A new row is open at ``step``: windows before its window are complete."""
+        """A new row is open at ``step`` in a new window, or a check is due."""
         if step >= self._window_end:
             if self._window_end:
                 self._window_done(step - step % self.window - 1)
@@ -526,6 +533,8 @@ class RunWriter:
             self.run.path,
             link.gone,
         )
+        # It may have died moving the branch: its ref lock is ours to clear.
+        clear_stale_ref_lock(self.store, self.run, holder_died=True)
         tip = self.store.tip(self.run)
         if tip is None:
             raise RunNotFoundError(self.run.path, str(self.store.git_dir))
