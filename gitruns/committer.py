@@ -129,6 +129,8 @@ class Committer:
         snapshot: the run at its branch's tip, as read by the caller.
         options: how to write.
         folder: the run's journal folder (default: :func:`journal_dir`).
+        trusted_from: the first journal file this process writes itself,
+            whose checksums need no computing (see :class:`JournalReader`).
     """
 
     def __init__(
@@ -138,6 +140,7 @@ class Committer:
         snapshot: Snapshot,
         options: CommitOptions,
         folder: Path | None = None,
+        trusted_from: int | None = None,
     ) -> None:
         if snapshot.commit is None:
             raise ValueError("a Committer starts from a commit")
@@ -146,7 +149,9 @@ class Committer:
         self.options = options
         self.window = options.window
         self.max_step = last_step_for(options.window)
-        self.reader = JournalReader((folder or journal_dir(store, run)).resolve())
+        self.reader = JournalReader(
+            (folder or journal_dir(store, run)).resolve(), trusted_from
+        )
         self.snapshot = snapshot
         self.tip: Sha = snapshot.commit
         self.totals = tip_totals(store, run, snapshot)
@@ -470,8 +475,8 @@ class Committer:
         sha = commit_run(self.store, self.run, new, [self.tip], what, conflict=MOVED)
         new.commit = sha
         self.snapshot, self.tip, self.totals = new, sha, totals
-        for first, blob in segments:
-            self.store.record_segment(self.run, first, blob, sha)
+        if segments:
+            self.store.record_segments(self.run, segments, sha)
         logger.info(
             "run %s: committed %s as %s", self.run.path, what, sha[:10].decode()
         )

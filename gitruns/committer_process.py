@@ -19,14 +19,15 @@ standard input and output:
 writer -> committer                   committer -> writer
 ====================================  ========================================
                                       ``{"ready": pid}``
-``{"go": tip}``                       ``{"error": message}`` (a commit failed;
-                                      it is tried again, the journal keeps it)
+``{"go": tip}``
 ``{"flush": step, "id": n}``          ``{"flushed": n}`` or ``{"failed": msg}``
 ``{"totals": n}``                     ``{"totals": n, "digests": bytes}``
 ``{"finish": state, "meta": {...}}``  ``{"done": tip}`` or ``{"failed": msg}``
 ``{"cancel": true}``                  (the process exits, committing nothing)
 end of input (the writer is gone)     (the process commits, as ``crashed``)
                                       ``{"log": [level, logger, message]}``
+                                      (a failed commit is logged, and tried
+                                      again; the journal keeps its rows)
 ====================================  ========================================
 """
 
@@ -120,7 +121,6 @@ class CommitterLink:
         self.gone = ""
         self._replies: list[dict[str, Any]] = []
         self._asked = 0
-        self._reported = ""
 
     @classmethod
     def spawn(
@@ -211,8 +211,6 @@ class CommitterLink:
             logging.getLogger(str(name)).log(int(level), "%s", text)
         elif "ready" in message:
             self.ready = True
-        elif "error" in message:
-            self._reported = str(message["error"])
         else:
             self._replies.append(message)
 
@@ -442,7 +440,13 @@ def serve(word: bytes, params_text: str) -> None:
     root.setLevel(logging.INFO)
     root.propagate = False
 
-    store = RunStore.open(params["repo"], create=False)
+    try:
+        store = RunStore.open(params["repo"], create=False)
+    except GitRunsError as exc:
+        # The repository went away (a test's scratch folder, say): there is
+        # nothing to commit into.
+        logger.warning("committer of %s: %s", params["run"], exc)
+        return
     run = RunRef(params["project"], params["run"])
     options = CommitOptions(
         int(params["window"]), bool(params["float32"]), bool(params["fsync"])
@@ -536,7 +540,6 @@ class _Session:
                     self.run_ref.path,
                     exc,
                 )
-                self.channel.send({"error": message})
             self._failed = message
             self._retry_at = time.monotonic() + RETRY_SECONDS
             return False

@@ -1060,11 +1060,20 @@ class RunStore:
         A cache, so that finding the commit that holds a step (for a fork)
         costs the same for a run of any length; losing it only costs a walk.
         """
+        self.record_segments(run, [(first_step, blob)], commit)
+
+    def record_segments(
+        self, run: RunRef, segments: Iterable[tuple[int, Sha]], commit: Sha
+    ) -> None:
+        """Note that ``commit`` added each ``(first step, blob)`` of ``segments``."""
         path = self._index_path(run)
+        lines = b"".join(
+            b"%d %s %s\n" % (first, blob, commit) for first, blob in segments
+        )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "ab") as f:
-                f.write(b"%d %s %s\n" % (first_step, blob, commit))
+                f.write(lines)
         except OSError as exc:
             logger.debug("segment index not written: %s", exc)
 

@@ -201,9 +201,7 @@ class RunWriter:
         )
         #: Commits in this process: always, until a committer process takes
         #: over (and again if it dies).
-        self._local: Committer | None = Committer(
-            store, run, snapshot, self._commit_options
-        )
+        self._local: Committer | None = self._committer(snapshot)
         self._link: CommitterLink | None = None
         self._error: BaseException | None = None
 
@@ -287,7 +285,7 @@ class RunWriter:
         snapshot = self.store.read_snapshot(tip, self.run)
         if self._local is not None:
             self._local.close()
-        self._local = Committer(self.store, self.run, snapshot, self._commit_options)
+        self._local = self._committer(snapshot)
         self._step = _next_step(snapshot)
         self._open = False
 
@@ -539,8 +537,18 @@ class RunWriter:
         if tip is None:
             raise RunNotFoundError(self.run.path, str(self.store.git_dir))
         snapshot = self.store.read_snapshot(tip, self.run)
-        self._local = Committer(self.store, self.run, snapshot, self._commit_options)
+        self._local = self._committer(snapshot)
         self._commit_locally(self._done_through)
+
+    def _committer(self, snapshot: Snapshot) -> Committer:
+        """A committer in this process, from ``snapshot`` on."""
+        return Committer(
+            self.store,
+            self.run,
+            snapshot,
+            self._commit_options,
+            trusted_from=self._journal.first_seq,
+        )
 
     def _closed_error(self) -> GitRunsError:
         if os.getpid() != self._pid:
