@@ -112,13 +112,14 @@ def test_fork_of_20000_steps_adds_one_chunk_and_few_objects(repo: Path) -> None:
     after = set(git("rev-list", "--objects", "--all", cwd=repo).split())
     new = after - before
     store = RunStore.open(repo)
-    sizes = {
-        sha: len(store.repo.object_store[sha.encode()].as_raw_string())
+    raw = {
+        sha: store.repo.object_store[sha.encode()].as_raw_string()
         for sha in new
         if len(sha) == 40
     }
-    chunk_like = [s for s in sizes.values() if s > 4000]
-    assert len(chunk_like) == 1, sizes  # one cut window
+    sizes = {sha: len(data) for sha, data in raw.items()}
+    chunks = [sha for sha, data in raw.items() if b"gitruns.chunk" in data[:16]]
+    assert len(chunks) == 1, sizes  # one cut window
     assert len(new) <= 14  # blobs of run.json & co, a few trees, two commits
     assert sum(sizes.values()) < 40_000
 
