@@ -41,6 +41,7 @@ __all__ = [
     "ValuesLike",
     "build_chunk",
     "check_metric_name",
+    "compressed_chunk",
     "decode_chunk",
     "decode_digests",
     "encode_chunk",
@@ -1296,6 +1297,20 @@ _CURRENT_HEAD = {
 #: The oldest major version this reader reads. Released gitruns wrote 2.x,
 #: whose numeric arrays are plain bins; 3.x holds them as zstd frames.
 _OLDEST_MAJOR = 2
+
+
+def compressed_chunk(data: bytes) -> bool:
+    """Whether ``data`` looks like a chunk whose numbers are compressed already.
+
+    A storage hint, told from the first bytes without decoding anything: a
+    chunk of this major version keeps its numeric arrays as zstd frames, so
+    zlib (Git's compression) would spend time on it for almost nothing. A
+    wrong answer costs only that time or a little room; it checks nothing.
+    """
+    head = _CURRENT_HEAD[_MAGIC]
+    return (
+        len(data) > len(head) and 0x80 <= data[0] <= 0x8F and data.startswith(head, 1)
+    )
 
 
 def _check_version(data: bytes, magic: str, source: str) -> int:

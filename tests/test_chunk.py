@@ -40,6 +40,7 @@ from gitruns.chunk import (
     Value,
     build_chunk,
     check_metric_name,
+    compressed_chunk,
     decode_chunk,
     decode_digests,
     encode_chunk,
@@ -1161,6 +1162,16 @@ def test_golden_dense_f8_keeps_its_float_bits() -> None:
         bits(math.inf),
         struct.pack("<Q", 0x7FF8000000C0FFEE),
     ]
+
+
+def test_compressed_chunk_tells_3_x_chunks_by_their_first_bytes() -> None:
+    # What RunStore uses to keep chunks out of zlib; a hint, so a cheap one.
+    for name in ("dense_f8", "sparse_kinds", "with_prefix", "float32_delta"):
+        assert compressed_chunk((GOLDEN / f"{name}.msgpack").read_bytes())
+        assert not compressed_chunk((GOLDEN_V2 / f"{name}.msgpack").read_bytes())
+    assert not compressed_chunk((GOLDEN / "digests.msgpack").read_bytes())
+    assert not compressed_chunk(b"")
+    assert not compressed_chunk(b'{"gitruns.chunk": [3, 0]}')
 
 
 # --------------------------------------------------------------------------

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import struct
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import gitruns
+from gitruns.chunk import build_chunk, encode_chunk
 from gitruns.errors import (
     AmbiguousRunError,
     ForkPointError,
@@ -120,6 +123,10 @@ def test_fork_of_20000_steps_adds_one_chunk_and_few_objects(repo: Path) -> None:
     sizes = {sha: len(data) for sha, data in raw.items()}
     chunks = [sha for sha, data in raw.items() if b"gitruns.chunk" in data[:16]]
     assert len(chunks) == 1, sizes  # one cut window
+    # ... stored as chunks are, at zlib level 0 (their numbers are zstd frames).
+    assert _stored_blocks(
+        (repo / "objects" / chunks[0][:2] / chunks[0][2:]).read_bytes()
+    )
     assert len(new) <= 14  # blobs of run.json & co, a few trees, two commits
     assert sum(sizes.values()) < 40_000
 
@@ -392,6 +399,61 @@ def test_finished_run_leaves_few_loose_objects(repo: Path) -> None:
     assert int(counts["count"]) == 0  # past the threshold: all packed
     assert int(counts["in-pack"]) > 500 * 3
     assert len(list(gitruns.Api(repo).run("p/many").scan_history())) == 1000
+
+
+def _stored_blocks(stream: bytes) -> bool:
+    # Whether a zlib stream's first deflate block is stored (BTYPE 00): what
+    # level 0 writes, where level 1 already writes Huffman-coded blocks.
+    return (stream[2] >> 1) & 3 == 0
+
+
+def test_chunk_blobs_are_stored_at_zlib_level_0_loose_and_packed(
+    repo: Path,
+) -> None:
+    # A chunk's numbers are zstd frames already: Git's zlib is kept for the
+    # other objects, loose or packed, and the repository stays valid to git.
+    rng = np.random.default_rng(0)
+    store = RunStore.open(repo)
+    chunks, texts = [], []
+    for k in range(3):
+        n = 1000
+        values = (np.exp(-np.arange(n) / 300) + rng.normal(0, 0.01, n)).tolist()
+        chunk = build_chunk(
+            n, k * n, range(k * n, (k + 1) * n), [1.7e9 + i for i in range(n)],
+            {"loss": (range(n), values)},
+        )  # fmt: skip
+        data = encode_chunk(chunk)
+        chunks.append((store.chunk_blob(data), data))
+        text = b'{"lr": 0.001, "optimizer": "adam"}\n' * 50 + b"%d" % k
+        texts.append((store.blob(text), text))
+
+    loose = repo / "objects"
+    for sha, data in chunks:
+        stream = (loose / sha[:2].decode() / sha[2:].decode()).read_bytes()
+        assert zlib.decompress(stream) == b"blob %d\0" % len(data) + data
+        assert _stored_blocks(stream) and len(stream) > len(data)
+    for sha, text in texts:
+        stream = (loose / sha[:2].decode() / sha[2:].decode()).read_bytes()
+        assert not _stored_blocks(stream) and len(stream) < len(text) / 5
+
+    assert store.pack_loose_objects() == 6
+    assert store.count_loose_objects() == 0
+    sizes = {
+        line.split()[0]: (int(line.split()[2]), int(line.split()[3]))
+        for pack in (loose / "pack").glob("*.idx")
+        for line in git("verify-pack", "-v", str(pack), cwd=repo).splitlines()
+        if line.split()[1:2] == ["blob"]
+    }
+    for sha, data in chunks:
+        size, in_pack = sizes[sha.decode()]
+        assert size == len(data) and in_pack > size  # stored: a little larger
+    for sha, text in texts:
+        size, in_pack = sizes[sha.decode()]
+        assert size == len(text) and in_pack < size / 5  # deflated
+    git("fsck", "--strict", cwd=repo)
+    reader = RunStore.open(repo)
+    for sha, data in chunks + texts:
+        assert reader.read_blob(sha, "a blob", limit=len(data)) == data
 
 
 def test_storage_grows_linearly_with_flushes(repo: Path) -> None:
