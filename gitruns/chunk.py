@@ -56,7 +56,7 @@ FORMAT_MINOR = 0
 #: zstd level of the numeric arrays a writer compresses (docs/FORMAT.md,
 #: section 5). Chosen by measurement on training curves: see ZSTD_LEVEL's note
 #: in docs/FORMAT.md.
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = -1
 
 #: Blobs larger than this are refused before a single byte is unpacked; the
 #: numeric arrays of a chunk hold at most this many bytes decompressed, too.
@@ -116,11 +116,13 @@ _STORED: dict[str, np.dtype[Any]] = {
     "i8": np.dtype("<i8"),
 }
 _BITS: dict[int, np.dtype[Any]] = {8: np.dtype("<u8"), 4: np.dtype("<u4")}
-# The dtype a reader gets the values of each kind as (f4 is widened).
-_VALUES_DTYPE: dict[str, np.dtype[Any]] = {
+# The dtype of the values of each kind that numpy holds (f4 is widened); str
+# and obj values are lists.
+_ARRAY_DTYPE: dict[str, np.dtype[Any]] = {
     "f8": np.dtype(np.float64),
     "f4": np.dtype(np.float64),
     "i8": np.dtype(np.int64),
+    "bool": np.dtype(np.bool_),
 }
 
 
@@ -264,6 +266,25 @@ class Column:
     def count(self) -> int:
         """Number of present values."""
         return self._count
+
+    @property
+    def dtype(self) -> np.dtype[Any] | None:
+        """The dtype of ``values`` as an array; None for str and obj (lists)."""
+        return _ARRAY_DTYPE.get(self.kind)
+
+    def values_into(self, out: np.ndarray[Any, Any], start: int = 0) -> None:
+        """Copy ``values[start:start + len(out)]`` into ``out``, of ``dtype``.
+
+        All the values of a column still packed are unshuffled straight into
+        ``out``, and not kept: a reader joining a metric across segments
+        copies each value once.
+        """
+        values = self._values
+        stored = self._stored if values is None else None
+        if stored is not None and start == 0 and len(out) == self._count:
+            _unshuffle_into(self.kind, stored[0], stored[1], out)
+        else:
+            out[...] = self.values[start : start + len(out)]
 
     def present_steps(
         self, steps: np.ndarray[Any, np.dtype[np.int64]]
@@ -714,7 +735,7 @@ def _unpack_numbers(
     kind: str, planes: bytes, count: int, delta: bool
 ) -> np.ndarray[Any, Any]:
     # The length was checked when the chunk was decoded.
-    out = np.empty(count, dtype=_VALUES_DTYPE[kind])
+    out = np.empty(count, dtype=_ARRAY_DTYPE[kind])
     _unshuffle_into(kind, planes, delta, out)
     return _frozen(out)
 
@@ -724,7 +745,7 @@ def _unshuffle_into(
 ) -> None:
     """Write the values that a column's shuffled bytes hold into ``out``.
 
-    ``out`` has the dtype of the kind's values (``_VALUES_DTYPE``) and one
+    ``out`` has the dtype of the kind's values (``_ARRAY_DTYPE``) and one
     item per value; a reader's slice of a whole run's array, say, so the
     bytes are copied once, straight to where they are read.
     """
@@ -826,7 +847,32 @@ def _inflated(frame: bytes, size: int | None, what: str, source: str) -> bytes:
         what: the bin, for messages ("times", "metric 'loss': values").
         source: the chunk, for messages.
     """
-    if frame[:4] != _ZSTD_MAGIC:
+    # The usual frame, in as few steps as its checks take: a read decodes
+    # about ten of them per segment.
+    try:
+        header = zstandard.get_frame_parameters(frame)
+        declared = header.content_size
+        if (
+            frame.startswith(_ZSTD_MAGIC)
+            and 0 < declared <= _MAX_FRAME
+            and declared == (declared if size is None else size)
+            and not header.dict_id
+            and header.window_size <= _MAX_WINDOW
+        ):
+            data: bytes = _zstd.decompressor.decompress(
+                frame, max_output_size=declared, allow_extra_data=False
+            )
+            if len(data) == declared:
+                return data
+    except zstandard.ZstdError:
+        pass
+    return _inflated_slowly(frame, size, what, source)
+
+
+def _inflated_slowly(frame: bytes, size: int | None, what: str, source: str) -> bytes:
+    # What _inflated does, one check at a time, to say what is wrong; and an
+    # empty frame, which zstandard's one-shot call answers without reading.
+    if not frame.startswith(_ZSTD_MAGIC):
         if frame[1:4] == _SKIPPABLE_MAGIC and frame[0] & 0xF0 == 0x50:
             reason = "is a skippable zstd frame, which holds no data"
         else:

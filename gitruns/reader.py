@@ -9,13 +9,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from gitruns.chunk import Chunk
+from gitruns.chunk import Chunk, Column, Value
 from gitruns.errors import GitRunsError, RepositoryError, RunNotFoundError, require
 from gitruns.refs import RunRef, Sha
 from gitruns.store import (
     CONFIG_JSON,
     RUN_JSON,
     SUMMARY_JSON,
+    History,
     RunStore,
     Snapshot,
 )
@@ -309,32 +310,43 @@ class RunView:
     ) -> dict[str, tuple[np.ndarray, Any]]:
         """Whole metrics as arrays: ``{metric: (steps, values)}``.
 
-        Numeric metrics come back as numpy arrays (one copy per segment);
-        str and mixed metrics as lists. ``_step`` and ``_timestamp`` map to
-        (steps, steps) and (steps, times). ``min_step`` is inclusive and
-        ``max_step`` exclusive, as in :meth:`scan_history`. Metrics logged
-        at the same steps share one steps array: copy it before changing it.
+        Numeric metrics come back as numpy arrays; str and mixed metrics (and
+        a metric whose type changes between segments) as lists. ``_step``
+        and ``_timestamp`` map to (steps, steps) and (steps, times).
+        ``min_step`` is inclusive and ``max_step`` exclusive, as in
+        :meth:`scan_history`. Metrics logged at every step share one steps
+        array: copy it before changing it.
         """
         wanted = None if keys is None else set(keys)
-        parts: dict[str, list[tuple[np.ndarray, Any]]] = {}
-        for chunk in self.chunks(min_step, max_step):
-            inside = (min_step is None or chunk.steps[0] >= min_step) and (
-                max_step is None or chunk.steps[-1] < max_step
-            )
-            for name, piece in _chunk_columns(chunk, wanted).items():
-                if not inside:
-                    piece = _clip(piece, min_step, max_step)
-                if len(piece[0]):
-                    parts.setdefault(name, []).append(piece)
-        # Dense metrics share their segments' step arrays: join those once.
-        joined: dict[tuple[int, ...], np.ndarray] = {}
+        history = self.snapshot.history
+        segments = history.segments(min_step, max_step)
+        room = _rows_room(history, segments, self.last_step)
+
+        # Segment by segment, each value is copied once, straight to where it
+        # is returned; the segment's bytes are let go before the next is read.
+        steps = _Steps(room)
+        joins: dict[str, _Join] = {}
+        for start, _ in segments:
+            chunk = self.store.read_segment(self.path, history, start)
+            lo, hi = 0, len(chunk.steps)
+            if (min_step is not None and chunk.steps[0] < min_step) or (
+                max_step is not None and chunk.steps[-1] >= max_step
+            ):
+                lo, hi = _row_range(chunk.steps, min_step, max_step)
+            at = steps.extend(chunk.steps[lo:hi])
+            for name, col in _chunk_columns(chunk, wanted):
+                join = joins.get(name)
+                if join is None:
+                    join = joins[name] = _Join(steps, room)
+                join.add(chunk, col, lo, hi, at)
+
         out = {}
-        for name, pieces in parts.items():
-            key = tuple(id(p[0]) for p in pieces)
-            steps = joined.get(key)
-            if steps is None:
-                steps = joined[key] = _concat_steps(pieces)
-            out[name] = (steps, _concat_values(pieces))
+        if (wanted is None or "_step" in wanted) and steps.count:
+            read = steps.array[: steps.count]
+            out["_step"] = (read, read)
+        for name, join in joins.items():
+            if join.count:
+                out[name] = join.result()
         return out
 
 
@@ -407,31 +419,153 @@ def _spread(steps: np.ndarray, at: np.ndarray, values: Any) -> Any:
 
 def _chunk_columns(
     chunk: Chunk, wanted: set[str] | None
-) -> dict[str, tuple[np.ndarray, Any]]:
-    found: dict[str, tuple[np.ndarray, Any]] = {}
-    if wanted is None or "_step" in wanted:
-        found["_step"] = (chunk.steps, chunk.steps)
+) -> Iterator[tuple[str, Column]]:
+    # The metrics of a segment that a read wants, and _timestamp.
     if wanted is None or "_timestamp" in wanted:
-        found["_timestamp"] = (chunk.steps, chunk.times)
-    for name in chunk.columns:
+        yield "_timestamp", Column("f8", None, chunk.times)
+    for name, col in chunk.columns.items():
         if wanted is None or name in wanted:
-            found[name] = chunk.column(name)
-    return found
+            yield name, col
 
 
-def _clip(
-    piece: tuple[np.ndarray, Any], min_step: int | None, max_step: int | None
-) -> tuple[np.ndarray, Any]:
-    # One column of a boundary segment, without steps outside the range.
-    steps, values = piece
-    keep = np.ones(len(steps), dtype=bool)
-    if min_step is not None:
-        keep &= steps >= min_step
-    if max_step is not None:
-        keep &= steps < max_step
-    if isinstance(values, np.ndarray):
-        return steps[keep], values[keep]
-    return steps[keep], [v for v, k in zip(values, keep.tolist()) if k]
+def _row_range(
+    steps: np.ndarray, min_step: int | None, max_step: int | None
+) -> tuple[int, int]:
+    # The rows of a segment in [min_step, max_step): steps are increasing.
+    lo = 0 if min_step is None else int(np.searchsorted(steps, min_step))
+    hi = len(steps) if max_step is None else int(np.searchsorted(steps, max_step))
+    return lo, max(lo, hi)
+
+
+#: Rows a columnar read makes room for at first, per metric. Past it the
+#: arrays grow, twice as large each time.
+_FIRST_ROOM = 1 << 22
+
+
+def _rows_room(
+    history: History, segments: list[tuple[int, Sha]], last: int | None
+) -> int:
+    # The most rows these segments can hold: each holds steps from its first
+    # to the next one's first, in its window. Exact for a run logged at every
+    # step; room that is not filled is never touched, so costs no memory.
+    window = history.window
+    room = 0
+    for start, _ in segments:
+        end = history.next_start(start)
+        if end is None:
+            end = (last if last is not None and last >= start else start) + 1
+        room += min(window - start % window, end - start)
+    return max(1, min(room, _FIRST_ROOM))
+
+
+def _grown(buffer: np.ndarray, used: int, more: int) -> np.ndarray:
+    # ``buffer``, or a larger copy of its first ``used`` items, so that
+    # ``more`` items fit after them.
+    if used + more <= len(buffer):
+        return buffer
+    grown = np.empty(max(2 * len(buffer), used + more), dtype=buffer.dtype)
+    grown[:used] = buffer[:used]
+    return grown
+
+
+def _trimmed(buffer: np.ndarray, used: int) -> np.ndarray:
+    # The filled part; a copy when most of the room went unused.
+    return buffer[:used] if 2 * used >= len(buffer) else buffer[:used].copy()
+
+
+class _Steps:
+    """Every step a columnar read has read, in order: what dense metrics share."""
+
+    def __init__(self, room: int) -> None:
+        self.array = np.empty(room, dtype=np.int64)
+        self.count = 0
+
+    def extend(self, steps: np.ndarray) -> int:
+        """Append ``steps``; return where they start."""
+        at = self.count
+        self.array = _grown(self.array, at, len(steps))
+        self.array[at : at + len(steps)] = steps
+        self.count += len(steps)
+        return at
+
+
+class _Join:
+    """One metric of a columnar read, joined segment by segment as they are read.
+
+    Its values go into one array, each segment's unshuffled straight into
+    its place (into a list instead, once a segment's values are not of the
+    array's dtype). While the metric has a value at every step read since its
+    first, its steps are a stretch of the read's own; after a gap it keeps
+    steps of its own.
+    """
+
+    def __init__(self, steps: _Steps, room: int) -> None:
+        self.run = steps
+        self.room = room
+        self.first = 0
+        self.count = 0
+        self.values: np.ndarray | list[Value] | None = None
+        self.steps: np.ndarray | None = None
+
+    def add(self, chunk: Chunk, col: Column, lo: int, hi: int, at: int) -> None:
+        """Add the values of ``col`` at rows ``lo`` to ``hi`` of ``chunk``.
+
+        Row ``lo`` is the read's row ``at``.
+        """
+        if col.rows is None:
+            start, stop, steps = lo, hi, None
+        else:
+            start, stop = np.searchsorted(col.rows, (lo, hi)).tolist()
+            steps = chunk.steps[col.rows[start:stop]]
+        count = stop - start
+        if not count:
+            return
+        if self.count == 0 and steps is None:
+            self.first = at
+        if steps is not None or self.steps is not None or at != self.first + self.count:
+            self._add_steps(at, count, steps)
+        self._add_values(col, start, count)
+        self.count += count
+
+    def _add_steps(self, at: int, count: int, steps: np.ndarray | None) -> None:
+        # A gap, or a sparse segment: from here on the metric keeps its steps.
+        if self.steps is None:
+            self.steps = np.empty(max(self.room, self.count + count), dtype=np.int64)
+            self.steps[: self.count] = self.run.array[
+                self.first : self.first + self.count
+            ]
+        if steps is None:
+            steps = self.run.array[at : at + count]
+        self.steps = _grown(self.steps, self.count, count)
+        self.steps[self.count : self.count + count] = steps
+
+    def _add_values(self, col: Column, start: int, count: int) -> None:
+        values, dtype = self.values, col.dtype
+        if values is None and dtype is not None:
+            values = np.empty(max(self.room, count), dtype=dtype)
+        elif isinstance(values, np.ndarray) and (
+            dtype is None or values.dtype != dtype
+        ):
+            # (numpy takes a dtype of None for float64: it is tested first.)
+            values = values[: self.count].tolist()
+        if isinstance(values, np.ndarray):
+            values = _grown(values, self.count, count)
+            col.values_into(values[self.count : self.count + count], start)
+        else:
+            values = [] if values is None else values
+            values.extend(col.value_list()[start : start + count])
+        self.values = values
+
+    def result(self) -> tuple[np.ndarray, Any]:
+        """(steps, values) of the metric."""
+        if self.steps is None:
+            steps = self.run.array[self.first : self.first + self.count]
+        else:
+            steps = _trimmed(self.steps, self.count)
+        values = self.values
+        if isinstance(values, np.ndarray):
+            values = _trimmed(values, self.count)
+        return steps, values
 
 
 def _rows_with_keys(
@@ -461,20 +595,3 @@ def _rows_with_keys(
         for key in wanted:
             row[key] = columns[key][step]
         yield row
-
-
-def _concat_steps(pieces: list[tuple[np.ndarray, Any]]) -> np.ndarray:
-    if not pieces:
-        return np.empty(0, np.int64)
-    return np.concatenate([p[0] for p in pieces])
-
-
-def _concat_values(pieces: list[tuple[np.ndarray, Any]]) -> Any:
-    if all(isinstance(p[1], np.ndarray) for p in pieces):
-        kinds = {p[1].dtype for p in pieces}
-        if len(kinds) == 1:
-            return np.concatenate([p[1] for p in pieces])
-    values: list[Any] = []
-    for _, part in pieces:
-        values.extend(part.tolist() if isinstance(part, np.ndarray) else part)
-    return values

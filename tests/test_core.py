@@ -241,6 +241,73 @@ def test_sparse_metrics_keep_gaps_and_keys_filter(repo: Path) -> None:
     assert cols["loss"][1].tolist() == [float(i) for i in range(30)]
 
 
+NAN_PAYLOAD = struct.unpack("<d", struct.pack("<Q", 0x7FF8000000C0FFEE))[0]
+
+
+@pytest.fixture(scope="module")
+def mixed_run(tmp_path_factory: pytest.TempPathFactory) -> RunView:
+    """A run of 61 steps in windows of 7, flushed in parts, of every shape."""
+    repo = tmp_path_factory.mktemp("mixed") / "runs.git"
+    specials = [-0.0, math.inf, NAN_PAYLOAD, 5e-324]
+    with gitruns.init(project="p", id="mixed", repo=repo, window=7) as run:
+        for i in range(61):
+            row: dict[str, object] = {"dense": specials[i % 4] if i % 9 == 0 else i / 3}
+            if i % 3 == 0:
+                row["sparse"] = float(i)
+            if i >= 30:
+                row["late"] = i
+            if i <= 10 or 40 <= i <= 50:
+                row["gappy"] = i * 0.5
+            row["kind"] = float(i) if i < 20 else (i if i < 40 else f"s{i}")
+            row["flag"] = i % 2 == 0
+            run.log(row)
+            if i % 5 == 0:
+                run._writer.flush()  # a segment that ends mid-window
+    return gitruns.Api(repo).run("p/mixed")
+
+
+def _same_values(got: object, want: list[object]) -> bool:
+    items = got.tolist() if isinstance(got, np.ndarray) else list(got)  # type: ignore[attr-defined]
+    return len(items) == len(want) and all(
+        type(a) is type(b) and (struct.pack("<d", a) == struct.pack("<d", b))
+        if isinstance(a, float)
+        else type(a) is type(b) and a == b
+        for a, b in zip(items, want)
+    )
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi"),
+    [(None, None), (5, 50), (8, 9), (0, 7), (13, 14), (20, 41), (59, None), (100, 200)],
+)
+@pytest.mark.parametrize("keys", [None, ["dense"], ["gappy", "kind", "_timestamp"]])
+def test_columns_hold_what_scan_history_yields(
+    mixed_run: RunView, lo: int | None, hi: int | None, keys: list[str] | None
+) -> None:
+    # The columnar read joins each metric across segments as it reads them;
+    # it must give the rows' values exactly: bit for bit, of their types,
+    # with their gaps, and a list where a metric changes type.
+    rows = list(mixed_run.scan_history(min_step=lo, max_step=hi))
+    cols = mixed_run.columns(keys, min_step=lo, max_step=hi)
+    names = {k for row in rows for k in row}
+    if keys is not None:
+        names &= {*keys, "_step"} if "_step" in keys else set(keys)
+    assert set(cols) == names
+    for name in names:
+        at = [row["_step"] for row in rows if name in row]
+        want = [row[name] for row in rows if name in row]
+        steps, values = cols[name]
+        assert steps.tolist() == at, name
+        assert _same_values(values, want), name
+    if "dense" in cols and keys is None:
+        assert isinstance(cols["dense"][1], np.ndarray)
+        assert cols["dense"][1].dtype == np.float64
+        assert np.shares_memory(cols["dense"][0], cols["_step"][0])
+        assert isinstance(cols["flag"][1], np.ndarray) and cols["flag"][1].dtype == bool
+    if "kind" in cols and lo is None:
+        assert isinstance(cols["kind"][1], list)  # float, then int, then str
+
+
 def test_bad_input_errors(repo: Path) -> None:
     run = gitruns.init(project="p", id="bad", repo=repo)
     with pytest.raises(InvalidNameError, match="metric key ''.*must not be empty"):
