@@ -7,11 +7,13 @@ import math
 import re
 import struct
 import threading
-from collections.abc import Container, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
-from itertools import islice
+from itertools import islice, repeat
+from operator import setitem
 from typing import Any, TypeAlias, Union
 
 import msgpack
@@ -46,6 +48,7 @@ __all__ = [
     "decode_digests",
     "encode_chunk",
     "encode_digests",
+    "fill_rows",
 ]
 
 logger = logging.getLogger(__name__)
@@ -379,19 +382,19 @@ class Chunk:
 
     def rows(self) -> Iterator[dict[str, Value]]:
         """Yield one dict per step: ``_step``, ``_timestamp``, the metrics present."""
-        out: list[dict[str, Value]] = [
-            {"_step": step, "_timestamp": time}
-            for step, time in zip(self.steps.tolist(), self.times.tolist(), strict=True)
-        ]
-        # Column by column, so each column is converted to Python objects once.
+        # Each row starts as a copy of one dict of the keys all rows have (all
+        # of them, in order, when every metric is dense), and is filled a
+        # column at a time: the values of each are converted to Python once.
+        keys = ["_step", "_timestamp"]
+        if all(col.rows is None for col in self.columns.values()):
+            keys += self.columns
+        template = dict.fromkeys(keys)
+        out: list[dict[str, Value]] = [template.copy() for _ in range(len(self.steps))]
+        fill_rows(out, "_step", self.steps.tolist())
+        fill_rows(out, "_timestamp", self.times.tolist())
         for name, col in self.columns.items():
-            values = col.value_list()
-            if col.rows is None:
-                for row, value in zip(out, values, strict=True):
-                    row[name] = value
-            else:
-                for index, value in zip(col.rows.tolist(), values, strict=True):
-                    out[index][name] = value
+            rows = out if col.rows is None else [out[i] for i in col.rows.tolist()]
+            fill_rows(rows, name, col.value_list())
         yield from out
 
     def column(
@@ -404,6 +407,15 @@ class Chunk:
         """
         col = self.columns[name]
         return col.present_steps(self.steps), col.values
+
+
+def fill_rows(rows: Sequence[dict[str, Any]], key: str, values: Iterable[Any]) -> None:
+    """Set ``rows[i][key] = values[i]`` for every row, in one pass.
+
+    A pass of ``map`` rather than a loop of Python statements: reading a run
+    step by step sets a value for every metric of every step.
+    """
+    deque(map(setitem, rows, repeat(key), values), maxlen=0)
 
 
 # --------------------------------------------------------------------------
@@ -830,7 +842,9 @@ def _framed(planes: bytes) -> bytes:
     return frame
 
 
-def _inflated(frame: bytes, size: int | None, what: str, source: str) -> bytes:
+def _inflated(
+    frame: bytes, size: int | None, source: str, field: str, metric: str | None = None
+) -> bytes:
     """Return the content of ``frame``, checked to be one zstd frame of ``size`` bytes.
 
     The header is read first: the frame must declare its content size, which
@@ -844,11 +858,12 @@ def _inflated(frame: bytes, size: int | None, what: str, source: str) -> bytes:
         frame: the bin's bytes.
         size: the bytes the chunk implies the frame holds; None for times,
             whose frame says how many rows there are.
-        what: the bin, for messages ("times", "metric 'loss': values").
         source: the chunk, for messages.
+        field: the bin's key ("times", "steps", "values"), for messages.
+        metric: the metric whose values the bin holds, for messages.
     """
-    # The usual frame, in as few steps as its checks take: a read decodes
-    # about ten of them per segment.
+    # The usual frame, in as few steps as its checks take (a read decodes
+    # about ten per segment); messages are made only for a frame refused.
     try:
         header = zstandard.get_frame_parameters(frame)
         declared = header.content_size
@@ -866,10 +881,15 @@ def _inflated(frame: bytes, size: int | None, what: str, source: str) -> bytes:
                 return data
     except zstandard.ZstdError:
         pass
-    return _inflated_slowly(frame, size, what, source)
+    return _inflated_slowly(frame, size, source, _bin_label(field, metric))
 
 
-def _inflated_slowly(frame: bytes, size: int | None, what: str, source: str) -> bytes:
+def _bin_label(field: str, metric: str | None) -> str:
+    # How messages name a bin: "times", or "metric 'loss': values".
+    return field if metric is None else f"metric {metric!r}: {field}"
+
+
+def _inflated_slowly(frame: bytes, size: int | None, source: str, what: str) -> bytes:
     # What _inflated does, one check at a time, to say what is wrong; and an
     # empty frame, which zstandard's one-shot call answers without reading.
     if not frame.startswith(_ZSTD_MAGIC):
@@ -1491,25 +1511,33 @@ class _Arrays:
         """The planes of ``times``, whose length says how many rows there are."""
         if not self.framed:
             return blob
-        planes = _inflated(blob, None, "times", self.source)
+        planes = _inflated(blob, None, self.source, "times")
         self._spend(len(planes))
         return planes
 
-    def planes(self, blob: bytes, size: int, what: str, holds: str) -> bytes:
-        """The ``size`` bytes of planes a bin must hold, or a ChunkFormatError.
+    def planes(
+        self, blob: bytes, kind: str, count: int, metric: str | None = None
+    ) -> bytes:
+        """The planes of ``count`` items of ``kind`` that a bin holds.
 
         Args:
-            what: the bin, for messages.
-            holds: what ``size`` bytes are, for messages ("4 f8 values").
+            blob: the bin: ``steps``, or a metric's ``values``.
+            kind: "i8" for steps, else the metric's kind (f8, f4, i8).
+            count: how many items the chunk says it holds.
+            metric: the metric, for its values; None for steps.
         """
+        size = _STORED[kind].itemsize * count
+        field = "steps" if metric is None else "values"
         if not self.framed:
             if len(blob) != size:
+                holds = f"{count} steps" if metric is None else f"{count} {kind} values"
                 raise ChunkFormatError(
-                    self.source, f"{what} is {len(blob)} bytes for {holds}"
+                    self.source,
+                    f"{_bin_label(field, metric)} is {len(blob)} bytes for {holds}",
                 )
             return blob
         self._spend(size)
-        return _inflated(blob, size, what, self.source)
+        return _inflated(blob, size, self.source, field, metric)
 
     def _spend(self, size: int) -> None:
         # Checked before a frame is inflated: what it declares is all it makes.
@@ -1538,7 +1566,7 @@ def _steps_from(
         raise ChunkFormatError(
             source, f"field 'steps' must be an int or a bin, not {type(value).__name__}"
         )
-    planes = arrays.planes(value, 8 * n, "steps", f"{n} steps")
+    planes = arrays.planes(value, "i8", n)
     steps = _unpack_numbers("i8", planes, n, delta=True)
     problem = _steps_problem(steps, start, window)
     if problem:
@@ -1636,10 +1664,7 @@ def _column_from(
     # Numbers are inflated now, so that every frame is checked, and unpacked
     # when read: any bit pattern of the right length is a value.
     if stored is not None:
-        size = stored.itemsize * count
-        planes = arrays.planes(
-            blob, size, f"metric {name!r}: values", f"{count} {kind} values"
-        )
+        planes = arrays.planes(blob, kind, count, name)
         col = Column._packed(kind, rows, count, planes, delta)
     else:
         col = Column(kind, rows, _values_from(name, kind, blob, count, source))
@@ -1739,9 +1764,9 @@ def _digest_fields(
     if type(doc) is not list or len(doc) < _DIGEST_LEN:
         raise _bad_digest(name, source, prefix, f"is not an array of {_DIGEST_LEN}")
     # Later minor versions may append fields; they are ignored here.
-    count, first, last, first_step, last_step, lo, hi, total, numeric_count = doc[
-        :_DIGEST_LEN
-    ]
+    count, first, last, first_step, last_step, lo, hi, total, numeric_count = (
+        doc if len(doc) == _DIGEST_LEN else doc[:_DIGEST_LEN]
+    )
 
     if not (
         type(count) is int
@@ -1758,7 +1783,11 @@ def _digest_fields(
         raise _bad_digest(name, source, prefix, "counts or steps out of range")
     if (count == 1) != (first_step == last_step):
         raise _bad_digest(name, source, prefix, "steps do not match the count")
-    if not (_is_value(first) and _is_value(last)):
+    # Ints must fit in int64; the other scalars are values as they are.
+    if not (
+        (type(first) in _UNBOUNDED or _is_value(first))
+        and (type(last) in _UNBOUNDED or _is_value(last))
+    ):
         raise _bad_digest(name, source, prefix, "first/last is not a value")
     if numeric_count == 0:
         if not (lo is None and hi is None and total is None):
@@ -1769,6 +1798,10 @@ def _digest_fields(
         if not lo <= hi:
             raise _bad_digest(name, source, prefix, "min is not <= max")
     return (count, first, last, first_step, last_step, lo, hi, total, numeric_count)
+
+
+# The value types that are values whatever they hold.
+_UNBOUNDED = frozenset({float, str, bool, type(None)})
 
 
 def _bad_digest(name: str, source: str, prefix: bool, reason: str) -> ChunkFormatError:

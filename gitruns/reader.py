@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from gitruns.chunk import Chunk, Column, Value
+from gitruns.chunk import Chunk, Column, Value, fill_rows
 from gitruns.errors import GitRunsError, RepositoryError, RunNotFoundError, require
 from gitruns.refs import RunRef, Sha
 from gitruns.store import (
@@ -282,24 +282,31 @@ class RunView:
             return [rows[i] for i in _sample(len(rows), samples)]
         pd = require("pandas", "pandas", "history(pandas=True)")
 
-        # Built column by column: no dict per step on the way.
+        # Built column by column: no dict per step on the way, and the frame
+        # is copied only where rows are dropped.
         wanted = None if want is None else [*want, "_step", "_timestamp"]
         data = self.columns(wanted, min_step, max_step)
         steps = data.pop("_step", (np.empty(0, np.int64),) * 2)[0]
         table: dict[str, Any] = {"_step": steps}
         if "_timestamp" in data:
             table["_timestamp"] = data.pop("_timestamp")[1]
-        keep = np.ones(len(steps), dtype=bool)
+        keep: np.ndarray | None = None
         for name, (at, values) in sorted(data.items()):
             table[name] = _spread(steps, at, values)
-            if want is not None and name in want:
-                keep &= np.isin(steps, at)
+            if want is not None and name in want and len(at) != len(steps):
+                logged = np.isin(steps, at)
+                keep = logged if keep is None else keep & logged
         if want is not None and any(k not in data and k != "_step" for k in want):
-            keep[:] = False  # a key never logged: no step has them all
-        frame = pd.DataFrame(table)[keep].reset_index(drop=True)
-        frame = frame.iloc[_sample(len(frame), samples)].reset_index(drop=True)
-        if x_axis in frame.columns:
-            frame = frame[[x_axis, *[c for c in frame.columns if c != x_axis]]]
+            keep = np.zeros(len(steps), dtype=bool)  # a key never logged
+        if x_axis in table:
+            table = {x_axis: table.pop(x_axis), **table}
+
+        frame = pd.DataFrame(table, copy=False)
+        if keep is not None:
+            frame = frame[keep].reset_index(drop=True)
+        picks = _sample(len(frame), samples)
+        if len(picks) != len(frame):
+            frame = frame.iloc[picks].reset_index(drop=True)
         return frame
 
     def columns(
@@ -393,10 +400,10 @@ def readable_runs(
     return found
 
 
-def _sample(count: int, samples: int | None) -> list[int]:
+def _sample(count: int, samples: int | None) -> Sequence[int]:
     # At most ``samples`` indexes, evenly spaced, first and last included.
     if samples is None or samples <= 0 or count <= samples:
-        return list(range(count))
+        return range(count)
     picks = np.linspace(0, count - 1, samples).round().astype(int)
     return sorted(set(picks.tolist()))
 
@@ -571,27 +578,33 @@ class _Join:
 def _rows_with_keys(
     chunk: Chunk, keys: Sequence[str], lo: int, hi: int | None
 ) -> Iterator[dict[str, Any]]:
+    # The rows of a segment where every key was logged, with those keys.
     wanted = [k for k in keys if k not in ("_step", "_timestamp")]
     if any(k not in chunk.columns for k in wanted):
         return
-    columns = {}
-    common: set[int] | None = None
+    rows = np.arange(len(chunk.steps))
     for key in wanted:
-        steps, values = chunk.column(key)
-        step_list = steps.tolist()
-        columns[key] = dict(
-            zip(
-                step_list, values.tolist() if isinstance(values, np.ndarray) else values
-            )
-        )
-        common = set(step_list) if common is None else common & set(step_list)
-    times = dict(zip(chunk.steps.tolist(), chunk.times.tolist()))
-    for step in sorted(common if common is not None else times):
-        if step < lo or (hi is not None and step >= hi):
-            continue
-        row: dict[str, Any] = {"_step": step}
-        if "_timestamp" in keys:
-            row["_timestamp"] = times[step]
-        for key in wanted:
-            row[key] = columns[key][step]
-        yield row
+        present = chunk.columns[key].rows
+        if present is not None:
+            rows = np.intersect1d(rows, present, assume_unique=True)
+    steps = chunk.steps[rows]
+    inside = steps >= lo if hi is None else (steps >= lo) & (steps < hi)
+    if not inside.all():
+        rows, steps = rows[inside], steps[inside]
+
+    fields: dict[str, list[Any]] = {"_step": steps.tolist()}
+    if "_timestamp" in keys:
+        fields["_timestamp"] = chunk.times[rows].tolist()
+    for key in wanted:
+        col = chunk.columns[key]
+        at = rows if col.rows is None else np.searchsorted(col.rows, rows)
+        values = col.values
+        if isinstance(values, np.ndarray):
+            fields[key] = values[at].tolist()
+        else:
+            fields[key] = [values[i] for i in at.tolist()]
+    template = dict.fromkeys(fields)
+    out = [template.copy() for _ in range(len(rows))]
+    for key, values in fields.items():
+        fill_rows(out, key, values)
+    yield from out

@@ -466,6 +466,28 @@ def test_rows_hold_exactly_the_metrics_present(args: dict[str, Any]) -> None:
         assert all(same(g[k], e[k]) for k in e)
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_rows_keep_the_key_order_of_their_chunk(sparse: bool) -> None:
+    # JSON lines exports write rows as they come: _step, _timestamp, then the
+    # metrics present in the chunk's (sorted) order, whatever is sparse.
+    rows = [0, 2] if sparse else [0, 1, 2]
+    chunk = build_chunk(
+        10, 0, [0, 1, 2], [0.5, 1.5, 2.5],
+        {"b": (rows, [1.0] * len(rows)), "a": ([0, 1, 2], [1, 2, 3]),
+         "c": ([0, 1, 2], ["x", "y", "z"])},
+    )  # fmt: skip
+    got = list(decode_chunk(encode_chunk(chunk)).rows())
+    assert [list(row) for row in got] == [
+        ["_step", "_timestamp", "a", "b", "c"],
+        ["_step", "_timestamp", "a", "c"] if sparse else [
+            "_step", "_timestamp", "a", "b", "c"],
+        ["_step", "_timestamp", "a", "b", "c"],
+    ]  # fmt: skip
+    assert got[1] == {"_step": 1, "_timestamp": 1.5, "a": 2, "c": "y"} | (
+        {} if sparse else {"b": 1.0}
+    )
+
+
 def test_real_trainer_log_round_trips_with_its_gaps() -> None:
     # An HF Trainer log: loss every 50 steps, eval every 1000, one final record.
     state = json.loads(
