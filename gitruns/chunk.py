@@ -57,8 +57,7 @@ FORMAT_MAJOR = 3
 FORMAT_MINOR = 0
 
 #: zstd level of the numeric arrays a writer compresses (docs/FORMAT.md,
-#: section 5). Chosen by measurement on training curves: see ZSTD_LEVEL's note
-#: in docs/FORMAT.md.
+#: section 6), chosen by measurement on training curves (the table there).
 ZSTD_LEVEL = -1
 
 #: Blobs larger than this are refused before a single byte is unpacked; the
@@ -92,7 +91,7 @@ _INT64_MAX = 2**63 - 1
 # small bounds what msgpack preallocates for a hostile array header.
 _MAX_LOOSE_ARRAY = 64
 # Entries of one column's map: the five keys of this version and room for
-# keys of later minor versions (docs/FORMAT.md, section 8).
+# keys of later minor versions (docs/FORMAT.md, section 9).
 _MAX_COLUMN_ENTRIES = 16
 # Arrays in one document: the version and a digest per column and per prefix.
 _MAX_ARRAYS = 2 * MAX_METRICS + 64
@@ -1221,7 +1220,7 @@ def _read_document(data: bytes, magic: str, source: str) -> dict[str, Any]:
     The document, ``columns`` and the digest map are read entry by entry
     from their headers. An entry of the document under a key this version
     does not know is skipped by the msgpack reader without being built
-    (docs/FORMAT.md, section 10), whatever it holds. A column is built in
+    (docs/FORMAT.md, section 11), whatever it holds. A column is built in
     one call, limited to a map of a few entries holding no map, and loses
     its unknown entries at once. Arrays are short and counted. So a decode
     costs memory in proportion to what it uses, never to what a hostile
