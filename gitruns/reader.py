@@ -333,7 +333,7 @@ class RunView:
         # is returned; the segment's bytes are let go before the next is read.
         steps = _Steps(room)
         joins: dict[str, _Join] = {}
-        for start, _ in segments:
+        for index, (start, _) in enumerate(segments):
             chunk = self.store.read_segment(self.path, history, start)
             lo, hi = 0, len(chunk.steps)
             if (min_step is not None and chunk.steps[0] < min_step) or (
@@ -344,7 +344,7 @@ class RunView:
             for name, col in _chunk_columns(chunk, wanted):
                 join = joins.get(name)
                 if join is None:
-                    join = joins[name] = _Join(steps, room)
+                    join = joins[name] = _Join(steps, len(segments) - index, room)
                 join.add(chunk, col, lo, hi, at)
 
         out = {}
@@ -503,14 +503,23 @@ class _Join:
     its place (into a list instead, once a segment's values are not of the
     array's dtype). While the metric has a value at every step read since its
     first, its steps are a stretch of the read's own; after a gap it keeps
-    steps of its own.
+    steps of its own. Its arrays start with room for as many values in each
+    segment left as in its first, which is exact for a metric logged at
+    every step or at a fixed interval, and small for one logged rarely.
+
+    Args:
+        steps: the read's steps.
+        segments: how many segments are left to read, this one included.
+        room: the most rows those segments can hold.
     """
 
-    def __init__(self, steps: _Steps, room: int) -> None:
+    def __init__(self, steps: _Steps, segments: int, room: int) -> None:
         self.run = steps
+        self.segments = segments
         self.room = room
         self.first = 0
         self.count = 0
+        self.capacity = 0
         self.values: np.ndarray | list[Value] | None = None
         self.steps: np.ndarray | None = None
 
@@ -527,6 +536,8 @@ class _Join:
         count = stop - start
         if not count:
             return
+        if not self.capacity:
+            self.capacity = max(count, min(self.room, count * self.segments))
         if self.count == 0 and steps is None:
             self.first = at
         if steps is not None or self.steps is not None or at != self.first + self.count:
@@ -537,7 +548,8 @@ class _Join:
     def _add_steps(self, at: int, count: int, steps: np.ndarray | None) -> None:
         # A gap, or a sparse segment: from here on the metric keeps its steps.
         if self.steps is None:
-            self.steps = np.empty(max(self.room, self.count + count), dtype=np.int64)
+            size = max(self.capacity, self.count + count)
+            self.steps = np.empty(size, dtype=np.int64)
             self.steps[: self.count] = self.run.array[
                 self.first : self.first + self.count
             ]
@@ -549,7 +561,7 @@ class _Join:
     def _add_values(self, col: Column, start: int, count: int) -> None:
         values, dtype = self.values, col.dtype
         if values is None and dtype is not None:
-            values = np.empty(max(self.room, count), dtype=dtype)
+            values = np.empty(self.capacity, dtype=dtype)
         elif isinstance(values, np.ndarray) and (
             dtype is None or values.dtype != dtype
         ):
