@@ -201,7 +201,9 @@ class ObjectReader:
         for pack in self._packs or []:
             try:
                 return pack, pack.index.object_offset(ObjectID(sha))
-            except KeyError:
+            except (KeyError, PackFileDisappeared):
+                # Not there, or removed by `git gc` since the list was made:
+                # its objects are in the pack that replaced it, further on.
                 continue
         return None
 
