@@ -6,15 +6,19 @@ import logging
 import math
 import re
 import struct
-from collections.abc import Container, Iterator, Mapping, Sequence
+import threading
+from collections import deque
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
-from itertools import islice
+from itertools import islice, repeat
+from operator import setitem
 from typing import Any, TypeAlias, Union
 
 import msgpack
 import numpy as np
+import zstandard
 
 from gitruns.errors import (
     ChunkFormatError,
@@ -39,18 +43,25 @@ __all__ = [
     "ValuesLike",
     "build_chunk",
     "check_metric_name",
+    "compressed_chunk",
     "decode_chunk",
     "decode_digests",
     "encode_chunk",
     "encode_digests",
+    "fill_rows",
 ]
 
 logger = logging.getLogger(__name__)
 
-FORMAT_MAJOR = 2
+FORMAT_MAJOR = 3
 FORMAT_MINOR = 0
 
-#: Blobs larger than this are refused before a single byte is unpacked.
+#: zstd level of the numeric arrays a writer compresses (docs/FORMAT.md,
+#: section 6), chosen by measurement on training curves (the table there).
+ZSTD_LEVEL = -1
+
+#: Blobs larger than this are refused before a single byte is unpacked; the
+#: numeric arrays of a chunk hold at most this many bytes decompressed, too.
 MAX_CHUNK_BYTES = 64 * 2**20
 #: Steps (rows) in one chunk.
 MAX_ROWS = 1_000_000
@@ -80,7 +91,7 @@ _INT64_MAX = 2**63 - 1
 # small bounds what msgpack preallocates for a hostile array header.
 _MAX_LOOSE_ARRAY = 64
 # Entries of one column's map: the five keys of this version and room for
-# keys of later minor versions (docs/FORMAT.md, section 8).
+# keys of later minor versions (docs/FORMAT.md, section 9).
 _MAX_COLUMN_ENTRIES = 16
 # Arrays in one document: the version and a digest per column and per prefix.
 _MAX_ARRAYS = 2 * MAX_METRICS + 64
@@ -107,7 +118,14 @@ _STORED: dict[str, np.dtype[Any]] = {
     "i8": np.dtype("<i8"),
 }
 _BITS: dict[int, np.dtype[Any]] = {8: np.dtype("<u8"), 4: np.dtype("<u4")}
-_NATIVE = {kind: dtype.newbyteorder("=") for kind, dtype in _STORED.items()}
+# The dtype of the values of each kind that numpy holds (f4 is widened); str
+# and obj values are lists.
+_ARRAY_DTYPE: dict[str, np.dtype[Any]] = {
+    "f8": np.dtype(np.float64),
+    "f4": np.dtype(np.float64),
+    "i8": np.dtype(np.int64),
+    "bool": np.dtype(np.bool_),
+}
 
 
 @dataclass(frozen=True)
@@ -184,9 +202,10 @@ def _add(a: float, b: float | None) -> float:
 class Column:
     """One metric's values in a chunk.
 
-    A decoded column of fixed-width numbers (f8, f4, i8) keeps its stored bytes
-    and turns them into an array the first time ``values`` is read, so reading
-    one metric of a chunk does not pay for the others.
+    A decoded column of fixed-width numbers (f8, f4, i8) keeps its shuffled
+    bytes, inflated from their frame, and turns them into an array the first
+    time ``values`` is read, so reading one metric of a chunk does not pay for
+    unshuffling the others.
 
     Attributes:
         kind: "f8", "f4" (floats stored as float32), "i8", "bool", "str" or
@@ -221,8 +240,9 @@ class Column:
         blob: bytes,
         delta: bool,
     ) -> Column:
-        # A column whose bytes were checked (length, kind) but not unpacked:
-        # every bit pattern is a valid value, so unpacking later cannot fail.
+        # A column whose shuffled bytes were checked (length, kind) but not
+        # unpacked: every bit pattern is a valid value, so unpacking later
+        # cannot fail.
         col = cls.__new__(cls)
         col.kind, col.rows, col._count = kind, rows, count
         col._values, col._stored = None, (blob, delta)
@@ -248,6 +268,25 @@ class Column:
     def count(self) -> int:
         """Number of present values."""
         return self._count
+
+    @property
+    def dtype(self) -> np.dtype[Any] | None:
+        """The dtype of ``values`` as an array; None for str and obj (lists)."""
+        return _ARRAY_DTYPE.get(self.kind)
+
+    def values_into(self, out: np.ndarray[Any, Any], start: int = 0) -> None:
+        """Copy ``values[start:start + len(out)]`` into ``out``, of ``dtype``.
+
+        All the values of a column still packed are unshuffled straight into
+        ``out``, and not kept: a reader joining a metric across segments
+        copies each value once.
+        """
+        values = self._values
+        stored = self._stored if values is None else None
+        if stored is not None and start == 0 and len(out) == self._count:
+            _unshuffle_into(self.kind, stored[0], stored[1], out)
+        else:
+            out[...] = self.values[start : start + len(out)]
 
     def present_steps(
         self, steps: np.ndarray[Any, np.dtype[np.int64]]
@@ -342,19 +381,19 @@ class Chunk:
 
     def rows(self) -> Iterator[dict[str, Value]]:
         """Yield one dict per step: ``_step``, ``_timestamp``, the metrics present."""
-        out: list[dict[str, Value]] = [
-            {"_step": step, "_timestamp": time}
-            for step, time in zip(self.steps.tolist(), self.times.tolist(), strict=True)
-        ]
-        # Column by column, so each column is converted to Python objects once.
+        # Each row starts as a copy of one dict of the keys all rows have (all
+        # of them, in order, when every metric is dense), and is filled a
+        # column at a time: the values of each are converted to Python once.
+        keys = ["_step", "_timestamp"]
+        if all(col.rows is None for col in self.columns.values()):
+            keys += self.columns
+        template = dict.fromkeys(keys)
+        out: list[dict[str, Value]] = [template.copy() for _ in range(len(self.steps))]
+        fill_rows(out, "_step", self.steps.tolist())
+        fill_rows(out, "_timestamp", self.times.tolist())
         for name, col in self.columns.items():
-            values = col.value_list()
-            if col.rows is None:
-                for row, value in zip(out, values, strict=True):
-                    row[name] = value
-            else:
-                for index, value in zip(col.rows.tolist(), values, strict=True):
-                    out[index][name] = value
+            rows = out if col.rows is None else [out[i] for i in col.rows.tolist()]
+            fill_rows(rows, name, col.value_list())
         yield from out
 
     def column(
@@ -367,6 +406,15 @@ class Chunk:
         """
         col = self.columns[name]
         return col.present_steps(self.steps), col.values
+
+
+def fill_rows(rows: Sequence[dict[str, Any]], key: str, values: Iterable[Any]) -> None:
+    """Set ``rows[i][key] = values[i]`` for every row, in one pass.
+
+    A pass of ``map`` rather than a loop of Python statements: reading a run
+    step by step sets a value for every metric of every step.
+    """
+    deque(map(setitem, rows, repeat(key), values), maxlen=0)
 
 
 # --------------------------------------------------------------------------
@@ -695,24 +743,40 @@ def _delta_pays(items: np.ndarray[Any, Any], deltas: np.ndarray[Any, Any]) -> bo
 
 
 def _unpack_numbers(
-    kind: str, blob: bytes, count: int, delta: bool
+    kind: str, planes: bytes, count: int, delta: bool
 ) -> np.ndarray[Any, Any]:
     # The length was checked when the chunk was decoded.
+    out = np.empty(count, dtype=_ARRAY_DTYPE[kind])
+    _unshuffle_into(kind, planes, delta, out)
+    return _frozen(out)
+
+
+def _unshuffle_into(
+    kind: str, planes: bytes, delta: bool, out: np.ndarray[Any, Any]
+) -> None:
+    """Write the values that a column's shuffled bytes hold into ``out``.
+
+    ``out`` has the dtype of the kind's values (``_ARRAY_DTYPE``) and one
+    item per value; a reader's slice of a whole run's array, say, so the
+    bytes are copied once, straight to where they are read.
+    """
     stored = _STORED[kind]
+    count = len(out)
+    # f8 and i8 land in place on a little-endian machine; f4 is widened.
+    direct = out.dtype == stored
+    target = out if direct else np.empty(count, dtype=stored)
     width = stored.itemsize
-    out = np.empty(count, dtype=stored)
-    items = out.view(_BITS[width])
+    items = target.view(_BITS[width])
     items.view(np.uint8).reshape(count, width)[...] = (
-        np.frombuffer(blob, dtype=np.uint8).reshape(width, count).T
+        np.frombuffer(planes, dtype=np.uint8).reshape(width, count).T
     )
     if delta:
         np.add.accumulate(items, out=items)
-    if kind == "f4":
+    if not direct:
         # Widening is exact; a signalling NaN becomes quiet, which numpy
         # would otherwise report as an invalid cast.
         with np.errstate(invalid="ignore"):
-            return _frozen(out.astype(np.float64))
-    return _frozen(out if out.dtype.isnative else out.astype(_NATIVE[kind]))
+            out[...] = target
 
 
 def _stored_items(name: str, col: Column) -> np.ndarray[Any, Any]:
@@ -737,6 +801,175 @@ def _stored_items(name: str, col: Column) -> np.ndarray[Any, Any]:
 
 
 # --------------------------------------------------------------------------
+# zstd frames
+#
+# From version 3.0 each numeric array (times, steps as a bin, the values of
+# f8, f4 and i8 columns) is one zstd frame holding the shuffled bytes above.
+# Git's zlib inflates shuffled floats at about 1 GB/s and deflates them at
+# 60 MB/s; zstd stores them as small several times faster both ways, and Git
+# then keeps the chunk at zlib level 0 (RunStore.chunk_blob).
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# Skippable frames carry other bytes than data: magic 0x184D2A50..5F.
+_SKIPPABLE_MAGIC = b"\x2a\x4d\x18"
+# The largest window a frame may ask a decoder for. The largest array of a
+# chunk (MAX_ROWS float64, 8 MB) fits in it, so no valid frame needs more.
+_MAX_WINDOW = 1 << 23
+# The most bytes one frame of a chunk may hold: MAX_ROWS items of 8 bytes.
+_MAX_FRAME = 8 * MAX_ROWS
+
+
+class _Zstd(threading.local):
+    """A zstd compressor and decompressor per thread, as zstandard asks."""
+
+    def __init__(self) -> None:
+        self.compressor = zstandard.ZstdCompressor(
+            level=ZSTD_LEVEL,
+            write_checksum=False,
+            write_content_size=True,
+            write_dict_id=False,
+        )
+        self.decompressor = zstandard.ZstdDecompressor(max_window_size=_MAX_WINDOW)
+
+
+_zstd = _Zstd()
+
+
+def _framed(planes: bytes) -> bytes:
+    """Return ``planes`` as one zstd frame that declares its content size."""
+    frame: bytes = _zstd.compressor.compress(planes)
+    return frame
+
+
+def _inflated(
+    frame: bytes, size: int | None, source: str, field: str, metric: str | None = None
+) -> bytes:
+    """Return the content of ``frame``, checked to be one zstd frame of ``size`` bytes.
+
+    The header is read first: the frame must declare its content size, which
+    must be ``size`` (at most ``_MAX_FRAME`` when ``size`` is None), need no
+    dictionary and ask for a window of at most ``_MAX_WINDOW``. Only then is
+    it decompressed, into exactly that many bytes, and nothing may follow it;
+    so a hostile frame costs no more memory than the array the chunk says it
+    holds.
+
+    Args:
+        frame: the bin's bytes.
+        size: the bytes the chunk implies the frame holds; None for times,
+            whose frame says how many rows there are.
+        source: the chunk, for messages.
+        field: the bin's key ("times", "steps", "values"), for messages.
+        metric: the metric whose values the bin holds, for messages.
+    """
+    # The usual frame, in as few steps as its checks take (a read decodes
+    # about ten per segment); messages are made only for a frame refused.
+    try:
+        header = zstandard.get_frame_parameters(frame)
+        declared = header.content_size
+        if (
+            frame.startswith(_ZSTD_MAGIC)
+            and 0 < declared <= _MAX_FRAME
+            and declared == (declared if size is None else size)
+            and not header.dict_id
+            and header.window_size <= _MAX_WINDOW
+        ):
+            data: bytes = _zstd.decompressor.decompress(
+                frame, max_output_size=declared, allow_extra_data=False
+            )
+            if len(data) == declared:
+                return data
+    except zstandard.ZstdError:
+        pass
+    return _inflated_slowly(frame, size, source, _bin_label(field, metric))
+
+
+def _bin_label(field: str, metric: str | None) -> str:
+    # How messages name a bin: "times", or "metric 'loss': values".
+    return field if metric is None else f"metric {metric!r}: {field}"
+
+
+def _inflated_slowly(frame: bytes, size: int | None, source: str, what: str) -> bytes:
+    # What _inflated does, one check at a time, to say what is wrong; and an
+    # empty frame, which zstandard's one-shot call answers without reading.
+    if not frame.startswith(_ZSTD_MAGIC):
+        if frame[1:4] == _SKIPPABLE_MAGIC and frame[0] & 0xF0 == 0x50:
+            reason = "is a skippable zstd frame, which holds no data"
+        else:
+            reason = f"is not a zstd frame (it starts {frame[:4].hex(' ') or 'empty'})"
+        raise ChunkFormatError(source, f"{what} {reason}")
+    with _Inflating(source, what):
+        header = zstandard.get_frame_parameters(frame)
+        declared = header.content_size
+        fits = declared <= _MAX_FRAME if size is None else declared == size
+        problem = ""
+        if declared == zstandard.CONTENTSIZE_UNKNOWN:
+            problem = "does not declare its content size"
+        elif not fits:
+            holds = f"at most {_MAX_FRAME}" if size is None else str(size)
+            problem = f"declares {declared} bytes where the chunk holds {holds}"
+        elif header.dict_id:
+            problem = f"needs zstd dictionary {header.dict_id}; chunks use none"
+        elif header.window_size > _MAX_WINDOW:
+            problem = (
+                f"asks for a window of {header.window_size} bytes, over {_MAX_WINDOW}"
+            )
+        if problem:
+            raise ChunkFormatError(source, f"{what}: the zstd frame {problem}")
+
+        decompressor = _zstd.decompressor
+        if declared:
+            data: bytes = decompressor.decompress(
+                frame, max_output_size=declared, allow_extra_data=False
+            )
+        else:
+            # decompress() answers b"" for an empty frame without reading
+            # its blocks; a stream reads them, and says what follows.
+            stream = decompressor.decompressobj()
+            data = stream.decompress(frame)
+            if not stream.eof or stream.unused_data:
+                raise ChunkFormatError(
+                    source, f"{what} is not one complete zstd frame and nothing else"
+                )
+    if len(data) != declared:
+        raise ChunkFormatError(
+            source,
+            f"{what}: the zstd frame decompresses to {len(data)} bytes, "
+            f"not the {declared} it declares",
+        )
+    return data
+
+
+class _Inflating:
+    """Turn zstandard's errors inside the block into ChunkFormatError.
+
+    The codec's one mapping of its decompressor's errors, as ``_unpacking``
+    is of msgpack's (gitruns.errors says which module maps which library's).
+    The reason is ``what`` and that it is no valid frame, then zstandard's
+    account in brackets. A class rather than a generator: it wraps every
+    numeric array a read decodes.
+
+    Args:
+        source: the chunk, for the message.
+        what: the bin ("times", "metric 'loss': values").
+    """
+
+    __slots__ = ("source", "what")
+
+    def __init__(self, source: str, what: str) -> None:
+        self.source = source
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, zstandard.ZstdError):
+            raise ChunkFormatError(
+                self.source, f"{self.what} is not one valid zstd frame ({exc})"
+            ) from None
+
+
+# --------------------------------------------------------------------------
 # Encoding
 
 
@@ -757,6 +990,7 @@ def encode_chunk(chunk: Chunk) -> bytes:
         raise ValueError(f"cannot encode a chunk: {problem}")
     n = len(chunk.steps)
     digests = chunk.digests()
+    arrays = _Framer()
 
     columns: dict[str, dict[str, Any]] = {}
     for name in sorted(chunk.columns):
@@ -772,7 +1006,7 @@ def encode_chunk(chunk: Chunk) -> bytes:
             if _delta_pays(items, deltas):
                 doc["delta"] = True
                 items = deltas
-            doc["values"] = _shuffled(items)
+            doc["values"] = arrays.framed(items)
         else:
             doc["values"] = _encode_values(name, col)
         doc["digest"] = _digest_doc(digests[name])
@@ -788,18 +1022,20 @@ def encode_chunk(chunk: Chunk) -> bytes:
         "start": chunk.start,
         "steps": int(steps[0])
         if contiguous
-        else _shuffled(_deltas(steps.astype(_STORED["i8"]).view(_BITS[8]))),
-        "times": _shuffled(_deltas(times)),
+        else arrays.framed(_deltas(steps.astype(_STORED["i8"]).view(_BITS[8]))),
+        "times": arrays.framed(_deltas(times)),
         "columns": columns,
         "prefix": {
             name: _digest_doc(chunk.prefix[name]) for name in sorted(chunk.prefix)
         },
     }
     data = _pack(document)
-    if len(data) > MAX_CHUNK_BYTES:
+    size = max(len(data), arrays.plain)
+    if size > MAX_CHUNK_BYTES:
+        what = "encodes to" if size == len(data) else "holds arrays of"
         raise ValueError(
-            f"a chunk of {n} steps from {chunk.start} encodes to {len(data)} "
-            f"bytes, over {MAX_CHUNK_BYTES}; flush smaller segments"
+            f"a chunk of {n} steps from {chunk.start} {what} {size} bytes, "
+            f"over {MAX_CHUNK_BYTES}; flush smaller segments"
         )
 
     # Read it back, so no chunk is stored that a reader would refuse (a Chunk
@@ -810,6 +1046,19 @@ def encode_chunk(chunk: Chunk) -> bytes:
     except ChunkFormatError as exc:
         raise ValueError(f"refusing to write a malformed chunk: {exc.reason}") from None
     return data
+
+
+class _Framer:
+    """Shuffles and compresses a chunk's numeric arrays, counting their bytes."""
+
+    def __init__(self) -> None:
+        self.plain = 0
+
+    def framed(self, items: np.ndarray[Any, Any]) -> bytes:
+        """Return ``items`` byte-shuffled, as one zstd frame."""
+        planes = _shuffled(items)
+        self.plain += len(planes)
+        return _framed(planes)
 
 
 def _encode_values(name: str, col: Column) -> bytes:
@@ -868,8 +1117,9 @@ def decode_chunk(data: bytes, *, source: str = "chunk", verify: bool = False) ->
     order and window, names, and each stored digest's shape, counts, steps and
     what its column's kind implies. A decoded chunk computes its own digests
     from its values, so a stored column digest never leaks into a summary
-    unchecked. Numeric columns are unpacked when their values are first read;
-    nothing about them is left that could fail.
+    unchecked. The zstd frames of numeric arrays are all checked and
+    inflated here; a column's values are unpacked from those bytes when first
+    read, and nothing about them is left that could fail.
 
     Args:
         data: the blob's bytes.
@@ -883,8 +1133,8 @@ def decode_chunk(data: bytes, *, source: str = "chunk", verify: bool = False) ->
         ChunkFormatError: anything else malformed; nothing else is raised.
     """
     try:
-        doc = _unpack_document(data, _MAGIC, source)
-        return _chunk_from(doc, source, verify)
+        doc, major = _unpack_document(data, _MAGIC, source)
+        return _chunk_from(doc, source, verify, framed=major >= 3)
     except ChunkFormatError:
         raise
     except Exception as exc:
@@ -903,7 +1153,7 @@ def decode_digests(data: bytes, *, source: str = "digests") -> dict[str, Digest]
         ChunkFormatError: anything else malformed.
     """
     try:
-        doc = _unpack_document(data, _DIGESTS_MAGIC, source)
+        doc, _ = _unpack_document(data, _DIGESTS_MAGIC, source)
         digests = _get(doc, "digests", dict, source)
         return _digest_map(digests, _INT64_MAX + 1, source)
     except ChunkFormatError:
@@ -913,16 +1163,19 @@ def decode_digests(data: bytes, *, source: str = "digests") -> dict[str, Digest]
         raise ChunkFormatError(source, f"{type(exc).__name__}: {exc}") from exc
 
 
-def _unpack_document(data: bytes, magic: str, source: str) -> dict[str, Any]:
+def _unpack_document(
+    data: bytes, magic: str, source: str
+) -> tuple[dict[str, Any], int]:
+    # The document's known entries, and its major version.
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ChunkFormatError(source, f"expected bytes, got {type(data).__name__}")
     if len(data) > MAX_CHUNK_BYTES:
         raise ChunkFormatError(
             source, f"{len(data)} bytes, over the limit of {MAX_CHUNK_BYTES}"
         )
-    _check_version(data, magic, source)
+    major = _check_version(data, magic, source)
     with _unpacking(source, "not valid msgpack"):
-        return _read_document(data, magic, source)
+        return _read_document(data, magic, source), major
 
 
 @contextmanager
@@ -967,7 +1220,7 @@ def _read_document(data: bytes, magic: str, source: str) -> dict[str, Any]:
     The document, ``columns`` and the digest map are read entry by entry
     from their headers. An entry of the document under a key this version
     does not know is skipped by the msgpack reader without being built
-    (docs/FORMAT.md, section 10), whatever it holds. A column is built in
+    (docs/FORMAT.md, section 11), whatever it holds. A column is built in
     one call, limited to a map of a few entries holding no map, and loses
     its unknown entries at once. Arrays are short and counted. So a decode
     costs memory in proportion to what it uses, never to what a hostile
@@ -1106,8 +1359,33 @@ _CURRENT_HEAD = {
     for magic in (_MAGIC, _DIGESTS_MAGIC)
 }
 
+#: The oldest major version this reader reads. Released gitruns wrote 2.x,
+#: whose numeric arrays are plain bins; 3.x holds them as zstd frames.
+_OLDEST_MAJOR = 2
 
-def _check_version(data: bytes, magic: str, source: str) -> None:
+
+def compressed_chunk(data: bytes) -> bool:
+    """Whether ``data`` looks like a chunk whose numbers are compressed already.
+
+    A storage hint, told from the first bytes without decoding anything: a
+    chunk of this major version keeps its numeric arrays as zstd frames, so
+    zlib (Git's compression) would spend time on it for almost nothing. A
+    wrong answer costs only that time or a little room; it checks nothing.
+    """
+    head = _CURRENT_HEAD[_MAGIC]
+    return (
+        len(data) > len(head) and 0x80 <= data[0] <= 0x8F and data.startswith(head, 1)
+    )
+
+
+def _check_version(data: bytes, magic: str, source: str) -> int:
+    """Return the document's major version, if this reader reads it.
+
+    Raises:
+        UnsupportedVersionError: a newer major version.
+        ChunkFormatError: no version entry first, a malformed version, or a
+            major version older than any released gitruns wrote.
+    """
     # The common case, a document of this major version whose minor is a
     # fixint, is told by its bytes; the Unpacker below reads anything else.
     head = _CURRENT_HEAD[magic]
@@ -1118,7 +1396,7 @@ def _check_version(data: bytes, magic: str, source: str) -> None:
         and data[minor_at] < 0x80
         and data[1:minor_at] == head
     ):
-        return
+        return FORMAT_MAJOR
 
     # The version is read on its own first, so a newer major version is
     # reported as such even if the rest uses a layout this reader rejects.
@@ -1147,36 +1425,41 @@ def _check_version(data: bytes, magic: str, source: str) -> None:
         or not all(type(v) is int and v >= 0 for v in version)
     ):
         raise ChunkFormatError(source, f"bad format version {version!r:.40}")
-    major = version[0]
+    major: int = version[0]
     if major > FORMAT_MAJOR:
         raise UnsupportedVersionError(source, f"{major}.{version[1]}", FORMAT_MAJOR)
-    if major < FORMAT_MAJOR:
+    if major < _OLDEST_MAJOR:
         # Version 1 was a layout of development builds, never released.
         raise ChunkFormatError(
             source,
             f"format version {major}.{version[1]} is older than any released "
-            f"gitruns wrote (they write {FORMAT_MAJOR}.x)",
+            f"gitruns wrote (they write {_OLDEST_MAJOR}.x and later)",
         )
+    return major
 
 
-def _chunk_from(doc: dict[str, Any], source: str, verify: bool) -> Chunk:
+def _chunk_from(
+    doc: dict[str, Any], source: str, verify: bool, *, framed: bool
+) -> Chunk:
     window = _get_int(doc, "window", 1, _INT64_MAX, source)
     start = _get_int(doc, "start", 0, _INT64_MAX, source)
     times_bin = _get(doc, "times", bytes, source)
     columns_doc = _get(doc, "columns", dict, source)
     prefix_doc = _get(doc, "prefix", dict, source)
+    arrays = _Arrays(source, framed)
 
     # Times say how many rows there are; steps are checked against them.
-    if len(times_bin) % 8:
-        raise ChunkFormatError(source, f"times is {len(times_bin)} bytes, not 8 * n")
-    n = len(times_bin) // 8
+    times_planes = arrays.times(times_bin)
+    if len(times_planes) % 8:
+        raise ChunkFormatError(source, f"times is {len(times_planes)} bytes, not 8 * n")
+    n = len(times_planes) // 8
     if n > MAX_ROWS:
         raise ChunkFormatError(source, f"{n} steps, over the limit of {MAX_ROWS}")
     problem = _window_problem(window, start)
     if problem:
         raise ChunkFormatError(source, problem)
-    steps = _steps_from(doc.get("steps"), n, start, window, source)
-    times = _unpack_numbers("f8", times_bin, n, delta=True)
+    steps = _steps_from(doc.get("steps"), n, start, window, arrays)
+    times = _unpack_numbers("f8", times_planes, n, delta=True)
 
     # Columns, each checked against its stored digest.
     if len(columns_doc) > MAX_METRICS:
@@ -1188,7 +1471,7 @@ def _chunk_from(doc: dict[str, Any], source: str, verify: bool) -> Chunk:
     ends = (int(steps[0]), int(steps[-1])) if n else (0, 0)
     for name, col_doc in columns_doc.items():
         _check_name(name, source)
-        col, stored = _column_from(name, col_doc, n, source)
+        col, stored = _column_from(name, col_doc, n, arrays)
         mismatch = _quick_mismatch(stored, col, steps, ends)
         if verify and not mismatch:
             digests[name] = _digest_of(col, steps)
@@ -1208,10 +1491,69 @@ def _chunk_from(doc: dict[str, Any], source: str, verify: bool) -> Chunk:
     return chunk
 
 
+class _Arrays:
+    """Reads the numeric arrays of one chunk: zstd frames (3.x) or plain (2.x).
+
+    Either way it returns the shuffled bytes of section 5 of docs/FORMAT.md,
+    of the length the chunk implies, and keeps count of what frames inflate
+    to, so that a chunk's arrays never take more than MAX_CHUNK_BYTES
+    whatever their frames declare (a 2.x chunk's plain bins are in its
+    bytes, which have that limit already).
+    """
+
+    def __init__(self, source: str, framed: bool) -> None:
+        self.source = source
+        self.framed = framed
+        self.left = MAX_CHUNK_BYTES
+
+    def times(self, blob: bytes) -> bytes:
+        """The planes of ``times``, whose length says how many rows there are."""
+        if not self.framed:
+            return blob
+        planes = _inflated(blob, None, self.source, "times")
+        self._spend(len(planes))
+        return planes
+
+    def planes(
+        self, blob: bytes, kind: str, count: int, metric: str | None = None
+    ) -> bytes:
+        """The planes of ``count`` items of ``kind`` that a bin holds.
+
+        Args:
+            blob: the bin: ``steps``, or a metric's ``values``.
+            kind: "i8" for steps, else the metric's kind (f8, f4, i8).
+            count: how many items the chunk says it holds.
+            metric: the metric, for its values; None for steps.
+        """
+        size = _STORED[kind].itemsize * count
+        field = "steps" if metric is None else "values"
+        if not self.framed:
+            if len(blob) != size:
+                holds = f"{count} steps" if metric is None else f"{count} {kind} values"
+                raise ChunkFormatError(
+                    self.source,
+                    f"{_bin_label(field, metric)} is {len(blob)} bytes for {holds}",
+                )
+            return blob
+        self._spend(size)
+        return _inflated(blob, size, self.source, field, metric)
+
+    def _spend(self, size: int) -> None:
+        # Checked before a frame is inflated: what it declares is all it makes.
+        self.left -= size
+        if self.left < 0:
+            raise ChunkFormatError(
+                self.source,
+                f"the numeric arrays inflate to over {MAX_CHUNK_BYTES} bytes, "
+                "the limit of a chunk",
+            )
+
+
 def _steps_from(
-    value: object, n: int, start: int, window: int, source: str
+    value: object, n: int, start: int, window: int, arrays: _Arrays
 ) -> np.ndarray[Any, np.dtype[np.int64]]:
     # An int is the first of n contiguous steps; a bin holds them delta-coded.
+    source = arrays.source
     if type(value) is int:
         if not (n and start <= value and value + n <= start + window):
             raise ChunkFormatError(
@@ -1223,9 +1565,8 @@ def _steps_from(
         raise ChunkFormatError(
             source, f"field 'steps' must be an int or a bin, not {type(value).__name__}"
         )
-    if len(value) != 8 * n:
-        raise ChunkFormatError(source, f"steps is {len(value)} bytes for {n} steps")
-    steps = _unpack_numbers("i8", value, n, delta=True)
+    planes = arrays.planes(value, "i8", n)
+    steps = _unpack_numbers("i8", planes, n, delta=True)
     problem = _steps_problem(steps, start, window)
     if problem:
         raise ChunkFormatError(source, problem)
@@ -1272,8 +1613,9 @@ def _steps_problem(
 
 
 def _column_from(
-    name: str, doc: object, n: int, source: str
+    name: str, doc: object, n: int, arrays: _Arrays
 ) -> tuple[Column, _DigestFields]:
+    source = arrays.source
     if type(doc) is not dict:
         raise ChunkFormatError(source, f"metric {name!r}: column is not a map")
     kind = doc.get("kind")
@@ -1312,22 +1654,19 @@ def _column_from(
         raise ChunkFormatError(
             source, f"metric {name!r}: delta must be true, and only for f8, f4, i8"
         )
-    if kind == "bool" or stored is not None:
-        width = 1 if stored is None else stored.itemsize
-        if len(blob) != width * count:
-            raise ChunkFormatError(
-                source,
-                f"metric {name!r}: values is {len(blob)} bytes "
-                f"for {count} {kind} values",
-            )
+    if kind == "bool" and len(blob) != count:
+        raise ChunkFormatError(
+            source,
+            f"metric {name!r}: values is {len(blob)} bytes for {count} bool values",
+        )
 
-    # Numbers are unpacked when read: any bit pattern of the right length is
-    # a value, so there is nothing more to check here.
-    col = (
-        Column._packed(kind, rows, count, blob, delta)
-        if stored is not None
-        else Column(kind, rows, _values_from(name, kind, blob, count, source))
-    )
+    # Numbers are inflated now, so that every frame is checked, and unpacked
+    # when read: any bit pattern of the right length is a value.
+    if stored is not None:
+        planes = arrays.planes(blob, kind, count, name)
+        col = Column._packed(kind, rows, count, planes, delta)
+    else:
+        col = Column(kind, rows, _values_from(name, kind, blob, count, source))
     return col, _digest_fields(name, doc.get("digest"), source)
 
 
@@ -1424,9 +1763,9 @@ def _digest_fields(
     if type(doc) is not list or len(doc) < _DIGEST_LEN:
         raise _bad_digest(name, source, prefix, f"is not an array of {_DIGEST_LEN}")
     # Later minor versions may append fields; they are ignored here.
-    count, first, last, first_step, last_step, lo, hi, total, numeric_count = doc[
-        :_DIGEST_LEN
-    ]
+    count, first, last, first_step, last_step, lo, hi, total, numeric_count = (
+        doc if len(doc) == _DIGEST_LEN else doc[:_DIGEST_LEN]
+    )
 
     if not (
         type(count) is int
@@ -1443,7 +1782,11 @@ def _digest_fields(
         raise _bad_digest(name, source, prefix, "counts or steps out of range")
     if (count == 1) != (first_step == last_step):
         raise _bad_digest(name, source, prefix, "steps do not match the count")
-    if not (_is_value(first) and _is_value(last)):
+    # Ints must fit in int64; the other scalars are values as they are.
+    if not (
+        (type(first) in _UNBOUNDED or _is_value(first))
+        and (type(last) in _UNBOUNDED or _is_value(last))
+    ):
         raise _bad_digest(name, source, prefix, "first/last is not a value")
     if numeric_count == 0:
         if not (lo is None and hi is None and total is None):
@@ -1454,6 +1797,10 @@ def _digest_fields(
         if not lo <= hi:
             raise _bad_digest(name, source, prefix, "min is not <= max")
     return (count, first, last, first_step, last_step, lo, hi, total, numeric_count)
+
+
+# The value types that are values whatever they hold.
+_UNBOUNDED = frozenset({float, str, bool, type(None)})
 
 
 def _bad_digest(name: str, source: str, prefix: bool, reason: str) -> ChunkFormatError:

@@ -36,9 +36,10 @@ Foreign errors are mapped here, by three functions:
   :class:`MissingExtraError`.
 
 Two codecs map their own parser's errors, as reading their bytes is their
-concern: ``gitruns.chunk`` turns msgpack's into :class:`ChunkFormatError`
-(in ``_unpacking``), and ``gitruns.store`` turns dulwich's object parse errors
-(and ``objects.CorruptObject``, a delta that does not apply among them) into
+concern: ``gitruns.chunk`` turns msgpack's (in ``_unpacking``) and
+zstandard's (in ``_Inflating``) into :class:`ChunkFormatError`, and
+``gitruns.store`` turns dulwich's object parse errors (and
+``objects.CorruptObject``, a delta that does not apply among them) into
 :class:`RepositoryError` naming the object it read. ``remote`` says itself
 when dulwich cannot make sense of a remote's URL (a ValueError, too common to
 map around a whole push). Other modules catch a

@@ -314,7 +314,7 @@ def cut_history(
     chunk = store.read_segment(run.path, snapshot.history, start)
     if int(chunk.steps[-1]) > step:
         chunk = chunk.sliced(step)
-        history.replace(start, store.blob(encode_chunk(chunk)))
+        history.replace(start, store.chunk_blob(encode_chunk(chunk)))
     return history, dict(chunk.totals()), int(chunk.steps[-1])
 
 

@@ -18,6 +18,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
+from typing import Any
 
 from dulwich.errors import ApplyDeltaError
 from dulwich.object_store import BaseObjectStore, DiskObjectStore
@@ -200,7 +201,9 @@ class ObjectReader:
         for pack in self._packs or []:
             try:
                 return pack, pack.index.object_offset(ObjectID(sha))
-            except KeyError:
+            except (KeyError, PackFileDisappeared):
+                # Not there, or removed by `git gc` since the list was made:
+                # its objects are in the pack that replaced it, further on.
                 continue
         return None
 
@@ -346,8 +349,7 @@ def _read_loose_file(path: str, limit: int) -> tuple[int, bytes] | None:
         return None
     try:
         # The header, "<type> <size>\0", comes first in the compressed stream.
-        inflater = _Inflater(fd, 0, 4096)
-        head = inflater.take(64)
+        head = _Inflater(fd, 0, 4096).take(64)
         nul = head.find(b"\0")
         kind, _, size_text = head[: max(nul, 0)].partition(b" ")
         type_num = _LOOSE_TYPES.get(kind)
@@ -356,14 +358,7 @@ def _read_loose_file(path: str, limit: int) -> tuple[int, bytes] | None:
         size = int(size_text)
         if size > limit:
             raise ObjectTooLarge(size, limit)
-
-        data = head[nul + 1 :]
-        if len(data) < size:
-            inflater.piece = size + 64
-            data += inflater.take(size - len(data))
-        if len(data) != size or inflater.take(1):
-            raise CorruptObject("a loose object whose size is not what it says")
-        return type_num, data
+        return type_num, _inflate(fd, 0, size, skip=nul + 1)
     finally:
         os.close(fd)
 
@@ -371,11 +366,14 @@ def _read_loose_file(path: str, limit: int) -> tuple[int, bytes] | None:
 class _Inflater:
     """A zlib stream at an offset of a file, inflated on demand."""
 
-    def __init__(self, fd: int, at: int, piece: int = _PIECE) -> None:
+    def __init__(
+        self, fd: int, at: int, piece: int = _PIECE, stream: Any = None
+    ) -> None:
         self.fd = fd
         self.at = at
         self.piece = piece
-        self._zlib = zlib.decompressobj()
+        # A stream begun elsewhere goes on with the bytes at ``at``.
+        self._zlib = zlib.decompressobj() if stream is None else stream
 
     def take(self, count: int) -> bytes:
         """The next ``count`` bytes of output, fewer only where the stream ends."""
@@ -394,13 +392,79 @@ class _Inflater:
         return b"".join(out)
 
 
-def _inflate(fd: int, at: int, size: int) -> bytes:
-    # Exactly ``size`` bytes, and the stream must end there.
-    inflater = _Inflater(fd, at, size + 64)
-    data = inflater.take(size)
-    if len(data) != size or inflater.take(1):
-        raise CorruptObject("a packed object whose size is not what it says")
-    return data
+def _inflate(fd: int, at: int, size: int, skip: int = 0) -> bytes:
+    """The ``size`` bytes after the first ``skip`` of the zlib stream at ``at``.
+
+    The stream must end right there. It is read in one go: zlib never makes
+    a stream longer than its bound for that many bytes. Stored blocks (zlib
+    level 0, what chunks are kept at) are copied out here, checksum checked:
+    zlib takes three times as long over them, growing its output piece by
+    piece. Anything else is inflated by zlib, to at most one byte more than
+    the object holds, reading on if it must.
+    """
+    total = skip + size
+    raw = memoryview(os.pread(fd, _deflated_bound(total), at))
+    pieces = _stored_blocks(raw)
+    if pieces is not None:
+        if sum(map(len, pieces)) != total:
+            raise CorruptObject("an object whose size is not what it says")
+        while skip and pieces and len(pieces[0]) <= skip:
+            skip -= len(pieces.pop(0))
+        if pieces:
+            pieces[0] = pieces[0][skip:]
+        return b"".join(pieces)
+
+    stream = zlib.decompressobj()
+    data = stream.decompress(raw, total + 1)
+    if not stream.eof and len(data) <= total and not stream.unconsumed_tail:
+        # Longer than zlib ever writes (padded with empty blocks, say): read
+        # on, never inflating past one byte more than the object.
+        more = _Inflater(fd, at + len(raw), total + 64, stream)
+        data += more.take(total + 1 - len(data))
+    if len(data) != total or not stream.eof:
+        raise CorruptObject("an object whose size is not what it says")
+    return data[skip:] if skip else data
+
+
+def _deflated_bound(size: int) -> int:
+    # The most bytes zlib makes of ``size`` bytes at any level (its
+    # compressBound), and room for a pack entry's next header.
+    return size + (size >> 12) + (size >> 14) + (size >> 25) + 13 + _ENTRY_HEADER
+
+
+def _stored_blocks(raw: memoryview) -> list[memoryview] | None:
+    """The content of a zlib stream of stored blocks only, as views of ``raw``.
+
+    None for any other stream: another kind of block, a zlib header this
+    does not read, a malformed length, a stream that runs past ``raw`` or a
+    checksum that does not match. zlib reads those, and says what is wrong.
+    """
+    # zlib's header: deflate, a window of at most 32 KiB, no preset dictionary.
+    if len(raw) < 2 or raw[0] & 0x8F != 0x08 or raw[1] & 0x20:
+        return None
+    if (raw[0] << 8 | raw[1]) % 31:
+        return None
+    pieces = []
+    checksum = 1
+    at = 2
+    while True:
+        # A stored block after another is byte-aligned: a byte with BFINAL
+        # and BTYPE 00, then LEN and its complement NLEN, then LEN bytes.
+        if at + 5 > len(raw) or raw[at] & 0b110:
+            return None
+        length = raw[at + 1] | raw[at + 2] << 8
+        piece = raw[at + 5 : at + 5 + length]
+        if length ^ (raw[at + 3] | raw[at + 4] << 8) != 0xFFFF or len(piece) < length:
+            return None
+        pieces.append(piece)
+        checksum = zlib.adler32(piece, checksum)
+        last = raw[at] & 1
+        at += 5 + length
+        if last:
+            break
+    if raw[at : at + 4] != checksum.to_bytes(4, "big"):
+        return None
+    return pieces
 
 
 def _entry_header(head: bytes) -> tuple[int, int, int]:

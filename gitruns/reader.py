@@ -9,13 +9,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from gitruns.chunk import Chunk
+from gitruns.chunk import Chunk, Column, Value, fill_rows
 from gitruns.errors import GitRunsError, RepositoryError, RunNotFoundError, require
 from gitruns.refs import RunRef, Sha
 from gitruns.store import (
     CONFIG_JSON,
     RUN_JSON,
     SUMMARY_JSON,
+    History,
     RunStore,
     Snapshot,
 )
@@ -281,24 +282,31 @@ class RunView:
             return [rows[i] for i in _sample(len(rows), samples)]
         pd = require("pandas", "pandas", "history(pandas=True)")
 
-        # Built column by column: no dict per step on the way.
+        # Built column by column: no dict per step on the way, and the frame
+        # is copied only where rows are dropped.
         wanted = None if want is None else [*want, "_step", "_timestamp"]
         data = self.columns(wanted, min_step, max_step)
         steps = data.pop("_step", (np.empty(0, np.int64),) * 2)[0]
         table: dict[str, Any] = {"_step": steps}
         if "_timestamp" in data:
             table["_timestamp"] = data.pop("_timestamp")[1]
-        keep = np.ones(len(steps), dtype=bool)
+        keep: np.ndarray | None = None
         for name, (at, values) in sorted(data.items()):
             table[name] = _spread(steps, at, values)
-            if want is not None and name in want:
-                keep &= np.isin(steps, at)
+            if want is not None and name in want and len(at) != len(steps):
+                logged = np.isin(steps, at)
+                keep = logged if keep is None else keep & logged
         if want is not None and any(k not in data and k != "_step" for k in want):
-            keep[:] = False  # a key never logged: no step has them all
-        frame = pd.DataFrame(table)[keep].reset_index(drop=True)
-        frame = frame.iloc[_sample(len(frame), samples)].reset_index(drop=True)
-        if x_axis in frame.columns:
-            frame = frame[[x_axis, *[c for c in frame.columns if c != x_axis]]]
+            keep = np.zeros(len(steps), dtype=bool)  # a key never logged
+        if x_axis in table:
+            table = {x_axis: table.pop(x_axis), **table}
+
+        frame = pd.DataFrame(table, copy=False)
+        if keep is not None:
+            frame = frame[keep].reset_index(drop=True)
+        picks = _sample(len(frame), samples)
+        if len(picks) != len(frame):
+            frame = frame.iloc[picks].reset_index(drop=True)
         return frame
 
     def columns(
@@ -309,32 +317,43 @@ class RunView:
     ) -> dict[str, tuple[np.ndarray, Any]]:
         """Whole metrics as arrays: ``{metric: (steps, values)}``.
 
-        Numeric metrics come back as numpy arrays (one copy per segment);
-        str and mixed metrics as lists. ``_step`` and ``_timestamp`` map to
-        (steps, steps) and (steps, times). ``min_step`` is inclusive and
-        ``max_step`` exclusive, as in :meth:`scan_history`. Metrics logged
-        at the same steps share one steps array: copy it before changing it.
+        Numeric metrics come back as numpy arrays; str and mixed metrics (and
+        a metric whose type changes between segments) as lists. ``_step``
+        and ``_timestamp`` map to (steps, steps) and (steps, times).
+        ``min_step`` is inclusive and ``max_step`` exclusive, as in
+        :meth:`scan_history`. Metrics logged at every step share one steps
+        array: copy it before changing it.
         """
         wanted = None if keys is None else set(keys)
-        parts: dict[str, list[tuple[np.ndarray, Any]]] = {}
-        for chunk in self.chunks(min_step, max_step):
-            inside = (min_step is None or chunk.steps[0] >= min_step) and (
-                max_step is None or chunk.steps[-1] < max_step
-            )
-            for name, piece in _chunk_columns(chunk, wanted).items():
-                if not inside:
-                    piece = _clip(piece, min_step, max_step)
-                if len(piece[0]):
-                    parts.setdefault(name, []).append(piece)
-        # Dense metrics share their segments' step arrays: join those once.
-        joined: dict[tuple[int, ...], np.ndarray] = {}
+        history = self.snapshot.history
+        segments = history.segments(min_step, max_step)
+        room = _rows_room(history, segments, self.last_step)
+
+        # Segment by segment, each value is copied once, straight to where it
+        # is returned; the segment's bytes are let go before the next is read.
+        steps = _Steps(room)
+        joins: dict[str, _Join] = {}
+        for index, (start, _) in enumerate(segments):
+            chunk = self.store.read_segment(self.path, history, start)
+            lo, hi = 0, len(chunk.steps)
+            if (min_step is not None and chunk.steps[0] < min_step) or (
+                max_step is not None and chunk.steps[-1] >= max_step
+            ):
+                lo, hi = _row_range(chunk.steps, min_step, max_step)
+            at = steps.extend(chunk.steps[lo:hi])
+            for name, col in _chunk_columns(chunk, wanted):
+                join = joins.get(name)
+                if join is None:
+                    join = joins[name] = _Join(steps, len(segments) - index, room)
+                join.add(chunk, col, lo, hi, at)
+
         out = {}
-        for name, pieces in parts.items():
-            key = tuple(id(p[0]) for p in pieces)
-            steps = joined.get(key)
-            if steps is None:
-                steps = joined[key] = _concat_steps(pieces)
-            out[name] = (steps, _concat_values(pieces))
+        if (wanted is None or "_step" in wanted) and steps.count:
+            read = steps.array[: steps.count]
+            out["_step"] = (read, read)
+        for name, join in joins.items():
+            if join.count:
+                out[name] = join.result()
         return out
 
 
@@ -381,10 +400,10 @@ def readable_runs(
     return found
 
 
-def _sample(count: int, samples: int | None) -> list[int]:
+def _sample(count: int, samples: int | None) -> Sequence[int]:
     # At most ``samples`` indexes, evenly spaced, first and last included.
     if samples is None or samples <= 0 or count <= samples:
-        return list(range(count))
+        return range(count)
     picks = np.linspace(0, count - 1, samples).round().astype(int)
     return sorted(set(picks.tolist()))
 
@@ -407,74 +426,197 @@ def _spread(steps: np.ndarray, at: np.ndarray, values: Any) -> Any:
 
 def _chunk_columns(
     chunk: Chunk, wanted: set[str] | None
-) -> dict[str, tuple[np.ndarray, Any]]:
-    found: dict[str, tuple[np.ndarray, Any]] = {}
-    if wanted is None or "_step" in wanted:
-        found["_step"] = (chunk.steps, chunk.steps)
+) -> Iterator[tuple[str, Column]]:
+    # The metrics of a segment that a read wants, and _timestamp.
     if wanted is None or "_timestamp" in wanted:
-        found["_timestamp"] = (chunk.steps, chunk.times)
-    for name in chunk.columns:
+        yield "_timestamp", Column("f8", None, chunk.times)
+    for name, col in chunk.columns.items():
         if wanted is None or name in wanted:
-            found[name] = chunk.column(name)
-    return found
+            yield name, col
 
 
-def _clip(
-    piece: tuple[np.ndarray, Any], min_step: int | None, max_step: int | None
-) -> tuple[np.ndarray, Any]:
-    # One column of a boundary segment, without steps outside the range.
-    steps, values = piece
-    keep = np.ones(len(steps), dtype=bool)
-    if min_step is not None:
-        keep &= steps >= min_step
-    if max_step is not None:
-        keep &= steps < max_step
-    if isinstance(values, np.ndarray):
-        return steps[keep], values[keep]
-    return steps[keep], [v for v, k in zip(values, keep.tolist()) if k]
+def _row_range(
+    steps: np.ndarray, min_step: int | None, max_step: int | None
+) -> tuple[int, int]:
+    # The rows of a segment in [min_step, max_step): steps are increasing.
+    lo = 0 if min_step is None else int(np.searchsorted(steps, min_step))
+    hi = len(steps) if max_step is None else int(np.searchsorted(steps, max_step))
+    return lo, max(lo, hi)
+
+
+#: Rows a columnar read makes room for at first, per metric. Past it the
+#: arrays grow, twice as large each time.
+_FIRST_ROOM = 1 << 22
+
+
+def _rows_room(
+    history: History, segments: list[tuple[int, Sha]], last: int | None
+) -> int:
+    # The most rows these segments can hold: each holds steps from its first
+    # to the next one's first, in its window. Exact for a run logged at every
+    # step; room that is not filled is never touched, so costs no memory.
+    window = history.window
+    room = 0
+    for start, _ in segments:
+        end = history.next_start(start)
+        if end is None:
+            end = (last if last is not None and last >= start else start) + 1
+        room += min(window - start % window, end - start)
+    return max(1, min(room, _FIRST_ROOM))
+
+
+def _grown(buffer: np.ndarray, used: int, more: int) -> np.ndarray:
+    # ``buffer``, or a larger copy of its first ``used`` items, so that
+    # ``more`` items fit after them.
+    if used + more <= len(buffer):
+        return buffer
+    grown = np.empty(max(2 * len(buffer), used + more), dtype=buffer.dtype)
+    grown[:used] = buffer[:used]
+    return grown
+
+
+def _trimmed(buffer: np.ndarray, used: int) -> np.ndarray:
+    # The filled part; a copy when most of the room went unused.
+    return buffer[:used] if 2 * used >= len(buffer) else buffer[:used].copy()
+
+
+class _Steps:
+    """Every step a columnar read has read, in order: what dense metrics share."""
+
+    def __init__(self, room: int) -> None:
+        self.array = np.empty(room, dtype=np.int64)
+        self.count = 0
+
+    def extend(self, steps: np.ndarray) -> int:
+        """Append ``steps``; return where they start."""
+        at = self.count
+        self.array = _grown(self.array, at, len(steps))
+        self.array[at : at + len(steps)] = steps
+        self.count += len(steps)
+        return at
+
+
+class _Join:
+    """One metric of a columnar read, joined segment by segment as they are read.
+
+    Its values go into one array, each segment's unshuffled straight into
+    its place (into a list instead, once a segment's values are not of the
+    array's dtype). While the metric has a value at every step read since its
+    first, its steps are a stretch of the read's own; after a gap it keeps
+    steps of its own. Its arrays start with room for as many values in each
+    segment left as in its first, which is exact for a metric logged at
+    every step or at a fixed interval, and small for one logged rarely.
+
+    Args:
+        steps: the read's steps.
+        segments: how many segments are left to read, this one included.
+        room: the most rows those segments can hold.
+    """
+
+    def __init__(self, steps: _Steps, segments: int, room: int) -> None:
+        self.run = steps
+        self.segments = segments
+        self.room = room
+        self.first = 0
+        self.count = 0
+        self.capacity = 0
+        self.values: np.ndarray | list[Value] | None = None
+        self.steps: np.ndarray | None = None
+
+    def add(self, chunk: Chunk, col: Column, lo: int, hi: int, at: int) -> None:
+        """Add the values of ``col`` at rows ``lo`` to ``hi`` of ``chunk``.
+
+        Row ``lo`` is the read's row ``at``.
+        """
+        if col.rows is None:
+            start, stop, steps = lo, hi, None
+        else:
+            start, stop = np.searchsorted(col.rows, (lo, hi)).tolist()
+            steps = chunk.steps[col.rows[start:stop]]
+        count = stop - start
+        if not count:
+            return
+        if not self.capacity:
+            self.capacity = max(count, min(self.room, count * self.segments))
+        if self.count == 0 and steps is None:
+            self.first = at
+        if steps is not None or self.steps is not None or at != self.first + self.count:
+            self._add_steps(at, count, steps)
+        self._add_values(col, start, count)
+        self.count += count
+
+    def _add_steps(self, at: int, count: int, steps: np.ndarray | None) -> None:
+        # A gap, or a sparse segment: from here on the metric keeps its steps.
+        if self.steps is None:
+            size = max(self.capacity, self.count + count)
+            self.steps = np.empty(size, dtype=np.int64)
+            self.steps[: self.count] = self.run.array[
+                self.first : self.first + self.count
+            ]
+        if steps is None:
+            steps = self.run.array[at : at + count]
+        self.steps = _grown(self.steps, self.count, count)
+        self.steps[self.count : self.count + count] = steps
+
+    def _add_values(self, col: Column, start: int, count: int) -> None:
+        values, dtype = self.values, col.dtype
+        if values is None and dtype is not None:
+            values = np.empty(self.capacity, dtype=dtype)
+        elif isinstance(values, np.ndarray) and (
+            dtype is None or values.dtype != dtype
+        ):
+            # (numpy takes a dtype of None for float64: it is tested first.)
+            values = values[: self.count].tolist()
+        if isinstance(values, np.ndarray):
+            values = _grown(values, self.count, count)
+            col.values_into(values[self.count : self.count + count], start)
+        else:
+            values = [] if values is None else values
+            values.extend(col.value_list()[start : start + count])
+        self.values = values
+
+    def result(self) -> tuple[np.ndarray, Any]:
+        """(steps, values) of the metric."""
+        if self.steps is None:
+            steps = self.run.array[self.first : self.first + self.count]
+        else:
+            steps = _trimmed(self.steps, self.count)
+        values = self.values
+        if isinstance(values, np.ndarray):
+            values = _trimmed(values, self.count)
+        return steps, values
 
 
 def _rows_with_keys(
     chunk: Chunk, keys: Sequence[str], lo: int, hi: int | None
 ) -> Iterator[dict[str, Any]]:
+    # The rows of a segment where every key was logged, with those keys.
     wanted = [k for k in keys if k not in ("_step", "_timestamp")]
     if any(k not in chunk.columns for k in wanted):
         return
-    columns = {}
-    common: set[int] | None = None
+    rows = np.arange(len(chunk.steps))
     for key in wanted:
-        steps, values = chunk.column(key)
-        step_list = steps.tolist()
-        columns[key] = dict(
-            zip(
-                step_list, values.tolist() if isinstance(values, np.ndarray) else values
-            )
-        )
-        common = set(step_list) if common is None else common & set(step_list)
-    times = dict(zip(chunk.steps.tolist(), chunk.times.tolist()))
-    for step in sorted(common if common is not None else times):
-        if step < lo or (hi is not None and step >= hi):
-            continue
-        row: dict[str, Any] = {"_step": step}
-        if "_timestamp" in keys:
-            row["_timestamp"] = times[step]
-        for key in wanted:
-            row[key] = columns[key][step]
-        yield row
+        present = chunk.columns[key].rows
+        if present is not None:
+            rows = np.intersect1d(rows, present, assume_unique=True)
+    steps = chunk.steps[rows]
+    inside = steps >= lo if hi is None else (steps >= lo) & (steps < hi)
+    if not inside.all():
+        rows, steps = rows[inside], steps[inside]
 
-
-def _concat_steps(pieces: list[tuple[np.ndarray, Any]]) -> np.ndarray:
-    if not pieces:
-        return np.empty(0, np.int64)
-    return np.concatenate([p[0] for p in pieces])
-
-
-def _concat_values(pieces: list[tuple[np.ndarray, Any]]) -> Any:
-    if all(isinstance(p[1], np.ndarray) for p in pieces):
-        kinds = {p[1].dtype for p in pieces}
-        if len(kinds) == 1:
-            return np.concatenate([p[1] for p in pieces])
-    values: list[Any] = []
-    for _, part in pieces:
-        values.extend(part.tolist() if isinstance(part, np.ndarray) else part)
-    return values
+    fields: dict[str, list[Any]] = {"_step": steps.tolist()}
+    if "_timestamp" in keys:
+        fields["_timestamp"] = chunk.times[rows].tolist()
+    for key in wanted:
+        col = chunk.columns[key]
+        at = rows if col.rows is None else np.searchsorted(col.rows, rows)
+        values = col.values
+        if isinstance(values, np.ndarray):
+            fields[key] = values[at].tolist()
+        else:
+            fields[key] = [values[i] for i in at.tolist()]
+    template = dict.fromkeys(fields)
+    out = [template.copy() for _ in range(len(rows))]
+    for key, values in fields.items():
+        fill_rows(out, key, values)
+    yield from out

@@ -25,6 +25,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
+import zstandard
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -39,6 +40,7 @@ from gitruns.chunk import (
     Value,
     build_chunk,
     check_metric_name,
+    compressed_chunk,
     decode_chunk,
     decode_digests,
     encode_chunk,
@@ -56,6 +58,8 @@ from gitruns.errors import (
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
+#: Chunks as gitruns 2.0 wrote them (plain numeric bins): a 3.x reader reads them.
+GOLDEN_V2 = GOLDEN / "v2"
 from tests.conftest import REAL_RUNS  # noqa: E402
 
 SOURCE = "blob 1234abcd (test)"
@@ -133,9 +137,22 @@ def shuffled(items: list[int], width: int = 8, delta: bool = False) -> bytes:
     return bytes(value[k] for k in range(width) for value in raw)
 
 
+def frame(planes: bytes) -> bytes:
+    """One zstd frame holding ``planes``, as a writer of docs/FORMAT.md may make it."""
+    compressor = zstandard.ZstdCompressor(level=3, write_content_size=True)
+    return compressor.compress(planes)
+
+
+def unframe(blob: bytes) -> bytes:
+    """The content of one zstd frame, read by zstandard apart from gitruns.chunk."""
+    if not blob:
+        raise AssertionError("an empty bin is not a frame")
+    return zstandard.ZstdDecompressor().decompress(blob)
+
+
 def steps_bin(steps: list[int]) -> bytes:
-    """A ``steps`` bin: delta-coded int64, byte-shuffled."""
-    return shuffled(steps, delta=True)
+    """A ``steps`` bin: delta-coded int64, byte-shuffled, in a zstd frame."""
+    return frame(shuffled(steps, delta=True))
 
 
 def naive_digest(steps: list[int], values: list[Value]) -> Digest:
@@ -449,6 +466,28 @@ def test_rows_hold_exactly_the_metrics_present(args: dict[str, Any]) -> None:
         assert all(same(g[k], e[k]) for k in e)
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_rows_keep_the_key_order_of_their_chunk(sparse: bool) -> None:
+    # JSON lines exports write rows as they come: _step, _timestamp, then the
+    # metrics present in the chunk's (sorted) order, whatever is sparse.
+    rows = [0, 2] if sparse else [0, 1, 2]
+    chunk = build_chunk(
+        10, 0, [0, 1, 2], [0.5, 1.5, 2.5],
+        {"b": (rows, [1.0] * len(rows)), "a": ([0, 1, 2], [1, 2, 3]),
+         "c": ([0, 1, 2], ["x", "y", "z"])},
+    )  # fmt: skip
+    got = list(decode_chunk(encode_chunk(chunk)).rows())
+    assert [list(row) for row in got] == [
+        ["_step", "_timestamp", "a", "b", "c"],
+        ["_step", "_timestamp", "a", "c"] if sparse else [
+            "_step", "_timestamp", "a", "b", "c"],
+        ["_step", "_timestamp", "a", "b", "c"],
+    ]  # fmt: skip
+    assert got[1] == {"_step": 1, "_timestamp": 1.5, "a": 2, "c": "y"} | (
+        {} if sparse else {"b": 1.0}
+    )
+
+
 def test_real_trainer_log_round_trips_with_its_gaps() -> None:
     # An HF Trainer log: loss every 50 steps, eval every 1000, one final record.
     state = json.loads(
@@ -638,9 +677,10 @@ def test_contiguous_steps_are_stored_as_the_first_step() -> None:
     dense = build_chunk(100, 100, [100, 101, 102], [0.0] * 3, {"m": ([0], [1.0])})
     assert document(encode_chunk(dense))["steps"] == 100
     gappy = build_chunk(100, 100, [100, 102, 103], [0.0] * 3, {"m": ([0], [1.0])})
-    assert document(encode_chunk(gappy))["steps"] == steps_bin([100, 102, 103])
+    stored = document(encode_chunk(gappy))["steps"]
+    assert unframe(stored) == shuffled([100, 102, 103], delta=True)
     empty = document(encode_chunk(build_chunk(10, 0, [], [], {})))
-    assert empty["steps"] == b"" and empty["times"] == b""
+    assert unframe(empty["steps"]) == b"" and unframe(empty["times"]) == b""
 
 
 @pytest.mark.parametrize("offsets", [[0, 1, 2, 3, 4, 5, 6, 7], [0, 3, 7], [7]])
@@ -661,7 +701,7 @@ def test_a_bin_of_contiguous_steps_is_read_too() -> None:
 @pytest.mark.parametrize("first", [8, True, 8.0, None])
 def test_steps_as_an_int_need_rows_an_int_and_the_window(first: Any) -> None:
     doc = document((GOLDEN / "dense_f8.msgpack").read_bytes())
-    doc["steps"], doc["times"], doc["columns"] = first, b"", {}
+    doc["steps"], doc["times"], doc["columns"] = first, frame(b""), {}
     refused(pack(doc))  # no rows, or not an int
 
 
@@ -689,7 +729,7 @@ def test_steady_series_are_delta_coded_exactly(
     # Either way, the bytes are the ones docs/FORMAT.md describes.
     column = document(data)["columns"]["m"]
     delta = column.get("delta", False)
-    assert column["values"] == shuffled(patterns, delta=delta)
+    assert unframe(column["values"]) == shuffled(patterns, delta=delta)
 
 
 def test_noise_is_stored_plain_and_a_schedule_delta_coded() -> None:
@@ -704,7 +744,7 @@ def test_noise_is_stored_plain_and_a_schedule_delta_coded() -> None:
     columns = document(encode_chunk(chunk))["columns"]
     assert "delta" not in columns["loss"] and columns["lr"]["delta"] is True
     bits_of = [struct.unpack("<Q", bits(x))[0] for x in noise]
-    assert columns["loss"]["values"] == shuffled(bits_of)
+    assert unframe(columns["loss"]["values"]) == shuffled(bits_of)
 
 
 def test_delta_flag_changes_what_the_bytes_mean(valid: bytes) -> None:
@@ -716,31 +756,40 @@ def test_delta_flag_changes_what_the_bytes_mean(valid: bytes) -> None:
     else:
         del column["delta"]
     tokens = decode_chunk(pack(doc)).columns["tokens"].value_list()
-    expected = [as_number(i, "i8") for i in unshuffle(column["values"], 8, flipped)]
+    planes = unframe(column["values"])
+    expected = [as_number(i, "i8") for i in unshuffle(planes, 8, flipped)]
     assert tokens == expected != [INT64_MIN, -1, 0, 1, INT64_MAX]
     # The stored digest no longer matches: verify says so.
     refused(pack(doc), verify=True)
 
 
-def test_golden_bytes_mean_what_the_format_page_says() -> None:
+@pytest.mark.parametrize("folder", [GOLDEN, GOLDEN_V2], ids=["3.0", "2.0"])
+def test_golden_bytes_mean_what_the_format_page_says(folder: Path) -> None:
     # unshuffle() reads the golden files one byte at a time, apart from the
-    # codec; the codec must agree with it on every value.
+    # codec, and zstandard alone opens the frames of 3.0; the codec must agree
+    # with them on every value.
     for name in ("dense_f8", "sparse_kinds", "with_prefix", "float32_delta"):
-        data = (GOLDEN / f"{name}.msgpack").read_bytes()
+        data = (folder / f"{name}.msgpack").read_bytes()
         doc, chunk = document(data), decode_chunk(data)
+
+        def planes(blob: bytes) -> bytes:
+            return unframe(blob) if folder == GOLDEN else blob
+
         steps: list[Value]
+        times_planes = planes(doc["times"])
         if isinstance(doc["steps"], int):
-            steps = list(range(doc["steps"], doc["steps"] + len(doc["times"]) // 8))
+            steps = list(range(doc["steps"], doc["steps"] + len(times_planes) // 8))
         else:
-            steps = [as_number(i, "i8") for i in unshuffle(doc["steps"], 8, True)]
+            items = unshuffle(planes(doc["steps"]), 8, True)
+            steps = [as_number(i, "i8") for i in items]
         assert chunk.steps.tolist() == steps
-        times = [float_from_bits(i) for i in unshuffle(doc["times"], 8, True)]
+        times = [float_from_bits(i) for i in unshuffle(times_planes, 8, True)]
         assert [bits(t) for t in chunk.times.tolist()] == [bits(t) for t in times]
         for metric, col in doc["columns"].items():
             if col["kind"] not in ("f8", "f4", "i8"):
                 continue
             width = 4 if col["kind"] == "f4" else 8
-            items = unshuffle(col["values"], width, col.get("delta", False))
+            items = unshuffle(planes(col["values"]), width, col.get("delta", False))
             expected = [as_number(i, col["kind"]) for i in items]
             got = chunk.columns[metric].value_list()
             assert all(same(a, b) for a, b in zip(got, expected, strict=True))
@@ -890,7 +939,8 @@ def test_a_realistic_chunk_stays_under_the_storage_goals(
         {name: (range(n), values) for name, values in curves.items()},
         float32=float32,
     )  # fmt: skip
-    stored = zlib.compress(encode_chunk(chunk), 1)
+    # Chunks are stored at zlib level 0: their arrays are compressed already.
+    stored = zlib.compress(encode_chunk(chunk), 0)
     assert len(stored) / (n * len(curves)) <= most
 
 
@@ -981,8 +1031,15 @@ def as_number(item: int, kind: str) -> Value:
 def describe(data: bytes) -> str:
     """A readable dump of a msgpack document: bins in hex, floats with their bits.
 
-    Byte-shuffled bins are shown one plane per line, then the values they hold.
+    Byte-shuffled bins are shown one plane per line, then the values they hold;
+    in a 3.x chunk, the zstd frame that holds them first.
     """
+    framed = msgpack.unpackb(data, raw=False).get("gitruns.chunk", [0])[0] >= 3
+
+    def hex_rows(blob: bytes, indent: str) -> Iterator[str]:
+        for i in range(0, len(blob), 16):
+            row = blob[i : i + 16]
+            yield f"{indent}  {row[:8].hex()} {row[8:].hex()}".rstrip()
 
     def number(value: Value, kind: str) -> str:
         if not isinstance(value, float):
@@ -992,10 +1049,15 @@ def describe(data: bytes) -> str:
         return f"{value!r} (0x{bits(value)[::-1].hex()})"
 
     def planes(blob: bytes, kind: str, delta: bool, indent: str) -> Iterator[str]:
+        if framed:
+            yield f"{indent}bin of {len(blob)}: one zstd frame"
+            yield from hex_rows(blob, indent)
+            blob = unframe(blob)
+            indent += "  "
         width = 4 if kind == "f4" else 8
         n = len(blob) // width
         how = f"{n} {kind}, byte-shuffled" + (", delta-coded" if delta else "")
-        yield f"{indent}bin of {len(blob)}: {how}"
+        yield f"{indent}{'holding' if framed else 'bin of'} {len(blob)}: {how}"
         for k in range(width):
             plane = blob[k * n : (k + 1) * n]
             for i in range(0, max(n, 1), 16):
@@ -1043,9 +1105,7 @@ def describe(data: bytes) -> str:
             yield from planes(obj, kind, bool(delta), indent)
         elif isinstance(obj, bytes):
             yield f"{indent}bin of {len(obj)}"
-            for i in range(0, len(obj), 16):
-                row = obj[i : i + 16]
-                yield f"{indent}  {row[:8].hex()} {row[8:].hex()}".rstrip()
+            yield from hex_rows(obj, indent)
             if role == "nested":
                 yield f"{indent}  holding:"
                 yield from show(msgpack.unpackb(obj, raw=False), indent + "    ")
@@ -1080,6 +1140,41 @@ def test_golden_files_decode_and_reencode_byte_for_byte(name: str) -> None:
         assert encode_chunk(decode_chunk(data, source=name, verify=True)) == data
 
 
+@pytest.mark.parametrize("name", sorted(golden_chunks()))
+def test_2_0_chunks_read_as_the_same_data_and_rewrite_as_3_0(name: str) -> None:
+    # Repositories of released gitruns hold 2.0 chunks: the golden files as
+    # 2.0 wrote them, plain numeric bins, still read, to the same values bit
+    # for bit, and a rewrite of one (a fork's cut segment) is the 3.0 file.
+    old = (GOLDEN_V2 / f"{name}.msgpack").read_bytes()
+    new = (GOLDEN / f"{name}.msgpack").read_bytes()
+    assert document(old)[next(iter(document(old)))][0] == 2
+    assert (GOLDEN_V2 / f"{name}.txt").read_text(encoding="utf-8") == describe(old)
+    if name == "digests":
+        before, after = decode_digests(old), decode_digests(new)
+        assert set(before) == set(after)
+        for metric, digest in before.items():
+            assert_digest(digest, after[metric])
+        assert encode_digests(before) == new
+        return
+
+    before, after = decode_chunk(old, verify=True), decode_chunk(new, verify=True)
+    assert (before.window, before.start) == (after.window, after.start)
+    assert before.steps.tolist() == after.steps.tolist()
+    assert before.times.tobytes() == after.times.tobytes()
+    assert {n: c.kind for n, c in before.columns.items()} == {
+        n: c.kind for n, c in after.columns.items()
+    }
+    for metric in before.columns:
+        steps, values = before.column(metric)
+        assert steps.tolist() == after.column(metric)[0].tolist()
+        got, want = as_list(values), after.columns[metric].value_list()
+        assert all(same(a, b) for a, b in zip(got, want, strict=True)), metric
+    assert set(before.prefix) == set(after.prefix)
+    for metric, digest in before.prefix.items():
+        assert_digest(digest, after.prefix[metric])
+    assert encode_chunk(before) == new
+
+
 def test_golden_dense_f8_keeps_its_float_bits() -> None:
     chunk = decode_chunk((GOLDEN / "dense_f8.msgpack").read_bytes())
     got = [bits(v) for v in as_list(chunk.column("loss")[1])]  # type: ignore[arg-type]
@@ -1089,6 +1184,16 @@ def test_golden_dense_f8_keeps_its_float_bits() -> None:
         bits(math.inf),
         struct.pack("<Q", 0x7FF8000000C0FFEE),
     ]
+
+
+def test_compressed_chunk_tells_3_x_chunks_by_their_first_bytes() -> None:
+    # What RunStore uses to keep chunks out of zlib; a hint, so a cheap one.
+    for name in ("dense_f8", "sparse_kinds", "with_prefix", "float32_delta"):
+        assert compressed_chunk((GOLDEN / f"{name}.msgpack").read_bytes())
+        assert not compressed_chunk((GOLDEN_V2 / f"{name}.msgpack").read_bytes())
+    assert not compressed_chunk((GOLDEN / "digests.msgpack").read_bytes())
+    assert not compressed_chunk(b"")
+    assert not compressed_chunk(b'{"gitruns.chunk": [3, 0]}')
 
 
 # --------------------------------------------------------------------------
@@ -1537,6 +1642,232 @@ def test_decoder_messages_say_what_is_wrong(valid: bytes) -> None:
     assert "present rows" in exc.reason
 
     assert refused(valid[: len(valid) // 2]).reason
+
+
+# --------------------------------------------------------------------------
+# Hostile zstd frames (format 3.0): every one is refused before it costs more
+# memory than the array its chunk says it holds.
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def zstd_block(kind: int, size: int, payload: bytes, last: bool = True) -> bytes:
+    """A zstd block: its 3-byte header (last flag, type, size), then its bytes."""
+    return ((size << 3) | (kind << 1) | int(last)).to_bytes(3, "little") + payload
+
+
+def zstd_header(
+    content: int,
+    *,
+    window_log: int | None = None,
+    dict_id: int | None = None,
+    checksum: bool = False,
+) -> bytes:
+    """A zstd frame header, by hand (RFC 8878, section 3.1.1.1).
+
+    Single-segment (no window descriptor) unless ``window_log`` is given; the
+    content size takes 1 byte below 256 in a single segment, else 8.
+    """
+    small = window_log is None and content < 256
+    descriptor = (0 if small else 3 << 6) | (window_log is None) << 5
+    descriptor |= checksum << 2 | (0 if dict_id is None else 3)
+    out = ZSTD_MAGIC + bytes([descriptor])
+    if window_log is not None:
+        out += bytes([(window_log - 10) << 3])
+    if dict_id is not None:
+        out += struct.pack("<I", dict_id)
+    return out + (bytes([content]) if small else struct.pack("<Q", content))
+
+
+def raw_frame(planes: bytes, declared: int | None = None, **header: Any) -> bytes:
+    """One frame of one raw block holding ``planes``, declaring ``declared`` bytes."""
+    size = len(planes) if declared is None else declared
+    return zstd_header(size, **header) + zstd_block(0, len(planes), planes)
+
+
+def skippable(payload: bytes) -> bytes:
+    return struct.pack("<II", 0x184D2A5F, len(payload)) + payload
+
+
+#: name -> (the bin made of the planes it should hold, what the refusal says).
+FRAME_ATTACKS: dict[str, tuple[Callable[[bytes], bytes], str]] = {
+    "bad magic": (lambda p: b"\x28\xb5\x2f\xfe" + frame(p)[4:],
+                  "is not a zstd frame (it starts 28 b5 2f fe)"),
+    "plain bin": (lambda p: p, "is not a zstd frame"),
+    "empty bin": (lambda p: b"", "is not a zstd frame (it starts empty)"),
+    "header cut short": (lambda p: frame(p)[:5], "not enough data for frame"),
+    "size mismatch": (lambda p: frame(p + p[:8]),
+                      "declares {more} bytes where the chunk holds {n}"),
+    "no content size": (
+        lambda p: zstandard.ZstdCompressor(write_content_size=False).compress(p),
+        "the zstd frame does not declare its content size"),
+    "truncated": (lambda p: frame(p)[:-1], "is not one valid zstd frame"),
+    "trailing bytes": (lambda p: frame(p) + b"\x00", "1 bytes of unused data"),
+    "skippable frame": (lambda p: skippable(p),
+                        "is a skippable zstd frame, which holds no data"),
+    "skippable, then data": (lambda p: skippable(b"") + frame(p),
+                             "is a skippable zstd frame"),
+    "dictionary id": (lambda p: raw_frame(p, dict_id=7),
+                      "the zstd frame needs zstd dictionary 7; chunks use none"),
+    "several frames": (lambda p: frame(p) + frame(b""), "of unused data"),
+    "two frames of halves": (lambda p: frame(p[:8]) + frame(p[8:]),
+                             "declares 8 bytes where the chunk holds {n}"),
+    "content shorter than declared": (
+        lambda p: zstd_header(len(p)) + zstd_block(0, 8, p[:8]),
+        "is not one valid zstd frame (decompression error"),
+    "content longer than declared": (
+        lambda p: zstd_header(len(p)) + zstd_block(0, len(p) + 8, p + p[:8]),
+        "is not one valid zstd frame (decompression error"),
+    "no last block": (lambda p: zstd_header(len(p)) + zstd_block(0, len(p), p, False),
+                      "did not decompress full frame"),
+    "reserved block type": (lambda p: zstd_header(len(p)) + zstd_block(3, len(p), p),
+                            "is not one valid zstd frame (decompression error"),
+    "corrupt block": (lambda p: zstd_header(len(p)) + zstd_block(2, 10, b"\xff" * 10),
+                      "is not one valid zstd frame (decompression error"),
+    "bad checksum": (lambda p: raw_frame(p, checksum=True) + b"\x00" * 4,
+                     "checksum"),
+    "huge window": (lambda p: raw_frame(p, window_log=30),
+                    "asks for a window of 1073741824 bytes, over 8388608"),
+    # A few bytes that would inflate to a terabyte.
+    "decompression bomb": (
+        lambda p: zstd_header(2**40) + zstd_block(1, 2**17 - 1, b"\x00", last=False),
+        f"declares {2**40} bytes where the chunk holds {{n}}"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("attack", sorted(FRAME_ATTACKS))
+@pytest.mark.parametrize("where", ["values", "steps", "times"])
+def test_hostile_frames_are_refused_with_a_reason(
+    valid: bytes, attack: str, where: str
+) -> None:
+    doc = document(valid)
+    if where == "values":
+        holder, key, what = doc["columns"]["acc"], "values", "metric 'acc': values"
+    else:
+        holder, key, what = doc, where, where
+    planes = unframe(holder[key])
+    n = len(planes)
+    make, reason = FRAME_ATTACKS[attack]
+    if where == "times" and "where the chunk holds" in reason:
+        # Times say how many rows there are: a frame of another size means
+        # another number of rows, which the steps then contradict.
+        what, reason = {
+            "size mismatch": ("steps", "where the chunk holds {more}"),
+            "two frames of halves": ("times", "unused data"),
+            "decompression bomb": ("times", "where the chunk holds at most 8000000"),
+        }[attack]
+    holder[key] = make(planes)
+
+    peak = _traced_peak(lambda: refused(pack(doc)))
+    exc = refused(pack(doc))
+    assert what in exc.reason
+    assert reason.format(n=n, more=n + 8) in exc.reason, exc.reason
+    assert peak < 2**20, f"{peak} bytes traced"
+
+
+def test_a_valid_frame_of_another_shape_reads_the_same() -> None:
+    # The format asks for one frame of the right content, not zstandard's
+    # bytes: a raw block, a frame with a window descriptor or a checksum, an
+    # 8-byte content size, another level all read the same.
+    data = (GOLDEN / "sparse_kinds.msgpack").read_bytes()
+    expected = decode_chunk(data, verify=True).columns["acc"].value_list()
+    planes = unframe(document(data)["columns"]["acc"]["values"])
+    params = zstandard.ZstdCompressionParameters.from_level(
+        19, window_log=20, write_checksum=True, write_content_size=True
+    )
+    for shape in (
+        raw_frame(planes),
+        raw_frame(planes, window_log=20),
+        zstandard.ZstdCompressor(compression_params=params).compress(planes),
+        zstandard.ZstdCompressor(level=-7, write_content_size=True).compress(planes),
+    ):
+        doc = document(data)
+        doc["columns"]["acc"]["values"] = shape
+        got = decode_chunk(pack(doc), verify=True).columns["acc"].value_list()
+        assert [bits(v) for v in got] == [bits(v) for v in expected]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("times", "reason"),
+    [
+        (frame(b"\x00" * 41), "times is 41 bytes, not 8 * n"),
+        (frame(b"") + b"junk", "times is not one complete zstd frame and nothing else"),
+        (frame(b"")[:-1], "times is not one complete zstd frame and nothing else"),
+        (frame(b"")[:-3] + b"\xff\xff\xff", "times is not one valid zstd frame"),
+        (zstd_header(0) + zstd_block(0, 8, b"\x00" * 8), "not one valid zstd frame"),
+    ],
+)
+def test_times_frames_say_how_many_rows_there_are(times: bytes, reason: str) -> None:
+    # An empty frame is answered without being read by zstandard's one-shot
+    # call: an empty chunk's frames are read as a stream, to the end.
+    empty = document(encode_chunk(build_chunk(10, 0, [], [], {})))
+    assert decode_chunk(pack(empty)).steps.tolist() == []
+    empty["times"] = times
+    assert reason in refused(pack(empty)).reason
+
+
+def test_frames_that_inflate_past_the_chunk_limit_are_refused() -> None:
+    # Each frame declares what its array needs (a million rows), so each
+    # passes its own check; together they would inflate to 88 MB from a few
+    # kilobytes. What a chunk's frames declare is counted before each is
+    # inflated, so decoding stops at the limit a chunk's bytes have.
+    n = 1_000_000
+    zeros = frame(b"\x00" * 8 * n)
+    digest = [n, 0.0, 0.0, 0, n - 1, 0.0, 0.0, 0.0, n]
+    column = {"kind": "f8", "values": zeros, "digest": digest}
+    doc = {
+        "gitruns.chunk": [FORMAT_MAJOR, 0],
+        "window": n,
+        "start": 0,
+        "steps": 0,
+        "times": zeros,
+        "columns": {f"m{i}": column for i in range(10)},
+        "prefix": {},
+    }
+    data = pack(doc)
+    assert len(data) < 20_000
+    peak = _traced_peak(lambda: refused(data))
+    assert (
+        "inflate to over 67108864 bytes, the limit of a chunk" in refused(data).reason
+    )
+    assert peak < 100 * 2**20, f"{peak} bytes traced"
+    # Under the limit, the same frames are a valid chunk.
+    doc["columns"] = {f"m{i}": column for i in range(5)}
+    chunk = decode_chunk(pack(doc), source=SOURCE, verify=True)
+    assert chunk.columns["m4"].count == n
+
+
+def test_the_version_says_how_numeric_bins_are_read() -> None:
+    # A 3.0 chunk relabelled 2.0 holds frames where plain bins belong, and a
+    # 2.0 chunk relabelled 3.0 plain bins where frames belong: neither is read
+    # as numbers.
+    new = document((GOLDEN / "sparse_kinds.msgpack").read_bytes())
+    new["gitruns.chunk"] = [2, 0]
+    assert "times is" in refused(pack(new)).reason
+    old = document((GOLDEN_V2 / "sparse_kinds.msgpack").read_bytes())
+    old["gitruns.chunk"] = [3, 0]
+    assert "times is not a zstd frame" in refused(pack(old)).reason
+    # Any 2.x minor version still reads as 2.0.
+    old["gitruns.chunk"] = [2, 9]
+    assert decode_chunk(pack(old)).steps.tolist() == [0, 2, 3, 7, 9]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["times", "tokens", "acc"]),
+    st.lists(
+        st.tuples(st.integers(0, 200), st.integers(0, 255)), min_size=1, max_size=3
+    ),
+)
+def test_fuzz_mutated_frames(where: str, edits: list[tuple[int, int]]) -> None:
+    doc = document((GOLDEN / "sparse_kinds.msgpack").read_bytes())
+    holder = doc if where == "times" else doc["columns"][where]
+    key = "times" if where == "times" else "values"
+    blob = bytearray(holder[key])
+    for pos, byte in edits:
+        blob[pos % len(blob)] = byte
+    holder[key] = bytes(blob)
+    decodes_or_refuses(pack(doc))
 
 
 @settings(max_examples=300, deadline=None)

@@ -237,3 +237,38 @@ def test_forks_and_finishes_survive_a_git_gc_running_alongside(
     api = gitruns.Api(repo)
     assert [(p, len(list(api.run(p).scan_history()))) for p, _ in made] == made
     assert subprocess.run(["git", "-C", str(repo), "fsck", "--strict"]).returncode == 0
+
+
+def test_a_pack_that_git_gc_removed_is_passed_over_for_its_replacement(
+    tmp_path: Path,
+) -> None:
+    # A reader's list of packs can hold one that `git gc` has just replaced
+    # (dulwich lists the packs it had, then the new ones, closing the gone):
+    # a lookup goes on to the pack that holds the object now.
+    from gitruns.objects import ObjectReader
+    from gitruns.store import RunStore
+
+    repo = tmp_path / "runs.git"
+    run = gitruns.init(project="p", id="r", repo=repo, window=5)
+    for i in range(12):
+        run.log({"x": float(i)})
+    run.finish()
+    subprocess.run(["git", "-C", str(repo), "gc", "-q"], check=True)
+    store = RunStore.open(repo)
+    tip = store.tip(gitruns.Api(repo).run("p/r").ref)
+    assert tip is not None
+
+    reader = ObjectReader(store.repo.object_store)
+    assert reader.read(tip, 2**20)[0] == 1  # its pack is now in the list
+    before = reader._packs
+    # Another run, so that the next pack holds other objects, under another name.
+    with gitruns.init(project="p", id="more", repo=repo) as more:
+        more.log({"y": 1.0})
+    subprocess.run(["git", "-C", str(repo), "gc", "-q"], check=True)
+    reader._refresh()  # the old pack first, closed, then the new one
+    assert reader._packs is not None and len(reader._packs) > len(before or [])
+    found = reader._locate(tip)
+    assert found is not None and all(found[0] is not old for old in before or [])
+    assert reader.read(tip, 2**20)[0] == 1
+    reader.close()
+    store.close()

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 import struct
+import tracemalloc
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import gitruns
+from gitruns.chunk import build_chunk, encode_chunk
 from gitruns.errors import (
     AmbiguousRunError,
     ForkPointError,
@@ -112,13 +116,18 @@ def test_fork_of_20000_steps_adds_one_chunk_and_few_objects(repo: Path) -> None:
     after = set(git("rev-list", "--objects", "--all", cwd=repo).split())
     new = after - before
     store = RunStore.open(repo)
-    sizes = {
-        sha: len(store.repo.object_store[sha.encode()].as_raw_string())
+    raw = {
+        sha: store.repo.object_store[sha.encode()].as_raw_string()
         for sha in new
         if len(sha) == 40
     }
-    chunk_like = [s for s in sizes.values() if s > 4000]
-    assert len(chunk_like) == 1, sizes  # one cut window
+    sizes = {sha: len(data) for sha, data in raw.items()}
+    chunks = [sha for sha, data in raw.items() if b"gitruns.chunk" in data[:16]]
+    assert len(chunks) == 1, sizes  # one cut window
+    # ... stored as chunks are, at zlib level 0 (their numbers are zstd frames).
+    assert _stored_blocks(
+        (repo / "objects" / chunks[0][:2] / chunks[0][2:]).read_bytes()
+    )
     assert len(new) <= 14  # blobs of run.json & co, a few trees, two commits
     assert sum(sizes.values()) < 40_000
 
@@ -231,6 +240,97 @@ def test_sparse_metrics_keep_gaps_and_keys_filter(repo: Path) -> None:
     cols = view.columns(["eval", "loss"])
     assert cols["eval"][0].tolist() == [0, 10, 20]
     assert cols["loss"][1].tolist() == [float(i) for i in range(30)]
+
+
+NAN_PAYLOAD = struct.unpack("<d", struct.pack("<Q", 0x7FF8000000C0FFEE))[0]
+
+
+@pytest.fixture(scope="module")
+def mixed_run(tmp_path_factory: pytest.TempPathFactory) -> RunView:
+    """A run of 61 steps in windows of 7, flushed in parts, of every shape."""
+    repo = tmp_path_factory.mktemp("mixed") / "runs.git"
+    specials = [-0.0, math.inf, NAN_PAYLOAD, 5e-324]
+    with gitruns.init(project="p", id="mixed", repo=repo, window=7) as run:
+        for i in range(61):
+            row: dict[str, object] = {"dense": specials[i % 4] if i % 9 == 0 else i / 3}
+            if i % 3 == 0:
+                row["sparse"] = float(i)
+            if i >= 30:
+                row["late"] = i
+            if i <= 10 or 40 <= i <= 50:
+                row["gappy"] = i * 0.5
+            row["kind"] = float(i) if i < 20 else (i if i < 40 else f"s{i}")
+            row["flag"] = i % 2 == 0
+            run.log(row)
+            if i % 5 == 0:
+                run._writer.flush()  # a segment that ends mid-window
+    return gitruns.Api(repo).run("p/mixed")
+
+
+def _same_values(got: object, want: list[object]) -> bool:
+    items = got.tolist() if isinstance(got, np.ndarray) else list(got)  # type: ignore[attr-defined]
+    return len(items) == len(want) and all(
+        type(a) is type(b) and (struct.pack("<d", a) == struct.pack("<d", b))
+        if isinstance(a, float)
+        else type(a) is type(b) and a == b
+        for a, b in zip(items, want)
+    )
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi"),
+    [(None, None), (5, 50), (8, 9), (0, 7), (13, 14), (20, 41), (59, None), (100, 200)],
+)
+@pytest.mark.parametrize("keys", [None, ["dense"], ["gappy", "kind", "_timestamp"]])
+def test_columns_hold_what_scan_history_yields(
+    mixed_run: RunView, lo: int | None, hi: int | None, keys: list[str] | None
+) -> None:
+    # The columnar read joins each metric across segments as it reads them;
+    # it must give the rows' values exactly: bit for bit, of their types,
+    # with their gaps, and a list where a metric changes type.
+    rows = list(mixed_run.scan_history(min_step=lo, max_step=hi))
+    cols = mixed_run.columns(keys, min_step=lo, max_step=hi)
+    names = {k for row in rows for k in row}
+    if keys is not None:
+        names &= {*keys, "_step"} if "_step" in keys else set(keys)
+    assert set(cols) == names
+    for name in names:
+        at = [row["_step"] for row in rows if name in row]
+        want = [row[name] for row in rows if name in row]
+        steps, values = cols[name]
+        assert steps.tolist() == at, name
+        assert _same_values(values, want), name
+    if "dense" in cols and keys is None:
+        assert isinstance(cols["dense"][1], np.ndarray)
+        assert cols["dense"][1].dtype == np.float64
+        assert np.shares_memory(cols["dense"][0], cols["_step"][0])
+        assert isinstance(cols["flag"][1], np.ndarray) and cols["flag"][1].dtype == bool
+    if "kind" in cols and lo is None:
+        assert isinstance(cols["kind"][1], list)  # float, then int, then str
+
+
+def test_columns_size_each_metric_by_what_it_holds(repo: Path) -> None:
+    # Arrays start with room for as many values per segment as the first
+    # segment holds: a wide run of rare metrics takes room for its values,
+    # not for every step of the run times every metric (200 metrics x 3,000
+    # steps x 8 bytes, twice, would be 9.6 MB).
+    with gitruns.init(project="p", id="wide", repo=repo, window=100) as run:
+        for i in range(3000):
+            row = {"dense": float(i), f"r{i % 100}": float(i), f"r{100 + i % 100}": i}
+            run.log(row)
+    view = gitruns.Api(repo).run("p/wide")
+    view.snapshot  # noqa: B018 - read apart from the columns
+
+    tracemalloc.start()
+    try:
+        cols = view.columns()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert cols["r7"][0].tolist() == list(range(7, 3000, 100))
+    assert cols["r107"][1].tolist() == list(range(7, 3000, 100))
+    assert len(cols) == 2 + 1 + 200
+    assert peak < 3 * 2**20, f"{peak} bytes traced"
 
 
 def test_bad_input_errors(repo: Path) -> None:
@@ -391,6 +491,61 @@ def test_finished_run_leaves_few_loose_objects(repo: Path) -> None:
     assert int(counts["count"]) == 0  # past the threshold: all packed
     assert int(counts["in-pack"]) > 500 * 3
     assert len(list(gitruns.Api(repo).run("p/many").scan_history())) == 1000
+
+
+def _stored_blocks(stream: bytes) -> bool:
+    # Whether a zlib stream's first deflate block is stored (BTYPE 00): what
+    # level 0 writes, where level 1 already writes Huffman-coded blocks.
+    return (stream[2] >> 1) & 3 == 0
+
+
+def test_chunk_blobs_are_stored_at_zlib_level_0_loose_and_packed(
+    repo: Path,
+) -> None:
+    # A chunk's numbers are zstd frames already: Git's zlib is kept for the
+    # other objects, loose or packed, and the repository stays valid to git.
+    rng = np.random.default_rng(0)
+    store = RunStore.open(repo)
+    chunks, texts = [], []
+    for k in range(3):
+        n = 1000
+        values = (np.exp(-np.arange(n) / 300) + rng.normal(0, 0.01, n)).tolist()
+        chunk = build_chunk(
+            n, k * n, range(k * n, (k + 1) * n), [1.7e9 + i for i in range(n)],
+            {"loss": (range(n), values)},
+        )  # fmt: skip
+        data = encode_chunk(chunk)
+        chunks.append((store.chunk_blob(data), data))
+        text = b'{"lr": 0.001, "optimizer": "adam"}\n' * 50 + b"%d" % k
+        texts.append((store.blob(text), text))
+
+    loose = repo / "objects"
+    for sha, data in chunks:
+        stream = (loose / sha[:2].decode() / sha[2:].decode()).read_bytes()
+        assert zlib.decompress(stream) == b"blob %d\0" % len(data) + data
+        assert _stored_blocks(stream) and len(stream) > len(data)
+    for sha, text in texts:
+        stream = (loose / sha[:2].decode() / sha[2:].decode()).read_bytes()
+        assert not _stored_blocks(stream) and len(stream) < len(text) / 5
+
+    assert store.pack_loose_objects() == 6
+    assert store.count_loose_objects() == 0
+    sizes = {
+        line.split()[0]: (int(line.split()[2]), int(line.split()[3]))
+        for pack in (loose / "pack").glob("*.idx")
+        for line in git("verify-pack", "-v", str(pack), cwd=repo).splitlines()
+        if line.split()[1:2] == ["blob"]
+    }
+    for sha, data in chunks:
+        size, in_pack = sizes[sha.decode()]
+        assert size == len(data) and in_pack > size  # stored: a little larger
+    for sha, text in texts:
+        size, in_pack = sizes[sha.decode()]
+        assert size == len(text) and in_pack < size / 5  # deflated
+    git("fsck", "--strict", cwd=repo)
+    reader = RunStore.open(repo)
+    for sha, data in chunks + texts:
+        assert reader.read_blob(sha, "a blob", limit=len(data)) == data
 
 
 def test_storage_grows_linearly_with_flushes(repo: Path) -> None:

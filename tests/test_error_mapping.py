@@ -8,11 +8,12 @@ from contextlib import AbstractContextManager
 
 import msgpack
 import pytest
+import zstandard
 from dulwich import errors as git_errors
 from dulwich.client import HTTPProxyUnauthorized, HTTPUnauthorized, InvalidWants
 from urllib3.exceptions import NewConnectionError, ProtocolError
 
-from gitruns.chunk import _unpacking
+from gitruns.chunk import _Inflating, _unpacking
 from gitruns.errors import (
     ChunkFormatError,
     GitRunsError,
@@ -41,6 +42,10 @@ def remote() -> AbstractContextManager[None]:
 
 def chunk() -> AbstractContextManager[None]:
     return _unpacking("runs/p/r:metrics/0.msgpack", "not valid msgpack")
+
+
+def frame() -> AbstractContextManager[None]:
+    return _Inflating("runs/p/r:metrics/0.msgpack", "metric 'loss': values")
 
 
 TABLE: list[tuple[Mapper, BaseException, type[GitRunsError], str]] = [
@@ -91,6 +96,10 @@ TABLE: list[tuple[Mapper, BaseException, type[GitRunsError], str]] = [
      "Unexpected type header"),
     (chunk, RecursionError("maximum recursion depth"), ChunkFormatError,
      "maximum recursion depth"),
+    # zstandard, inflating a chunk's numeric arrays.
+    (frame, zstandard.ZstdError("decompression error: Data corruption detected"),
+     ChunkFormatError,
+     "metric 'loss': values is not one valid zstd frame (decompression error: Data"),
 ]  # fmt: skip
 
 
@@ -111,7 +120,7 @@ def test_foreign_error_becomes_a_gitruns_error(
     assert caught.value.exit_code == kind.exit_code
 
 
-@pytest.mark.parametrize("mapper", [repository, remote, chunk])
+@pytest.mark.parametrize("mapper", [repository, remote, chunk, frame])
 def test_gitruns_errors_and_bugs_pass_through(mapper: Mapper) -> None:
     ours = RunNotFoundError("p/r")
     with pytest.raises(RunNotFoundError) as caught, mapper():

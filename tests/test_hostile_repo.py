@@ -472,6 +472,108 @@ def test_a_packed_small_blob_still_reads(repo: Path, store: RunStore) -> None:
     assert store.read_blob(Sha(ids["small"]), "small") == b"hello"
 
 
+def stored_stream(content: bytes, blocks: list[int], *, empty_after: int = 0) -> bytes:
+    """A zlib stream of stored blocks of these sizes, by hand (RFC 1950, 1951).
+
+    The rest of ``content`` follows in blocks of 65535 bytes at most, then
+    ``empty_after`` empty stored blocks: valid, but longer than zlib writes.
+    """
+    out, at = [b"\x78\x01"], 0
+    rest = len(content) - sum(blocks)
+    sizes = [*blocks, *[min(65535, rest - i) for i in range(0, rest, 65535)]]
+    sizes += [0] * empty_after
+    for i, size in enumerate(sizes):
+        final = i == len(sizes) - 1
+        out.append(bytes([final]) + struct.pack("<HH", size, size ^ 0xFFFF))
+        out.append(content[at : at + size])
+        at += size
+    return b"".join(out) + struct.pack(">I", zlib.adler32(content))
+
+
+def loose_file(repo: Path, stream: bytes) -> Sha:
+    """Store a zlib stream as a loose object under a made-up id."""
+    sha = hashlib.sha1(stream).hexdigest()
+    folder = repo / "objects" / sha[:2]
+    folder.mkdir(exist_ok=True)
+    (folder / sha[2:]).write_bytes(stream)
+    return Sha(sha.encode())
+
+
+def _flip(stream: bytes, at: int) -> bytes:
+    return stream[:at] + bytes([stream[at] ^ 0xFF]) + stream[at + 1 :]
+
+
+def _lying_bomb(says: int) -> bytes:
+    # A loose object's header saying ``says`` bytes, then 512 MiB of zeros.
+    compressor = zlib.compressobj(9)
+    out = [compressor.compress(b"blob %d\0" % says)]
+    piece = bytes(2**20)
+    out += [compressor.compress(piece) for _ in range(BOMB_BYTES // len(piece))]
+    return b"".join(out) + compressor.flush()
+
+
+CONTENT = os.urandom(70_000) + bytes(30_000)
+OBJECT = b"blob %d\0" % len(CONTENT) + CONTENT
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        zlib.compress(OBJECT, 0),
+        zlib.compress(OBJECT, 1),
+        zlib.compress(OBJECT, 6),
+        stored_stream(OBJECT, [3]),  # the header split across two blocks
+        stored_stream(OBJECT, [65535, 7]),
+        stored_stream(OBJECT, [], empty_after=40_000),  # 200 kB of empty blocks
+    ],
+    ids=["level0", "level1", "level6", "split-header", "three-blocks", "padded"],
+)
+def test_loose_objects_of_every_zlib_shape_read_back(
+    repo: Path, store: RunStore, stream: bytes
+) -> None:
+    # Chunks are stored at level 0 and read block by block, without zlib;
+    # any other stream zlib reads. Either way the size limit holds.
+    sha = loose_file(repo, stream)
+    assert store.read_blob(sha, "a blob", limit=len(CONTENT)) == CONTENT
+    with pytest.raises(RepositoryError, match="over the limit"):
+        store.read_blob(sha, "a blob", limit=len(CONTENT) - 1)
+
+
+@pytest.mark.parametrize(
+    ("stream", "limit"),
+    [
+        (_flip(zlib.compress(OBJECT, 0), -1), len(CONTENT)),  # the checksum
+        (_flip(zlib.compress(OBJECT, 0), 5), len(CONTENT)),  # NLEN, first block
+        (_flip(zlib.compress(OBJECT, 0), 50_000), len(CONTENT)),  # content
+        (zlib.compress(OBJECT, 0)[:-10], len(CONTENT)),
+        (zlib.compress(OBJECT, 0)[:80_000], len(CONTENT)),
+        (stored_stream(OBJECT + b"more", [1000]), len(CONTENT)),  # longer
+        (stored_stream(OBJECT[:-1], [1000]), len(CONTENT)),  # shorter
+        (zlib.compress(OBJECT[:-1], 1), len(CONTENT)),
+        # Says 100 kB, inflates to 512 MiB: never inflated past its size.
+        (_lying_bomb(len(CONTENT)), MAX_OBJECT_BYTES),
+    ],
+    ids=[
+        "checksum", "nlen", "content", "truncated", "half", "longer", "shorter",
+        "shorter-level1", "lying-bomb",
+    ],
+)  # fmt: skip
+def test_corrupt_and_lying_loose_objects_are_refused(
+    repo: Path, stream: bytes, limit: int
+) -> None:
+    sha = loose_file(repo, stream)
+    report = child(
+        repo,
+        f"""
+        from gitruns.store import RunStore
+        RunStore.open(repo).read_blob({sha!r}, "a blob", limit={limit})
+        """,
+    )
+    assert report["error"] == "RepositoryError", report
+    assert "a blob" in report["message"] and "is corrupt" in report["message"]
+    assert report["grew"] < 32 * 2**20, report
+
+
 @pytest.mark.parametrize("name", ["run.json", "config.json", "summary.json"])
 def test_a_json_bomb_is_refused_within_the_files_limit(repo: Path, name: str) -> None:
     sha = loose_zeros(repo, BOMB_BYTES)
