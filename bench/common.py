@@ -138,13 +138,16 @@ class Stopwatch:
         """Latency percentiles in µs, split at window boundaries.
 
         A boundary call is one whose step opens or closes a window of
-        ``WINDOW`` steps: where a writer that commits per window pauses. The
-        slowest other call shows the noise (garbage collection, the shared
-        machine) that no writer controls.
+        ``WINDOW`` steps (after the first call): where a writer that commits
+        per window pauses. The slowest other call shows the noise (garbage
+        collection, the shared machine) that no writer controls.
         """
         ns = np.asarray(self.ns, dtype=np.int64)
-        at = np.asarray(steps, dtype=np.int64) % WINDOW
-        edge = (at == 0) | (at == WINDOW - 1)
+        steps_arr = np.asarray(steps, dtype=np.int64)
+        at = steps_arr % WINDOW
+        # Step 0 opens the first window, but no window ends there: it is the
+        # run's first call, shown apart (a logger's first call sets itself up).
+        edge = ((at == 0) | (at == WINDOW - 1)) & (steps_arr > 0)
         median = float(np.median(ns)) / 1e3
         peak = int(np.argmax(ns))
         top = float(ns[peak]) / 1e3
@@ -158,7 +161,11 @@ class Stopwatch:
             "max_at_step": int(steps[peak]),
             "max_over_median": top / median if median else None,
             "boundary_max_us": edge_max,
+            "boundary_p99_us": (
+                float(np.percentile(ns[edge], 99)) / 1e3 if edge.any() else None
+            ),
             "other_max_us": rest_max,
+            "first_us": float(ns[0]) / 1e3 if len(ns) else None,
             "calls_over_10x_median": int(np.count_nonzero(ns > 10_000 * median)),
         }
 

@@ -193,10 +193,7 @@ def read(params: dict[str, Any], workdir: Path) -> Result:
         # Count metric values (not _step/_timestamp) so every way of reading
         # can be checked to have returned the same data.
         if variant == "scan_history":
-            return sum(
-                sum(1 for k in row if not k.startswith("_"))
-                for row in view.scan_history(keys=keys)
-            )
+            return _count_values(view.scan_history(keys=keys))
         if variant == "history":
             frame = view.history(keys=keys)
             metrics = [c for c in frame.columns if not str(c).startswith("_")]
@@ -207,6 +204,22 @@ def read(params: dict[str, Any], workdir: Path) -> Result:
         raise ValueError(f"unknown read variant {variant!r}")
 
     return _twice(read_once, open_s)
+
+
+def _count_values(rows: Any) -> int:
+    """Metric values in ``rows`` (not ``_step``/``_timestamp``), at C speed.
+
+    Every row of a scan holds the same ``_`` fields, so counting keys per row
+    in Python (about 0.1 us a key) is not needed: it would time this loop,
+    three times the read itself at a million values, not the scan.
+    """
+    it = iter(rows)
+    first = next(it, None)
+    if first is None:
+        return 0
+    fields = sum(1 for k in first if k.startswith("_"))
+    sizes = [len(first), *map(len, it)]
+    return sum(sizes) - fields * len(sizes)
 
 
 def _twice(once: Any, open_s: float) -> Result:

@@ -375,7 +375,8 @@ def render(results: Result) -> str:
         )
     )
     parts.append(
-        "## log() latency per call (edge: a call that opens or closes a window)\n"
+        "## log() latency per call (edge: a call that opens or closes a window, "
+        "after the first; first: the run's first call)\n"
         + table(
             [
                 "workload",
@@ -383,7 +384,9 @@ def render(results: Result) -> str:
                 "p50 µs",
                 "p99 µs",
                 "p99.9 µs",
+                "first µs",
                 "max edge µs",
+                "edge/p50",
                 "max other µs",
                 "max/p50",
             ],
@@ -394,7 +397,11 @@ def render(results: Result) -> str:
                     lat.get("median_us"),
                     lat.get("p99_us"),
                     lat.get("p999_us"),
+                    lat.get("first_us"),
                     lat.get("boundary_max_us"),
+                    (lat.get("boundary_max_us") or 0) / lat["median_us"]
+                    if lat.get("median_us")
+                    else None,
                     lat.get("other_max_us"),
                     lat.get("max_over_median"),
                 ]

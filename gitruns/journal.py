@@ -23,18 +23,21 @@ A file starts with :data:`MAGIC` and holds frames ``<length> <crc32>
 - the *end* of the file: 0xC1, :data:`END`, written when the writer moves on
   to the next file.
 
-Room for frames is reserved ahead (``posix_fallocate``, zeros where the file
-system has none), so that the file system has set the blocks aside before a
-record is copied into the mapping: there it could not report a full disk,
-only kill the process with SIGBUS. The room past the last frame stays zero: a
-zero length ends the frame list. A payload is copied before its frame header,
-so a process killed half-way through a copy leaves a zero header, and a
-payload torn by a power loss fails its checksum: either way the damage can
-only be at the end of what was written, and log() never returned for it.
+Room for frames is reserved ahead by writing zeros, so that the file system
+has set the blocks aside before a record is copied into the mapping: there it
+could not report a full disk, only kill the process with SIGBUS. (Zeros rather
+than ``posix_fallocate``: the pages are then in the page cache already, and
+the first write into a page of an allocated but unwritten extent can wait a
+millisecond on the file system's own journal.) The room past the last frame
+stays zero: a zero length ends the frame list. A payload is copied before its
+frame header, so a process killed half-way through a copy leaves a zero
+header, and a payload torn by a power loss fails its checksum: either way the
+damage can only be at the end of what was written, and log() never returned
+for it.
 ``fsync="always"`` syncs the pages of every record before log() returns.
 
-A file grows in place, four times its room each time, up to :data:`MAX_ROOM`; past that
-the writer ends it and goes on in a new one. Files are deleted by whoever
+A file grows in place, four times its room each time, up to :data:`MAX_ROOM`;
+past that the writer ends it and goes on in a new one. Files are deleted by whoever
 commits their rows, once the run's branch holds every row of a file the
 writer has left (see :class:`JournalReader`).
 """
@@ -48,8 +51,10 @@ import json
 import logging
 import mmap
 import os
+import queue
 import socket
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -115,8 +120,9 @@ _DTYPES = {"d": "<f8", "q": "<i8", "?": "?"}
 #: Schemas one file may declare; rows beyond them are written as records.
 MAX_SCHEMAS = 1024
 
-#: Room reserved for a new file; a file grows fourfold each time it fills.
-INITIAL_ROOM = 256 * 1024
+#: Room reserved for a new file (at most an eighth of the free space); a file
+#: grows fourfold each time it fills, into room made ahead.
+INITIAL_ROOM = 1 << 20
 _GROWTH = 4
 #: The room past which a file is ended and the next one started.
 MAX_ROOM = 64 << 20
@@ -278,7 +284,9 @@ class Journal:
         self._file: JournalFile | None = None
         self._map: mmap.mmap | None = None
         self._room = 0
-        self._fallocate = True
+        #: Past this many bytes, write_row asks _make_room first.
+        self._limit = 0
+        self._ahead = _Ahead(self._reserve)
         self._last: _RowPacker | None = None
         # (keys, value types) -> how to pack the rows of this file with them.
         self._schemas: dict[tuple[tuple[str, ...], tuple[type, ...]], _RowPacker] = {}
@@ -303,6 +311,7 @@ class Journal:
         """
         if self._map is None:
             self._start()
+        self._ahead.start()
 
     def write_row(self, step: int, when: float, row: dict[str, Any]) -> int:
         """Append ``row`` as a fixed-width row if its schema is known; else 0.
@@ -330,7 +339,7 @@ class Journal:
             self._last = found
         start = self.size
         end = start + found.frame_size
-        if end + _END_ROOM > self._room:
+        if end > self._limit:
             self._make_room(found.frame_size)
             found = self._schemas.get((keys, kinds))
             if found is None:
@@ -440,15 +449,21 @@ class Journal:
     def _make_room(self, frame: int) -> None:
         """Make room for a frame of ``frame`` bytes: grow, or start the next file.
 
+        Past half its room, a file has its next room made ahead, by the
+        journal's helper thread (see :class:`_Ahead`); when the room runs out
+        the writer takes that mapping in place of its own, which costs it no
+        system call. Only if the helper has not finished (or failed) does the
+        writer grow the file itself.
+
         Raises:
             RepositoryError: as :meth:`write`.
         """
         if self._map is None:
             self._start(frame)
             return
-        need = self.size + frame + _END_ROOM
-        if need <= self._room:
+        if self.size + frame <= self._limit:
             return
+        need = self.size + frame + _END_ROOM
         assert self._file is not None
         room = _round_up(max(need, _GROWTH * self._room))
         if room > MAX_ROOM and self.size > len(MAGIC):
@@ -456,18 +471,39 @@ class Journal:
             self._end_file()
             self._start(frame)
             return
-        try:
-            self._reserve(self._file.fd, self._room, room - self._room)
-            self._map.resize(room)
-        except OSError as exc:
-            raise RepositoryError(
-                f"journal {self._file.path} could not grow ({exc}); this log() "
-                "call was not recorded, what was accepted before it is kept. "
-                + _fix_for(exc)
-            ) from exc
-        if self.fsync:
-            os.fsync(self._file.fd)
-        self._room = room
+        made = self._ahead.take(self._file)
+        if made is not None and made[0] >= need:
+            old, (room, mapping) = self._map, made
+            self._file.map = self._map = mapping
+            self._room = room
+            # One message for the thread: unmap the old, make the next room.
+            self._ahead.switched(old, self._file, self._next_room())
+        else:
+            try:
+                self._reserve(self._file.fd, self._room, room - self._room)
+                self._map.resize(room)
+            except OSError as exc:
+                raise RepositoryError(
+                    f"journal {self._file.path} could not grow ({exc}); this "
+                    "log() call was not recorded, what was accepted before it "
+                    "is kept. " + _fix_for(exc)
+                ) from exc
+            if self.fsync:
+                os.fsync(self._file.fd)
+            self._room = room
+            self._grow_ahead()
+        self._limit = room - _END_ROOM
+
+    def _next_room(self) -> int | None:
+        # The room after this one, or None past the largest.
+        ahead = _round_up(_GROWTH * self._room)
+        return ahead if ahead <= MAX_ROOM else None
+
+    def _grow_ahead(self) -> None:
+        # The next room, made while this one fills.
+        ahead = self._next_room()
+        if self._file is not None and ahead is not None:
+            self._ahead.switched(None, self._file, ahead)
 
     def _end_file(self) -> None:
         assert self._map is not None
@@ -481,13 +517,24 @@ class Journal:
 
     def _start(self, frame: int = 0) -> None:
         """Create and map the next file, with room for a frame of ``frame`` bytes."""
-        room = _round_up(max(INITIAL_ROOM, len(MAGIC) + frame + _END_ROOM))
+        room = _round_up(max(self._first_room(), len(MAGIC) + frame + _END_ROOM))
         opened = self._create(self._seq, room)
         self._seq += 1
         self._file, self._map = opened, opened.map
         self._room, self.size = room, len(MAGIC)
+        self._limit = room - _END_ROOM
         self._schemas = {}
         self._last = None
+        self._grow_ahead()
+
+    def _first_room(self) -> int:
+        """A new file's room: :data:`INITIAL_ROOM`, or an eighth of the free space."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            disk = os.statvfs(self.folder)
+        except OSError:
+            return INITIAL_ROOM
+        return max(_ROOM_STEP, min(INITIAL_ROOM, disk.f_bavail * disk.f_frsize // 8))
 
     def _create(self, seq: int, room: int) -> JournalFile:
         path = self.folder / f"{seq:08d}{SUFFIX}"
@@ -515,26 +562,21 @@ class Journal:
         return JournalFile(path, fd, mapping)
 
     def _reserve(self, fd: int, offset: int, count: int) -> None:
-        """Set ``count`` bytes aside at ``offset`` (the end of the file)."""
-        if self._fallocate:
-            try:
-                os.posix_fallocate(fd, offset, count)
-                return
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                    raise
-                self._fallocate = False
+        """Set ``count`` bytes aside at ``offset``, the end of the file."""
+        del offset  # the descriptor appends
         _append_zeros(fd, count)
 
     def _close_file(self) -> None:
         done, self._file, self._map = self._file, None, None
-        self._room = self.size = 0
+        self._room = self.size = self._limit = 0
         if done is not None:
+            self._ahead.forget(done)
             done.close()
 
     def close(self) -> None:
         """Close the open file, keeping it on disk for whoever commits it."""
         self._close_file()
+        self._ahead.stop()
 
     @staticmethod
     def retire(paths: list[Path]) -> None:
@@ -547,6 +589,95 @@ class Journal:
         """Every record of the given files (default: all), rows included, in order."""
         for path in self.files() if paths is None else paths:
             yield from read_records(path)
+
+
+class _Ahead:
+    """A thread that makes a journal file's next room before the writer needs it.
+
+    Growing a file means writing megabytes of zeros and mapping it again:
+    milliseconds of log(), more on a busy disk. As soon as a file has its
+    room, the thread reserves the next (four times as much) and maps the file
+    anew at that size; when the room runs out, the writer switches to that
+    mapping (both map the same pages) and leaves the old one for the thread
+    to unmap. The thread needs the GIL for a moment twice, so it starts early:
+    a training loop gives it up only every few milliseconds.
+    """
+
+    def __init__(self, reserve: Any) -> None:
+        self._reserve = reserve
+        self._tasks: queue.SimpleQueue[
+            tuple[mmap.mmap | None, JournalFile, int | None] | None
+        ] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        # What the thread made: file path -> (room, mapping).
+        self._made: dict[Path, tuple[int, mmap.mmap]] = {}
+        self._lock = threading.Lock()
+
+    def switched(
+        self, old: mmap.mmap | None, file: JournalFile, room: int | None
+    ) -> None:
+        """Unmap ``old`` (if any), and have ``file`` grown to ``room`` and mapped.
+
+        Args:
+            old: a mapping the writer no longer uses.
+            file: the file being written.
+            room: the size to make ready next; None for none.
+        """
+        self._put((old, file, room))
+
+    def take(self, file: JournalFile) -> tuple[int, mmap.mmap] | None:
+        """The room made for ``file``, if it is ready."""
+        with self._lock:
+            return self._made.pop(file.path, None)
+
+    def forget(self, file: JournalFile) -> None:
+        """The writer is done with ``file``: drop any room made for it."""
+        made = self.take(file)
+        if made is not None:
+            with contextlib.suppress(OSError, ValueError, BufferError):
+                made[1].close()
+
+    def stop(self) -> None:
+        """End the thread once it has done what it was asked."""
+        if self._thread is not None:
+            self._tasks.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def start(self) -> None:
+        """Start the thread now (starting it waits for it, a pause log() avoids)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._work, name="gitruns-journal", daemon=True
+            )
+            self._thread.start()
+
+    def _put(self, task: tuple[mmap.mmap | None, JournalFile, int | None]) -> None:
+        self.start()
+        self._tasks.put(task)
+
+    def _work(self) -> None:
+        while True:
+            task = self._tasks.get()
+            if task is None:
+                return
+            old, file, room = task
+            if old is not None:
+                with contextlib.suppress(OSError, ValueError, BufferError):
+                    old.close()
+            if room is None:
+                continue
+            try:
+                size = os.fstat(file.fd).st_size
+                if room > size:
+                    self._reserve(file.fd, size, room - size)
+                mapping = mmap.mmap(file.fd, room)
+            except (OSError, ValueError) as exc:
+                # The writer grows the file itself, and reports what fails.
+                logger.debug("journal %s: no room made ahead: %s", file.path, exc)
+                continue
+            with self._lock:
+                self._made[file.path] = (room, mapping)
 
 
 class _RowPacker:

@@ -442,9 +442,10 @@ class RunWriter:
         if link is None or link.gone:
             self._commit_locally(through)
         elif not link.active and self._deferred_since is None:
+            # Work for a committer process: the next check wakes it (a pipe
+            # write that wakes a process takes tens of microseconds, which a
+            # window boundary need not pay), and a later one hands over.
             self._deferred_since = time.monotonic()
-            link.boot()
-        self._check(time.monotonic(), through)
 
     def _check(self, now: float, closed: int) -> None:
         """What log() looks at now and then: the committer, the flush interval.
@@ -480,6 +481,7 @@ class RunWriter:
         due = now - self._last_flush >= interval
         if due and self._deferred_since is None:
             self._deferred_since = now
+        if self._deferred_since is not None:
             link.boot()
         since = self._deferred_since
         late = since is not None and now - since >= min(interval, DEFER_SECONDS)
