@@ -286,7 +286,7 @@ class Journal:
         self._room = 0
         #: Past this many bytes, write_row asks _make_room first.
         self._limit = 0
-        self._ahead = _Ahead(self._reserve)
+        self._ahead = _Ahead()
         self._last: _RowPacker | None = None
         # (keys, value types) -> how to pack the rows of this file with them.
         self._schemas: dict[tuple[tuple[str, ...], tuple[type, ...]], _RowPacker] = {}
@@ -480,7 +480,7 @@ class Journal:
             self._ahead.switched(old, self._file, self._next_room())
         else:
             try:
-                self._reserve(self._file.fd, self._room, room - self._room)
+                _append_zeros(self._file.fd, room - self._room)
                 self._map.resize(room)
             except OSError as exc:
                 raise RepositoryError(
@@ -545,7 +545,7 @@ class Journal:
             # the mapped room, never over a record.
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
             os.write(fd, MAGIC)
-            self._reserve(fd, len(MAGIC), room - len(MAGIC))
+            _append_zeros(fd, room - len(MAGIC))
             mapping = mmap.mmap(fd, room)
             if self.fsync:
                 os.fsync(fd)
@@ -560,11 +560,6 @@ class Journal:
                 "not recorded, what was accepted before it is kept. " + _fix_for(exc)
             ) from exc
         return JournalFile(path, fd, mapping)
-
-    def _reserve(self, fd: int, offset: int, count: int) -> None:
-        """Set ``count`` bytes aside at ``offset``, the end of the file."""
-        del offset  # the descriptor appends
-        _append_zeros(fd, count)
 
     def _close_file(self) -> None:
         done, self._file, self._map = self._file, None, None
@@ -594,21 +589,21 @@ class Journal:
 class _Ahead:
     """A thread that makes a journal file's next room before the writer needs it.
 
-    Growing a file means writing megabytes of zeros and mapping it again:
-    milliseconds of log(), more on a busy disk. As soon as a file has its
-    room, the thread reserves the next (four times as much) and maps the file
-    anew at that size; when the room runs out, the writer switches to that
-    mapping (both map the same pages) and leaves the old one for the thread
-    to unmap. The thread needs the GIL for a moment twice, so it starts early:
-    a training loop gives it up only every few milliseconds.
+    Growing a file means writing megabytes of zeros and mapping the file again:
+    milliseconds that log() would wait, more on a busy disk. As soon as a file
+    has its room, the thread appends the next room's zeros (four times as
+    much) through a descriptor of its own and maps the file at that size;
+    when the room runs out, the writer switches to that mapping (both map
+    the same pages) and leaves the old one for the thread to unmap. The
+    thread holds the GIL only between those system calls. It is started with
+    the journal (starting a thread waits for it) and stopped with it, without
+    waiting: what it was making is then thrown away.
     """
 
-    def __init__(self, reserve: Any) -> None:
-        self._reserve = reserve
-        self._tasks: queue.SimpleQueue[
-            tuple[mmap.mmap | None, JournalFile, int | None] | None
-        ] = queue.SimpleQueue()
+    def __init__(self) -> None:
+        self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._stopping = False
         # What the thread made: file path -> (room, mapping).
         self._made: dict[Path, tuple[int, mmap.mmap]] = {}
         self._lock = threading.Lock()
@@ -623,7 +618,11 @@ class _Ahead:
             file: the file being written.
             room: the size to make ready next; None for none.
         """
-        self._put((old, file, room))
+        # A descriptor of the thread's own: the writer may close its own
+        # (and the number be reused) while the thread still writes zeros.
+        fd = os.dup(file.fd) if room is not None else -1
+        self.start()
+        self._tasks.put(_Task(old, file.path, fd, room))
 
     def take(self, file: JournalFile) -> tuple[int, mmap.mmap] | None:
         """The room made for ``file``, if it is ready."""
@@ -634,50 +633,71 @@ class _Ahead:
         """The writer is done with ``file``: drop any room made for it."""
         made = self.take(file)
         if made is not None:
-            with contextlib.suppress(OSError, ValueError, BufferError):
-                made[1].close()
-
-    def stop(self) -> None:
-        """End the thread once it has done what it was asked."""
-        if self._thread is not None:
-            self._tasks.put(None)
-            self._thread.join()
-            self._thread = None
+            _unmap(made[1])
 
     def start(self) -> None:
         """Start the thread now (starting it waits for it, a pause log() avoids)."""
         if self._thread is None:
+            self._stopping = False
             self._thread = threading.Thread(
                 target=self._work, name="gitruns-journal", daemon=True
             )
             self._thread.start()
 
-    def _put(self, task: tuple[mmap.mmap | None, JournalFile, int | None]) -> None:
-        self.start()
-        self._tasks.put(task)
+    def stop(self) -> None:
+        """Let the thread end; what it is making is thrown away."""
+        if self._thread is not None:
+            self._stopping = True
+            self._tasks.put(None)
+            self._thread = None
 
     def _work(self) -> None:
         while True:
             task = self._tasks.get()
             if task is None:
                 return
-            old, file, room = task
-            if old is not None:
-                with contextlib.suppress(OSError, ValueError, BufferError):
-                    old.close()
-            if room is None:
+            if task.old is not None:
+                _unmap(task.old)
+            if task.fd < 0:
                 continue
             try:
-                size = os.fstat(file.fd).st_size
-                if room > size:
-                    self._reserve(file.fd, size, room - size)
-                mapping = mmap.mmap(file.fd, room)
+                mapping = self._make(task)
             except (OSError, ValueError) as exc:
                 # The writer grows the file itself, and reports what fails.
-                logger.debug("journal %s: no room made ahead: %s", file.path, exc)
+                logger.debug("journal %s: no room made ahead: %s", task.path, exc)
+                continue
+            finally:
+                os.close(task.fd)
+            if mapping is None:
                 continue
             with self._lock:
-                self._made[file.path] = (room, mapping)
+                if self._stopping:
+                    _unmap(mapping)
+                else:
+                    self._made[task.path] = (task.room or 0, mapping)
+
+    def _make(self, task: _Task) -> mmap.mmap | None:
+        room = task.room or 0
+        size = os.fstat(task.fd).st_size
+        while size < room:
+            if self._stopping:
+                return None
+            size += _append_zeros(task.fd, min(room - size, _ZEROS))
+        return mmap.mmap(task.fd, room)
+
+
+class _Task(NamedTuple):
+    """What the journal's thread is asked to do."""
+
+    old: mmap.mmap | None  # to unmap
+    path: Path  # the file to grow
+    fd: int  # the thread's own descriptor of it (-1: nothing to grow)
+    room: int | None  # the size to grow it to
+
+
+def _unmap(mapping: mmap.mmap) -> None:
+    with contextlib.suppress(OSError, ValueError, BufferError):
+        mapping.close()
 
 
 class _RowPacker:
@@ -712,16 +732,25 @@ def _round_up(size: int) -> int:
     return -(-size // _ROOM_STEP) * _ROOM_STEP
 
 
-def _append_zeros(fd: int, count: int) -> None:
-    """Reserve ``count`` more bytes at the end of a file, or raise OSError."""
-    zeros = memoryview(bytes(min(count, 1 << 20)))
+#: Zeros written at once when a file grows.
+_ZEROS = 1 << 20
+_ZERO_BYTES = memoryview(bytes(_ZEROS))
+
+
+def _append_zeros(fd: int, count: int) -> int:
+    """Reserve ``count`` more bytes at the end of a file, or raise OSError.
+
+    Returns:
+        ``count``.
+    """
     done = 0
     while done < count:
-        more = os.write(fd, zeros[: count - done])
+        more = os.write(fd, _ZERO_BYTES[: min(count - done, _ZEROS)])
         if more <= 0:
             # A regular file writes whole unless space runs out.
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         done += more
+    return done
 
 
 # -- reading -------------------------------------------------------------------

@@ -358,3 +358,28 @@ def test_a_record_that_cannot_be_stored_is_left_out_and_the_rest_recovered(
     assert len(left_out) == 2 and "outside" in left_out[0] and "control" in left_out[1]
     rows = list(gitruns.Api(tmp_path / "r").run("p/r").scan_history())
     assert [(r["_step"], r["loss"]) for r in rows] == [(0, 0.0), (1, 1.0), (3, 4.0)]
+
+
+def test_a_file_grows_into_room_made_ahead_by_the_journal_thread(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    journal = Journal(tmp_path)
+    journal.open()
+    path = journal.current
+    assert path is not None
+    # The thread makes the next room (four times the first) right away.
+    for _ in range(1000):
+        if path.stat().st_size == 4 * INITIAL_ROOM:
+            break
+        time.sleep(0.01)
+    assert path.stat().st_size == 4 * INITIAL_ROOM
+    journal.declare({"x": 0.0})
+    rows = 2 * INITIAL_ROOM // 40  # past the first room
+    for step in range(rows):
+        assert journal.write_row(step, 1.0, {"x": float(step)})
+    # The writer took that mapping: it grew the file no further itself.
+    assert path.stat().st_size >= 4 * INITIAL_ROOM
+    journal.close()
+    assert steps_of(JournalReader(tmp_path).read(final=True)) == list(range(rows))
