@@ -156,6 +156,21 @@ def _inject(point: str, countdown: _Countdown) -> None:
             original_append(self, record)
 
         Journal._append = append  # type: ignore[method-assign]
+        original_row = Journal.write_row
+
+        def write_row(self: Journal, step: int, when: float, row: Any) -> int:
+            # Rows of a known schema are copied by write_row itself.
+            written = original_row(self, step, when, row)
+            if written and countdown.tick():
+                if point == "torn":
+                    half = (written - 8) // 2
+                    mapping = self._map
+                    assert mapping is not None
+                    mapping[self.size - half : self.size] = bytes(half)
+                _die(point)
+            return written
+
+        Journal.write_row = write_row  # type: ignore[method-assign]
 
     elif point in ("object", "ref", "pack"):
         needle = {

@@ -15,8 +15,8 @@ from gitruns.refs import RunRef, Sha
 from gitruns.repository import open_store
 from gitruns.run_config import plain_value
 from gitruns.settings import env_repo
-from gitruns.store import RunStore, Snapshot
-from gitruns.writer import RunWriter, WriterOptions, now_iso
+from gitruns.store import RunStore, Snapshot, now_iso
+from gitruns.writer import RunWriter, WriterOptions
 
 #: Comparison operators ``Api.runs(filters=...)`` understands.
 OPERATORS = (

@@ -869,7 +869,7 @@ def _inflated(
         if (
             frame.startswith(_ZSTD_MAGIC)
             and 0 < declared <= _MAX_FRAME
-            and declared == (declared if size is None else size)
+            and (size is None or declared == size)
             and not header.dict_id
             and header.window_size <= _MAX_WINDOW
         ):
@@ -945,8 +945,8 @@ class _Inflating:
     The codec's one mapping of its decompressor's errors, as ``_unpacking``
     is of msgpack's (gitruns.errors says which module maps which library's).
     The reason is ``what`` and that it is no valid frame, then zstandard's
-    account in brackets. A class rather than a generator: it wraps every
-    numeric array a read decodes.
+    account in brackets. Only frames the fast path of :func:`_inflated`
+    refuses come here, to be read slowly and told apart.
 
     Args:
         source: the chunk, for the message.

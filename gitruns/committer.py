@@ -16,13 +16,11 @@ the later value, and the row's time is that of its first record.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,9 +36,9 @@ from gitruns.chunk import (
 )
 from gitruns.commits import commit_run, summary_overrides
 from gitruns.errors import GitRunsError
-from gitruns.journal import Journal, JournalReader, Record, Rows
+from gitruns.journal import Item, Journal, JournalReader, Record, Rows
 from gitruns.refs import RunRef, Sha
-from gitruns.store import RUN_JSON, RunStore, Snapshot
+from gitruns.store import RUN_JSON, RunStore, Snapshot, now_iso
 from gitruns.summary import summarize
 from gitruns.values import INT64_MAX, Value, check_key, clean_row
 
@@ -50,9 +48,6 @@ logger = logging.getLogger(__name__)
 #: metrics, so that every segment fits in one chunk.
 SEGMENT_BYTES = MAX_CHUNK_BYTES // 8
 SEGMENT_METRICS = MAX_METRICS // 2
-
-#: A ref lock file older than this is left over, even if no run lock says so.
-STALE_REF_LOCK_SECONDS = 60.0
 
 #: The conflict advice of a window commit that lost its branch to someone else.
 MOVED = (
@@ -64,12 +59,6 @@ MOVED = (
 def journal_dir(store: RunStore, run: RunRef) -> Path:
     """Where the journal of ``run`` keeps what is not committed yet."""
     return store.data_dir / "journal" / run.project / run.run_id
-
-
-def now_iso(ts: float | None = None) -> str:
-    """A UTC ISO-8601 time stamp, to the second."""
-    moment = datetime.fromtimestamp(time.time() if ts is None else ts, timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def last_step_for(window: int) -> int:
@@ -92,32 +81,51 @@ class CommitOptions:
     float32: bool = False
     fsync: bool = False
 
+    @property
+    def max_step(self) -> int:
+        """The last step the run can hold (see :func:`last_step_for`)."""
+        return last_step_for(self.window)
+
+
+class Failures:
+    """A commit that keeps failing: said once, and said again when it works.
+
+    A full disk fails every commit until space is back; one error line for
+    the lot, and one line when committing works again.
+
+    Args:
+        run: the run's path, for the messages.
+    """
+
+    def __init__(self, run: str) -> None:
+        self.run = run
+        #: The last failure, until a commit works again.
+        self.error: Exception | None = None
+
+    def failed(self, exc: Exception) -> None:
+        """A commit failed (the journal keeps its rows)."""
+        if self.error is None or str(self.error) != str(exc):
+            logger.error(
+                "run %s: commit failed, the journal keeps the rows: %s", self.run, exc
+            )
+        self.error = exc
+
+    def worked(self) -> None:
+        """A commit worked."""
+        if self.error is not None:
+            logger.warning(
+                "run %s: committing works again after: %s", self.run, self.error
+            )
+            self.error = None
+
 
 @dataclass
 class _Pending:
     """What was read from the journal and is not committed yet."""
 
-    items: list[Rows | Record] = field(default_factory=list)
+    items: list[Item] = field(default_factory=list)
     #: Metadata records merged in order (patches applied), or None.
     meta: dict[str, Any] | None = None
-    #: Journal bytes of ``items``.
-    size: int = 0
-
-    @property
-    def first_step(self) -> int | None:
-        """The first step pending, or None."""
-        if not self.items:
-            return None
-        first = self.items[0]
-        return int(first.steps[0]) if isinstance(first, Rows) else first.step
-
-    @property
-    def last_step(self) -> int | None:
-        """The last step pending, or None."""
-        if not self.items:
-            return None
-        last = self.items[-1]
-        return int(last.steps[-1]) if isinstance(last, Rows) else last.step
 
 
 class Committer:
@@ -148,7 +156,7 @@ class Committer:
         self.run = run
         self.options = options
         self.window = options.window
-        self.max_step = last_step_for(options.window)
+        self.max_step = options.max_step
         self.reader = JournalReader(
             (folder or journal_dir(store, run)).resolve(), trusted_from
         )
@@ -162,7 +170,8 @@ class Committer:
         # Highest step each finished journal file holds (None: none).
         self._file_steps: dict[Path, int | None] = {}
         self._known: set[str] = set()
-        self._checked_schemas: set[int] = set()
+        # The key lists of schemas whose keys were checked.
+        self._checked: set[tuple[str, ...]] = set()
         self._last_commit = time.monotonic()
         if options.fsync:
             store.repo.object_store.fsync_object_files = True
@@ -190,7 +199,6 @@ class Committer:
                 kept = self._rows(item)
                 if kept is not None:
                     self._pending.items.append(kept)
-                    self._pending.size += kept.size
                     count += len(kept)
             elif item.step is None:
                 self._pending.meta = merge_meta(
@@ -199,7 +207,6 @@ class Committer:
                 count += 1
             elif self._record(item):
                 self._pending.items.append(item)
-                self._pending.size += 64
                 count += 1
         # A file finished by this read holds no step beyond those read so far.
         for path in self.reader.done[done_before:]:
@@ -209,7 +216,7 @@ class Committer:
     def _rows(self, rows: Rows) -> Rows | None:
         """``rows`` without what is committed already or cannot be stored."""
         schema = rows.schema
-        if id(schema) not in self._checked_schemas:
+        if schema.keys not in self._checked:
             try:
                 for key in schema.keys:
                     if key not in self._known:
@@ -223,7 +230,7 @@ class Committer:
                     exc,
                 )
                 return None
-            self._checked_schemas.add(id(schema))
+            self._checked.add(schema.keys)
         steps = rows.steps
         # Already committed (a crash between moving the branch and deleting
         # the journal), out of order (only a bug or a tampered journal), or
@@ -311,9 +318,9 @@ class Committer:
         A window is complete once a step of a later window is read: no record
         can add to it any more.
         """
-        first = self._pending.first_step
-        if first is None:
+        if not self._pending.items:
             return None
+        first = _first(self._pending.items[0])
         current = self.last_read - self.last_read % self.window
         if first >= current:
             return None
@@ -375,7 +382,7 @@ class Committer:
         journal_meta.update(meta or {})
         sha = self._write(items, journal_meta, state)
 
-        self._pending = _Pending(rest, None, sum(_size(i) for i in rest))
+        self._pending = _Pending(rest, None)
         self._last_commit = time.monotonic()
         if self.snapshot.last_step is not None:
             self._floor = self.snapshot.last_step
@@ -393,9 +400,7 @@ class Committer:
         for path in gone:
             del self._file_steps[path]
 
-    def _chunks(
-        self, items: Sequence[Rows | Record], prefix: dict[str, Digest]
-    ) -> list[Chunk]:
+    def _chunks(self, items: Sequence[Item], prefix: dict[str, Digest]) -> list[Chunk]:
         """The segments ``items`` make: one per window, cut where too large."""
         chunks: list[Chunk] = []
         totals = prefix
@@ -416,46 +421,26 @@ class Committer:
         return chunks
 
     def _write(
-        self, items: Sequence[Rows | Record], meta: dict[str, Any], state: str | None
+        self, items: Sequence[Item], meta: dict[str, Any], state: str | None
     ) -> Sha | None:
         """One commit of ``items``' segments, ``meta`` and ``state``."""
-        snapshot = self.snapshot
-        info = dict(snapshot.info)
-        config = snapshot.config
-        extra = snapshot.extra
-        overrides = summary_overrides(snapshot)
-        if meta:
-            config = meta.pop("config", config)
-            overrides = meta.pop("summary_overrides", overrides)
-            extra = {**extra, **meta.pop("extra", {})}
-            info.update(meta)
-            info["summary_set"] = sorted(overrides)
-        if state is not None:
-            info["state"] = state
-        # A state is committed even when it is the run's already (a resumed
-        # run finished again records when); metadata only if it changes.
-        changed = (
-            bool(items)
-            or state is not None
-            or info != snapshot.info
-            or config != snapshot.config
-            or extra != snapshot.extra
-            or overrides != summary_overrides(snapshot)
-        )
-        if not changed:
+        # Everything is committed that is new: rows, a state, metadata that
+        # changes something (a state is committed even when the run has it
+        # already: a resumed run finished again records when).
+        force = bool(items) or state is not None
+        files = _updated_files(self.snapshot, meta, state, force=force)
+        if files is None:
             return None
-        # A run being written is running, whatever it was before.
-        info.setdefault("state", "running")
-        if state is None:
-            info["state"] = "running"
+        info, config, overrides, extra = files
         if info.get("float32", False) != self.options.float32:
             info["float32"] = self.options.float32
 
-        history = snapshot.history.copy()
+        # One segment blob per window (or window part), each chunk's prefix
+        # the digests of everything before it.
+        history = self.snapshot.history.copy()
         segments: list[tuple[int, Sha]] = []
-        chunks = self._chunks(items, self.totals)
         totals = self.totals
-        for chunk in chunks:
+        for chunk in self._chunks(items, totals):
             first = int(chunk.steps[0])
             blob = self.store.chunk_blob(encode_chunk(chunk))
             history.add(first, blob)
@@ -483,6 +468,44 @@ class Committer:
         return sha
 
 
+def _updated_files(
+    snapshot: Snapshot,
+    meta: dict[str, Any],
+    state: str | None,
+    *,
+    force: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[bytes, Any]] | None:
+    """run.json, config, summary overrides and saved files with ``meta`` applied.
+
+    A run being written is running; ``state`` (``finished``, ``crashed``)
+    replaces that.
+
+    Returns:
+        The four, or None when ``meta`` changes none of them (unless ``force``).
+    """
+    info = dict(snapshot.info)
+    config = snapshot.config
+    extra = snapshot.extra
+    overrides = summary_overrides(snapshot)
+    if meta:
+        meta = dict(meta)
+        config = meta.pop("config", config)
+        overrides = meta.pop("summary_overrides", overrides)
+        extra = {**extra, **meta.pop("extra", {})}
+        info.update(meta)
+        info["summary_set"] = sorted(overrides)
+    unchanged = (
+        info == snapshot.info
+        and config == snapshot.config
+        and extra == snapshot.extra
+        and overrides == summary_overrides(snapshot)
+    )
+    if unchanged and not force:
+        return None
+    info["state"] = state or "running"
+    return info, config, overrides, extra
+
+
 def tip_totals(store: RunStore, run: RunRef, snapshot: Snapshot) -> dict[str, Digest]:
     """The digests of a run's whole history at ``snapshot``, from its last segment."""
     if not snapshot.history.starts:
@@ -494,6 +517,7 @@ def tip_totals(store: RunStore, run: RunRef, snapshot: Snapshot) -> dict[str, Di
 
 def float32_of(store: RunStore, info: dict[str, Any]) -> bool:
     """Whether a run stores float32: its run.json says, or its fork source's does."""
+    # Up the fork chain, a bounded way: a tampered chain could loop.
     for _ in range(32):
         stored = info.get("float32")
         if isinstance(stored, bool):
@@ -551,21 +575,15 @@ def merge_meta(
 # -- from journal items to columns -------------------------------------------------
 
 
-def _size(item: Rows | Record) -> int:
-    return item.size if isinstance(item, Rows) else 64
-
-
-def _first(item: Rows | Record) -> int:
+def _first(item: Item) -> int:
     return int(item.steps[0]) if isinstance(item, Rows) else int(item.step or 0)
 
 
-def _last(item: Rows | Record) -> int:
+def _last(item: Item) -> int:
     return int(item.steps[-1]) if isinstance(item, Rows) else int(item.step or 0)
 
 
-def _split(
-    items: Sequence[Rows | Record], step: int
-) -> tuple[list[Rows | Record], list[Rows | Record]]:
+def _split(items: Sequence[Item], step: int) -> tuple[list[Item], list[Item]]:
     """Items up to and including ``step``, and the items after it."""
     for i, item in enumerate(items):
         if _last(item) <= step:
@@ -579,9 +597,7 @@ def _split(
     return list(items), []
 
 
-def _segments(
-    items: Sequence[Rows | Record], window: int
-) -> Iterable[list[Rows | Record]]:
+def _segments(items: Sequence[Item], window: int) -> Iterable[list[Item]]:
     """``items`` cut into segments: by window, and where one grows too large."""
     rest = list(items)
     while rest:
@@ -591,9 +607,9 @@ def _segments(
         yield from _limited(part)
 
 
-def _limited(items: list[Rows | Record]) -> Iterable[list[Rows | Record]]:
+def _limited(items: list[Item]) -> Iterable[list[Item]]:
     """One window's items, cut between steps where they hold too much."""
-    size = sum(_size(i) for i in items)
+    size = sum(i.size for i in items)
     width = len({k for i in items for k in _keys(i)})
     if size <= SEGMENT_BYTES and width < SEGMENT_METRICS:
         yield items
@@ -616,11 +632,11 @@ def _limited(items: list[Rows | Record]) -> Iterable[list[Rows | Record]]:
     yield items
 
 
-def _keys(item: Rows | Record) -> Iterable[str]:
+def _keys(item: Item) -> Iterable[str]:
     return item.schema.keys if isinstance(item, Rows) else item.data.keys()
 
 
-def _step_sizes(items: list[Rows | Record]) -> list[tuple[int, int, set[str]]]:
+def _step_sizes(items: list[Item]) -> list[tuple[int, int, set[str]]]:
     """(step, bytes, keys) of every step of ``items``, in order."""
     out: list[tuple[int, int, set[str]]] = []
     for item in items:
@@ -631,7 +647,7 @@ def _step_sizes(items: list[Rows | Record]) -> list[tuple[int, int, set[str]]]:
                 (s, per_row, names) for s in item.steps.tolist()
             )
         else:
-            pairs = [(int(item.step or 0), 64 + 16 * len(item.data), set(item.data))]
+            pairs = [(int(item.step or 0), item.size, set(item.data))]
         for step, nbytes, names in pairs:
             if out and out[-1][0] == step:
                 out[-1] = (step, out[-1][1] + nbytes, out[-1][2] | names)
@@ -641,7 +657,7 @@ def _step_sizes(items: list[Rows | Record]) -> list[tuple[int, int, set[str]]]:
 
 
 def _columns(
-    items: Sequence[Rows | Record],
+    items: Sequence[Item],
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], dict[str, tuple[Any, Any]]]:
     """The steps, times and metric columns of one segment's items.
 
@@ -690,7 +706,7 @@ def _columns(
     return steps, times, metrics
 
 
-def _groups(items: Sequence[Rows | Record]) -> Iterable[Rows | list[Record]]:
+def _groups(items: Sequence[Item]) -> Iterable[Rows | list[Record]]:
     """Items with consecutive records gathered into lists."""
     for is_rows, run in itertools.groupby(items, key=lambda i: isinstance(i, Rows)):
         if is_rows:
@@ -732,27 +748,3 @@ def _joined(parts: list[Any]) -> Any:
     for part in parts:
         values.extend(part.tolist() if isinstance(part, np.ndarray) else part)
     return values
-
-
-def clear_stale_ref_lock(store: RunStore, run: RunRef, holder_died: bool) -> None:
-    """Remove the lock file of the run's ref if a dead writer left it behind.
-
-    A writer killed while moving the branch leaves ``<ref>.lock``, and no
-    later update of the branch can succeed while it is there. The caller
-    holds the run's lock, so only a dead writer (or a stuck foreign tool,
-    after a minute) can own it.
-    """
-    path = store.git_dir / (run.ref.decode() + ".lock")
-    try:
-        age = time.time() - path.stat().st_mtime
-    except FileNotFoundError:
-        return
-    if holder_died or age > STALE_REF_LOCK_SECONDS:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        logger.warning(
-            "run %s: removed %s, left %.0f s ago by a writer that is gone",
-            run.path,
-            path,
-            age,
-        )

@@ -20,11 +20,13 @@ writer -> committer                   committer -> writer
 ====================================  ========================================
                                       ``{"ready": pid}``
 ``{"go": tip}``
-``{"flush": step, "id": n}``          ``{"flushed": n}`` or ``{"failed": msg}``
+``{"flush": step, "id": n}``          ``{"flushed": n}`` or ``{"failed": msg, "id": n}``
 ``{"totals": n}``                     ``{"totals": n, "digests": bytes}``
-``{"finish": state, "meta": {...}}``  ``{"done": tip}`` or ``{"failed": msg}``
+``{"finish": state, "meta": {...},    ``{"done": tip, "id": n}`` or
+"id": n}``                            ``{"failed": msg, "id": n}``
 ``{"cancel": true}``                  (the process exits, committing nothing)
-end of input (the writer is gone)     (the process commits, as ``crashed``)
+end of input, or a new parent pid     (the process commits, as ``crashed``)
+(the writer is gone)
                                       ``{"log": [level, logger, message]}``
                                       (a failed commit is logged, and tried
                                       again; the journal keeps its rows)
@@ -43,13 +45,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
 from gitruns.chunk import Digest, decode_digests, encode_digests
-from gitruns.committer import CommitOptions, Committer, clear_stale_ref_lock
+from gitruns.committer import CommitOptions, Committer, Failures
 from gitruns.errors import GitRunsError, RepositoryError
 from gitruns.journal import release_orphaned_lock
 from gitruns.refs import RunRef, Sha
@@ -62,6 +65,10 @@ POLL_SECONDS = 0.02
 
 #: How long the committer process waits after a failed commit to try again.
 RETRY_SECONDS = 1.0
+
+#: How long a writer waits for an answer from a committer process that says
+#: nothing at all (no log record, no reply) before it gives up on it.
+SILENT_SECONDS = 600.0
 
 #: The words the bootstrap reads, all of one length.
 BOOT = b"boot\n"
@@ -89,7 +96,11 @@ _stopped: list[subprocess.Popen[bytes]] = []
 
 
 class CommitterGone(Exception):
-    """The committer process ended before it answered."""
+    """The committer process ended before it answered.
+
+    Internal to the writer, which takes over when it meets it; never raised
+    to a caller of gitruns (so not a GitRunsError).
+    """
 
 
 class CommitterLink:
@@ -97,6 +108,7 @@ class CommitterLink:
 
     Attributes:
         pid: the process id.
+        booted: it was told to boot.
         ready: the process has booted and waits for ``go``.
         active: it commits the run (``go`` was sent).
         gone: why the process is no longer there ("" while it is).
@@ -245,20 +257,30 @@ class CommitterLink:
     def _send(self, message: dict[str, Any]) -> None:
         self._write(msgpack.packb(message, use_bin_type=True))
 
-    def _wait(self, key: str, ident: Any = None) -> dict[str, Any]:
-        """The reply that holds ``key`` (with ``ident``), or ``failed``."""
+    def _wait(self, key: str, ident: int) -> dict[str, Any]:
+        """The reply to question ``ident``: the one holding ``key``, or ``failed``.
+
+        Raises:
+            RepositoryError: the reply says the commit failed.
+            CommitterGone: the process ended, or said nothing for
+                :data:`SILENT_SECONDS` (then it is killed).
+        """
+        heard = time.monotonic()
         while True:
             for i, reply in enumerate(self._replies):
-                if "failed" in reply or (
-                    key in reply and (ident is None or reply[key] == ident)
-                ):
+                if reply.get("id") == ident and ("failed" in reply or key in reply):
                     del self._replies[i]
                     if "failed" in reply:
                         raise RepositoryError(str(reply["failed"]))
                     return reply
             if self.gone:
                 raise CommitterGone(self.gone)
-            select.select([self._from], [], [], 0.5)
+            if select.select([self._from], [], [], 0.5)[0]:
+                heard = time.monotonic()
+            elif time.monotonic() - heard > SILENT_SECONDS:
+                with contextlib.suppress(ProcessLookupError):
+                    self._process.kill()
+                self._lost(f"it said nothing for {SILENT_SECONDS:.0f} s")
             self.poll()
 
     # -- what the writer asks -------------------------------------------------------
@@ -286,7 +308,7 @@ class CommitterLink:
             CommitterGone: the process ended first.
         """
         self._asked += 1
-        self._send({"totals": self._asked})
+        self._send({"totals": self._asked, "id": self._asked})
         reply = self._wait("totals", self._asked)
         return decode_digests(reply["digests"], source="the committer's totals")
 
@@ -297,8 +319,9 @@ class CommitterLink:
             RepositoryError: the commit failed (the journal keeps the rows).
             CommitterGone: the process ended first.
         """
-        self._send({"finish": state, "meta": meta})
-        reply = self._wait("done")
+        self._asked += 1
+        self._send({"finish": state, "meta": meta, "id": self._asked})
+        reply = self._wait("done", self._asked)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._process.wait(timeout=60)
         self._close()
@@ -307,11 +330,12 @@ class CommitterLink:
     def cancel(self) -> None:
         """Let the process go without committing anything; do not wait for it."""
         if not self.gone:
-            self._write(self._send_cancel())
+            self._write(self._cancel_message())
         self._close()
         _stopped.append(self._process)
 
-    def _send_cancel(self) -> bytes:
+    def _cancel_message(self) -> bytes:
+        # The bootstrap takes a word; a booted process, a message.
         if not self.booted:
             return STOP
         return bytes(msgpack.packb({"cancel": True}))
@@ -319,7 +343,7 @@ class CommitterLink:
     def abandon(self) -> None:
         """Stop the process without committing more; wait until it has stopped."""
         if not self.gone:
-            self._write(self._send_cancel())
+            self._write(self._cancel_message())
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._process.wait(timeout=30)
         self._close()
@@ -413,9 +437,10 @@ class _Forward(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):
+            # A busy writer may miss an INFO line, never a warning.
             self.channel.send(
                 {"log": [record.levelno, record.name, record.getMessage()]},
-                drop=True,
+                drop=record.levelno < logging.WARNING,
             )
 
 
@@ -464,7 +489,7 @@ def serve(word: bytes, params_text: str) -> None:
         for i, message in enumerate(messages):
             if "go" in message:
                 channel.unread(messages[i + 1 :])
-                session.run(Sha(str(message["go"]).encode()))
+                session.commit_from(Sha(str(message["go"]).encode()))
                 return
             if "cancel" in message:
                 return
@@ -489,7 +514,7 @@ class _Session:
         self.lock_fd = int(params["lock_fd"])
         self.interval = float(params["flush_interval"])
         self.committer: Committer | None = None
-        self._failed = ""
+        self._failures = Failures(run.path)
         self._retry_at = 0.0
 
     def _committer(self, tip: Sha | None = None) -> Committer:
@@ -502,8 +527,8 @@ class _Session:
             self.committer = Committer(self.store, self.run_ref, snapshot, self.options)
         return self.committer
 
-    def run(self, tip: Sha) -> None:
-        """Commit the journal from ``tip`` on, until the writer is done."""
+    def commit_from(self, tip: Sha) -> None:
+        """Commit the journal from commit ``tip`` on, until the writer is done."""
         committer = self._committer(tip)
         while True:
             messages = self.channel.receive(POLL_SECONDS)
@@ -529,28 +554,20 @@ class _Session:
             return
         self._try(lambda: committer.commit(through))
 
-    def _try(self, action: Any) -> bool:
+    def _try(self, action: Callable[[], object]) -> bool:
+        """Run a commit; a failure is logged once and tried again in a second."""
         try:
             action()
         except Exception as exc:  # noqa: BLE001 - reported, and tried again
-            message = f"{exc}"
-            if message != self._failed:
-                logger.error(
-                    "run %s: commit failed, the journal keeps the rows: %s",
-                    self.run_ref.path,
-                    exc,
-                )
-            self._failed = message
+            self._failures.failed(exc)
             self._retry_at = time.monotonic() + RETRY_SECONDS
             return False
-        if self._failed:
-            logger.warning(
-                "run %s: committing works again after: %s",
-                self.run_ref.path,
-                self._failed,
-            )
-            self._failed = ""
+        self._failures.worked()
         return True
+
+    @property
+    def _failed(self) -> str:
+        return str(self._failures.error)
 
     def _answer(self, message: dict[str, Any]) -> bool:
         """Act on one message; True when the process is done."""
@@ -558,32 +575,36 @@ class _Session:
         if "flush" in message:
             committer.read()
             done = self._try(lambda: committer.commit(int(message["flush"])))
-            reply = {"flushed": message["id"]} if done else {"failed": self._failed}
-            self.channel.send(reply)
+            key = "flushed" if done else "failed"
+            self.channel.send(
+                {key: message["id"] if done else self._failed, "id": message["id"]}
+            )
         elif "totals" in message:
             committer.read()
             digests = encode_digests(committer.pending_totals())
-            self.channel.send({"totals": message["totals"], "digests": digests})
+            ident = message["totals"]
+            self.channel.send({"totals": ident, "digests": digests, "id": ident})
         elif "finish" in message:
-            self._finish(str(message["finish"]), dict(message.get("meta") or {}))
+            meta = dict(message.get("meta") or {})
+            self._finish(str(message["finish"]), meta, message.get("id"))
             return True
         elif "cancel" in message:
             return True
         return False
 
-    def _finish(self, state: str, meta: dict[str, Any]) -> None:
+    def _finish(self, state: str, meta: dict[str, Any], ident: Any) -> None:
         committer = self._committer()
         committer.read(final=True)
         if not self._try(lambda: committer.commit(state=state, meta=meta)):
-            self.channel.send({"failed": self._failed})
+            self.channel.send({"failed": self._failed, "id": ident})
             return
         self._tidy()
-        self.channel.send({"done": committer.tip.decode()})
+        self.channel.send({"done": committer.tip.decode(), "id": ident})
 
     def crashed(self) -> None:
         """The writer is gone: commit what its journal holds, as crashed."""
-        clear_stale_ref_lock(self.store, self.run_ref, holder_died=True)
-        with contextlib.suppress(GitRunsError):
+        try:
+            self.store.clear_stale_ref_lock(self.run_ref, holder_died=True)
             # The writer may have committed the journal's rows since our
             # last read; start again from the branch's tip.
             self.committer = None
@@ -598,6 +619,15 @@ class _Session:
                     self.run_ref.path,
                 )
             self._tidy()
+        except GitRunsError as exc:
+            # The journal stays: the next open of the run commits it.
+            logger.warning(
+                "run %s: its writer is gone, and what it journaled could not "
+                "be committed (%s); `gitruns recover %s` commits it",
+                self.run_ref.path,
+                exc,
+                self.run_ref.path,
+            )
         release_orphaned_lock(self.lock_fd)
 
     def _tidy(self) -> None:

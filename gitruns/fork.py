@@ -27,9 +27,16 @@ from gitruns.errors import (
     RunNotFoundError,
 )
 from gitruns.refs import RunRef, Sha
-from gitruns.store import FILE_MODE, RUN_JSON, History, RunStore, Snapshot, chunk_path
+from gitruns.store import (
+    FILE_MODE,
+    RUN_JSON,
+    History,
+    RunStore,
+    Snapshot,
+    chunk_path,
+    now_iso,
+)
 from gitruns.summary import summarize
-from gitruns.writer import now_iso
 
 logger = logging.getLogger(__name__)
 

@@ -34,12 +34,14 @@ frame header, so a process killed half-way through a copy leaves a zero
 header, and a payload torn by a power loss fails its checksum: either way the
 damage can only be at the end of what was written, and log() never returned
 for it.
+
 ``fsync="always"`` syncs the pages of every record before log() returns.
 
-A file grows in place, four times its room each time, up to :data:`MAX_ROOM`;
-past that the writer ends it and goes on in a new one. Files are deleted by whoever
-commits their rows, once the run's branch holds every row of a file the
-writer has left (see :class:`JournalReader`).
+A file grows four times its room each time, into room a thread makes ahead
+(:class:`_Ahead`), up to :data:`MAX_ROOM`; past that the writer ends it and
+goes on in a new one. Files are deleted by whoever commits their rows, once
+the run's branch holds every row of a file the writer has left (see
+:class:`JournalReader`).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -74,7 +76,8 @@ SUFFIX = ".jnl"
 
 #: The first bytes of a journal file.
 MAGIC = b"gitrunJ2"
-#: The first bytes of a journal of gitruns 0.1.x (records only), still read.
+#: The first bytes of a journal of framed records only (no rows, no schemas),
+#: which earlier gitruns wrote; still read.
 OLD_MAGIC = b"gitrunsJ"
 
 #: A frame header: the payload's length and its CRC-32.
@@ -95,6 +98,9 @@ _END_ROOM = _FRAME.size + len(_END_PAYLOAD)
 #: A row's fixed head: tag, kind, two pad bytes, schema id, step, time.
 _ROW_HEAD = "<BB2xIqd"
 _ROW_HEAD_SIZE = struct.calcsize(_ROW_HEAD)
+#: Where, in a frame, the payload's kind and a row's schema id are.
+_KIND_AT = _FRAME.size + 1
+_SCHEMA_AT = _FRAME.size + 4
 
 #: How each value type a row may hold is stored: float64, int64 or bool.
 #: numpy's scalars go the same way, as values.to_value turns them into the
@@ -140,12 +146,21 @@ _READ_BYTES = 8 << 20
 _PAGE_MASK = ~(mmap.PAGESIZE - 1)
 
 
-class Record(NamedTuple):
-    """One journaled call: a row of metrics, or run metadata when step is None."""
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One journaled call: a row of metrics, or run metadata when step is None.
+
+    Attributes:
+        step: the row's step; None for metadata.
+        when: its time stamp, seconds since the epoch.
+        data: the row, or the metadata.
+        size: the journal bytes its frame took (0 where not read from a file).
+    """
 
     step: int | None
     when: float
     data: dict[str, Any]
+    size: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -235,10 +250,12 @@ class Rows:
         """The rows one by one, as records (for tools and tests, not speed)."""
         keys = self.schema.keys
         columns = [c.tolist() for c in self.columns]
+        size = self.size // max(1, len(self.steps))
         for i, (step, when) in enumerate(
             zip(self.steps.tolist(), self.times.tolist(), strict=True)
         ):
-            yield Record(step, when, {k: col[i] for k, col in zip(keys, columns)})
+            row = {k: col[i] for k, col in zip(keys, columns, strict=True)}
+            yield Record(step, when, row, size)
 
 
 #: What a journal holds, in order: runs of rows and single records.
@@ -281,6 +298,8 @@ class Journal:
         self.first_seq = self._seq
         #: Bytes used in the current file (its magic and frames).
         self.size = 0
+        # Bytes of the files this journal finished.
+        self._finished = 0
         self._file: JournalFile | None = None
         self._map: mmap.mmap | None = None
         self._room = 0
@@ -300,6 +319,11 @@ class Journal:
     def current(self) -> Path | None:
         """The file being appended to, if one is open."""
         return None if self._file is None else self._file.path
+
+    @property
+    def written(self) -> int:
+        """Bytes this journal has written, in every file."""
+        return self._finished + self.size
 
     # -- writing --------------------------------------------------------------
 
@@ -352,8 +376,9 @@ class Journal:
             return 0  # an int beyond int64: the caller's checks say so
         # As in _append: the payload first, its header last.
         mapping = self._map
-        mapping[start + 8 : end] = payload  # type: ignore[index]
-        _pack_frame(mapping, start, found.payload_size, _crc32(payload))  # type: ignore[arg-type]
+        mapping[start + _FRAME.size : end] = payload  # type: ignore[index]
+        crc = _crc32(payload)
+        _pack_frame(mapping, start, found.payload_size, crc)  # type: ignore[arg-type]
         self.size = end
         if self.fsync:
             self._sync(start, end)
@@ -563,6 +588,7 @@ class Journal:
 
     def _close_file(self) -> None:
         done, self._file, self._map = self._file, None, None
+        self._finished += self.size
         self._room = self.size = self._limit = 0
         if done is not None:
             self._ahead.forget(done)
@@ -797,7 +823,7 @@ def _parse_frames(
         if end > size:
             return _Parse(items, pos, False, "", _FRAME.size + length)
         head = data[pos + _FRAME.size]
-        if head == TAG and length >= _ROW_HEAD_SIZE and data[pos + 9] == ROW:
+        if head == TAG and length >= _ROW_HEAD_SIZE and data[pos + _KIND_AT] == ROW:
             rows, used, problem = _read_rows(data, pos, length, schemas, verify)
             if rows is not None:
                 items.append(rows)
@@ -812,7 +838,7 @@ def _parse_frames(
         if head != TAG:
             try:
                 item = msgpack.unpackb(payload, raw=False, strict_map_key=True)
-                items.append(_record(item))
+                items.append(_record(item, end - pos))
             except (ValueError, msgpack.UnpackException) as exc:
                 return _Parse(items, pos, False, str(exc) or type(exc).__name__)
         elif length >= 2 and payload[1] == END:
@@ -838,7 +864,7 @@ def _read_rows(
         The rows (None if none could be read), the bytes they took, and why
         reading stops after them ("" if it may go on).
     """
-    (schema_id,) = struct.unpack_from("<I", data, pos + 12)
+    (schema_id,) = struct.unpack_from("<I", data, pos + _SCHEMA_AT)
     schema = schemas.get(schema_id)
     if schema is None or schema.size != length:
         return None, 0, f"a row of an undeclared schema ({schema_id})"
@@ -1015,7 +1041,8 @@ class JournalReader:
     def _read_file(self, final: bool) -> _Parse:
         assert self._path is not None
         if self._pos < 0:
-            # gitruns 0.1's bare records: a crashed writer's, read whole once.
+            # Bare records (the first journal layout, with no frames): a
+            # crashed writer's, read whole once.
             records: list[Item] = list(_bare_records(self._path, self._read_all()))
             return _Parse(records, 0, True, "")
         items: list[Item] = []
@@ -1082,7 +1109,7 @@ def read_records(path: Path) -> Iterator[Record]:
 
 
 def _bare_records(path: Path, data: bytes) -> Iterator[Record]:
-    # gitruns 0.1 wrote records back to back, with no frame.
+    # The first journal layout: records back to back, with no frame.
     count = end = 0
     unpacker = msgpack.Unpacker(
         raw=False, strict_map_key=True, max_buffer_size=_MAX_RECORD
@@ -1090,10 +1117,11 @@ def _bare_records(path: Path, data: bytes) -> Iterator[Record]:
     unpacker.feed(data)
     try:
         for item in unpacker:
-            record = _record(item)
-            count += 1
+            start = end
             # Where this record ends; at the end, tell() may count a cut one.
             end = unpacker.tell()
+            record = _record(item, end - start)
+            count += 1
             yield record
         if end < len(data):
             raise ValueError(f"{len(data) - end} bytes of a cut record")
@@ -1111,19 +1139,19 @@ def _warn_damaged(path: Path | None, count: int, problem: str) -> None:
     )
 
 
-def _record(item: Any) -> Record:
+def _record(item: Any, size: int = 0) -> Record:
     if not isinstance(item, list) or len(item) != 3:
         raise ValueError("not a journal record")
     step, when, data = item
     if not isinstance(when, (float, int)) or isinstance(when, bool):
         raise ValueError("a journal record's time is not a number")
     if step is None:
-        return Record(None, float(when), _meta(data))
+        return Record(None, float(when), _meta(data), size)
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise ValueError("a journal record's step is not a step")
     if not isinstance(data, dict):
         raise ValueError("a journal record's row is not a map")
-    return Record(step, float(when), data)
+    return Record(step, float(when), data, size)
 
 
 def _meta(data: Any) -> dict[str, Any]:

@@ -514,7 +514,7 @@ class _Join:
     """
 
     def __init__(self, steps: _Steps, segments: int, room: int) -> None:
-        self.run = steps
+        self.read_steps = steps
         self.segments = segments
         self.room = room
         self.first = 0
@@ -550,11 +550,11 @@ class _Join:
         if self.steps is None:
             size = max(self.capacity, self.count + count)
             self.steps = np.empty(size, dtype=np.int64)
-            self.steps[: self.count] = self.run.array[
+            self.steps[: self.count] = self.read_steps.array[
                 self.first : self.first + self.count
             ]
         if steps is None:
-            steps = self.run.array[at : at + count]
+            steps = self.read_steps.array[at : at + count]
         self.steps = _grown(self.steps, self.count, count)
         self.steps[self.count : self.count + count] = steps
 
@@ -578,7 +578,7 @@ class _Join:
     def result(self) -> tuple[np.ndarray, Any]:
         """(steps, values) of the metric."""
         if self.steps is None:
-            steps = self.run.array[self.first : self.first + self.count]
+            steps = self.read_steps.array[self.first : self.first + self.count]
         else:
             steps = _trimmed(self.steps, self.count)
         values = self.values

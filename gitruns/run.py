@@ -60,10 +60,10 @@ from gitruns.settings import (
     parse_reinit,
     settings_dict,
 )
-from gitruns.store import TREE_MODE, RunStore
+from gitruns.store import TREE_MODE, RunStore, now_iso
 from gitruns.summary import summary_modes
 from gitruns.values import clean_row
-from gitruns.writer import RunWriter, WriterOptions, now_iso
+from gitruns.writer import RunWriter, WriterOptions
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class Run:
         self._ref = ref
         self._writer = writer
         self._known: set[str] = set()
+        # Bound once: log() hands it to the writer at every call.
         self._clean = self._cleaned
         self._mode = mode
         self._resumed = resumed

@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,9 @@ PACK_BATCH_BYTES = 8 << 20
 #: Packs past which finishing a run merges them into one.
 MAX_PACKS = 50
 
+#: A ref lock file older than this is left over, even if no run lock says so.
+STALE_REF_LOCK_SECONDS = 60.0
+
 #: The default embedded repository, a bare one in the working directory.
 DEFAULT_REPO_DIR = ".gitruns"
 
@@ -136,6 +140,12 @@ def locate_repository(
         if (folder / "HEAD").is_file() and (folder / "objects").is_dir():
             return folder, False
     return cwd / DEFAULT_REPO_DIR, True
+
+
+def now_iso(ts: float | None = None) -> str:
+    """A UTC ISO-8601 time stamp, to the second, as run.json's times are."""
+    moment = datetime.fromtimestamp(time.time() if ts is None else ts, timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def dumps_json(value: Any, what: str = "run metadata") -> bytes:
@@ -815,6 +825,33 @@ class RunStore:
                         raise
                     time.sleep(0.001 * attempt)
         raise ConflictError(run.branch, 50)
+
+    def clear_stale_ref_lock(self, run: RunRef, holder_died: bool) -> None:
+        """Remove the lock file of the run's ref if a dead writer left it behind.
+
+        A writer killed while moving the branch leaves ``<ref>.lock``, and no
+        later update of the branch can succeed while it is there. The caller
+        holds the run's lock, so only a dead writer (or committer process, or
+        a stuck foreign tool, after a minute) can own it.
+
+        Args:
+            run: the run.
+            holder_died: the run lock's last holder is known to be gone.
+        """
+        path = self.git_dir / (run.ref.decode() + ".lock")
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if holder_died or age > STALE_REF_LOCK_SECONDS:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            logger.warning(
+                "run %s: removed %s, left %.0f s ago by a writer that is gone",
+                run.path,
+                path,
+                age,
+            )
 
     # -- objects ------------------------------------------------------------
 

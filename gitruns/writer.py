@@ -38,12 +38,11 @@ from gitruns.committer import (
     PATCHED,
     CommitOptions,
     Committer,
-    clear_stale_ref_lock,
+    Failures,
     committed_meta,
     float32_of,
     journal_dir,
     last_step_for,
-    now_iso,
 )
 from gitruns.committer_process import CommitterGone, CommitterLink
 from gitruns.errors import (
@@ -61,15 +60,6 @@ from gitruns.values import Value, check_unicode, unencodable
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "FSYNC_MODES",
-    "RunWriter",
-    "WriterOptions",
-    "journal_dir",
-    "journaled_runs",
-    "last_step_for",
-    "now_iso",
-]
 
 FSYNC_MODES = ("never", "commit", "always")
 
@@ -77,7 +67,7 @@ FSYNC_MODES = ("never", "commit", "always")
 MAX_CALL_BYTES = 16 << 20
 
 #: How often log() looks at the committer process (and at the clock) at most.
-CHECK_SECONDS = 0.05
+CHECK_SECONDS = 0.01
 
 #: How long complete windows may wait for the committer process to come up
 #: before the writer commits them itself (the flush interval, if shorter).
@@ -86,6 +76,11 @@ DEFER_SECONDS = 10.0
 #: Journal bytes past which the writer commits waiting windows itself.
 DEFER_BYTES = 256 << 20
 
+#: Journaled metadata bytes after which set_meta checks that config and the
+#: summary overrides still fit the size a run's JSON file may have.
+_RECHECK_BYTES = 1 << 20
+
+# Bound once: log() calls them at every call or every row.
 _time = time.time
 _monotonic = time.monotonic
 
@@ -203,16 +198,19 @@ class RunWriter:
         #: over (and again if it dies).
         self._local: Committer | None = self._committer(snapshot)
         self._link: CommitterLink | None = None
-        self._error: BaseException | None = None
+        self._failures = Failures(run.path)
 
         self._step = _next_step(snapshot)
         self._open = False  # a row is open at self._step
         self._window_end = 0  # the end of the window of the last row opened
         self._done_through = -1  # windows through this step are complete
-        now = time.monotonic()
+        now = _monotonic()
         self._last_flush = now
         self._next_check = now + min(options.flush_interval, CHECK_SECONDS)
-        self._deferred_since: float | None = None
+        # Since when complete windows wait for the committer process to be up.
+        self._waiting_since: float | None = None
+        # What the journal had written at the last commit in this process.
+        self._committed_at = 0
 
         #: config and summary_overrides as last journaled, for the next patch.
         self._latest: dict[str, dict[str, Any]] = {}
@@ -250,7 +248,7 @@ class RunWriter:
         )
         lock.acquire()
         try:
-            clear_stale_ref_lock(store, run, lock.stale_holder is not None)
+            store.clear_stale_ref_lock(run, lock.stale_holder is not None)
             tip = store.tip(run)
             if tip is None:
                 raise RunNotFoundError(run.path, str(store.git_dir))
@@ -429,7 +427,7 @@ class RunWriter:
             if self._window_end:
                 self._window_done(step - step % self.window - 1)
             self._window_end = step - step % self.window + self.window
-        now = time.monotonic()
+        now = _monotonic()
         if now >= self._next_check:
             self._check(now, step - 1)
 
@@ -441,53 +439,62 @@ class RunWriter:
         link = self._link
         if link is None or link.gone:
             self._commit_locally(through)
-        elif not link.active and self._deferred_since is None:
-            # Work for a committer process: the next check wakes it (a pipe
+        elif not link.active and self._waiting_since is None:
+            # Work for the committer process: the next check wakes it (a pipe
             # write that wakes a process takes tens of microseconds, which a
             # window boundary need not pay), and a later one hands over.
-            self._deferred_since = time.monotonic()
+            self._waiting_since = _monotonic()
 
     def _check(self, now: float, closed: int) -> None:
-        """What log() looks at now and then: the committer, the flush interval.
+        """What log() looks at now and then: its committer process, the interval.
 
         Args:
             now: the monotonic clock.
             closed: the last step no record can add to any more.
         """
         link = self._link
-        interval = self.options.flush_interval
         if link is not None and not link.gone:
-            self._next_check = now + min(CHECK_SECONDS, interval)
-            link.poll()
-            if link.active:
-                if link.gone:
-                    self._take_over()
-                return  # the committer process keeps the interval itself
-            if link.ready:
-                self._hand_over(link)
-                return
+            self._check_link(link, now, closed)
         if link is None or link.gone:
-            # This process commits: windows as they complete, and the rest
-            # when the flush interval has passed.
-            self._next_check = self._last_flush + interval
-            if now - self._last_flush >= interval:
-                self._last_flush = now
-                self._next_check = now + interval
-                self._commit_locally(closed)
+            self._check_interval(now, closed)
+
+    def _check_interval(self, now: float, closed: int) -> None:
+        """This process commits: what is closed, once the flush interval passed."""
+        if self._local is None:
+            self._take_over()  # its committer process died: try again
+        interval = self.options.flush_interval
+        if now - self._last_flush >= interval:
+            self._last_flush = now
+            self._commit_locally(closed)
+        self._next_check = self._last_flush + interval
+
+    def _check_link(self, link: CommitterLink, now: float, closed: int) -> None:
+        """Take in what the committer process said; wake it, or hand over to it."""
+        interval = self.options.flush_interval
+        self._next_check = now + min(CHECK_SECONDS, interval)
+        link.poll()
+        if link.active:
+            if link.gone:
+                self._take_over()
+            return  # it keeps the flush interval itself
+        if link.gone:
+            return  # died booting: this process commits (see _check)
+        if link.ready:
+            self._hand_over(link)
             return
 
-        # Waiting for the committer process: wake it once there is work, and
-        # commit here only when it is late (or the journal grows large).
+        # Not up yet: wake it once there is work, and commit here meanwhile
+        # only when it is late, or the journal has grown large.
         due = now - self._last_flush >= interval
-        if due and self._deferred_since is None:
-            self._deferred_since = now
-        if self._deferred_since is not None:
-            link.boot()
-        since = self._deferred_since
-        late = since is not None and now - since >= min(interval, DEFER_SECONDS)
-        if late or self._journal.size >= DEFER_BYTES:
+        if due and self._waiting_since is None:
+            self._waiting_since = now
+        if self._waiting_since is None:
+            return
+        link.boot()
+        late = now - self._waiting_since >= min(interval, DEFER_SECONDS)
+        if late or self._journal.written - self._committed_at >= DEFER_BYTES:
             self._commit_locally(closed if due else self._done_through)
-            self._deferred_since = now
+            self._waiting_since = now
             if due:
                 self._last_flush = now
 
@@ -500,19 +507,10 @@ class RunWriter:
             local.read()
             local.commit(through)
         except Exception as exc:  # noqa: BLE001 - reported at flush/finish
-            if self._error is None:
-                logger.error(
-                    "run %s: commit failed, the journal keeps the rows: %s",
-                    self.run.path,
-                    exc,
-                )
-            self._error = exc
+            self._failures.failed(exc)
             return
-        if self._error is not None:
-            logger.warning(
-                "run %s: committing works again after: %s", self.run.path, self._error
-            )
-            self._error = None
+        self._failures.worked()
+        self._committed_at = self._journal.written
 
     def _hand_over(self, link: CommitterLink) -> None:
         """The committer process is up: it commits from the branch's tip on."""
@@ -521,24 +519,32 @@ class RunWriter:
         link.go(local.tip)
         local.close()
         self._local = None
-        self._deferred_since = None
+        self._waiting_since = None
         logger.debug("run %s: committer process %d took over", self.run.path, link.pid)
 
     def _take_over(self) -> None:
-        """The committer process is gone: commit in this process from its tip."""
+        """The committer process is gone: commit in this process from the tip.
+
+        A failure (the repository unreadable for a moment) is logged and
+        tried again at the next check: it must not end the training loop.
+        """
         link = self._link
         assert link is not None
+        try:
+            # It may have died moving the branch: its ref lock is ours to clear.
+            self.store.clear_stale_ref_lock(self.run, holder_died=True)
+            tip = self.store.tip(self.run)
+            if tip is None:
+                raise RunNotFoundError(self.run.path, str(self.store.git_dir))
+            snapshot = self.store.read_snapshot(tip, self.run)
+        except GitRunsError as exc:
+            self._failures.failed(exc)
+            return
         logger.warning(
             "run %s: the committer process ended (%s); committing in this process",
             self.run.path,
             link.gone,
         )
-        # It may have died moving the branch: its ref lock is ours to clear.
-        clear_stale_ref_lock(self.store, self.run, holder_died=True)
-        tip = self.store.tip(self.run)
-        if tip is None:
-            raise RunNotFoundError(self.run.path, str(self.store.git_dir))
-        snapshot = self.store.read_snapshot(tip, self.run)
         self._local = self._committer(snapshot)
         self._commit_locally(self._done_through)
 
@@ -618,26 +624,44 @@ class RunWriter:
                 return
             except CommitterGone:
                 self._take_over()
+            except RepositoryError as exc:
+                raise self._commit_failed(exc) from exc
+        self._local_committer()
         self._commit_locally(through)
-        self._raise_error()
+        if self._failures.error is not None:
+            raise self._commit_failed(self._failures.error) from self._failures.error
 
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            raise RepositoryError(
-                f"run {self.run.path}: committing failed: {self._error}; what was "
-                "logged is kept in the journal, run `gitruns recover "
-                f"{self.run.path}` once the cause is fixed"
-            ) from self._error
+    def _local_committer(self) -> Committer:
+        """The committer of this process, taking over from a dead process first.
+
+        Raises:
+            RepositoryError: the run could not be read to take over.
+        """
+        if self._local is None:
+            self._take_over()
+        if self._local is None:
+            raise self._commit_failed(self._failures.error)
+        return self._local
+
+    def _commit_failed(self, exc: BaseException | None) -> RepositoryError:
+        """The error of a commit that failed, saying the rows are kept."""
+        return RepositoryError(
+            f"run {self.run.path}: committing failed: {exc}; what was logged is "
+            f"kept in the journal, run `gitruns recover {self.run.path}` once the "
+            "cause is fixed"
+        )
 
     def live_totals(self) -> dict[str, Digest]:
-        """Digests of everything accepted so far, committed or not."""
+        """Digests of everything accepted so far, committed or not.
+
+        Raises:
+            RepositoryError: the journal or the run cannot be read.
+        """
         link = self._link
         if link is not None and link.active and not link.gone:
             with contextlib.suppress(CommitterGone):
                 return link.totals()
-            self._take_over()
-        local = self._local
-        assert local is not None
+        local = self._local_committer()
         local.read()
         return local.pending_totals()
 
@@ -651,8 +675,12 @@ class RunWriter:
             raise RunNotFoundError(self.run.path, str(self.store.git_dir))
         return self.store.read_snapshot(tip, self.run)
 
-    def finish(self, state: str, **meta: Any) -> Sha:
+    def finish(self, state: str, **meta: Any) -> Sha | None:
         """Commit everything with the run's final state; release the run.
+
+        Returns:
+            The run's last commit; None where this writer commits nothing (it
+            is finished already, or it is a forked child's copy).
 
         Raises:
             RepositoryError: if committing failed; the journal keeps what
@@ -662,9 +690,9 @@ class RunWriter:
             # A forked child (a data loader worker) exiting through atexit
             # must not finish its parent's run under the parent's feet.
             logger.warning("run %s: not finished from a forked child", self.run.path)
-            return self.snapshot.commit or Sha(b"")
+            return None
         if self._closed:
-            return self.snapshot.commit or Sha(b"")
+            return None
         try:
             self._journal.close()
             link = self._link
@@ -676,11 +704,8 @@ class RunWriter:
                 except CommitterGone:
                     self._take_over()
                 except RepositoryError as exc:
-                    raise RepositoryError(
-                        f"run {self.run.path}: committing failed: {exc}; what was "
-                        "logged is kept in the journal, run `gitruns recover "
-                        f"{self.run.path}` once the cause is fixed"
-                    ) from exc
+                    link.cancel()
+                    raise self._commit_failed(exc) from exc
             if link is not None:
                 link.cancel()
             return self._finish_locally(state, meta)
@@ -689,20 +714,15 @@ class RunWriter:
             self._lock.release()
 
     def _finish_locally(self, state: str, meta: dict[str, Any]) -> Sha:
-        local = self._local
-        assert local is not None
+        local = self._local_committer()
         try:
             local.read(final=True)
             local.commit(state=state, meta=meta)
         except Exception as exc:
-            raise RepositoryError(
-                f"run {self.run.path}: committing failed: {exc}; what was logged "
-                f"is kept in the journal, run `gitruns recover {self.run.path}` "
-                "once the cause is fixed"
-            ) from exc
+            raise self._commit_failed(exc) from exc
         finally:
             local.close()
-        self._error = None
+        self._failures.worked()
         try:
             self.store.tidy()
         except GitRunsError as exc:
@@ -719,11 +739,6 @@ class RunWriter:
             self._local.close()
         self._closed = True
         self._lock.release()
-
-
-#: Journaled metadata bytes after which set_meta checks that config and the
-#: summary overrides still fit the size a run's JSON file may have.
-_RECHECK_BYTES = 1 << 20
 
 
 def _patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

@@ -50,11 +50,22 @@ def handed_over(run: Run) -> bool:
 
 
 def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def ends(pid: int) -> bool:
+    """Whether ``pid`` ends within :data:`BOOT_SECONDS`."""
+    deadline = time.monotonic() + BOOT_SECONDS
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def test_a_long_run_is_committed_by_its_own_process_while_it_logs(repo: Path) -> None:
@@ -73,11 +84,7 @@ def test_a_long_run_is_committed_by_its_own_process_while_it_logs(repo: Path) ->
     assert [r["_step"] for r in rows] == list(range(step))
     assert all(r["loss"] == float(r["_step"]) and r["step"] == r["_step"] for r in rows)
     assert gitruns.Api(repo).run("p/long").state == "finished"
-    for _ in range(500):
-        if not alive(link.pid):
-            break
-        time.sleep(0.01)
-    assert not alive(link.pid)  # finish() waited for it to end
+    assert ends(link.pid)
 
 
 def test_a_run_shorter_than_a_window_never_boots_its_process(repo: Path) -> None:
@@ -89,11 +96,7 @@ def test_a_run_shorter_than_a_window_never_boots_its_process(repo: Path) -> None
     run.finish()
     assert not link.booted
     assert committed_last_step(repo, "p/short") == 4
-    for _ in range(500):
-        if not alive(link.pid):
-            break
-        time.sleep(0.01)
-    assert not alive(link.pid)  # the bootstrap ended on its word
+    assert ends(link.pid)  # the bootstrap ended on its word
 
 
 def test_flush_and_summary_ask_the_process(repo: Path) -> None:
@@ -166,13 +169,30 @@ def test_ctrl_c_finishes_the_run_through_its_process(repo: Path) -> None:
         text=True,
     )
     assert child.stdout is not None
-    word, _ = child.stdout.readline().split()
+    word, logged = child.stdout.readline().split()
     assert word == "up"
-    time.sleep(0.2)
     child.send_signal(signal.SIGINT)  # reaches the writer, never its committer
     _, err = child.communicate(timeout=60)
     assert "KeyboardInterrupt" in err
     view = gitruns.Api(repo).run("p/ctrl")
     assert view.state == "crashed"
     steps = [r["_step"] for r in view.scan_history()]
-    assert steps == list(range(len(steps))) and len(steps) > 100
+    assert steps == list(range(len(steps))) and len(steps) >= int(logged)
+
+
+def test_abandon_stops_the_process_and_the_journal_keeps_the_rows(repo: Path) -> None:
+    run = gitruns.init(project="p", id="left", repo=repo, window=10)
+    step = log_until(run, lambda: handed_over(run), 0)
+    link = run._writer._link
+    assert link is not None
+    for _ in range(5):  # an open window the process has not committed
+        run.log({"loss": float(step), "step": step})
+        step += 1
+    run._writer.abandon()
+    assert ends(link.pid)
+    assert (committed_last_step(repo, "p/left") or -1) < step - 1
+    again = gitruns.init(project="p", id="left", repo=repo, resume="must")
+    assert again.step == step  # the next open committed what was journaled
+    again.finish()
+    steps = [r["_step"] for r in gitruns.Api(repo).run("p/left").scan_history()]
+    assert steps == list(range(step))

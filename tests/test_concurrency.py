@@ -91,13 +91,8 @@ def _wait_gone(pid: int) -> None:
     raise AssertionError(f"pid {pid} is still alive")
 
 
-def start_holder(repo: Path) -> subprocess.Popen[str]:
-    """The writer's process of a :class:`Holder`."""
-    return Holder(repo).child
-
-
 def test_a_second_writer_is_told_the_host_and_pid_of_the_first(repo: Path) -> None:
-    holder = start_holder(repo)
+    holder = Holder(repo).child
     try:
         with pytest.raises(RunLockedError) as refused:
             gitruns.init(project="p", id="held", resume="allow", repo=repo)

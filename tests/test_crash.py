@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -425,6 +426,17 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """``folder`` read-only for the block (a bind mount: root ignores modes)."""
+    assert _mount("--bind", str(folder), str(folder)).returncode == 0
+    try:
+        assert _mount("-o", "remount,bind,ro", str(folder)).returncode == 0
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
 def test_a_full_disk_refuses_loudly_keeps_the_journal_and_recovers(
     small_disk: Path,
 ) -> None:
@@ -477,12 +489,9 @@ def test_a_read_only_object_store_keeps_the_journal_for_recover(
         run.log({"loss": float(step)})
     run._writer.flush()  # steps 0..24 are committed
 
-    # Git's objects become read-only under the live writer (a bind mount over
-    # them, since root ignores file modes); its journal stays writable.
-    objects = str(repo / "objects")
-    assert _mount("--bind", objects, objects).returncode == 0
-    try:
-        assert _mount("-o", "remount,bind,ro", objects).returncode == 0
+    # Git's objects become read-only under the live writer; its journal
+    # stays writable.
+    with read_only(repo / "objects"):
         for step in range(25, 60):
             run.log({"loss": float(step)})  # accepted: the journal takes it
         with pytest.raises(RepositoryError) as failed:
@@ -492,8 +501,6 @@ def test_a_read_only_object_store_keeps_the_journal_for_recover(
         assert f"gitruns recover {PROJECT}/ro" in message
         assert journal_files(repo, f"{PROJECT}/ro")
         assert max(history(repo, f"{PROJECT}/ro")) == 24
-    finally:
-        subprocess.run(["umount", "-l", objects], check=False)
 
     done = recover_cli(repo)
     assert done.returncode == 0, done.stderr
@@ -509,21 +516,22 @@ def test_a_read_only_object_store_fails_the_committer_process_and_finish(
     assert _mount("-o", "remount,size=64m", str(small_disk)).returncode == 0
     repo = small_disk / "runs.git"
     run = gitruns.init(project=PROJECT, id="ro2", repo=repo, save_code=False, window=10)
-    step = 0
+    step, deadline = 0, time.monotonic() + 60
     while not (run._writer._local is None and run._writer._link is not None):
+        assert time.monotonic() < deadline, "the committer process did not come up"
         run.log({"loss": float(step)})  # until the committer process commits
         step += 1
         time.sleep(0.002)
     run._writer.flush()
     committed = step - 1
 
-    objects = str(repo / "objects")
-    assert _mount("--bind", objects, objects).returncode == 0
-    try:
-        assert _mount("-o", "remount,bind,ro", objects).returncode == 0
+    with read_only(repo / "objects"):
         for _ in range(35):
             run.log({"loss": float(step)})  # accepted: the journal takes it
             step += 1
+        # A flush the process cannot commit says so, as finish does.
+        with pytest.raises(RepositoryError, match=f"gitruns recover {PROJECT}/ro2"):
+            run._writer.flush()
         with pytest.raises(RepositoryError) as failed:
             run.finish()
         message = str(failed.value)
@@ -531,8 +539,6 @@ def test_a_read_only_object_store_fails_the_committer_process_and_finish(
         assert f"gitruns recover {PROJECT}/ro2" in message
         assert journal_files(repo, f"{PROJECT}/ro2")
         assert max(history(repo, f"{PROJECT}/ro2")) == committed
-    finally:
-        subprocess.run(["umount", "-l", objects], check=False)
 
     done = recover_cli(repo)
     assert done.returncode == 0, done.stderr

@@ -307,8 +307,8 @@ def test_a_stray_write_on_the_descriptor_lands_past_the_records(tmp_path: Path) 
 
 def test_steps_stop_where_the_window_leaves_int64(tmp_path: Path) -> None:
     import gitruns
+    from gitruns.committer import last_step_for
     from gitruns.errors import InvalidValueError
-    from gitruns.writer import last_step_for
 
     last = last_step_for(10)
     assert last == 2**63 - 9 and (last + 1) % 10 == 0

@@ -17,6 +17,7 @@ from gitruns.cli.common import (
     split_keys,
     with_store,
 )
+from gitruns.committer import journal_dir
 from gitruns.diff import MISSING, diff_runs
 from gitruns.errors import GitRunsError, MetricNotFoundError
 from gitruns.journal import Journal
@@ -26,7 +27,6 @@ from gitruns.refs import RunRef
 from gitruns.remote import tracked_run_counts
 from gitruns.store import RunStore
 from gitruns.summary import visible
-from gitruns.writer import journal_dir
 
 
 def _view(store: RunStore, path: str) -> RunView:
