@@ -822,3 +822,22 @@ def test_a_refused_value_raises_one_error_not_a_chain(repo: Path) -> None:
         run.log({"a": np.arange(3)})
     run.finish()
     assert refused.value.__context__ is None
+
+
+def test_a_window_of_large_text_rows_is_cut_into_segments_that_fit(
+    repo: Path,
+) -> None:
+    from gitruns.committer import SEGMENT_BYTES
+
+    # 1,100 steps of 20 kB of text: the first window alone journals about
+    # 20 MB, more than a segment may hold, so it is committed in parts.
+    text = "x" * 10_000
+    with gitruns.init(project="p", id="text", repo=repo, background=False) as run:
+        for i in range(1100):
+            run.log({"a": text + str(i), "b": text})
+    view = gitruns.Api(repo).run("p/text")
+    starts = view.snapshot.history.starts
+    assert len([s for s in starts if s < 1000]) > 20_000 * 1000 // SEGMENT_BYTES
+    rows = list(view.scan_history())
+    assert [r["_step"] for r in rows] == list(range(1100))
+    assert rows[1099]["a"] == text + "1099" and rows[0]["b"] == text
