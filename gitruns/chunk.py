@@ -457,7 +457,7 @@ def build_chunk(
     start: int,
     steps: Sequence[int],
     times: Sequence[float],
-    metrics: Mapping[str, tuple[RowsLike, ValuesLike]],
+    metrics: Mapping[str, tuple[RowsLike | None, ValuesLike]],
     prefix: Mapping[str, Digest] | None = None,
     *,
     float32: bool = False,
@@ -470,7 +470,8 @@ def build_chunk(
         steps: the steps of the segment, strictly increasing, in the window.
         times: wall-clock unix seconds, one per step.
         metrics: name -> (row indices into ``steps``, values at those rows);
-            rows strictly increasing. A metric with no value is left out.
+            rows strictly increasing, or None for a value at every row. A
+            metric with no value is left out.
         prefix: digests of the run's history before ``steps[0]`` (earlier
             segments of the same window included).
         float32: store float columns as float32 (kind f4), a lossy choice of
@@ -524,9 +525,18 @@ def _frozen(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 
 
 def _build_column(
-    name: str, n: int, rows: RowsLike, values: ValuesLike, float32: bool
+    name: str, n: int, rows: RowsLike | None, values: ValuesLike, float32: bool
 ) -> Column:
     count = len(values)
+    if rows is None:
+        # Present at every row: nothing to check but the count.
+        if count != n:
+            raise ValueError(f"metric {name!r}: {count} values for {n} rows")
+        kind, stored = _typed_values(name, values)
+        if float32 and kind == "f8":
+            assert isinstance(stored, np.ndarray)
+            kind, stored = _narrowed(name, stored)
+        return Column(kind, None, stored)
     if len(rows) != count:
         raise ValueError(f"metric {name!r}: {len(rows)} rows for {count} values")
     if isinstance(rows, np.ndarray):

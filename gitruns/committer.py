@@ -338,10 +338,7 @@ class Committer:
 
     def pending_totals(self) -> dict[str, Digest]:
         """Digests of everything committed and read, the open step included."""
-        totals = dict(self.totals)
-        for chunk in self._chunks(self._pending.items, totals):
-            totals = dict(chunk.totals())
-        return totals
+        return self._chunks(self._pending.items, dict(self.totals))[1]
 
     def since_commit(self) -> float:
         """Seconds since the last commit (or since this committer started)."""
@@ -400,8 +397,13 @@ class Committer:
         for path in gone:
             del self._file_steps[path]
 
-    def _chunks(self, items: Sequence[Item], prefix: dict[str, Digest]) -> list[Chunk]:
-        """The segments ``items`` make: one per window, cut where too large."""
+    def _chunks(
+        self, items: Sequence[Item], prefix: dict[str, Digest]
+    ) -> tuple[list[Chunk], dict[str, Digest]]:
+        """The segments of ``items``, and the digests of history through them.
+
+        One segment per window, cut where a window holds too much.
+        """
         chunks: list[Chunk] = []
         totals = prefix
         for part in _segments(items, self.window):
@@ -418,7 +420,7 @@ class Committer:
             )
             chunks.append(chunk)
             totals = dict(chunk.totals())
-        return chunks
+        return chunks, totals
 
     def _write(
         self, items: Sequence[Item], meta: dict[str, Any], state: str | None
@@ -439,13 +441,12 @@ class Committer:
         # the digests of everything before it.
         history = self.snapshot.history.copy()
         segments: list[tuple[int, Sha]] = []
-        totals = self.totals
-        for chunk in self._chunks(items, totals):
+        chunks, totals = self._chunks(items, self.totals)
+        for chunk in chunks:
             first = int(chunk.steps[0])
             blob = self.store.chunk_blob(encode_chunk(chunk))
             history.add(first, blob)
             segments.append((first, blob))
-            totals = dict(chunk.totals())
             info["last_step"] = int(chunk.steps[-1])
         info["updated"] = now_iso()
 
@@ -701,8 +702,9 @@ def _columns(
                 column = column[last]
             else:
                 column = list(itertools.compress(column, last.tolist()))
+        # A metric at every step needs no rows (build_chunk takes None).
         rows = np.searchsorted(steps, at) if len(at) != len(steps) else None
-        metrics[key] = (np.arange(len(steps)) if rows is None else rows, column)
+        metrics[key] = (rows, column)
     return steps, times, metrics
 
 
