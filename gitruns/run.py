@@ -499,6 +499,9 @@ class Run:
             self._writer.finish(state, exit_code=code)
         finally:
             _forget(self)
+            # The run's own store: its pack files stay open until closed, and
+            # a sweep of many runs in one process would pile them up.
+            self._store.close()
         logger.info("run %s %s", self.path, state)
 
     def __enter__(self) -> Run:

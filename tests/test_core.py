@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import struct
 import tracemalloc
 import zlib
@@ -841,3 +842,20 @@ def test_a_window_of_large_text_rows_is_cut_into_segments_that_fit(
     rows = list(view.scan_history())
     assert [r["_step"] for r in rows] == list(range(1100))
     assert rows[1099]["a"] == text + "1099" and rows[0]["b"] == text
+
+
+def test_a_sweep_of_runs_in_one_process_leaves_no_descriptors_open(repo: Path) -> None:
+    def open_files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def sweep(count: int, first: int) -> None:
+        for n in range(first, first + count):
+            run = gitruns.init(project="p", id=f"s{n}", repo=repo, save_code=False)
+            for i in range(10):
+                run.log({"x": float(i)})
+            run.finish()
+
+    sweep(20, 0)  # the repository packs on the way
+    before = open_files()
+    sweep(60, 20)
+    assert open_files() <= before + 3
