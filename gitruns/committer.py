@@ -191,8 +191,22 @@ class Committer:
         Returns:
             How many rows and records were read.
         """
-        done_before = len(self.reader.done)
-        items = self.reader.read(final=final)
+        # All or nothing: a read cut short (Ctrl-C in log(), a SIGTERM
+        # handler's SystemExit) is read again by the next call.
+        mark = self.reader.mark()
+        meta = self._pending.meta
+        pending = (len(self._pending.items), meta and dict(meta), self.last_read)
+        file_steps = dict(self._file_steps)
+        try:
+            return self._take(self.reader.read(final=final), mark.done)
+        except BaseException:
+            self.reader.rewind(mark)
+            del self._pending.items[pending[0] :]
+            self._pending.meta, self.last_read = pending[1], pending[2]
+            self._file_steps = file_steps
+            raise
+
+    def _take(self, items: list[Item], done_before: int) -> int:
         count = 0
         for item in items:
             if isinstance(item, Rows):
@@ -372,6 +386,10 @@ class Committer:
                 committer, which tries again on the next call).
         """
         pending = self._pending
+        last = self.snapshot.last_step
+        if last is not None and pending.items and _first(pending.items[0]) <= last:
+            # A commit cut short (Ctrl-C) after it moved the branch.
+            pending.items = _split(pending.items, last)[1]
         items, rest = (
             (pending.items, []) if through is None else _split(pending.items, through)
         )

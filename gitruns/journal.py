@@ -951,6 +951,19 @@ def _count(items: list[Item]) -> int:
     return sum(len(i) if isinstance(i, Rows) else 1 for i in items)
 
 
+@dataclass(frozen=True, slots=True)
+class ReaderMark:
+    """A :class:`JournalReader`'s place (see :meth:`JournalReader.mark`)."""
+
+    done: int
+    path: Path | None
+    pos: int
+    records: int
+    schemas: dict[int, Schema]
+    read_size: int
+    verify: bool
+
+
 class JournalReader:
     """Reads a run's journal as its writer appends to it, item by item.
 
@@ -986,6 +999,37 @@ class JournalReader:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+    def mark(self) -> ReaderMark:
+        """Where the reader is, for :meth:`rewind` to come back to."""
+        return ReaderMark(
+            len(self.done),
+            self._path,
+            self._pos,
+            self._records,
+            dict(self._schemas),
+            self._read_size,
+            self._verify,
+        )
+
+    def rewind(self, mark: ReaderMark) -> None:
+        """Go back to ``mark``: the next read returns again what was read since.
+
+        A caller whose handling of what it read was cut short (Ctrl-C, an
+        exception) rewinds, so nothing read is lost.
+        """
+        del self.done[mark.done :]
+        if self._path != mark.path:
+            self.close()
+            self._path = mark.path
+            if mark.path is not None:
+                try:
+                    self._fd = os.open(mark.path, os.O_RDONLY)
+                except FileNotFoundError:
+                    self._path = None
+        self._pos, self._records = mark.pos, mark.records
+        self._schemas = dict(mark.schemas)
+        self._read_size, self._verify = mark.read_size, mark.verify
 
     def files(self) -> list[Path]:
         """Every file present that the reader has not finished, oldest first."""

@@ -236,6 +236,37 @@ def test_a_refused_call_leaves_no_trace(store: RunStore, repo: Path) -> None:
     assert history(repo, f"{PROJECT}/refused") == {0: {"loss": 1.0}, 1: {"loss": 3.0}}
 
 
+
+def test_a_ctrl_c_inside_a_commit_loses_no_step(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gitruns.committer import Committer
+
+    take = Committer._rows
+    armed = {"left": 0}
+
+    def interrupted(self: Committer, rows: Any) -> Any:
+        if armed["left"]:
+            armed["left"] -= 1
+            raise KeyboardInterrupt  # where a Ctrl-C lands while log() reads back
+        return take(self, rows)
+
+    monkeypatch.setattr(Committer, "_rows", interrupted)
+    run = gitruns.init(
+        project=PROJECT, id="ctrl-c", repo=repo, window=10, background=False
+    )
+    interrupts = 0
+    for step in range(40):
+        armed["left"] = 1 if step in (9, 19, 25) else 0
+        try:
+            run.log({"x": float(step)})
+        except KeyboardInterrupt:
+            interrupts += 1
+    run.finish()
+    assert interrupts >= 2  # the commits at the window boundaries were cut short
+    assert history(repo, f"{PROJECT}/ctrl-c") == {s: {"x": float(s)} for s in range(40)}
+    assert fsck_problem(repo) is None
+
 # -- SIGTERM and exceptions ---------------------------------------------------
 
 _LOGGER = """
