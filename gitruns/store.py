@@ -712,7 +712,7 @@ class RunStore:
             RepositoryError: if ``path`` is not a Git repository and may not
                 be created.
         """
-        target = Path(path)
+        target = Path(os.path.abspath(path))  # a later chdir must not move it
         with mapped_errors(f"opening repository {target}"):
             try:
                 return cls(Repo(str(target)))
