@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gitruns.chunk import MAX_ROWS, Digest
+from gitruns.chunk import MAX_METRICS, MAX_ROWS, Digest
 from gitruns.committer import (
     PATCH,
     PATCHED,
@@ -184,6 +184,8 @@ class RunWriter:
             journal_dir(store, run).resolve(), fsync=options.fsync == "always"
         )
         self._write_row = self._journal.write_row
+        #: Every metric name the run holds or has journaled.
+        self._names: set[str] = set()
         #: Steps that a previous writer journaled and open() committed.
         self.recovered = 0
         self.float32 = (
@@ -197,6 +199,7 @@ class RunWriter:
         #: Commits in this process: always, until a committer process takes
         #: over (and again if it dies).
         self._local: Committer | None = self._committer(snapshot)
+        self._names.update(self._local.totals)
         self._link: CommitterLink | None = None
         self._failures = Failures(run.path)
 
@@ -298,7 +301,10 @@ class RunWriter:
             return 0
         local.read(final=True)
         steps = local.pending_step_range()
-        local.commit()
+        try:
+            local.commit()
+        except ValueError as exc:  # rows no chunk can hold (a journal made by hand)
+            raise self._commit_failed(exc) from exc
         if steps is None:
             return 0
         count, first, last = steps
@@ -395,6 +401,22 @@ class RunWriter:
     ) -> None:
         """Journal a row unlike the rows before it, checking it first."""
         row = data if clean is None else clean(data)
+        names = self._names
+        new = row.keys() - names
+        if len(names) + len(new) > MAX_METRICS:
+            raise InvalidValueError(
+                "<row>",
+                f"<{len(new)} new keys>",
+                f"a run may hold {MAX_METRICS} distinct metrics and this one has "
+                f"{len(names)}; log these in another run",
+            )
+        self._journal_new(step, when, data, row)
+        names.update(new)
+
+    def _journal_new(
+        self, step: int, when: float, data: Any, row: dict[str, Value]
+    ) -> None:
+        """Journal a checked row, declaring its keys when it has new ones."""
         journal = self._journal
         # Declared as the caller wrote it (numpy scalars and all) when it is
         # the same row, so that the next such row needs no check at all.

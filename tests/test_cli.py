@@ -235,6 +235,30 @@ def test_recover_of_a_finished_run_writes_nothing(repo: Path) -> None:
     assert RunStore.open(repo).tip(done.ref) == tip
 
 
+
+def test_recover_goes_on_past_a_run_it_cannot_commit(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gitruns.chunk
+    import gitruns.writer
+
+    # A journal holding a row wider than a chunk (only a journal made by hand
+    # or by another tool can), beside a crashed run that recovers.
+    monkeypatch.setattr(gitruns.writer, "MAX_METRICS", 100)
+    wide = gitruns.init(project="p", id="wide", repo=repo, background=False)
+    wide.log({f"k{j}": 1.0 for j in range(20)})
+    wide._writer.abandon()
+    plain = gitruns.init(project="p", id="plain", repo=repo, background=False)
+    plain.log({"x": 1.0})
+    plain._writer.abandon()
+    monkeypatch.setattr(gitruns.chunk, "MAX_METRICS", 10)
+    result = CliRunner().invoke(main, ["recover", "--repo", str(repo)])
+    assert result.exit_code == 1
+    assert "Error: p/wide: " in result.output and "20 metrics in one chunk" in result.output
+    assert "recovered p/plain: 1 journaled step(s)" in result.output
+    assert "1 run(s) could not be recovered" in result.output
+    assert gitruns.Api(repo).run("p/plain").state == "crashed"
+
 def test_runs_points_a_plain_clone_at_pull(runs: Path, tmp_path: Path) -> None:
     from tests.conftest import git
 

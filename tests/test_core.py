@@ -368,6 +368,31 @@ def test_bad_input_errors(repo: Path) -> None:
     assert [r["ok"] for r in gitruns.Api(repo).run("p/bad").scan_history()] == [1.0]
 
 
+
+def test_a_run_refuses_more_distinct_metrics_than_a_chunk_holds(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gitruns.writer
+
+    monkeypatch.setattr(gitruns.writer, "MAX_METRICS", 4)
+    run = gitruns.init(project="p", id="wide", repo=repo, window=10)
+    run.log({"a": 1.0, "b": 2.0})
+    run.log({"c": 3.0}, commit=False)
+    with pytest.raises(InvalidValueError, match="may hold 4 distinct metrics.*has 3"):
+        run.log({"d": 4.0, "e": 5.0})
+    run.log({"a": 6.0, "d": 7.0})  # the fourth name still fits
+    run.finish()
+    again = gitruns.init(project="p", id="wide", repo=repo, resume="must")
+    with pytest.raises(InvalidValueError, match="has 4"):  # names read from history
+        again.log({"f": 1.0})
+    again.log({"b": 1.0})
+    again.finish()
+    rows = [
+        {k: v for k, v in r.items() if not k.startswith("_")}
+        for r in gitruns.Api(repo).run("p/wide").scan_history()
+    ]
+    assert rows == [{"a": 1.0, "b": 2.0}, {"c": 3.0, "a": 6.0, "d": 7.0}, {"b": 1.0}]
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [

@@ -7,7 +7,12 @@ import json
 import click
 
 from gitruns.cli.common import failure, with_store
-from gitruns.errors import InvalidArgumentError, RunExistsError, RunLockedError
+from gitruns.errors import (
+    GitRunsError,
+    InvalidArgumentError,
+    RunExistsError,
+    RunLockedError,
+)
 from gitruns.fork import ForkPoint, fork_run, rewind_run
 from gitruns.refs import RunRef, check_name, new_run_id
 from gitruns.run import new_run_info
@@ -108,7 +113,7 @@ def recover_command(store: RunStore, runs: tuple[str, ...]) -> None:
     if not refs:
         click.echo("nothing to recover")
         return
-    locked = 0
+    locked = failed = 0
     for ref in refs:
         try:
             writer = RunWriter.open(store, ref, WriterOptions(background=False))
@@ -117,16 +122,31 @@ def recover_command(store: RunStore, runs: tuple[str, ...]) -> None:
             click.echo(f"skipped {ref.path}: {exc}", err=True)
             locked += 1
             continue
+        except GitRunsError as exc:
+            click.echo(f"Error: {ref.path}: {exc}", err=True)
+            failed += 1
+            continue
         state = writer.snapshot.info.get("state")
         if state != "running" and not writer.recovered:
             writer.abandon()
             click.echo(f"nothing to recover in {ref.path} ({state})")
             continue
-        writer.finish("crashed" if state == "running" else str(state))
+        try:
+            writer.finish("crashed" if state == "running" else str(state))
+        except GitRunsError as exc:
+            click.echo(f"Error: {ref.path}: {exc}", err=True)
+            failed += 1
+            continue
         last = writer.snapshot.last_step
         click.echo(
             f"recovered {ref.path}: {writer.recovered} journaled step(s), "
             f"steps up to {last}, now {writer.snapshot.info.get('state')}"
+        )
+    if failed:
+        raise failure(
+            f"{failed} run(s) could not be recovered (see above); their journals "
+            "are kept as they were",
+            GitRunsError.exit_code,
         )
     if locked:
         raise failure(
