@@ -55,6 +55,7 @@ import mmap
 import os
 import queue
 import socket
+import stat
 import struct
 import threading
 import time
@@ -588,14 +589,21 @@ class Journal:
 
     def _close_file(self) -> None:
         done, self._file, self._map = self._file, None, None
+        empty = self.size <= len(MAGIC)
         self._finished += self.size
         self._room = self.size = self._limit = 0
         if done is not None:
             self._ahead.forget(done)
             done.close()
+            if empty:  # no frame: nothing for a reader, so no file to leave
+                with contextlib.suppress(FileNotFoundError):
+                    done.path.unlink()
 
     def close(self) -> None:
-        """Close the open file, keeping it on disk for whoever commits it."""
+        """Close the open file, keeping it on disk for whoever commits it.
+
+        A file that holds no frame is deleted.
+        """
         self._close_file()
         self._ahead.stop()
 
@@ -748,10 +756,48 @@ class _RowPacker:
 
 
 def journal_files(folder: Path) -> list[Path]:
-    """The journal files in ``folder``, oldest first."""
+    """The journal files in ``folder``, oldest first.
+
+    Only regular files count: a FIFO, device or link under a journal's name
+    was put there by something else, and reading it could hang.
+    """
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob("*" + SUFFIX) if p.stem.isdigit())
+    found = []
+    for path in folder.glob("*" + SUFFIX):
+        if not path.stem.isdigit():
+            continue
+        try:
+            regular = stat.S_ISREG(path.lstat().st_mode)
+        except FileNotFoundError:
+            continue
+        if regular:
+            found.append(path)
+        else:
+            logger.warning(
+                "journal %s is not a regular file and is left alone; remove it", path
+            )
+    return sorted(found)
+
+
+def _open_journal_file(path: Path) -> int:
+    """A descriptor reading the regular file ``path``, never following a link.
+
+    Raises:
+        FileNotFoundError: if ``path`` is gone or is no longer a regular file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link put in its place
+            raise FileNotFoundError(
+                errno.ENOENT, "not a regular file", str(path)
+            ) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise FileNotFoundError(errno.ENOENT, "not a regular file", str(path))
+    return fd
 
 
 def _round_up(size: int) -> int:
@@ -819,6 +865,8 @@ def _parse_frames(
         length, crc = _FRAME.unpack_from(data, pos)
         if length == 0:
             break
+        if length > _MAX_RECORD:
+            return _Parse(items, pos, False, "a frame longer than any record")
         end = pos + _FRAME.size + length
         if end > size:
             return _Parse(items, pos, False, "", _FRAME.size + length)
@@ -939,6 +987,7 @@ def _schema_from(data: bytes) -> Schema:
         and 0 <= item[0] < MAX_SCHEMAS
         and isinstance(item[1], list)
         and all(type(k) is str for k in item[1])
+        and len(set(item[1])) == len(item[1])
         and type(item[2]) is str
         and len(item[2]) == len(item[1])
         and set(item[2]) <= set(_DTYPES)
@@ -1024,7 +1073,7 @@ class JournalReader:
             self._path = mark.path
             if mark.path is not None:
                 try:
-                    self._fd = os.open(mark.path, os.O_RDONLY)
+                    self._fd = _open_journal_file(mark.path)
                 except FileNotFoundError:
                     self._path = None
         self._pos, self._records = mark.pos, mark.records
@@ -1066,7 +1115,7 @@ class JournalReader:
     def _next_file(self) -> bool:
         for path in self.files():
             try:
-                self._fd = os.open(path, os.O_RDONLY)
+                self._fd = _open_journal_file(path)
             except FileNotFoundError:
                 continue
             self._path, self._schemas, self._records = path, {}, 0
@@ -1108,9 +1157,23 @@ class JournalReader:
                 continue
             self._read_size = max(_FIRST_READ, min(_READ_BYTES, 2 * found))
             problem = parse.problem
+            if final and problem:
+                skip = self._resync()
+                if skip:
+                    # Damage inside what was written (bad storage, a hand
+                    # edit), not a torn tail: read on past it, and say so.
+                    _warn_skipped(self._path, self._pos, skip, problem)
+                    self._pos += skip
+                    continue
             if final and not problem and not parse.ended:
                 problem = self._torn_tail()
             return _Parse(items, self._pos, parse.ended, problem)
+
+    def _resync(self) -> int:
+        """How far past the damaged frame at the reader's place the next whole
+        frame starts; 0 if none does."""
+        rest = os.fstat(self._fd).st_size - self._pos
+        return _next_frame(os.pread(self._fd, rest, self._pos), self._schemas)
 
     def _torn_tail(self) -> str:
         # A payload a kill cut short lies just past the last frame, its
@@ -1171,6 +1234,58 @@ def _bare_records(path: Path, data: bytes) -> Iterator[Record]:
             raise ValueError(f"{len(data) - end} bytes of a cut record")
     except (ValueError, msgpack.UnpackException) as exc:
         _warn_damaged(path, count, str(exc))
+
+
+#: Offsets looked at per numpy pass while looking for a frame past damage.
+_SCAN_BLOCK = 1 << 20
+#: The first byte of a record's payload: msgpack's array of three.
+_RECORD_HEAD = 0x93
+
+
+def _next_frame(data: bytes, schemas: dict[int, Schema]) -> int:
+    """The offset, past 0, of the first whole frame in ``data``; 0 if none.
+
+    A frame is whole when its checksum holds and, for rows, its schema is
+    known with that width (rows of a schema lost to the damage cannot be
+    read, so they are passed over as well).
+    """
+    size = len(data.rstrip(b"\0"))
+    last = size - _FRAME.size - 1  # a frame holds at least one byte
+    view = np.frombuffer(data, dtype=np.uint8)
+    for start in range(1, max(last + 1, 1), _SCAN_BLOCK):
+        stop = min(last + 1, start + _SCAN_BLOCK)
+        lengths = np.ndarray((stop - start,), "<u4", data, start, (1,))
+        heads = view[start + _FRAME.size : stop + _FRAME.size]
+        room = size - _FRAME.size - np.arange(start, stop)
+        plausible = (
+            (lengths > 0)
+            & (lengths <= room)
+            & ((heads == TAG) | (heads == _RECORD_HEAD))
+        )
+        for at in (np.flatnonzero(plausible) + start).tolist():
+            length, crc = _FRAME.unpack_from(data, at)
+            payload = data[at + _FRAME.size : at + _FRAME.size + length]
+            if zlib.crc32(payload) != crc:
+                continue
+            if payload[0] == TAG and len(payload) > 1 and payload[1] == ROW:
+                (schema_id,) = struct.unpack_from("<I", data, at + _SCHEMA_AT)
+                schema = schemas.get(schema_id)
+                if schema is None or schema.size != length:
+                    continue
+            return int(at)
+    return 0
+
+
+def _warn_skipped(path: Path | None, at: int, count: int, problem: str) -> None:
+    logger.warning(
+        "journal %s: %d damaged bytes at offset %d (%s) were skipped and "
+        "reading went on after them; rows they held are lost (the storage "
+        "may be failing, or the file was edited)",
+        path,
+        count,
+        at,
+        problem,
+    )
 
 
 def _warn_damaged(path: Path | None, count: int, problem: str) -> None:

@@ -270,6 +270,81 @@ def test_a_row_of_a_schema_never_declared_is_damage(
     assert "undeclared schema (9)" in caplog.text
 
 
+def damage(path: Path, at: int) -> None:
+    """Flip one bit of the byte at ``at`` (bad storage)."""
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_damage_inside_a_file_is_skipped_and_reading_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = Journal(tmp_path)
+    journal.declare({"x": 0.0})
+    starts = []
+    for step in range(6):
+        starts.append(journal.size)
+        journal.write_row(step, 1.0, {"x": float(step)})
+    for step in range(6, 9):  # records, not rows
+        starts.append(journal.size)
+        journal.write(journal.encode(step, 1.0, {"note": f"n{step}"}))
+    path = journal.current
+    journal.close()
+    assert path is not None
+    damage(path, starts[2] + 20)  # in step 2's row
+    damage(path, starts[7] + 12)  # in step 7's record
+    with caplog.at_level(logging.WARNING, logger="gitruns"):
+        assert steps_of(JournalReader(tmp_path).read(final=True)) == [
+            0,
+            1,
+            3,
+            4,
+            5,
+            6,
+            8,
+        ]
+    assert caplog.text.count("were skipped and reading went on") == 2
+    assert "never acknowledged" not in caplog.text
+
+
+def test_rows_of_a_damaged_schema_are_passed_over(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = Journal(tmp_path)
+    journal.declare({"x": 0.0})
+    for step in range(3):
+        journal.write_row(step, 1.0, {"x": float(step)})
+    schema_at = journal.size
+    journal.declare({"y": 0})
+    for step in range(3, 6):
+        journal.write_row(step, 1.0, {"y": step})
+    journal.write_row(6, 1.0, {"x": 6.0})
+    path = journal.current
+    journal.close()
+    assert path is not None
+    damage(path, schema_at + 12)
+    with caplog.at_level(logging.WARNING, logger="gitruns"):
+        assert steps_of(JournalReader(tmp_path).read(final=True)) == [0, 1, 2, 6]
+    assert "were skipped" in caplog.text
+
+
+def test_a_frame_length_past_any_record_is_damage_not_a_wait(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.write(journal.encode(0, 1.0, {"a": 1}))
+    at = journal.size
+    journal.write(journal.encode(1, 1.0, {"a": 2}))
+    path = journal.current
+    journal.close()
+    assert path is not None
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<I", data, at, 2**31)  # a length no writer writes
+    path.write_bytes(bytes(data))
+    reader = JournalReader(tmp_path)
+    assert steps_of(reader.read()) == [0]  # a live reader does not wait for 2 GiB
+    assert steps_of(JournalReader(tmp_path).read(final=True)) == [0]
+
+
 def test_records_that_cross_pages_sync_with_fsync_always(tmp_path: Path) -> None:
     journal = Journal(tmp_path, fsync=True)
     sizes = [10, 5000, 3, 70_000, 1]  # across pages and past the first room
@@ -288,6 +363,32 @@ def test_a_file_that_cannot_be_created_refuses_the_record(tmp_path: Path) -> Non
     with pytest.raises(RepositoryError, match="was not recorded"):
         journal.write(journal.encode(0, 1.0, {}))
     assert journal.current is None
+
+
+def test_a_file_closed_without_a_frame_is_deleted(tmp_path: Path) -> None:
+    folder = tmp_path / "journal"
+    journal = Journal(folder)
+    journal.open()  # a writer opened and left before logging (a refused resume)
+    assert journal.current is not None and journal.current.exists()
+    journal.close()
+    assert list(folder.iterdir()) == []
+    kept = Journal(folder)
+    kept.write(kept.encode(0, 1.0, {"a": 1}))
+    kept.close()
+    assert [r.step for r in records(folder)] == [0]
+
+
+def test_a_journal_name_that_is_not_a_regular_file_is_left_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = Journal(tmp_path)
+    journal.write(journal.encode(0, 1.0, {"a": 1}))
+    journal.close()
+    os.mkfifo(tmp_path / "00000007.jnl")  # reading it would block for good
+    (tmp_path / "00000008.jnl").symlink_to("/dev/zero")
+    with caplog.at_level(logging.WARNING, logger="gitruns"):
+        assert steps_of(JournalReader(tmp_path).read(final=True)) == [0]
+    assert caplog.text.count("is not a regular file") >= 2
 
 
 def test_read_records_of_a_missing_file_is_empty(tmp_path: Path) -> None:
