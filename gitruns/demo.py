@@ -109,7 +109,7 @@ def train(
         loss = net.step(data.x_train[pick], data.y_train[pick], lr)
         row: dict[str, Any] = {
             "train/loss": loss,
-            "epoch": step * batch / len(data.x_train),
+            "epoch": step * batch // len(data.x_train),  # epochs completed
         }
         if step % eval_every == 0 or step == steps.stop - 1:
             row["eval/accuracy"] = net.accuracy(data.x_test, data.y_test)
@@ -153,6 +153,8 @@ def run_demo(
             checkpoints[step] = net.copy()
 
     base = gitruns.init(project="digits", name=f"mlp lr={lr}", config=config, repo=repo)
+    # Accuracy against epochs too; also makes `gitruns fork RUN --step epoch=3` work.
+    base.define_metric("eval/accuracy", step_metric="epoch")
     say(f"training {base.path} (lr={lr}) for {steps} steps on sklearn digits ...")
     train(base, Network(0), data, range(steps), 32, 20, keep)
     base.finish()
