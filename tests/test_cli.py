@@ -182,6 +182,18 @@ def test_demo_runs_and_shows_the_fork(repo: Path) -> None:
     assert fork.last_step == 59 and fork.fork_from["step"] == 30
     accuracy = [r["eval/accuracy"] for r in fork.scan_history(keys=["eval/accuracy"])]
     assert accuracy and all(0.0 <= a <= 1.0 for a in accuracy)
+    base = next(v for v in views if not v.fork_from)
+    epochs = {r["_step"]: r["epoch"] for r in base.scan_history(keys=["epoch"])}
+    assert epochs[0] == 0 and max(epochs.values()) >= 1  # whole epochs completed
+    code, out = invoke("fork", base.path, "--step", "epoch=0", "--repo", str(repo))
+    assert code == 0, out
+    assert "at epoch=0 into" in out
+    forked = next(
+        v
+        for v in gitruns.Api(repo).runs("digits")
+        if v.last_step is not None and v.path not in {base.path, fork.path}
+    )
+    assert forked.fork_from["step"] == max(s for s, e in epochs.items() if e == 0)
 
 
 def test_diff_tells_a_missing_key_from_none(repo: Path) -> None:
@@ -235,7 +247,6 @@ def test_recover_of_a_finished_run_writes_nothing(repo: Path) -> None:
     assert RunStore.open(repo).tip(done.ref) == tip
 
 
-
 def test_recover_goes_on_past_a_run_it_cannot_commit(
     repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -254,10 +265,22 @@ def test_recover_goes_on_past_a_run_it_cannot_commit(
     monkeypatch.setattr(gitruns.chunk, "MAX_METRICS", 10)
     result = CliRunner().invoke(main, ["recover", "--repo", str(repo)])
     assert result.exit_code == 1
-    assert "Error: p/wide: " in result.output and "20 metrics in one chunk" in result.output
+    assert (
+        "Error: p/wide: " in result.output
+        and "20 metrics in one chunk" in result.output
+    )
     assert "recovered p/plain: 1 journaled step(s)" in result.output
     assert "1 run(s) could not be recovered" in result.output
     assert gitruns.Api(repo).run("p/plain").state == "crashed"
+
+
+def test_rewind_leaves_no_journal_behind(runs: Path) -> None:
+    assert invoke("rewind", "p/base", "--step", "10", "--repo", str(runs))[0] == 0
+    code, out = invoke("show", "p/base", "--repo", str(runs))
+    assert code == 0 and "steps      0..10" in out
+    assert "not committed yet" not in out
+    assert list((runs / "gitruns" / "journal").rglob("*.jnl")) == []
+
 
 def test_runs_points_a_plain_clone_at_pull(runs: Path, tmp_path: Path) -> None:
     from tests.conftest import git

@@ -133,22 +133,28 @@ def test_fork_of_20000_steps_adds_one_chunk_and_few_objects(repo: Path) -> None:
     assert sum(sizes.values()) < 40_000
 
 
-
 @pytest.mark.parametrize("background", [False, True])
 def test_a_relative_repo_path_survives_a_chdir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, background: bool
 ) -> None:
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path)
-    run = gitruns.init(project="p", id="cd", repo="rel.git", window=10, background=background)
+    run = gitruns.init(
+        project="p", id="cd", repo="rel.git", window=10, background=background
+    )
     run.log({"x": 0.0})
-    monkeypatch.chdir(tmp_path / "elsewhere")  # a script that moves to its output folder
+    monkeypatch.chdir(
+        tmp_path / "elsewhere"
+    )  # a script that moves to its output folder
     for step in range(1, 30):
         run.log({"x": float(step)})
     run.finish()
     assert list((tmp_path / "elsewhere").iterdir()) == []
-    steps = [r["_step"] for r in gitruns.Api(tmp_path / "rel.git").run("p/cd").scan_history()]
+    steps = [
+        r["_step"] for r in gitruns.Api(tmp_path / "rel.git").run("p/cd").scan_history()
+    ]
     assert steps == list(range(30))
+
 
 def test_resume_modes(repo: Path) -> None:
     run = gitruns.init(project="p", id="r1", repo=repo)
@@ -368,7 +374,6 @@ def test_bad_input_errors(repo: Path) -> None:
     assert [r["ok"] for r in gitruns.Api(repo).run("p/bad").scan_history()] == [1.0]
 
 
-
 def test_a_run_refuses_more_distinct_metrics_than_a_chunk_holds(
     repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -392,6 +397,7 @@ def test_a_run_refuses_more_distinct_metrics_than_a_chunk_holds(
         for r in gitruns.Api(repo).run("p/wide").scan_history()
     ]
     assert rows == [{"a": 1.0, "b": 2.0}, {"c": 3.0, "a": 6.0, "d": 7.0}, {"b": 1.0}]
+
 
 @pytest.mark.parametrize(
     ("spec", "message"),

@@ -236,7 +236,6 @@ def test_a_refused_call_leaves_no_trace(store: RunStore, repo: Path) -> None:
     assert history(repo, f"{PROJECT}/refused") == {0: {"loss": 1.0}, 1: {"loss": 3.0}}
 
 
-
 def test_a_ctrl_c_inside_a_commit_loses_no_step(
     repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -266,6 +265,7 @@ def test_a_ctrl_c_inside_a_commit_loses_no_step(
     assert interrupts >= 2  # the commits at the window boundaries were cut short
     assert history(repo, f"{PROJECT}/ctrl-c") == {s: {"x": float(s)} for s in range(40)}
     assert fsck_problem(repo) is None
+
 
 # -- SIGTERM and exceptions ---------------------------------------------------
 
