@@ -36,9 +36,10 @@ from gitruns.chunk import (
 )
 from gitruns.commits import commit_run, summary_overrides
 from gitruns.errors import GitRunsError
+from gitruns.files import FILES_TREE
 from gitruns.journal import Item, Journal, JournalReader, Record, Rows
 from gitruns.refs import RunRef, Sha
-from gitruns.store import RUN_JSON, RunStore, Snapshot, now_iso
+from gitruns.store import RUN_JSON, TREE_MODE, RunStore, Snapshot, now_iso
 from gitruns.summary import summarize
 from gitruns.values import INT64_MAX, Value, check_key, clean_row
 
@@ -215,6 +216,14 @@ class Committer:
                     self._pending.items.append(kept)
                     count += len(kept)
             elif item.step is None:
+                problem = meta_problem(item.data)
+                if problem:  # a bug or a tampered journal, as for rows
+                    logger.error(
+                        "run %s: journaled metadata left out: %s",
+                        self.run.path,
+                        problem,
+                    )
+                    continue
                 self._pending.meta = merge_meta(
                     self._pending.meta or {}, item.data, self.snapshot
                 )
@@ -556,6 +565,62 @@ def float32_of(store: RunStore, info: dict[str, Any]) -> bool:
 #: Metadata journaled as patches (``<key>_patch``: ``{"set": {}, "del": []}``).
 PATCHED = frozenset({"config", "summary_overrides"})
 PATCH = "_patch"
+
+
+def _is_text_list(value: Any) -> bool:
+    return isinstance(value, list) and all(type(v) is str for v in value)
+
+
+def _is_patch(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and value.keys() <= {"set", "del"}
+        and isinstance(value.get("set", {}), dict)
+        and all(type(k) is str for k in value.get("set", {}))
+        and _is_text_list(value.get("del", []))
+    )
+
+
+def _is_files_entry(value: Any) -> bool:
+    # (mode, hex id) of the saved files' tree, as Run.save() journals it.
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and value[0] == TREE_MODE
+        and isinstance(value[1], bytes)
+        and len(value[1]) == 40
+        and all(c in b"0123456789abcdef" for c in value[1])
+    )
+
+
+#: The metadata a writer journals, and what each must be.
+_JOURNALED_META: dict[str, Any] = {
+    "name": lambda v: type(v) is str,
+    "notes": lambda v: type(v) is str,
+    "tags": _is_text_list,
+    "metrics": lambda v: (
+        isinstance(v, dict)
+        and all(type(k) is str and isinstance(r, dict) for k, r in v.items())
+    ),
+    "extra": lambda v: (
+        isinstance(v, dict)
+        and v.keys() <= {FILES_TREE}
+        and all(_is_files_entry(e) for e in v.values())
+    ),
+    "config" + PATCH: _is_patch,
+    "summary_overrides" + PATCH: _is_patch,
+}
+
+
+def meta_problem(record: dict[str, Any]) -> str:
+    """Why a journaled metadata record cannot be committed; "" if it can."""
+    for key, value in record.items():
+        valid = _JOURNALED_META.get(key)
+        if valid is None:
+            return f"{key!r:.60} is not metadata a writer journals"
+        if not valid(value):
+            return f"{key} holds {type(value).__name__}, not what a writer journals"
+    return ""
 
 
 def committed_meta(snapshot: Snapshot, key: str) -> dict[str, Any]:

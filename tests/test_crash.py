@@ -160,6 +160,44 @@ def test_a_torn_journal_tail_is_skipped_and_logged(
     assert journal_files(repo, f"{PROJECT}/torn") == []
 
 
+@pytest.mark.parametrize(
+    "tampered",
+    [
+        {"config_patch": 5},
+        {"config_patch": {"set": [1, 2], "del": []}},
+        {"extra": {b"f": (0o100644, b"\x00" * 20)}},
+        {"window": 3},
+        {"id": "other"},
+        {"next_step": -5},
+        {"tags": "one"},
+    ],
+    ids=["patch-int", "patch-list", "extra", "window", "id", "next_step", "tags"],
+)
+def test_tampered_metadata_in_a_journal_is_left_out_loudly(
+    store: RunStore,
+    repo: Path,
+    caplog: pytest.LogCaptureFixture,
+    tampered: dict[str, Any],
+) -> None:
+    writer = new_writer(store, "meta")
+    for step in range(3):
+        writer.log({"loss": step / 10})
+    writer.set_meta(name="kept")
+    journal = writer._journal
+    journal.write(journal.encode_meta(1.0, tampered))  # CRC-valid, made by hand
+    writer.set_meta(notes="also kept")
+    writer.abandon()
+
+    with caplog.at_level(logging.ERROR, logger="gitruns"):
+        reopen(store, "meta").finish("crashed")
+
+    assert "journaled metadata left out" in caplog.text
+    view = gitruns.Api(RunStore.open(repo, create=False)).run(f"{PROJECT}/meta")
+    assert (view.name, view.notes, view.state) == ("kept", "also kept", "crashed")
+    assert view.config == {"lr": 0.1} and view.info["window"] != 3
+    assert history(repo, f"{PROJECT}/meta") == {s: {"loss": s / 10} for s in range(3)}
+
+
 def test_metadata_open_rows_and_int_times_survive_a_crash(
     store: RunStore, repo: Path
 ) -> None:
