@@ -491,12 +491,13 @@ class Journal:
             return
         need = self.size + frame + _END_ROOM
         assert self._file is not None
-        room = _round_up(max(need, _GROWTH * self._room))
-        if room > MAX_ROOM and self.size > len(MAGIC):
+        full = _round_up(max(need, _GROWTH * self._room)) > MAX_ROOM
+        if full and self.size > len(MAGIC):
             # Full: end this file and go on in the next (a reader follows).
             self._end_file()
             self._start(frame)
             return
+        room = self._grown_room(need)
         made = self._ahead.take(self._file)
         if made is not None and made[0] >= need:
             old, (room, mapping) = self._map, made
@@ -522,8 +523,21 @@ class Journal:
 
     def _next_room(self) -> int | None:
         # The room after this one, or None past the largest.
-        ahead = _round_up(_GROWTH * self._room)
-        return ahead if ahead <= MAX_ROOM else None
+        if _round_up(_GROWTH * self._room) > MAX_ROOM:
+            return None
+        return self._grown_room(self._room + _ROOM_STEP)
+
+    def _grown_room(self, need: int) -> int:
+        """The room to grow to, holding ``need`` bytes: fourfold, but by at
+        most a quarter of the free space, so that a journal never fills a disk.
+        """
+        try:
+            disk = os.statvfs(self.folder)
+            free = disk.f_bavail * disk.f_frsize
+        except OSError:
+            free = MAX_ROOM
+        grown = min(_GROWTH * self._room, self._room + free // 4)
+        return _round_up(max(need, grown))
 
     def _grow_ahead(self) -> None:
         # The next room, made while this one fills.

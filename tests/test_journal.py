@@ -365,6 +365,29 @@ def test_a_file_that_cannot_be_created_refuses_the_record(tmp_path: Path) -> Non
     assert journal.current is None
 
 
+def test_a_file_grows_by_at_most_a_quarter_of_the_free_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    free = 4 << 20  # a nearly full disk: growing fourfold would fill it
+    real = os.statvfs(tmp_path)
+
+    class Disk:
+        f_frsize = real.f_frsize
+        f_bavail = free // real.f_frsize
+
+    monkeypatch.setattr(journal_module.os, "statvfs", lambda _: Disk)
+    journal = Journal(tmp_path / "journal")
+    row = {"x": 0.0, "s": "y" * 100}
+    for step in range(20_000):  # about 2.6 MB of records
+        journal.write(journal.encode(step, 1.0, row))
+    used, path = journal.size, journal.current
+    journal.close()
+    assert path is not None
+    assert used > 2 << 20
+    assert path.stat().st_size <= used + free // 2 + 4 * journal_module._ROOM_STEP
+    assert [r.step for r in records(tmp_path / "journal")][-1] == 19_999
+
+
 def test_a_file_closed_without_a_frame_is_deleted(tmp_path: Path) -> None:
     folder = tmp_path / "journal"
     journal = Journal(folder)
