@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -35,7 +35,7 @@ from gitruns.chunk import (
     encode_chunk,
 )
 from gitruns.commits import commit_run, summary_overrides
-from gitruns.errors import GitRunsError
+from gitruns.errors import GitRunsError, InvalidValueError
 from gitruns.files import FILES_TREE
 from gitruns.journal import Item, Journal, JournalReader, Record, Rows
 from gitruns.refs import RunRef, Sha
@@ -195,16 +195,19 @@ class Committer:
         # All or nothing: a read cut short (Ctrl-C in log(), a SIGTERM
         # handler's SystemExit) is read again by the next call.
         mark = self.reader.mark()
-        meta = self._pending.meta
-        pending = (len(self._pending.items), meta and dict(meta), self.last_read)
-        file_steps = dict(self._file_steps)
+        pending = self._pending
+        items_before = len(pending.items)
+        meta_before = None if pending.meta is None else dict(pending.meta)
+        last_read_before = self.last_read
+        file_steps_before = dict(self._file_steps)
         try:
             return self._take(self.reader.read(final=final), mark.done)
         except BaseException:
             self.reader.rewind(mark)
-            del self._pending.items[pending[0] :]
-            self._pending.meta, self.last_read = pending[1], pending[2]
-            self._file_steps = file_steps
+            del pending.items[items_before:]
+            pending.meta = meta_before
+            self.last_read = last_read_before
+            self._file_steps = file_steps_before
             raise
 
     def _take(self, items: list[Item], done_before: int) -> int:
@@ -219,7 +222,9 @@ class Committer:
                 problem = meta_problem(item.data)
                 if problem:  # a bug or a tampered journal, as for rows
                     logger.error(
-                        "run %s: journaled metadata left out: %s",
+                        "run %s: journaled metadata left out: %s; the rest of "
+                        "the journal is committed: set that metadata again "
+                        "(resume the run) if it is needed",
                         self.run.path,
                         problem,
                     )
@@ -393,6 +398,8 @@ class Committer:
             RepositoryError, ConflictError: the commit could not be written;
                 nothing read is lost (the journal keeps it, and so does this
                 committer, which tries again on the next call).
+            InvalidValueError: rows that no chunk can hold (a journal made
+                by hand); the journal keeps them.
         """
         pending = self._pending
         last = self.snapshot.last_step
@@ -436,15 +443,24 @@ class Committer:
         for part in _segments(items, self.window):
             steps, times, metrics = _columns(part)
             start = int(steps[0]) - int(steps[0]) % self.window
-            chunk = build_chunk(
-                self.window,
-                start,
-                cast(Sequence[int], steps),
-                cast(Sequence[float], times),
-                metrics,
-                prefix=totals,
-                float32=self.options.float32,
-            )
+            try:
+                chunk = build_chunk(
+                    self.window,
+                    start,
+                    cast(Sequence[int], steps),
+                    cast(Sequence[float], times),
+                    metrics,
+                    prefix=totals,
+                    float32=self.options.float32,
+                )
+            except GitRunsError:
+                raise
+            except ValueError as exc:  # rows no chunk holds: a journal made by hand
+                raise InvalidValueError(
+                    "<rows>",
+                    f"<steps {int(steps[0])}..{int(steps[-1])}>",
+                    f"{exc}; move the run's journal folder away to commit without them",
+                ) from exc
             chunks.append(chunk)
             totals = dict(chunk.totals())
         return chunks, totals
@@ -593,33 +609,46 @@ def _is_files_entry(value: Any) -> bool:
     )
 
 
-#: The metadata a writer journals, and what each must be.
-_JOURNALED_META: dict[str, Any] = {
-    "name": lambda v: type(v) is str,
-    "notes": lambda v: type(v) is str,
-    "tags": _is_text_list,
-    "metrics": lambda v: (
-        isinstance(v, dict)
-        and all(type(k) is str and isinstance(r, dict) for k, r in v.items())
-    ),
-    "extra": lambda v: (
-        isinstance(v, dict)
-        and v.keys() <= {FILES_TREE}
-        and all(_is_files_entry(e) for e in v.values())
-    ),
-    "config" + PATCH: _is_patch,
-    "summary_overrides" + PATCH: _is_patch,
+def _is_text(value: Any) -> bool:
+    return type(value) is str
+
+
+def _is_rules(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        type(k) is str and isinstance(r, dict) for k, r in value.items()
+    )
+
+
+def _is_extra(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and value.keys() <= {FILES_TREE}
+        and all(_is_files_entry(e) for e in value.values())
+    )
+
+
+_A_PATCH = "a patch {set: {str: value}, del: [str]}"
+
+#: The metadata a writer journals: what each must be, and the check.
+_JOURNALED_META: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "name": ("a str", _is_text),
+    "notes": ("a str", _is_text),
+    "tags": ("a list of str", _is_text_list),
+    "metrics": ("a map of metric names to rules", _is_rules),
+    "extra": ("the saved files' tree", _is_extra),
+    "config" + PATCH: (_A_PATCH, _is_patch),
+    "summary_overrides" + PATCH: (_A_PATCH, _is_patch),
 }
 
 
 def meta_problem(record: dict[str, Any]) -> str:
     """Why a journaled metadata record cannot be committed; "" if it can."""
     for key, value in record.items():
-        valid = _JOURNALED_META.get(key)
-        if valid is None:
+        if key not in _JOURNALED_META:
             return f"{key!r:.60} is not metadata a writer journals"
+        expected, valid = _JOURNALED_META[key]
         if not valid(value):
-            return f"{key} holds {type(value).__name__}, not what a writer journals"
+            return f"{key} is not {expected}"
     return ""
 
 

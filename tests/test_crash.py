@@ -170,8 +170,20 @@ def test_a_torn_journal_tail_is_skipped_and_logged(
         {"id": "other"},
         {"next_step": -5},
         {"tags": "one"},
+        {"extra": {b"files": (0o040000, b"z" * 40)}},
+        {"metrics": {"loss": 1}},
     ],
-    ids=["patch-int", "patch-list", "extra", "window", "id", "next_step", "tags"],
+    ids=[
+        "patch-int",
+        "patch-list",
+        "extra",
+        "window",
+        "id",
+        "next_step",
+        "tags",
+        "extra-not-hex",
+        "metrics",
+    ],
 )
 def test_tampered_metadata_in_a_journal_is_left_out_loudly(
     store: RunStore,
@@ -302,6 +314,38 @@ def test_a_ctrl_c_inside_a_commit_loses_no_step(
     run.finish()
     assert interrupts >= 2  # the commits at the window boundaries were cut short
     assert history(repo, f"{PROJECT}/ctrl-c") == {s: {"x": float(s)} for s in range(40)}
+    assert fsck_problem(repo) is None
+
+
+def test_a_ctrl_c_after_the_branch_moved_commits_no_step_twice(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gitruns.committer import Committer
+
+    write = Committer._write
+    armed = {"left": 0}
+
+    def cut_short(self: Committer, *args: Any, **kwargs: Any) -> Any:
+        sha = write(self, *args, **kwargs)  # the branch has moved
+        if armed["left"]:
+            armed["left"] -= 1
+            raise KeyboardInterrupt  # before the committer took note of it
+        return sha
+
+    monkeypatch.setattr(Committer, "_write", cut_short)
+    run = gitruns.init(
+        project=PROJECT, id="cut", repo=repo, window=10, background=False
+    )
+    interrupts = 0
+    for step in range(40):
+        armed["left"] = 1 if step in (9, 29) else 0
+        try:
+            run.log({"x": float(step)})
+        except KeyboardInterrupt:
+            interrupts += 1
+    run.finish()
+    assert interrupts == 2
+    assert history(repo, f"{PROJECT}/cut") == {s: {"x": float(s)} for s in range(40)}
     assert fsck_problem(repo) is None
 
 
