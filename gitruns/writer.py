@@ -301,10 +301,7 @@ class RunWriter:
             return 0
         local.read(final=True)
         steps = local.pending_step_range()
-        try:
-            local.commit()
-        except ValueError as exc:  # rows no chunk can hold (a journal made by hand)
-            raise self._commit_failed(exc) from exc
+        local.commit()
         if steps is None:
             return 0
         count, first, last = steps
@@ -404,11 +401,13 @@ class RunWriter:
         names = self._names
         new = row.keys() - names
         if len(names) + len(new) > MAX_METRICS:
+            first = min(new)
             raise InvalidValueError(
-                "<row>",
-                f"<{len(new)} new keys>",
-                f"a run may hold {MAX_METRICS} distinct metrics and this one has "
-                f"{len(names)}; log these in another run",
+                first,
+                row[first],
+                f"a run may hold {MAX_METRICS} distinct metric names and "
+                f"{self.run.path} has {len(names)}; log a name that keeps "
+                "changing as one metric (the sample as its step), or in another run",
             )
         self._journal_new(step, when, data, row)
         names.update(new)

@@ -264,13 +264,13 @@ def test_recover_goes_on_past_a_run_it_cannot_commit(
     plain._writer.abandon()
     monkeypatch.setattr(gitruns.chunk, "MAX_METRICS", 10)
     result = CliRunner().invoke(main, ["recover", "--repo", str(repo)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # InvalidValueError's: rows no chunk holds
     assert (
         "Error: p/wide: " in result.output
         and "20 metrics in one chunk" in result.output
     )
     assert "recovered p/plain: 1 journaled step(s)" in result.output
-    assert "1 run(s) could not be recovered" in result.output
+    assert "1 run(s) could not be recovered (p/wide)" in result.output
     assert gitruns.Api(repo).run("p/plain").state == "crashed"
 
 
@@ -280,6 +280,31 @@ def test_rewind_leaves_no_journal_behind(runs: Path) -> None:
     assert code == 0 and "steps      0..10" in out
     assert "not committed yet" not in out
     assert list((runs / "gitruns" / "journal").rglob("*.jnl")) == []
+
+
+def test_recover_reports_a_finish_that_fails_and_goes_on(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gitruns.errors import RepositoryError
+    from gitruns.writer import RunWriter
+
+    for run_id in ("a", "b"):
+        run = gitruns.init(project="p", id=run_id, repo=repo, background=False)
+        run.log({"x": 1.0})
+        run._writer.abandon()
+    finish = RunWriter.finish
+
+    def full_disk(self: RunWriter, state: str, **meta: object) -> object:
+        if self.run.run_id == "a":
+            raise RepositoryError("no space left on device; free some space")
+        return finish(self, state, **meta)
+
+    monkeypatch.setattr(RunWriter, "finish", full_disk)
+    result = CliRunner().invoke(main, ["recover", "--repo", str(repo)])
+    assert result.exit_code == RepositoryError.exit_code
+    assert "Error: p/a: no space left on device" in result.output
+    assert "recovered p/b: 1 journaled step(s)" in result.output
+    assert "1 run(s) could not be recovered (p/a)" in result.output
 
 
 def test_runs_points_a_plain_clone_at_pull(runs: Path, tmp_path: Path) -> None:

@@ -143,9 +143,8 @@ def test_a_relative_repo_path_survives_a_chdir(
         project="p", id="cd", repo="rel.git", window=10, background=background
     )
     run.log({"x": 0.0})
-    monkeypatch.chdir(
-        tmp_path / "elsewhere"
-    )  # a script that moves to its output folder
+    # A script that moves to its output folder.
+    monkeypatch.chdir(tmp_path / "elsewhere")
     for step in range(1, 30):
         run.log({"x": float(step)})
     run.finish()
@@ -383,7 +382,9 @@ def test_a_run_refuses_more_distinct_metrics_than_a_chunk_holds(
     run = gitruns.init(project="p", id="wide", repo=repo, window=10)
     run.log({"a": 1.0, "b": 2.0})
     run.log({"c": 3.0}, commit=False)
-    with pytest.raises(InvalidValueError, match="may hold 4 distinct metrics.*has 3"):
+    with pytest.raises(
+        InvalidValueError, match="may hold 4 distinct metric names and p/wide has 3"
+    ):
         run.log({"d": 4.0, "e": 5.0})
     run.log({"a": 6.0, "d": 7.0})  # the fourth name still fits
     run.finish()

@@ -113,44 +113,52 @@ def recover_command(store: RunStore, runs: tuple[str, ...]) -> None:
     if not refs:
         click.echo("nothing to recover")
         return
-    locked = failed = 0
+    locked: list[str] = []
+    failed: list[str] = []
+    code = 0
     for ref in refs:
         try:
-            writer = RunWriter.open(store, ref, WriterOptions(background=False))
+            click.echo(_recover_one(store, ref))
         except RunLockedError as exc:
             # A live writer commits its own journal; go on with the others.
             click.echo(f"skipped {ref.path}: {exc}", err=True)
-            locked += 1
-            continue
+            locked.append(ref.path)
+            code = max(code, exc.exit_code)
         except GitRunsError as exc:
             click.echo(f"Error: {ref.path}: {exc}", err=True)
-            failed += 1
-            continue
-        state = writer.snapshot.info.get("state")
-        if state != "running" and not writer.recovered:
-            writer.abandon()
-            click.echo(f"nothing to recover in {ref.path} ({state})")
-            continue
-        try:
-            writer.finish("crashed" if state == "running" else str(state))
-        except GitRunsError as exc:
-            click.echo(f"Error: {ref.path}: {exc}", err=True)
-            failed += 1
-            continue
-        last = writer.snapshot.last_step
-        click.echo(
-            f"recovered {ref.path}: {writer.recovered} journaled step(s), "
-            f"steps up to {last}, now {writer.snapshot.info.get('state')}"
-        )
+            failed.append(ref.path)
+            code = max(code, exc.exit_code)
+    problems = []
     if failed:
-        raise failure(
-            f"{failed} run(s) could not be recovered (see above); their journals "
-            "are kept as they were",
-            GitRunsError.exit_code,
+        problems.append(
+            f"{len(failed)} run(s) could not be recovered ({', '.join(failed)}); "
+            "their journals are kept as they were: fix what each error above "
+            "says and run `gitruns recover RUN` again"
         )
     if locked:
-        raise failure(
-            f"{locked} run(s) are being written by live processes, which commit "
-            "their own journals; run `gitruns recover` again once they stop",
-            RunLockedError.exit_code,
+        problems.append(
+            f"{len(locked)} run(s) are being written by live processes, which "
+            "commit their own journals; run `gitruns recover` again once they stop"
         )
+    if problems:
+        raise failure("\n".join(problems), code)
+
+
+def _recover_one(store: RunStore, ref: RunRef) -> str:
+    """Commit one run's journal; the line that says what was done.
+
+    Raises:
+        RunLockedError: a live writer holds the run.
+        GitRunsError: the journal could not be committed (it is kept).
+    """
+    writer = RunWriter.open(store, ref, WriterOptions(background=False))
+    state = writer.snapshot.info.get("state")
+    if state != "running" and not writer.recovered:
+        writer.abandon()
+        return f"nothing to recover in {ref.path} ({state})"
+    writer.finish("crashed" if state == "running" else str(state))
+    last = writer.snapshot.last_step
+    return (
+        f"recovered {ref.path}: {writer.recovered} journaled step(s), "
+        f"steps up to {last}, now {writer.snapshot.info.get('state')}"
+    )
