@@ -33,7 +33,8 @@ stays zero: a zero length ends the frame list. A payload is copied before its
 frame header, so a process killed half-way through a copy leaves a zero
 header, and a payload torn by a power loss fails its checksum: either way the
 damage can only be at the end of what was written, and log() never returned
-for it.
+for it. Damage inside what was written (failing storage, a hand edit) is
+skipped to the next whole frame with a warning; the rows it held are lost.
 
 ``fsync="always"`` syncs the pages of every record before log() returns.
 
@@ -1016,7 +1017,17 @@ def _count(items: list[Item]) -> int:
 
 @dataclass(frozen=True, slots=True)
 class ReaderMark:
-    """A :class:`JournalReader`'s place (see :meth:`JournalReader.mark`)."""
+    """A :class:`JournalReader`'s place (see :meth:`JournalReader.mark`).
+
+    Attributes:
+        done: how many files the reader had finished.
+        path: the file it was reading, if any.
+        pos: where in that file it was.
+        records: the records it had read from that file.
+        schemas: the schemas that file had declared so far.
+        read_size: how many bytes its next read takes.
+        verify: whether it checks the checksums of that file's rows.
+    """
 
     done: int
     path: Path | None
@@ -1034,7 +1045,7 @@ class JournalReader:
     since the last one. It moves on to the next file where the writer ended
     one (or left one without an end, a writer killed before a new one
     started), and with ``final`` (the writer is gone) reads every file to its
-    end and reports damage.
+    end, skips damage inside a file and reports damage at its end.
 
     Args:
         folder: the run's journal folder.
@@ -1104,7 +1115,8 @@ class JournalReader:
 
         Args:
             final: the writer is done (finished, or dead): read every file to
-                its end, report damage, and count every file as done.
+                its end, skip damage inside a file (with a warning), report
+                damage at its end, and count every file as done.
         """
         items: list[Item] = []
         while self._path is not None or self._next_file():
@@ -1184,8 +1196,7 @@ class JournalReader:
             return _Parse(items, self._pos, parse.ended, problem)
 
     def _resync(self) -> int:
-        """How far past the damaged frame at the reader's place the next whole
-        frame starts; 0 if none does."""
+        """Bytes from the damaged frame to the next whole frame; 0 if none."""
         rest = os.fstat(self._fd).st_size - self._pos
         return _next_frame(os.pread(self._fd, rest, self._pos), self._schemas)
 

@@ -295,15 +295,8 @@ def test_damage_inside_a_file_is_skipped_and_reading_goes_on(
     damage(path, starts[2] + 20)  # in step 2's row
     damage(path, starts[7] + 12)  # in step 7's record
     with caplog.at_level(logging.WARNING, logger="gitruns"):
-        assert steps_of(JournalReader(tmp_path).read(final=True)) == [
-            0,
-            1,
-            3,
-            4,
-            5,
-            6,
-            8,
-        ]
+        read = JournalReader(tmp_path).read(final=True)
+    assert steps_of(read) == [0, 1, 3, 4, 5, 6, 8]
     assert caplog.text.count("were skipped and reading went on") == 2
     assert "never acknowledged" not in caplog.text
 
@@ -329,7 +322,9 @@ def test_rows_of_a_damaged_schema_are_passed_over(
     assert "were skipped" in caplog.text
 
 
-def test_a_frame_length_past_any_record_is_damage_not_a_wait(tmp_path: Path) -> None:
+def test_a_frame_length_past_any_record_is_damage_not_a_wait(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     journal = Journal(tmp_path)
     journal.write(journal.encode(0, 1.0, {"a": 1}))
     at = journal.size
@@ -342,7 +337,22 @@ def test_a_frame_length_past_any_record_is_damage_not_a_wait(tmp_path: Path) -> 
     path.write_bytes(bytes(data))
     reader = JournalReader(tmp_path)
     assert steps_of(reader.read()) == [0]  # a live reader does not wait for 2 GiB
-    assert steps_of(JournalReader(tmp_path).read(final=True)) == [0]
+    with caplog.at_level(logging.WARNING, logger="gitruns"):
+        assert steps_of(JournalReader(tmp_path).read(final=True)) == [0]
+    assert "a frame longer than any record" in caplog.text
+
+
+def test_a_schema_naming_a_key_twice_is_damage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = Journal(tmp_path)
+    journal.write(journal.encode(0, 1.0, {"a": 1}))
+    # A CRC-valid schema frame for keys ("a", "a"): a row of it has no one reading.
+    journal.write(bytes([0xC1, 1]) + msgpack.packb([0, ["a", "a"], "dd"]))
+    journal.close()
+    with caplog.at_level(logging.WARNING, logger="gitruns"):
+        assert steps_of(JournalReader(tmp_path).read(final=True)) == [0]
+    assert "a malformed schema" in caplog.text
 
 
 def test_records_that_cross_pages_sync_with_fsync_always(tmp_path: Path) -> None:
