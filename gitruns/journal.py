@@ -294,8 +294,9 @@ class Journal:
     def __init__(self, folder: Path, *, fsync: bool = False) -> None:
         self.folder = folder
         self.fsync = fsync
-        existing = self.files()
-        self._seq = int(existing[-1].stem) + 1 if existing else 0
+        # Past every name taken, by a regular file or not.
+        taken = [int(p.stem) for p in _journal_names(folder)]
+        self._seq = max(taken) + 1 if taken else 0
         #: The number of the first file this journal writes.
         self.first_seq = self._seq
         #: Bytes used in the current file (its magic and frames).
@@ -776,23 +777,31 @@ def journal_files(folder: Path) -> list[Path]:
     Only regular files count: a FIFO, device or link under a journal's name
     was put there by something else, and reading it could hang.
     """
-    if not folder.is_dir():
-        return []
     found = []
-    for path in folder.glob("*" + SUFFIX):
-        if not path.stem.isdigit():
-            continue
+    for path in _journal_names(folder):
         try:
             regular = stat.S_ISREG(path.lstat().st_mode)
         except FileNotFoundError:
             continue
         if regular:
             found.append(path)
-        else:
+        elif path not in _WARNED:
+            _WARNED.add(path)
             logger.warning(
                 "journal %s is not a regular file and is left alone; remove it", path
             )
     return sorted(found)
+
+
+#: Journal names that are not regular files, warned about once.
+_WARNED: set[Path] = set()
+
+
+def _journal_names(folder: Path) -> list[Path]:
+    """Every entry of ``folder`` named as a journal file."""
+    if not folder.is_dir():
+        return []
+    return [p for p in folder.glob("*" + SUFFIX) if p.stem.isdigit()]
 
 
 def _open_journal_file(path: Path) -> int:
@@ -1183,21 +1192,31 @@ class JournalReader:
                 continue
             self._read_size = max(_FIRST_READ, min(_READ_BYTES, 2 * found))
             problem = parse.problem
+            if final and not problem and not parse.ended:
+                # Bytes past the last frame: a torn tail, or a zeroed header
+                # or a length past the end inside what was written.
+                problem = self._torn_tail()
             if final and problem:
                 skip = self._resync()
                 if skip:
                     # Damage inside what was written (bad storage, a hand
                     # edit), not a torn tail: read on past it, and say so.
+                    if not parse.problem:
+                        problem = "a frame header that is zero or runs past the end"
                     _warn_skipped(self._path, self._pos, skip, problem)
                     self._pos += skip
                     continue
-            if final and not problem and not parse.ended:
-                problem = self._torn_tail()
             return _Parse(items, self._pos, parse.ended, problem)
 
     def _resync(self) -> int:
         """Bytes from the damaged frame to the next whole frame; 0 if none."""
+        # Most damage is followed by a whole frame within a few bytes: look
+        # near first, so that many damaged spots do not each read the file.
         rest = os.fstat(self._fd).st_size - self._pos
+        near = min(rest, _RESYNC_NEAR)
+        found = _next_frame(os.pread(self._fd, near, self._pos), self._schemas)
+        if found or near == rest:
+            return found
         return _next_frame(os.pread(self._fd, rest, self._pos), self._schemas)
 
     def _torn_tail(self) -> str:
@@ -1261,6 +1280,8 @@ def _bare_records(path: Path, data: bytes) -> Iterator[Record]:
         _warn_damaged(path, count, str(exc))
 
 
+#: Bytes past damage looked at first for the next whole frame.
+_RESYNC_NEAR = 1 << 20
 #: Offsets looked at per numpy pass while looking for a frame past damage.
 _SCAN_BLOCK = 1 << 20
 #: The first byte of a record's payload: msgpack's array of three.
@@ -1270,15 +1291,17 @@ _RECORD_HEAD = 0x93
 def _next_frame(data: bytes, schemas: dict[int, Schema]) -> int:
     """The offset, past 0, of the first whole frame in ``data``; 0 if none.
 
-    A frame is whole when its checksum holds and, for rows, its schema is
-    known with that width (rows of a schema lost to the damage cannot be
+    A frame is whole when its checksum holds, what follows it could be a
+    frame too (or is the end of what was written), and, for rows, its schema
+    is known with that width (rows of a schema lost to the damage cannot be
     read, so they are passed over as well).
     """
-    size = len(data.rstrip(b"\0"))
-    last = size - _FRAME.size - 1  # a frame holds at least one byte
+    size = len(data)
+    written = len(data.rstrip(b"\0"))  # the zero room past the frames
+    last = min(written, size - _FRAME.size - 1)  # a frame holds a byte at least
     view = np.frombuffer(data, dtype=np.uint8)
-    for start in range(1, max(last + 1, 1), _SCAN_BLOCK):
-        stop = min(last + 1, start + _SCAN_BLOCK)
+    for start in range(1, last, _SCAN_BLOCK):
+        stop = min(last, start + _SCAN_BLOCK)
         lengths = np.ndarray((stop - start,), "<u4", data, start, (1,))
         heads = view[start + _FRAME.size : stop + _FRAME.size]
         room = size - _FRAME.size - np.arange(start, stop)
@@ -1289,7 +1312,10 @@ def _next_frame(data: bytes, schemas: dict[int, Schema]) -> int:
         )
         for at in (np.flatnonzero(plausible) + start).tolist():
             length, crc = _FRAME.unpack_from(data, at)
-            payload = data[at + _FRAME.size : at + _FRAME.size + length]
+            end = at + _FRAME.size + length
+            if end < written and not _may_start_frame(data, end):
+                continue  # cheap, and random bytes rarely pass it
+            payload = data[at + _FRAME.size : end]
             if zlib.crc32(payload) != crc:
                 continue
             if payload[0] == TAG and len(payload) > 1 and payload[1] == ROW:
@@ -1299,6 +1325,18 @@ def _next_frame(data: bytes, schemas: dict[int, Schema]) -> int:
                     continue
             return int(at)
     return 0
+
+
+def _may_start_frame(data: bytes, at: int) -> bool:
+    """Whether a frame header could start at ``at``: zero (no more frames),
+    or a length that fits and a payload's first byte."""
+    if at + _FRAME.size >= len(data):
+        return False
+    (length,) = struct.unpack_from("<I", data, at)
+    if length == 0:
+        return True
+    fits = length <= len(data) - at - _FRAME.size
+    return fits and data[at + _FRAME.size] in (TAG, _RECORD_HEAD)
 
 
 def _warn_skipped(path: Path | None, at: int, count: int, problem: str) -> None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -266,8 +267,8 @@ def test_a_row_of_a_schema_never_declared_is_damage(
     journal.write(journal.encode(2, 1.0, {"x": 2.0}))
     journal.close()
     with caplog.at_level(logging.WARNING, logger="gitruns"):
-        assert steps_of(JournalReader(tmp_path).read(final=True)) == [0]
-    assert "undeclared schema (9)" in caplog.text
+        assert steps_of(JournalReader(tmp_path).read(final=True)) == [0, 2]
+    assert "undeclared schema (9)) were skipped" in caplog.text
 
 
 def damage(path: Path, at: int) -> None:
@@ -299,6 +300,53 @@ def test_damage_inside_a_file_is_skipped_and_reading_goes_on(
     assert steps_of(read) == [0, 1, 3, 4, 5, 6, 8]
     assert caplog.text.count("were skipped and reading went on") == 2
     assert "never acknowledged" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "last", [{"loss": 0.5, "epoch": 3}, {"loss": 0.0}], ids=["row", "record"]
+)
+def test_a_whole_last_frame_ending_in_zero_bytes_is_found_past_damage(
+    tmp_path: Path, last: dict[str, Any]
+) -> None:
+    journal = Journal(tmp_path)
+    journal.declare({"loss": 0.0, "epoch": 0})
+    starts = []
+    for step in range(3):  # a small int last: its high bytes are zero
+        starts.append(journal.size)
+        if "epoch" in last:
+            journal.write_row(step, 1.0, last)
+        else:
+            journal.write(journal.encode(step, 1.0, last))
+    path = journal.current
+    journal.close()
+    assert path is not None
+    damage(path, starts[1] + 20)
+    assert steps_of(JournalReader(tmp_path).read(final=True)) == [0, 2]
+
+
+@pytest.mark.parametrize("how", ["zeroed", "too-long"])
+def test_a_broken_header_inside_a_file_is_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    journal = Journal(tmp_path)
+    journal.declare({"x": 0.0})
+    starts = []
+    for step in range(6):
+        starts.append(journal.size)
+        journal.write_row(step, 1.0, {"x": float(step)})
+    path = journal.current
+    journal.close()
+    assert path is not None
+    data = bytearray(path.read_bytes())
+    if how == "zeroed":
+        data[starts[2] : starts[2] + 8] = bytes(8)
+    else:  # a length past the end of the file, yet under any record's limit
+        struct.pack_into("<I", data, starts[2], len(data))
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="gitruns"):
+        read = JournalReader(tmp_path).read(final=True)
+    assert steps_of(read) == [0, 1, 3, 4, 5]
+    assert "a frame header that is zero or runs past the end" in caplog.text
 
 
 def test_rows_of_a_damaged_schema_are_passed_over(
@@ -396,6 +444,16 @@ def test_a_file_grows_by_at_most_a_quarter_of_the_free_space(
     assert used > 2 << 20
     assert path.stat().st_size <= used + free // 2 + 4 * journal_module._ROOM_STEP
     assert [r.step for r in records(tmp_path / "journal")][-1] == 19_999
+
+
+def test_a_new_file_takes_a_number_no_entry_has(tmp_path: Path) -> None:
+    folder = tmp_path / "journal"
+    folder.mkdir()
+    os.mkfifo(folder / "00000000.jnl")  # not a journal file, but its name
+    journal = Journal(folder)
+    journal.write(journal.encode(0, 1.0, {"a": 1}))
+    assert journal.current == folder / "00000001.jnl"
+    journal.close()
 
 
 def test_a_file_closed_without_a_frame_is_deleted(tmp_path: Path) -> None:
