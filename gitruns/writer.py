@@ -287,6 +287,7 @@ class RunWriter:
         if self._local is not None:
             self._local.close()
         self._local = self._committer(snapshot)
+        self._names = set(self._local.totals)  # a rewind drops names too
         self._step = _next_step(snapshot)
         self._open = False
 
@@ -302,6 +303,7 @@ class RunWriter:
         local.read(final=True)
         steps = local.pending_step_range()
         local.commit()
+        self._names.update(local.totals)
         if steps is None:
             return 0
         count, first, last = steps

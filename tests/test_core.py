@@ -398,6 +398,25 @@ def test_a_run_refuses_more_distinct_metrics_than_a_chunk_holds(
         for r in gitruns.Api(repo).run("p/wide").scan_history()
     ]
     assert rows == [{"a": 1.0, "b": 2.0}, {"c": 3.0, "a": 6.0, "d": 7.0}, {"b": 1.0}]
+    # A rewind drops the names of the steps it removes.
+    rewound = gitruns.init(
+        project="p", id="wide", repo=repo, resume_from="p/wide?_step=0"
+    )
+    rewound.log({"f": 1.0, "g": 2.0})
+    rewound.finish()
+    kept = gitruns.Api(repo).run("p/wide").scan_history()
+    names = [sorted(k for k in r if k[0] != "_") for r in kept]
+    assert names == [["a", "b"], ["f", "g"]]
+    # Names a crashed writer journaled count once its journal is recovered.
+    crashed = gitruns.init(
+        project="p", id="wide", repo=repo, resume_from="p/wide?_step=0"
+    )
+    crashed.log({"h": 1.0})  # a, b and h
+    crashed._writer.abandon()
+    recovered = gitruns.init(project="p", id="wide", repo=repo, resume="must")
+    with pytest.raises(InvalidValueError, match="has 3"):
+        recovered.log({"i": 1.0, "j": 2.0})
+    recovered.finish()
 
 
 @pytest.mark.parametrize(
