@@ -852,6 +852,10 @@ def _append_zeros(fd: int, count: int) -> int:
 # -- reading -------------------------------------------------------------------
 
 
+#: What a reader finds past the last frame after a kill mid-copy.
+_TORN = "bytes past the last record"
+
+
 class _Parse(NamedTuple):
     """What reading the frames of a buffer found."""
 
@@ -1223,7 +1227,7 @@ class JournalReader:
         # A payload a kill cut short lies just past the last frame, its
         # header still zero: say so (log() never returned for it).
         tail = os.pread(self._fd, _FIRST_READ, self._pos)
-        return "bytes past the last record" if tail.count(0) != len(tail) else ""
+        return _TORN if tail.count(0) != len(tail) else ""
 
     def _read_all(self) -> bytes:
         assert self._path is not None
@@ -1252,7 +1256,7 @@ def read_records(path: Path) -> Iterator[Record]:
         problem = parse.problem
         rest = len(data) - parse.end
         if not problem and not parse.ended and data.count(0, parse.end) != rest:
-            problem = "bytes past the last record"
+            problem = _TORN
         if problem:
             _warn_damaged(path, _count(parse.items), problem)
     elif data:
@@ -1352,12 +1356,20 @@ def _warn_skipped(path: Path | None, at: int, count: int, problem: str) -> None:
 
 
 def _warn_damaged(path: Path | None, count: int, problem: str) -> None:
+    # A torn tail is what a kill leaves; other damage with no whole frame
+    # after it may be a power loss's torn record too, or failing storage.
+    why = (
+        "a record a kill cut short, which log() never returned for"
+        if problem == _TORN
+        else "if it is the last record written, log() never returned for it; "
+        "if not, nothing after it could be read (failing storage, an edit)"
+    )
     logger.warning(
-        "journal %s: stopped after %d records at a damaged one (%s); it was "
-        "never acknowledged to the caller",
+        "journal %s: stopped after %d records at a damaged one (%s): %s",
         path,
         count,
         problem,
+        why,
     )
 
 
