@@ -184,15 +184,34 @@ class Digest:
 
 
 def _pick(a: float | None, b: float | None, *, lower: bool) -> float | None:
-    # On a tie the earlier value wins, which keeps merged() associative even
-    # for 0.0 against -0.0.
+    # IEEE 754 minimum/maximum: -0.0 is below 0.0, so the result does not
+    # depend on which side a zero came from and merged() stays associative.
     if a is None:
         return b
     if b is None:
         return a
+    if a == b:
+        a_negative = math.copysign(1.0, a) < 0
+        return a if a_negative == lower else b
     if lower:
-        return a if a <= b else b
-    return a if a >= b else b
+        return a if a < b else b
+    return a if a > b else b
+
+
+def _extremes(values: np.ndarray[Any, Any]) -> tuple[float, float]:
+    """The smallest and largest of non-NaN ``values``, -0.0 below 0.0.
+
+    numpy's min and max return either zero when both signs are present,
+    depending on its version and SIMD path; a chunk's bytes may not.
+    """
+    lo, hi = float(values.min()), float(values.max())
+    if lo == 0.0 or hi == 0.0:
+        negative = np.signbit(values[values == 0.0])
+        if lo == 0.0:
+            lo = -0.0 if negative.any() else 0.0
+        if hi == 0.0:
+            hi = 0.0 if not negative.all() else -0.0
+    return lo, hi
 
 
 def _add(a: float, b: float | None) -> float:
@@ -671,7 +690,7 @@ def _digest_of(col: Column, steps: np.ndarray[Any, np.dtype[np.int64]]) -> Diges
             total = _fsum(numeric) if len(numeric) else None
         numeric_count = len(numeric)
         if numeric_count:
-            lo, hi = float(numeric.min()), float(numeric.max())
+            lo, hi = _extremes(numeric)
     elif col.kind == "i8":
         assert isinstance(values, np.ndarray)
         numeric_count = count
@@ -686,7 +705,7 @@ def _digest_of(col: Column, steps: np.ndarray[Any, np.dtype[np.int64]]) -> Diges
         numeric_count = len(numbers)
         if numeric_count:
             arr = np.array(numbers, dtype=np.float64)
-            lo, hi, total = float(arr.min()), float(arr.max()), _fsum(arr)
+            (lo, hi), total = _extremes(arr), _fsum(arr)
 
     first: Value
     last: Value

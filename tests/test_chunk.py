@@ -387,6 +387,36 @@ def test_merged_is_associative_and_equals_the_whole(
         assert same(getattr(left, field), getattr(right, field))
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0.0, -0.0],
+        [-0.0, 0.0],
+        [0.0, 1.0, -0.0],
+        [-0.0, 1.0, 0.0] * 40,  # long enough for numpy's vectorised min
+        [3, 0.0, -0.0, 0.0],  # ints and floats mixed (an obj column)
+    ],
+)
+def test_digest_orders_negative_zero_below_zero(values: list[float]) -> None:
+    # The bytes of a chunk may not depend on numpy's version or SIMD path,
+    # which pick either zero for np.min([0.0, -0.0]).
+    def digest(vals: list[float]) -> Digest:
+        rows = range(len(vals))
+        chunk = build_chunk(1000, 0, list(rows), [0.0] * len(vals), {"m": (rows, vals)})
+        return chunk.digests()["m"]
+
+    for order in (values, values[::-1]):
+        d = digest(order)
+        assert math.copysign(1.0, d.min) == -1.0  # type: ignore[arg-type]
+        assert d.max == max(values) and math.copysign(1.0, d.max) == 1.0  # type: ignore[arg-type]
+
+    # Merging digests of two halves gives the digest of the whole.
+    half = len(values) // 2
+    merged = digest(values[:half]).merged(digest(values[half:]))
+    assert same(merged.min, digest(values).min)
+    assert same(merged.max, digest(values).max)
+
+
 def test_digest_rules_for_nan_bool_and_none() -> None:
     chunk = build_chunk(
         10,
