@@ -480,6 +480,18 @@ class Committer:
         if info.get("float32", False) != self.options.float32:
             info["float32"] = self.options.float32
 
+        with self.store.batched_objects():
+            return self._write_commit(items, info, config, overrides, extra, state)
+
+    def _write_commit(
+        self,
+        items: Sequence[Item],
+        info: dict[str, Any],
+        config: dict[str, Any],
+        overrides: dict[str, Any],
+        extra: dict[bytes, Any],
+        state: str | None,
+    ) -> Sha:
         # One segment blob per window (or window part), each chunk's prefix
         # the digests of everything before it.
         history = self.snapshot.history.copy()
@@ -487,7 +499,8 @@ class Committer:
         chunks, totals = self._chunks(items, self.totals)
         for chunk in chunks:
             first = int(chunk.steps[0])
-            blob = self.store.chunk_blob(encode_chunk(chunk))
+            # build_chunk checked what decode_chunk would: no second decode.
+            blob = self.store.chunk_blob(encode_chunk(chunk, check=False))
             history.add(first, blob)
             segments.append((first, blob))
             info["last_step"] = int(chunk.steps[-1])

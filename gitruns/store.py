@@ -20,10 +20,16 @@ from typing import Any
 
 from dulwich.config import StackedConfig
 from dulwich.errors import NotGitRepository, ObjectFormatException
-from dulwich.file import FileLocked
+from dulwich.file import FileLocked, GitFile
 from dulwich.object_store import BaseObjectStore
-from dulwich.objects import Blob, Commit, ObjectID, ShaFile, Tree
-from dulwich.pack import PackFileDisappeared, write_pack_header, write_pack_object
+from dulwich.objects import Blob, Commit, ObjectID, ShaFile, Tree, hex_to_sha
+from dulwich.pack import (
+    Pack,
+    PackFileDisappeared,
+    write_pack_header,
+    write_pack_index,
+    write_pack_object,
+)
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
@@ -77,8 +83,19 @@ PACK_THRESHOLD = 1000
 #: Object data one packing batch holds in memory at most (about).
 PACK_BATCH_BYTES = 8 << 20
 
-#: Packs past which finishing a run merges them into one.
+#: Packs past which finishing a run merges the smallest of them.
 MAX_PACKS = 50
+
+#: Bytes of packs that one merge reads at most: the merge takes the smallest
+#: packs, so its cost stays bounded however large the repository grows
+#: (``git gc`` packs the rest).
+MERGE_PACK_BYTES = 256 << 20
+
+#: New objects from which a commit writes them as one pack and its index
+#: rather than as loose objects: a commit of many windows (a short run's
+#: finish, a committer catching up) then creates two files, not dozens (a new
+#: file costs ~0.3 ms on ext4), and leaves nothing to repack later.
+PACK_MIN_OBJECTS = 16
 
 #: A ref lock file older than this is left over, even if no run lock says so.
 STALE_REF_LOCK_SECONDS = 60.0
@@ -703,6 +720,9 @@ class RunStore:
         self.git_dir = Path(repo.controldir())
         #: Where gitruns keeps what Git does not: journals, locks, caches.
         self.data_dir = self.git_dir / "gitruns"
+        # Objects added inside batched_objects() and not written yet, with
+        # the zlib level each is to be written at loose.
+        self._held: dict[ObjectID, tuple[Blob | Tree | Commit, int]] | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> RunStore:
@@ -802,6 +822,8 @@ class RunStore:
             ConflictError: the ref's lock stayed taken through every retry.
             RepositoryError: the ref cannot be written (disk, permissions).
         """
+        # The objects the new commit names are on disk before the branch is.
+        self.write_held()
         reflog = None if message is None else message.encode()
         with mapped_errors(f"updating {run.branch}"):
             for attempt in range(50):
@@ -858,7 +880,57 @@ class RunStore:
     def add(self, obj: Blob | Tree | Commit) -> None:
         """Store an object after dulwich has checked it."""
         obj.check()
-        _write_loose(self.repo.object_store, obj)
+        self._store(obj, LOOSE_COMPRESSION)
+
+    def _store(self, obj: Blob | Tree | Commit, level: int) -> None:
+        if self._held is None:
+            _write_loose(self.repo.object_store, obj, level)
+        else:
+            self._held[obj.id] = (obj, level)
+
+    @contextlib.contextmanager
+    def batched_objects(self) -> Iterator[None]:
+        """Hold the objects added inside until a ref moves or the block ends.
+
+        They are then written together: as one pack when they are
+        :data:`PACK_MIN_OBJECTS` or more, else loose. :meth:`update_ref`
+        writes what is held before it moves a branch, so no ref ever names an
+        object that is not on disk. What is held when the block raises is
+        dropped (no ref names it). Nested blocks are one block.
+
+        Raises:
+            RepositoryError: the objects cannot be written (disk full,
+                read-only repository).
+        """
+        if self._held is not None:
+            yield
+            return
+        self._held = {}
+        try:
+            yield
+            self.write_held()
+        finally:
+            self._held = None
+
+    def write_held(self) -> None:
+        """Write the objects :meth:`batched_objects` holds, if any, now.
+
+        Raises:
+            RepositoryError: as :meth:`batched_objects`.
+        """
+        if not self._held:
+            return
+        held, self._held = self._held, {}
+        with mapped_errors("writing objects"):
+            objects = self.repo.object_store
+            if len(held) >= PACK_MIN_OBJECTS:
+                new = [o for o, _ in held.values() if not self.objects.contains(o.id)]
+                if len(new) >= PACK_MIN_OBJECTS:
+                    _write_pack(objects, iter(new), len(new))
+                    return
+            # Loose, an object already there has its time refreshed.
+            for obj, level in held.values():
+                _write_loose(objects, obj, level)
 
     def blob(self, data: bytes) -> Sha:
         """Store bytes as a blob and return its id."""
@@ -878,7 +950,7 @@ class RunStore:
         """
         blob = Blob.from_string(data)
         blob.check()
-        _write_loose(self.repo.object_store, blob, CHUNK_COMPRESSION)
+        self._store(blob, CHUNK_COMPRESSION)
         return Sha(blob.id)
 
     def read_blob(self, sha: Sha, what: str, limit: int = MAX_OBJECT_BYTES) -> bytes:
@@ -1171,14 +1243,57 @@ class RunStore:
             How many objects were packed.
         """
         with mapped_errors("packing objects"):
-            if self.estimate_loose_objects() <= PACK_THRESHOLD:
-                return 0
-            packed = self.pack_loose_objects()
+            packed = 0
+            if self.estimate_loose_objects() > PACK_THRESHOLD:
+                packed = self.pack_loose_objects()
             if len(self.repo.object_store.packs) > MAX_PACKS:
-                with self._pack_lock(), contextlib.suppress(PackFileDisappeared):
-                    # A `git gc` running meanwhile removed a pack; it repacks.
-                    self.repo.object_store.repack()
+                self.merge_small_packs()
             return packed
+
+    def merge_small_packs(self) -> int:
+        """Merge the smallest packs into one, down to half of :data:`MAX_PACKS`.
+
+        The merge reads :data:`MERGE_PACK_BYTES` of packs at most and holds one
+        object in memory at a time; dulwich's own ``repack`` holds every
+        object of the repository at once.
+
+        Returns:
+            How many packs were merged (0 or at least 2).
+        """
+        objects = self.repo.object_store
+        with mapped_errors("merging packs"), self._pack_lock():
+            packs = sorted(objects.packs, key=_pack_bytes)
+            chosen: list[Pack] = []
+            size = 0
+            for pack in packs[: len(packs) - MAX_PACKS // 2 + 1]:
+                size += _pack_bytes(pack)
+                if size > MERGE_PACK_BYTES and len(chosen) >= 2:
+                    break
+                chosen.append(pack)
+            if len(chosen) < 2:
+                return 0
+            try:
+                # Object ids first: an object in two packs is written once,
+                # and the new pack's header needs the count.
+                ids = {sha for pack in chosen for sha in pack}
+
+                def merged() -> Iterator[ShaFile]:
+                    for pack in chosen:
+                        for sha in pack:
+                            if sha in ids:
+                                ids.discard(sha)
+                                yield pack[sha]
+
+                _write_pack(objects, merged(), len(ids))
+            except (FileNotFoundError, PackFileDisappeared) as exc:
+                # A `git gc` running meanwhile repacked under our feet.
+                logger.info("merging packs stopped, git gc is at work: %s", exc)
+                return 0
+            for pack in chosen:
+                _remove_pack(pack)
+            objects.packs  # noqa: B018 - the listing drops the removed packs
+        logger.info("merged %d packs (%d bytes) into one", len(chosen), size)
+        return len(chosen)
 
     def pack_loose_objects(self) -> int:
         """Pack the repository's loose objects now, a bounded batch at a time.
@@ -1224,7 +1339,7 @@ class RunStore:
 
     def _pack_batch(self, batch: list[tuple[Any, None]]) -> int:
         objects = self.repo.object_store
-        _write_pack(objects, [obj for obj, _ in batch])
+        _write_pack(objects, (obj for obj, _ in batch), len(batch))
         for obj, _ in batch:
             with contextlib.suppress(FileNotFoundError):
                 # `git gc` may have packed and pruned it meanwhile.
@@ -1246,41 +1361,88 @@ class RunStore:
             os.close(fd)
 
 
-def _write_pack(objects: Any, batch: list[ShaFile]) -> None:
-    """Write ``batch`` as one new pack, chunks at :data:`CHUNK_COMPRESSION`.
+def _pack_bytes(pack: Pack) -> int:
+    try:
+        return os.path.getsize(pack.data.path)
+    except OSError:
+        return 0
 
-    dulwich's ``add_objects`` deflates every object at the store's pack
-    compression level (zlib's default, 6), which takes ~20 MB/s on the zstd
-    frames of chunks for nothing; its own pack writer takes a level per
-    object. The pack is moved in and indexed by dulwich as ``add_objects``
-    does it.
+
+def _remove_pack(pack: Pack) -> None:
+    # The index goes first: a pack file without its index is one Git ignores
+    # (and git gc removes), an index without its pack is an error to readers.
+    data = os.fspath(pack.data.path)
+    paths = [os.path.splitext(data)[0] + ".idx", data]
+    pack.close()
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def _write_pack(objects: Any, batch: Iterable[ShaFile], count: int) -> None:
+    """Write the ``count`` objects of ``batch`` as one new pack and its index.
+
+    ``batch`` may be a generator: one object is in memory at a time. Chunks
+    are written at :data:`CHUNK_COMPRESSION`, other objects at the store's
+    pack level: dulwich's ``add_objects`` deflates everything at zlib's
+    default, ~20 MB/s on chunks' zstd frames for nothing. Each entry's offset
+    and CRC are kept as it is written, so the index needs no second pass over
+    the pack (which dulwich's ``add_pack`` makes). The pack is named by its
+    checksum, as Git names packs, and is seen by readers once its index is
+    there.
     """
     level = objects.pack_compression_level
-    file, commit, abort = objects.add_pack()
+    entries: list[tuple[bytes, int, int]] = []
+    fd, tmp = tempfile.mkstemp(prefix="tmp_pack_", dir=objects.pack_dir)
     try:
-        digest = objects.object_format.new_hash()
+        with os.fdopen(fd, "wb") as file:
+            digest = objects.object_format.new_hash()
+            offset = 0
 
-        def write(data: bytes) -> int:
-            digest.update(data)
-            written: int = file.write(data)
-            return written
+            def write(data: bytes) -> int:
+                nonlocal offset
+                digest.update(data)
+                offset += len(data)
+                written: int = file.write(data)
+                return written
 
-        write_pack_header(write, len(batch))
-        for obj in batch:
-            chunks = obj.as_raw_chunks()
-            stored = obj.type_num == Blob.type_num and compressed_chunk(chunks[0])
-            write_pack_object(
-                write,
-                obj.type_num,
-                chunks,
-                objects.object_format,
-                compression_level=CHUNK_COMPRESSION if stored else level,
-            )
-        file.write(digest.digest())
+            write_pack_header(write, count)
+            for obj in batch:
+                chunks = obj.as_raw_chunks()
+                stored = obj.type_num == Blob.type_num and compressed_chunk(chunks[0])
+                at = offset
+                crc = write_pack_object(
+                    write,
+                    obj.type_num,
+                    chunks,
+                    objects.object_format,
+                    compression_level=CHUNK_COMPRESSION if stored else level,
+                )
+                entries.append((hex_to_sha(obj.id), at, crc))
+            if len(entries) != count:
+                raise RepositoryError(
+                    f"a pack of {count} objects was given {len(entries)}"
+                )
+            checksum = digest.digest()
+            file.write(checksum)
+            if objects.fsync_object_files:
+                file.flush()
+                os.fsync(file.fileno())
+        os.chmod(tmp, 0o444)
+
+        # The pack first, then its index: Git and dulwich see a pack only
+        # once its index is there.
+        base = os.path.join(objects.pack_dir, "pack-" + checksum.hex())
+        os.replace(tmp, base + ".pack")
     except BaseException:
-        abort()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
-    commit()
+    entries.sort()
+    with GitFile(
+        base + ".idx", "wb", mask=0o444, fsync=objects.fsync_object_files
+    ) as index:
+        write_pack_index(index, entries, checksum, version=objects.pack_index_version)
 
 
 def _write_loose(

@@ -676,11 +676,16 @@ def test_build_refuses_a_broken_layout(
 
 def test_encode_refuses_what_decode_would_refuse() -> None:
     first = build_chunk(10, 10, [10, 11], [0.0, 1.0], {"m": ([0, 1], [1.0, 2.0])})
-    overlapping = build_chunk(
-        10, 10, [11], [1.0], {"m": ([0], [3.0])}, prefix=first.totals()
+    with pytest.raises(ValueError, match="prefix digest of 'm' reaches step 11"):
+        build_chunk(10, 10, [11], [1.0], {"m": ([0], [3.0])}, prefix=first.totals())
+    second = build_chunk(10, 10, [11], [1.0], {"m": ([0], [3.0])})
+    overlapping = Chunk(
+        10, 10, second.steps, second.times, second.columns, first.totals()
     )
     with pytest.raises(ValueError, match="prefix digest of 'm' reaches step 11"):
         encode_chunk(overlapping)
+    # What the committer skips is only the second decode: the bytes agree.
+    assert encode_chunk(first, check=False) == encode_chunk(first)
     by_hand = Chunk(
         10, 10, first.steps, first.times, {"m": Column("str", None, [1, 2])}, {}
     )

@@ -617,6 +617,81 @@ def test_chunk_blobs_are_stored_at_zlib_level_0_loose_and_packed(
         assert reader.read_blob(sha, "a blob", limit=len(data)) == data
 
 
+def test_a_commit_of_many_windows_is_one_pack_git_reads(repo: Path) -> None:
+    # A short run is committed at finish() in one commit: its objects go in
+    # one pack and its index, not a loose file each.
+    run = gitruns.init(project="p", id="many", repo=repo)
+    for i in range(10_000):
+        run.log({"a": float(i), "b": i})
+    run.finish()
+
+    store = RunStore.open(repo)
+    snapshot = store.read_snapshot(store.tip(run.ref))
+    assert len(snapshot.history.blobs) == 10
+    packs = list((repo / "objects" / "pack").glob("pack-*.idx"))
+    assert len(packs) == 1
+    packed = git("verify-pack", "-v", str(packs[0]), cwd=repo)
+    for blob in snapshot.history.blobs.values():
+        assert blob.decode() in packed
+    assert not any(
+        (repo / "objects" / b[:2].decode() / b[2:].decode()).exists()
+        for b in snapshot.history.blobs.values()
+    )
+    git("fsck", "--strict", cwd=repo)
+    steps = [r["_step"] for r in gitruns.Api(repo=repo).run("p/many").scan_history()]
+    assert steps == list(range(10_000))
+
+
+def test_held_objects_are_written_before_a_ref_moves_and_dropped_on_error(
+    repo: Path,
+) -> None:
+    store = RunStore.open(repo)
+    with pytest.raises(RuntimeError), store.batched_objects():
+        sha = store.blob(b"never named by a ref")
+        raise RuntimeError("the commit failed")
+    assert not store.objects.contains(sha)
+
+    run = gitruns.init(project="p", id="held", repo=repo)
+    run.finish()
+    tip = store.tip(run.ref)
+    with store.batched_objects():
+        blob = store.blob(b"named by the next commit")
+        assert not store.objects.contains(blob)
+        snapshot = store.read_snapshot(tip)
+        snapshot.extra[b"note.txt"] = (0o100644, blob)
+        commit = store.write_commit(snapshot, [tip], "a note\n", "readme")
+        assert store.update_ref(run.ref, tip, commit, None)
+        # The ref moved: everything it names is on disk already.
+        assert store.objects.contains(blob) and store.objects.contains(commit)
+    git("fsck", "--strict", cwd=repo)
+
+
+def test_many_packs_are_merged_smallest_first(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gitruns.store as store_module
+
+    monkeypatch.setattr(store_module, "MAX_PACKS", 4)
+    monkeypatch.setattr(store_module, "PACK_MIN_OBJECTS", 1)
+    for k in range(7):
+        with gitruns.init(project="p", id=f"r{k}", repo=repo) as run:
+            for i in range(300 * (k + 1)):
+                run.log({"m": float(i)})
+    pack_dir = repo / "objects" / "pack"
+    sizes = sorted(p.stat().st_size for p in pack_dir.glob("*.pack"))
+
+    store = RunStore.open(repo)
+    assert store.merge_small_packs() == len(sizes) - 4 // 2 + 1
+    after = sorted(p.stat().st_size for p in pack_dir.glob("*.pack"))
+    assert len(after) == 4 // 2
+    assert after[0] == sizes[-1]  # the largest pack was left alone
+    assert not list(pack_dir.glob("tmp_*"))
+    git("fsck", "--strict", cwd=repo)
+    api = gitruns.Api(repo=repo)
+    for k in range(7):
+        assert len(api.run(f"p/r{k}").columns()["m"][1]) == 300 * (k + 1)
+
+
 def test_storage_grows_linearly_with_flushes(repo: Path) -> None:
     # A flush every step (committing in log(), so every step is its own
     # segment) must not rewrite the window's earlier data.
