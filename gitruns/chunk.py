@@ -355,9 +355,7 @@ class Chunk:
     def digests(self) -> dict[str, Digest]:
         """Return this chunk's own digest of every metric it holds."""
         if self._digests is None:
-            computed = {
-                name: _digest_of(col, self.steps) for name, col in self.columns.items()
-            }
+            computed = _digests_of(self.columns, self.steps)
             object.__setattr__(self, "_digests", computed)
             return computed
         return self._digests
@@ -673,6 +671,69 @@ def _scalar(name: str, value: object) -> Value:
 
 # --------------------------------------------------------------------------
 # Digests
+
+
+def _digests_of(
+    columns: dict[str, Column], steps: np.ndarray[Any, np.dtype[np.int64]]
+) -> dict[str, Digest]:
+    """The digest of each column, in the columns' order.
+
+    The float columns present at every row, most of a training run's, are
+    reduced together as the rows of one array: three numpy calls in all
+    rather than a dozen per column, which is most of what a column of a
+    thousand values costs. The sum of a row is the sum of that column alone,
+    to the bit (numpy adds each row pairwise, as it adds a 1-d array). A
+    column holding a NaN (left out of min, max and sum) or a zero at an end
+    (whose sign numpy's min and max do not fix) takes the general path.
+    """
+    found: dict[str, Digest] = {}
+    dense = _dense_floats(columns)
+    if dense is not None:
+        names, block = dense
+        with np.errstate(invalid="ignore", over="ignore"):
+            sums = block.sum(axis=1).tolist()
+        lows, highs = block.min(axis=1).tolist(), block.max(axis=1).tolist()
+        firsts, lasts = block[:, 0].tolist(), block[:, -1].tolist()
+        count = block.shape[1]
+        first_step, last_step = int(steps[0]), int(steps[-1])
+        for i, name in enumerate(names):
+            total, lo, hi = sums[i], lows[i], highs[i]
+            if math.isnan(total) or lo == 0.0 or hi == 0.0:
+                continue
+            found[name] = Digest(
+                count=count,
+                first=firsts[i],
+                last=lasts[i],
+                first_step=first_step,
+                last_step=last_step,
+                min=lo,
+                max=hi,
+                sum=total,
+                numeric_count=count,
+            )
+    return {
+        name: found[name] if name in found else _digest_of(col, steps)
+        for name, col in columns.items()
+    }
+
+
+def _dense_floats(
+    columns: dict[str, Column],
+) -> tuple[list[str], np.ndarray[Any, np.dtype[np.float64]]] | None:
+    """The f8 columns present at every row, stacked as the rows of one array.
+
+    None when there are fewer than two: one column gains nothing from it.
+    """
+    names: list[str] = []
+    arrays: list[np.ndarray[Any, Any]] = []
+    for name, col in columns.items():
+        values = col.values if col.kind == "f8" and col.rows is None else None
+        if isinstance(values, np.ndarray):
+            names.append(name)
+            arrays.append(values)
+    if len(arrays) < 2:
+        return None
+    return names, np.stack(arrays)
 
 
 def _digest_of(col: Column, steps: np.ndarray[Any, np.dtype[np.int64]]) -> Digest:
@@ -1030,6 +1091,7 @@ def encode_chunk(chunk: Chunk, *, check: bool = True) -> bytes:
     n = len(chunk.steps)
     digests = chunk.digests()
     arrays = _Framer()
+    dense = _dense_float_planes(chunk)
 
     columns: dict[str, dict[str, Any]] = {}
     for name in sorted(chunk.columns):
@@ -1039,7 +1101,12 @@ def encode_chunk(chunk: Chunk, *, check: bool = True) -> bytes:
             mask = np.zeros(n, dtype=np.bool_)
             mask[col.rows] = True
             doc["present"] = np.packbits(mask, bitorder="little").tobytes()
-        if col.kind in _STORED:
+        if name in dense:
+            delta, planes = dense[name]
+            if delta:
+                doc["delta"] = True
+            doc["values"] = arrays.framed_planes(planes)
+        elif col.kind in _STORED:
             items = _stored_items(name, col)
             deltas = _deltas(items)
             if _delta_pays(items, deltas):
@@ -1096,9 +1163,41 @@ class _Framer:
 
     def framed(self, items: np.ndarray[Any, Any]) -> bytes:
         """Return ``items`` byte-shuffled, as one zstd frame."""
-        planes = _shuffled(items)
+        return self.framed_planes(_shuffled(items))
+
+    def framed_planes(self, planes: bytes) -> bytes:
+        """Return bytes shuffled already as one zstd frame."""
         self.plain += len(planes)
         return _framed(planes)
+
+
+def _dense_float_planes(chunk: Chunk) -> dict[str, tuple[bool, bytes]]:
+    """The f8 columns present at every row: whether delta coding pays, and planes.
+
+    As :func:`_digests_of` does for digests, the columns are coded together
+    as the rows of one array, with exactly the bytes and choices of
+    ``_stored_items``, ``_delta_pays`` and ``_shuffled`` one column at a time.
+    """
+    dense = _dense_floats(chunk.columns)
+    if dense is None:
+        return {}
+    names, block = dense
+    items = block.astype(_STORED["f8"], copy=False).view(_BITS[8])
+    deltas = items.copy()
+    deltas[:, 1:] -= items[:, :-1]
+    k, n = items.shape
+
+    def changes(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        planes = arr.view(np.uint8).reshape(k, n, 8)
+        counts: np.ndarray[Any, Any] = np.count_nonzero(
+            planes[:, 1:] != planes[:, :-1], axis=(1, 2)
+        )
+        return counts
+
+    pays = changes(deltas) < changes(items)
+    chosen = np.where(pays[:, None], deltas, items)
+    planes = np.ascontiguousarray(chosen.view(np.uint8).reshape(k, n, 8).swapaxes(1, 2))
+    return {name: (bool(pays[i]), planes[i].tobytes()) for i, name in enumerate(names)}
 
 
 def _encode_values(name: str, col: Column) -> bytes:

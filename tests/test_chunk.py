@@ -387,6 +387,73 @@ def test_merged_is_associative_and_equals_the_whole(
         assert same(getattr(left, field), getattr(right, field))
 
 
+@settings(FAST, max_examples=60)
+@given(
+    st.integers(1, 300).flatmap(
+        lambda n: st.lists(
+            st.one_of(
+                st.lists(any_float, min_size=n, max_size=n),
+                st.lists(st.floats(-1e6, 1e6), min_size=n, max_size=n),
+            ),
+            min_size=2,
+            max_size=6,
+        )
+    )
+)
+def test_float_columns_digested_together_match_one_by_one(
+    columns: list[list[float]],
+) -> None:
+    # Chunk.digests() reduces dense float columns as one array: it must give
+    # each column's own digest, bit for bit (the chunk's bytes depend on it).
+    n = len(columns[0])
+    metrics = {f"m{i}": (None, values) for i, values in enumerate(columns)}
+    chunk = build_chunk(10_000, 0, list(range(n)), [0.0] * n, metrics)
+    together = chunk.digests()
+    for name in chunk.columns:
+        alone = build_chunk(10_000, 0, list(range(n)), [0.0] * n, {name: metrics[name]})
+        expected = alone.digests()[name]
+        got = together[name]
+        assert (
+            got.count == expected.count and got.numeric_count == expected.numeric_count
+        )
+        assert (got.first_step, got.last_step) == (
+            expected.first_step,
+            expected.last_step,
+        )
+        for field in ("first", "last", "min", "max", "sum"):
+            assert same(getattr(got, field), getattr(expected, field)), (name, field)
+
+
+@FAST
+@given(
+    st.integers(1, 200).flatmap(
+        lambda n: st.lists(
+            st.one_of(
+                st.lists(any_float, min_size=n, max_size=n),
+                # Steady series, where delta coding pays.
+                st.tuples(st.floats(-1e3, 1e3), st.sampled_from([0.5, 0.001])).map(
+                    lambda a: [a[0] + a[1] * i for i in range(n)]
+                ),
+            ),
+            min_size=2,
+            max_size=5,
+        )
+    )
+)
+def test_float_columns_encoded_together_match_one_by_one(
+    columns: list[list[float]],
+) -> None:
+    n = len(columns[0])
+    metrics = {f"m{i}": (None, values) for i, values in enumerate(columns)}
+    together = document(
+        encode_chunk(build_chunk(1000, 0, range(n), [0.0] * n, metrics))
+    )
+    for name, values in metrics.items():
+        alone = build_chunk(1000, 0, range(n), [0.0] * n, {name: values})
+        expected = document(encode_chunk(alone))["columns"][name]
+        assert pack(together["columns"][name]) == pack(expected)
+
+
 @pytest.mark.parametrize(
     "values",
     [
