@@ -76,6 +76,12 @@ DEFER_SECONDS = 10.0
 #: Journal bytes past which the writer commits waiting windows itself.
 DEFER_BYTES = 256 << 20
 
+#: How long a run lasts before its committer process is told to boot. Booting
+#: (importing numpy, dulwich...) takes a few tenths of a second of the other
+#: core, which slows a training loop sharing it; a run that ends sooner is
+#: committed by finish() at once, in one pack.
+BOOT_AFTER = 1.0
+
 #: Journaled metadata bytes after which set_meta checks that config and the
 #: summary overrides still fit the size a run's JSON file may have.
 _RECHECK_BYTES = 1 << 20
@@ -208,6 +214,7 @@ class RunWriter:
         self._window_end = 0  # the end of the window of the last row opened
         self._done_through = -1  # windows through this step are complete
         now = _monotonic()
+        self._boot_at = now + BOOT_AFTER
         self._last_flush = now
         self._next_check = now + min(options.flush_interval, CHECK_SECONDS)
         # Since when complete windows wait for the committer process to be up.
@@ -506,14 +513,16 @@ class RunWriter:
             self._hand_over(link)
             return
 
-        # Not up yet: wake it once there is work, and commit here meanwhile
-        # only when it is late, or the journal has grown large.
+        # Not up yet: wake it once there is work and the run has lasted
+        # BOOT_AFTER, and commit here meanwhile only when it is late, or the
+        # journal has grown large.
         due = now - self._last_flush >= interval
         if due and self._waiting_since is None:
             self._waiting_since = now
         if self._waiting_since is None:
             return
-        link.boot()
+        if now >= self._boot_at:
+            link.boot()
         late = now - self._waiting_since >= min(interval, DEFER_SECONDS)
         if late or self._journal.written - self._committed_at >= DEFER_BYTES:
             self._commit_locally(closed if due else self._done_through)

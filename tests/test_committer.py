@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import gitruns
+import gitruns.writer as writer_module
 from gitruns.run import Run
 from gitruns.store import RunStore
 
@@ -84,6 +85,24 @@ def test_a_long_run_is_committed_by_its_own_process_while_it_logs(repo: Path) ->
     assert [r["_step"] for r in rows] == list(range(step))
     assert all(r["loss"] == float(r["_step"]) and r["step"] == r["_step"] for r in rows)
     assert gitruns.Api(repo).run("p/long").state == "finished"
+    assert ends(link.pid)
+
+
+def test_a_run_shorter_than_boot_after_is_committed_by_finish(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Many complete windows, but the run ends before BOOT_AFTER: booting a
+    # process would only have slowed the loop.
+    monkeypatch.setattr(writer_module, "BOOT_AFTER", 60.0)
+    run = gitruns.init(project="p", id="quick", repo=repo, window=100)
+    link = run._writer._link
+    assert link is not None
+    for i in range(5_000):
+        run.log({"loss": float(i)})
+    assert committed_last_step(repo, "p/quick") is None  # all in the journal
+    run.finish()
+    assert not link.booted
+    assert committed_last_step(repo, "p/quick") == 4_999
     assert ends(link.pid)
 
 
