@@ -306,8 +306,11 @@ class Journal:
         self._file: JournalFile | None = None
         self._map: mmap.mmap | None = None
         self._room = 0
-        #: Past this many bytes, write_row asks _make_room first.
+        #: Past this many bytes, write_row asks _make_room first: the room's
+        #: end, or its middle while the next room is still to be asked for.
         self._limit = 0
+        # The next room is asked for once the current one is half full.
+        self._half_way = False
         self._ahead = _Ahead()
         self._last: _RowPacker | None = None
         # (keys, value types) -> how to pack the rows of this file with them.
@@ -491,6 +494,12 @@ class Journal:
             return
         if self.size + frame <= self._limit:
             return
+        if self._half_way:
+            self._half_way = False
+            self._limit = self._room - _END_ROOM
+            self._grow_ahead()
+            if self.size + frame <= self._limit:
+                return
         need = self.size + frame + _END_ROOM
         assert self._file is not None
         full = _round_up(max(need, _GROWTH * self._room)) > MAX_ROOM
@@ -505,8 +514,7 @@ class Journal:
             old, (room, mapping) = self._map, made
             self._file.map = self._map = mapping
             self._room = room
-            # One message for the thread: unmap the old, make the next room.
-            self._ahead.switched(old, self._file, self._next_room())
+            self._ahead.switched(old, self._file, None)  # unmaps the old one
         else:
             try:
                 _append_zeros(self._file.fd, room - self._room)
@@ -520,8 +528,21 @@ class Journal:
             if self.fsync:
                 os.fsync(self._file.fd)
             self._room = room
+        self._set_limit(need)
+
+    def _set_limit(self, need: int) -> None:
+        """Where write_row next calls _make_room, in a room of ``self._room``.
+
+        At its middle while the next room is still to be made, so that a short
+        run never has megabytes of zeros written for it, on the core its
+        training loop shares; else at its end.
+        """
+        end = self._room - _END_ROOM
+        middle = self._room // 2
+        self._half_way = self._next_room() is not None and need <= middle
+        self._limit = middle if self._half_way else end
+        if not self._half_way:
             self._grow_ahead()
-        self._limit = room - _END_ROOM
 
     def _next_room(self) -> int | None:
         # The room after this one, or None past the largest.
@@ -564,10 +585,9 @@ class Journal:
         self._seq += 1
         self._file, self._map = opened, opened.map
         self._room, self.size = room, len(MAGIC)
-        self._limit = room - _END_ROOM
+        self._set_limit(self.size + frame + _END_ROOM)
         self._schemas = {}
         self._last = None
-        self._grow_ahead()
 
     def _first_room(self) -> int:
         """A new file's room: :data:`INITIAL_ROOM`, or an eighth of the free space."""

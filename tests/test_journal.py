@@ -561,15 +561,23 @@ def test_a_file_grows_into_room_made_ahead_by_the_journal_thread(
     journal.open()
     path = journal.current
     assert path is not None
-    # The thread makes the next room (four times the first) right away.
+    journal.declare({"x": 0.0})
+    # A short run never has a next room made for it...
+    half = INITIAL_ROOM // 2 // 40
+    for step in range(half - 100):
+        assert journal.write_row(step, 1.0, {"x": float(step)})
+    time.sleep(0.2)
+    assert path.stat().st_size == INITIAL_ROOM
+    # ...past half the room, the thread makes it (four times the first).
+    for step in range(half - 100, half + 100):
+        assert journal.write_row(step, 1.0, {"x": float(step)})
     for _ in range(1000):
         if path.stat().st_size == 4 * INITIAL_ROOM:
             break
         time.sleep(0.01)
     assert path.stat().st_size == 4 * INITIAL_ROOM
-    journal.declare({"x": 0.0})
     rows = 2 * INITIAL_ROOM // 40  # past the first room
-    for step in range(rows):
+    for step in range(half + 100, rows):
         assert journal.write_row(step, 1.0, {"x": float(step)})
     # The writer took that mapping: it grew the file no further itself.
     assert path.stat().st_size >= 4 * INITIAL_ROOM
