@@ -273,6 +273,52 @@ def test_summary_and_config_set_key_by_key_journal_linearly_and_survive(
     assert journaled < 2 * 1024 * 1024
 
 
+@pytest.mark.parametrize("where", ["before the pack", "before its index"])
+def test_sigkill_while_finish_writes_a_pack_loses_no_step(
+    repo: Path, where: str
+) -> None:
+    # finish() of a short run commits all its windows in one pack. A kill as
+    # the pack is moved in, or after it and before its index is written,
+    # leaves the branch where it was and the journal whole.
+    child = python(
+        """
+        import os, signal, sys
+        import gitruns
+
+        where = sys.argv[2]
+        replace = os.replace
+
+        def dying(src, dst, *args, **kwargs):
+            dst = os.fsdecode(dst)
+            if where == "before the pack" and dst.endswith(".pack"):
+                os.kill(os.getpid(), signal.SIGKILL)
+            replace(src, dst, *args, **kwargs)
+            if where == "before its index" and dst.endswith(".pack"):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        run = gitruns.init(project="p", id="packed", repo=sys.argv[1], window=100)
+        for i in range(3000):
+            run.log({"loss": i / 3000, "step": i})
+        print("logged", flush=True)
+        os.replace = dying
+        run.finish()
+        print("not killed", flush=True)
+        """,
+        str(repo),
+        where,
+    )
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == -signal.SIGKILL and out.split() == ["logged"], err
+    assert fsck_problem(repo) is None
+    assert len(history(repo, "p/packed")) < 3000  # the commit did not land
+
+    assert recover_cli(repo, "p/packed").returncode == 0
+    rows = history(repo, "p/packed")
+    assert sorted(rows) == list(range(3000))
+    assert all(rows[i] == {"loss": i / 3000, "step": i} for i in range(3000))
+    assert fsck_problem(repo) is None
+
+
 def test_a_refused_call_leaves_no_trace(store: RunStore, repo: Path) -> None:
     writer = new_writer(store, "refused")
     writer.log({"loss": 1.0})
