@@ -369,9 +369,11 @@ def mapped_errors(what: str) -> Iterator[None]:
         what: what was being done, for the message ("writing run demo/abc").
     """
     from dulwich import errors as git_errors
+    from dulwich.pack import PackFileDisappeared
 
     foreign = (
         OSError,
+        PackFileDisappeared,
         git_errors.ChecksumMismatch,
         git_errors.FileFormatException,
         git_errors.ObjectFormatException,

@@ -11,6 +11,7 @@ import math
 import os
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -20,20 +21,14 @@ from typing import Any
 
 from dulwich.config import StackedConfig
 from dulwich.errors import NotGitRepository, ObjectFormatException
-from dulwich.file import FileLocked, GitFile
+from dulwich.file import FileLocked
 from dulwich.object_store import BaseObjectStore
-from dulwich.objects import Blob, Commit, ObjectID, ShaFile, Tree, hex_to_sha
-from dulwich.pack import (
-    Pack,
-    PackFileDisappeared,
-    write_pack_header,
-    write_pack_index,
-    write_pack_object,
-)
+from dulwich.objects import Blob, Commit, ObjectID, ShaFile, Tree
+from dulwich.pack import PackFileDisappeared
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
-from gitruns.chunk import MAX_CHUNK_BYTES, Chunk, compressed_chunk, decode_chunk
+from gitruns.chunk import MAX_CHUNK_BYTES, Chunk, decode_chunk
 from gitruns.errors import (
     AmbiguousRunError,
     ChunkFormatError,
@@ -45,6 +40,7 @@ from gitruns.errors import (
     mapped_errors,
 )
 from gitruns.objects import CorruptObject, ObjectReader, ObjectTooLarge
+from gitruns.packs import CHUNK_COMPRESSION, PackRecord, merge_packs, write_pack
 from gitruns.refs import RUNS_PREFIX, RunRef, Sha, check_name
 from gitruns.values import SURROGATE, check_unicode
 
@@ -71,31 +67,24 @@ RESERVED_NAMES = {RUN_JSON, CONFIG_JSON, SUMMARY_JSON, README, GITATTRIBUTES, HI
 #: far longer than level 1 for a little more gain on text.
 LOOSE_COMPRESSION = 1
 
-#: zlib level of the objects that hold chunks, loose or packed. Their numeric
-#: arrays are zstd frames already: zlib at level 1 deflates those at about
-#: 60 MB/s and inflates them at 1 GB/s to save a few percent, while level 0
-#: (stored) costs a copy both ways. Git itself is free to deflate them again.
-CHUNK_COMPRESSION = 0
-
 #: Loose objects past which finishing a run packs them (as `git gc --auto`).
 PACK_THRESHOLD = 1000
 
 #: Object data one packing batch holds in memory at most (about).
 PACK_BATCH_BYTES = 8 << 20
 
-#: Packs past which finishing a run merges the smallest of them.
+#: Packs past which finishing a run merges the smallest of gitruns' packs.
 MAX_PACKS = 50
-
-#: Bytes of packs that one merge reads at most: the merge takes the smallest
-#: packs, so its cost stays bounded however large the repository grows
-#: (``git gc`` packs the rest).
-MERGE_PACK_BYTES = 256 << 20
 
 #: New objects from which a commit writes them as one pack and its index
 #: rather than as loose objects: a commit of many windows (a short run's
 #: finish, a committer catching up) then creates two files, not dozens (a new
 #: file costs ~0.3 ms on ext4), and leaves nothing to repack later.
 PACK_MIN_OBJECTS = 16
+
+#: Bytes of objects a commit holds in memory at most before writing them (a
+#: commit of a long backlog writes several packs rather than one large one).
+MAX_HELD_BYTES = 64 << 20
 
 #: A ref lock file older than this is left over, even if no run lock says so.
 STALE_REF_LOCK_SECONDS = 60.0
@@ -720,9 +709,12 @@ class RunStore:
         self.git_dir = Path(repo.controldir())
         #: Where gitruns keeps what Git does not: journals, locks, caches.
         self.data_dir = self.git_dir / "gitruns"
-        # Objects added inside batched_objects() and not written yet, with
-        # the zlib level each is to be written at loose.
-        self._held: dict[ObjectID, tuple[Blob | Tree | Commit, int]] | None = None
+        # Per thread: the objects added inside batched_objects() and not
+        # written yet (with the zlib level each is written at loose), and
+        # their bytes.
+        self._batch = threading.local()
+        #: The packs gitruns wrote here, which tidy() may merge.
+        self.pack_record = PackRecord(self.data_dir / "packs")
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> RunStore:
@@ -812,6 +804,9 @@ class RunStore:
     ) -> bool:
         """Move the run's branch from ``old`` to ``new`` if nobody moved it.
 
+        Objects this thread's :meth:`batched_objects` holds are written first,
+        so the branch never names an object that is not on disk.
+
         Args:
             message: the reflog entry; None writes none (window commits).
 
@@ -883,14 +878,18 @@ class RunStore:
         self._store(obj, LOOSE_COMPRESSION)
 
     def _store(self, obj: Blob | Tree | Commit, level: int) -> None:
-        if self._held is None:
+        held: _Held | None = getattr(self._batch, "held", None)
+        if held is None:
             _write_loose(self.repo.object_store, obj, level)
-        else:
-            self._held[obj.id] = (obj, level)
+            return
+        held.objects[obj.id] = (obj, level)
+        held.bytes += obj.raw_length()
+        if held.bytes >= MAX_HELD_BYTES:
+            self.write_held()
 
     @contextlib.contextmanager
     def batched_objects(self) -> Iterator[None]:
-        """Hold the objects added inside until a ref moves or the block ends.
+        """Hold the objects this thread adds inside until a ref moves or the block ends.
 
         They are then written together: as one pack when they are
         :data:`PACK_MIN_OBJECTS` or more, else loose. :meth:`update_ref`
@@ -902,35 +901,47 @@ class RunStore:
             RepositoryError: the objects cannot be written (disk full,
                 read-only repository).
         """
-        if self._held is not None:
+        if getattr(self._batch, "held", None) is not None:
             yield
             return
-        self._held = {}
+        self._batch.held = _Held()
         try:
             yield
             self.write_held()
         finally:
-            self._held = None
+            self._batch.held = None
 
     def write_held(self) -> None:
-        """Write the objects :meth:`batched_objects` holds, if any, now.
+        """Write the objects :meth:`batched_objects` holds for this thread, now.
+
+        Objects that are there already are written again (a pack holding a
+        copy is harmless), which refreshes them as Git does, so that a
+        concurrent ``git gc --prune`` cannot take one the new commit names.
 
         Raises:
             RepositoryError: as :meth:`batched_objects`.
         """
-        if not self._held:
+        held: _Held | None = getattr(self._batch, "held", None)
+        if held is None or not held.objects:
             return
-        held, self._held = self._held, {}
+        entries = list(held.objects.values())
+        self._batch.held = _Held()
+        objects = self.repo.object_store
         with mapped_errors("writing objects"):
-            objects = self.repo.object_store
-            if len(held) >= PACK_MIN_OBJECTS:
-                new = [o for o, _ in held.values() if not self.objects.contains(o.id)]
-                if len(new) >= PACK_MIN_OBJECTS:
-                    _write_pack(objects, iter(new), len(new))
-                    return
-            # Loose, an object already there has its time refreshed.
-            for obj, level in held.values():
-                _write_loose(objects, obj, level)
+            if len(entries) < PACK_MIN_OBJECTS:
+                for obj, level in entries:
+                    _write_loose(objects, obj, level)
+            else:
+                self._write_pack((obj for obj, _ in entries), len(entries))
+
+    def _write_pack(self, objects: Iterable[ShaFile], count: int) -> None:
+        """Write ``objects`` as a pack, and note it as one of gitruns' packs."""
+        name = write_pack(self.repo.object_store, objects, count)
+        try:
+            self.pack_record.add(name)
+        except OSError as exc:
+            # Only tidy() reads the record: git gc merges this pack instead.
+            logger.debug("pack %s not recorded: %s", name, exc)
 
     def blob(self, data: bytes) -> Sha:
         """Store bytes as a blob and return its id."""
@@ -1236,64 +1247,24 @@ class RunStore:
         """Pack loose objects once they are many, as ``git gc --auto`` would.
 
         A finished run then leaves at most :data:`PACK_THRESHOLD` loose
-        objects behind, and a repository at most :data:`MAX_PACKS` packs, so
+        objects behind; past :data:`MAX_PACKS` packs, the smallest packs
+        gitruns wrote are merged (see :func:`gitruns.packs.merge_packs`), so
         that object lookups do not slow down with every run.
 
         Returns:
             How many objects were packed.
+
+        Raises:
+            RepositoryError: the objects or packs could not be read or written.
         """
         with mapped_errors("packing objects"):
             packed = 0
             if self.estimate_loose_objects() > PACK_THRESHOLD:
                 packed = self.pack_loose_objects()
             if len(self.repo.object_store.packs) > MAX_PACKS:
-                self.merge_small_packs()
+                with self._pack_lock():
+                    merge_packs(self.repo.object_store, self.pack_record, MAX_PACKS)
             return packed
-
-    def merge_small_packs(self) -> int:
-        """Merge the smallest packs into one, down to half of :data:`MAX_PACKS`.
-
-        The merge reads :data:`MERGE_PACK_BYTES` of packs at most and holds one
-        object in memory at a time; dulwich's own ``repack`` holds every
-        object of the repository at once.
-
-        Returns:
-            How many packs were merged (0 or at least 2).
-        """
-        objects = self.repo.object_store
-        with mapped_errors("merging packs"), self._pack_lock():
-            packs = sorted(objects.packs, key=_pack_bytes)
-            chosen: list[Pack] = []
-            size = 0
-            for pack in packs[: len(packs) - MAX_PACKS // 2 + 1]:
-                size += _pack_bytes(pack)
-                if size > MERGE_PACK_BYTES and len(chosen) >= 2:
-                    break
-                chosen.append(pack)
-            if len(chosen) < 2:
-                return 0
-            try:
-                # Object ids first: an object in two packs is written once,
-                # and the new pack's header needs the count.
-                ids = {sha for pack in chosen for sha in pack}
-
-                def merged() -> Iterator[ShaFile]:
-                    for pack in chosen:
-                        for sha in pack:
-                            if sha in ids:
-                                ids.discard(sha)
-                                yield pack[sha]
-
-                _write_pack(objects, merged(), len(ids))
-            except (FileNotFoundError, PackFileDisappeared) as exc:
-                # A `git gc` running meanwhile repacked under our feet.
-                logger.info("merging packs stopped, git gc is at work: %s", exc)
-                return 0
-            for pack in chosen:
-                _remove_pack(pack)
-            objects.packs  # noqa: B018 - the listing drops the removed packs
-        logger.info("merged %d packs (%d bytes) into one", len(chosen), size)
-        return len(chosen)
 
     def pack_loose_objects(self) -> int:
         """Pack the repository's loose objects now, a bounded batch at a time.
@@ -1339,7 +1310,7 @@ class RunStore:
 
     def _pack_batch(self, batch: list[tuple[Any, None]]) -> int:
         objects = self.repo.object_store
-        _write_pack(objects, (obj for obj, _ in batch), len(batch))
+        self._write_pack((obj for obj, _ in batch), len(batch))
         for obj, _ in batch:
             with contextlib.suppress(FileNotFoundError):
                 # `git gc` may have packed and pruned it meanwhile.
@@ -1361,88 +1332,14 @@ class RunStore:
             os.close(fd)
 
 
-def _pack_bytes(pack: Pack) -> int:
-    try:
-        return os.path.getsize(pack.data.path)
-    except OSError:
-        return 0
+@dataclass
+class _Held:
+    """The objects a thread's batched_objects() block holds, and their bytes."""
 
-
-def _remove_pack(pack: Pack) -> None:
-    # The index goes first: a pack file without its index is one Git ignores
-    # (and git gc removes), an index without its pack is an error to readers.
-    data = os.fspath(pack.data.path)
-    paths = [os.path.splitext(data)[0] + ".idx", data]
-    pack.close()
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
-
-
-def _write_pack(objects: Any, batch: Iterable[ShaFile], count: int) -> None:
-    """Write the ``count`` objects of ``batch`` as one new pack and its index.
-
-    ``batch`` may be a generator: one object is in memory at a time. Chunks
-    are written at :data:`CHUNK_COMPRESSION`, other objects at the store's
-    pack level: dulwich's ``add_objects`` deflates everything at zlib's
-    default, ~20 MB/s on chunks' zstd frames for nothing. Each entry's offset
-    and CRC are kept as it is written, so the index needs no second pass over
-    the pack (which dulwich's ``add_pack`` makes). The pack is named by its
-    checksum, as Git names packs, and is seen by readers once its index is
-    there.
-    """
-    level = objects.pack_compression_level
-    entries: list[tuple[bytes, int, int]] = []
-    fd, tmp = tempfile.mkstemp(prefix="tmp_pack_", dir=objects.pack_dir)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            digest = objects.object_format.new_hash()
-            offset = 0
-
-            def write(data: bytes) -> int:
-                nonlocal offset
-                digest.update(data)
-                offset += len(data)
-                written: int = file.write(data)
-                return written
-
-            write_pack_header(write, count)
-            for obj in batch:
-                chunks = obj.as_raw_chunks()
-                stored = obj.type_num == Blob.type_num and compressed_chunk(chunks[0])
-                at = offset
-                crc = write_pack_object(
-                    write,
-                    obj.type_num,
-                    chunks,
-                    objects.object_format,
-                    compression_level=CHUNK_COMPRESSION if stored else level,
-                )
-                entries.append((hex_to_sha(obj.id), at, crc))
-            if len(entries) != count:
-                raise RepositoryError(
-                    f"a pack of {count} objects was given {len(entries)}"
-                )
-            checksum = digest.digest()
-            file.write(checksum)
-            if objects.fsync_object_files:
-                file.flush()
-                os.fsync(file.fileno())
-        os.chmod(tmp, 0o444)
-
-        # The pack first, then its index: Git and dulwich see a pack only
-        # once its index is there.
-        base = os.path.join(objects.pack_dir, "pack-" + checksum.hex())
-        os.replace(tmp, base + ".pack")
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    entries.sort()
-    with GitFile(
-        base + ".idx", "wb", mask=0o444, fsync=objects.fsync_object_files
-    ) as index:
-        write_pack_index(index, entries, checksum, version=objects.pack_index_version)
+    objects: dict[ObjectID, tuple[Blob | Tree | Commit, int]] = field(
+        default_factory=dict
+    )
+    bytes: int = 0
 
 
 def _write_loose(

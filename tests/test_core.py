@@ -666,32 +666,6 @@ def test_held_objects_are_written_before_a_ref_moves_and_dropped_on_error(
     git("fsck", "--strict", cwd=repo)
 
 
-def test_many_packs_are_merged_smallest_first(
-    repo: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import gitruns.store as store_module
-
-    monkeypatch.setattr(store_module, "MAX_PACKS", 4)
-    monkeypatch.setattr(store_module, "PACK_MIN_OBJECTS", 1)
-    for k in range(7):
-        with gitruns.init(project="p", id=f"r{k}", repo=repo) as run:
-            for i in range(300 * (k + 1)):
-                run.log({"m": float(i)})
-    pack_dir = repo / "objects" / "pack"
-    sizes = sorted(p.stat().st_size for p in pack_dir.glob("*.pack"))
-
-    store = RunStore.open(repo)
-    assert store.merge_small_packs() == len(sizes) - 4 // 2 + 1
-    after = sorted(p.stat().st_size for p in pack_dir.glob("*.pack"))
-    assert len(after) == 4 // 2
-    assert after[0] == sizes[-1]  # the largest pack was left alone
-    assert not list(pack_dir.glob("tmp_*"))
-    git("fsck", "--strict", cwd=repo)
-    api = gitruns.Api(repo=repo)
-    for k in range(7):
-        assert len(api.run(f"p/r{k}").columns()["m"][1]) == 300 * (k + 1)
-
-
 def test_storage_grows_linearly_with_flushes(repo: Path) -> None:
     # A flush every step (committing in log(), so every step is its own
     # segment) must not rewrite the window's earlier data.

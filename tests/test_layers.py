@@ -24,6 +24,7 @@ BOTTOM = (
     "gitruns.summary",  # digests of chunks -> a summary; shared by writer and readers
     "gitruns.readme",  # the README.md of a run's tree, rendered from its summary
     "gitruns.objects",
+    "gitruns.packs",  # the packs gitruns writes, and merging them
     "gitruns.store",
     "gitruns.journal",
 )

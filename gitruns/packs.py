@@ -1,0 +1,289 @@
+"""The pack files gitruns writes: one per large commit, merged when they are many.
+
+A commit of many windows (a short run's ``finish()``, a committer process
+catching up) writes its objects as one pack and its index instead of a loose
+file each. Every such pack is named in a record beside the repository's Git
+data, and only packs named there are ever merged: they hold no deltas and no
+``.keep`` file, so merging them rewrites no object larger and takes nothing
+from Git's own packs (a fetch's deltas, a ``git gc``'s pack, a kept pack).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from dulwich.file import GitFile
+from dulwich.object_store import DiskObjectStore
+from dulwich.objects import Blob, ShaFile, hex_to_sha
+from dulwich.pack import Pack, write_pack_header, write_pack_index, write_pack_object
+
+from gitruns.chunk import compressed_chunk
+
+logger = logging.getLogger(__name__)
+
+#: zlib level of the objects that hold chunks, loose or packed. Their numeric
+#: arrays are zstd frames already: zlib at level 1 deflates those at about
+#: 60 MB/s and inflates them at 1 GB/s to save a few percent, while level 0
+#: (stored) costs a copy both ways. Git itself is free to deflate them again.
+CHUNK_COMPRESSION = 0
+
+#: Bytes of packs that one merge reads at most (and so writes, as gitruns'
+#: packs hold no deltas): the merge takes the smallest packs first, so its
+#: cost stays bounded however large the repository grows.
+MERGE_PACK_BYTES = 256 << 20
+
+#: Files beside a pack that belong to it (Git writes some of them for packs
+#: it indexes itself); they go with the pack.
+_PACK_FILES = (".idx", ".pack", ".rev", ".bitmap", ".mtimes")
+
+#: A pack with one of these beside it is Git's to keep as it is.
+_KEPT = (".keep", ".promisor")
+
+#: A ``gc.pid`` newer than this means a ``git gc`` may be at work (Git's own
+#: ``gc`` waits twelve hours for a lock it finds).
+_GC_PID_SECONDS = 12 * 3600.0
+
+
+def write_pack(objects: DiskObjectStore, batch: Iterable[ShaFile], count: int) -> str:
+    """Write the ``count`` objects of ``batch`` as one new pack and its index.
+
+    ``batch`` may be a generator: one object is in memory at a time. Chunks
+    are written at :data:`CHUNK_COMPRESSION`, other objects at the store's
+    pack level: dulwich's ``add_objects`` deflates everything at zlib's
+    default, ~20 MB/s on chunks' zstd frames for nothing. Each entry's offset
+    and CRC are kept as it is written, so the index needs no second pass over
+    the pack (which dulwich's ``add_pack`` makes). The pack is named by its
+    checksum, as Git names packs, and is seen by readers once its index is
+    there.
+
+    Returns:
+        The pack's name (``pack-<checksum>``). A pack of that name that is
+        there already holds the same bytes, and is left as it is.
+
+    Raises:
+        OSError: the pack could not be written (nothing is left behind).
+    """
+    level = objects.pack_compression_level
+    entries: list[tuple[bytes, int, int]] = []
+    pack_dir = objects.pack_dir
+    fd, tmp = tempfile.mkstemp(prefix="tmp_pack_", dir=pack_dir)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            digest = objects.object_format.new_hash()
+            offset = 0
+
+            def write(data: bytes) -> int:
+                nonlocal offset
+                digest.update(data)
+                offset += len(data)
+                written: int = file.write(data)
+                return written
+
+            write_pack_header(write, count)
+            for obj in batch:
+                chunks = obj.as_raw_chunks()
+                stored = obj.type_num == Blob.type_num and compressed_chunk(chunks[0])
+                at = offset
+                crc = write_pack_object(
+                    write,
+                    obj.type_num,
+                    chunks,
+                    objects.object_format,
+                    compression_level=CHUNK_COMPRESSION if stored else level,
+                )
+                entries.append((hex_to_sha(obj.id), at, crc))
+            if len(entries) != count:
+                raise ValueError(
+                    f"a pack of {count} objects was given {len(entries)} "
+                    "(a gitruns bug; please report it)"
+                )
+            checksum = digest.digest()
+            file.write(checksum)
+            if objects.fsync_object_files:
+                file.flush()
+                os.fsync(file.fileno())
+        name = "pack-" + checksum.hex()
+        base = os.path.join(pack_dir, name)
+        if os.path.exists(base + ".idx"):
+            return name  # the same objects in the same order, packed before
+        os.chmod(tmp, 0o444)
+        # The pack first, then its index: Git and dulwich see a pack only
+        # once its index is there.
+        os.replace(tmp, base + ".pack")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    entries.sort()
+    try:
+        with GitFile(
+            base + ".idx",
+            "wb",
+            mask=0o444,
+            fsync=objects.fsync_object_files,
+            shared_perm=objects.shared_perm,
+        ) as index:
+            write_pack_index(
+                index, entries, checksum, version=objects.pack_index_version
+            )
+    except BaseException:
+        # A pack without its index is one nobody reads: do not leave it.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(base + ".pack")
+        raise
+    return name
+
+
+class PackRecord:
+    """The names of the packs gitruns wrote in a repository, one per line.
+
+    Args:
+        path: the record's file (in gitruns' own folder of the Git directory).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def add(self, name: str) -> None:
+        """Note a pack gitruns wrote (an append of one line, safe across processes).
+
+        Raises:
+            OSError: the record could not be written.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab") as f:
+            f.write(name.encode() + b"\n")
+
+    def names(self) -> set[str]:
+        """The names noted, of packs that may since have gone."""
+        try:
+            lines = self.path.read_bytes().decode(errors="replace").split()
+        except FileNotFoundError:
+            return set()
+        return {line for line in lines if line.startswith("pack-")}
+
+    def merged(self, gone: Iterable[str], new: str, present: set[str]) -> None:
+        """Note that the packs ``gone`` were merged into ``new``.
+
+        Names of packs no longer ``present`` (a ``git gc`` repacked them) are
+        dropped too. The record is read again first: other processes add to
+        it without the pack lock the caller holds.
+
+        Raises:
+            OSError: the record could not be written.
+        """
+        names = (self.names() & present) - set(gone) | {new}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(name + "\n" for name in sorted(names)))
+        os.replace(tmp, self.path)
+
+
+def merge_packs(
+    objects: DiskObjectStore, record: PackRecord, max_packs: int
+) -> list[str]:
+    """Merge the smallest of gitruns' packs while the repository has too many.
+
+    Only packs named in ``record`` are merged, at most
+    :data:`MERGE_PACK_BYTES` of them, smallest first, down to half of
+    ``max_packs`` in all where they suffice. Nothing is merged while a
+    multi-pack index names the packs (removing one would break it) or a
+    ``git gc`` may be at work. One object is in memory at a time. The caller
+    holds the repository's pack lock.
+
+    Returns:
+        The names of the packs merged (none, or two and more).
+
+    Raises:
+        OSError, dulwich errors: a pack could not be read or written; the packs
+            are then as they were.
+    """
+    pack_dir = Path(objects.pack_dir)
+    on_disk = sorted(p.stem for p in pack_dir.glob("pack-*.idx"))
+    if len(on_disk) <= max_packs or _git_owns_packs(pack_dir):
+        return []
+    ours = record.names()
+    chosen = _smallest(
+        [n for n in on_disk if n in ours and not _kept(pack_dir, n)],
+        pack_dir,
+        len(on_disk) - max_packs // 2 + 1,
+    )
+    if len(chosen) < 2:
+        return []
+
+    packs = [
+        Pack(str(pack_dir / name), object_format=objects.object_format)
+        for name in chosen
+    ]
+    try:
+        # Object ids first: an object in two packs is written once, and the
+        # new pack's header needs the count.
+        ids = {sha for pack in packs for sha in pack}
+
+        def merged() -> Iterator[ShaFile]:
+            for pack in packs:
+                for sha in pack:
+                    if sha in ids:
+                        ids.discard(sha)
+                        yield pack[sha]
+
+        new = write_pack(objects, merged(), len(ids))
+    finally:
+        for pack in packs:
+            pack.close()
+    gone = [name for name in chosen if name != new]
+    for name in gone:
+        _remove_pack(pack_dir, name)
+    record.merged(gone, new, set(on_disk) | {new})
+    # dulwich drops the packs removed from its cache when it lists them again.
+    objects.packs  # noqa: B018
+    logger.info("merged %d packs of gitruns into %s", len(chosen), new)
+    return chosen
+
+
+def _smallest(names: list[str], pack_dir: Path, most: int) -> list[str]:
+    """Up to ``most`` of ``names``, smallest first, within MERGE_PACK_BYTES."""
+    sized = sorted((_size(pack_dir / (n + ".pack")), n) for n in names)
+    chosen: list[str] = []
+    total = 0
+    for size, name in sized[: max(0, most)]:
+        if total + size > MERGE_PACK_BYTES:
+            break
+        chosen.append(name)
+        total += size
+    return chosen
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return MERGE_PACK_BYTES + 1  # gone: never chosen
+
+
+def _kept(pack_dir: Path, name: str) -> bool:
+    return any((pack_dir / (name + suffix)).exists() for suffix in _KEPT)
+
+
+def _git_owns_packs(pack_dir: Path) -> bool:
+    # A multi-pack index names packs that must stay; a fresh gc.pid says a
+    # `git gc` may be repacking right now.
+    if (pack_dir / "multi-pack-index").exists():
+        return True
+    try:
+        age = time.time() - (pack_dir.parent.parent / "gc.pid").stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age < _GC_PID_SECONDS
+
+
+def _remove_pack(pack_dir: Path, name: str) -> None:
+    # The index goes first: a pack file without its index is one Git ignores
+    # (and git gc removes), an index without its pack is an error to readers.
+    for suffix in _PACK_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(pack_dir / (name + suffix))

@@ -1,0 +1,137 @@
+"""The packs gitruns writes: one per large commit, merged when they are many."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from dulwich.objects import Blob
+
+import gitruns
+import gitruns.store as store_module
+from gitruns.packs import PackRecord, merge_packs, write_pack
+from gitruns.store import RunStore
+from tests.conftest import git
+
+
+def blobs(*texts: str) -> list[Blob]:
+    return [Blob.from_string(text.encode()) for text in texts]
+
+
+def packs(repo: Path) -> list[str]:
+    return sorted(p.stem for p in (repo / "objects" / "pack").glob("pack-*.idx"))
+
+
+def readable(repo: Path, objects: list[Blob]) -> bool:
+    store = RunStore.open(repo)
+    try:
+        return all(store.objects.contains(obj.id) for obj in objects)
+    finally:
+        store.close()
+
+
+def test_many_runs_leave_few_packs_and_every_run_reads(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "MAX_PACKS", 4)
+    monkeypatch.setattr(store_module, "PACK_MIN_OBJECTS", 1)
+    for k in range(7):
+        with gitruns.init(project="p", id=f"r{k}", repo=repo) as run:
+            for i in range(300 * (k + 1)):
+                run.log({"m": float(i)})
+        # Each finish() wrote a pack; past four, the smallest were merged.
+        assert len(packs(repo)) <= 4
+
+    pack_dir = repo / "objects" / "pack"
+    assert not list(pack_dir.glob("tmp_*"))
+    assert set(PackRecord(repo / "gitruns" / "packs").names()) == set(packs(repo))
+    git("fsck", "--strict", cwd=repo)
+    api = gitruns.Api(repo=repo)
+    for k in range(7):
+        assert len(api.run(f"p/r{k}").columns()["m"][1]) == 300 * (k + 1)
+
+
+def test_only_the_packs_gitruns_wrote_are_merged(repo: Path) -> None:
+    store = RunStore.open(repo)
+    objects = store.repo.object_store
+    tmp = repo / "gitruns" / "packs"
+    record = PackRecord(tmp)
+    ours = [blobs(f"ours {k}", f"ours {k}!") for k in range(3)]
+    for group in ours:
+        record.add(write_pack(objects, iter(group), len(group)))
+    # A pack of Git's own (written here without being recorded), and a
+    # pack gitruns wrote that Git keeps.
+    theirs = blobs("theirs", "theirs!")
+    foreign = write_pack(objects, iter(theirs), 2)
+    kept = blobs("kept", "kept!")
+    kept_name = write_pack(objects, iter(kept), 2)
+    record.add(kept_name)
+    (repo / "objects" / "pack" / (kept_name + ".keep")).write_text("")
+    store.close()
+
+    merged = merge_packs(objects, record, max_packs=2)
+    assert len(merged) == 3 and foreign not in merged and kept_name not in merged
+    after = packs(repo)
+    assert foreign in after and kept_name in after and len(after) == 3
+    assert tmp.exists() and foreign not in record.names()
+    assert readable(repo, [b for group in ours for b in group] + theirs + kept)
+    git("fsck", "--strict", cwd=repo)
+
+
+def test_a_merge_that_makes_a_pack_already_there_keeps_it(repo: Path) -> None:
+    # The merge of a pack and a pack holding one of its objects can be that
+    # pack, byte for byte: it must not be removed as one of those merged.
+    store = RunStore.open(repo)
+    objects = store.repo.object_store
+    record = PackRecord(repo / "gitruns" / "packs")
+    four = sorted(blobs("a", "b", "c", "d"), key=lambda b: b.id)
+    whole = write_pack(objects, iter(four), 4)
+    part = write_pack(objects, iter(four[:1]), 1)
+    record.add(whole)
+    record.add(part)
+    store.close()
+
+    assert sorted(merge_packs(objects, record, max_packs=0)) == sorted([whole, part])
+    assert packs(repo) == [whole]
+    assert readable(repo, four)
+    git("fsck", "--strict", cwd=repo)
+
+
+def test_no_merge_while_git_owns_the_packs(repo: Path) -> None:
+    store = RunStore.open(repo)
+    objects = store.repo.object_store
+    record = PackRecord(repo / "gitruns" / "packs")
+    for k in range(3):
+        group = blobs(f"x{k}", f"y{k}")
+        record.add(write_pack(objects, iter(group), 2))
+    store.close()
+    before = packs(repo)
+
+    # A multi-pack index names these packs: removing one would break it.
+    git("multi-pack-index", "write", cwd=repo)
+    assert merge_packs(objects, record, max_packs=0) == []
+    (repo / "objects" / "pack" / "multi-pack-index").unlink()
+    # A git gc at work (its pid file is fresh).
+    (repo / "gc.pid").write_text("1 host\n")
+    assert merge_packs(objects, record, max_packs=0) == []
+    assert packs(repo) == before
+
+
+def test_a_batch_holds_only_its_own_threads_objects(repo: Path) -> None:
+    import threading
+
+    store = RunStore.open(repo)
+    try:
+        with pytest.raises(RuntimeError), store.batched_objects():
+            mine = store.blob(b"held by the batch")
+            # Another thread (Run.save() beside a commit) writes at once.
+            other: list[bytes] = []
+            thread = threading.Thread(target=lambda: other.append(store.blob(b"x")))
+            thread.start()
+            thread.join()
+            assert store.objects.contains(other[0])
+            assert not store.objects.contains(mine)
+            raise RuntimeError("the commit failed")
+        assert store.objects.contains(other[0]) and not store.objects.contains(mine)
+    finally:
+        store.close()
