@@ -497,9 +497,10 @@ class Journal:
         if self._half_way:
             self._half_way = False
             self._limit = self._room - _END_ROOM
-            self._grow_ahead()
             if self.size + frame <= self._limit:
+                self._grow_ahead()
                 return
+            # Past the end too: this writer grows the file, and alone.
         need = self.size + frame + _END_ROOM
         assert self._file is not None
         full = _round_up(max(need, _GROWTH * self._room)) > MAX_ROOM
@@ -510,7 +511,13 @@ class Journal:
             return
         room = self._grown_room(need)
         made = self._ahead.take(self._file)
-        if made is not None and made[0] >= need:
+        if made is not None and not need <= made[0] <= _file_size(self._file.fd):
+            # Too small, or made before this writer grew the file itself
+            # (its mapping may reach past the end of the file, where a read
+            # or write would kill the process with SIGBUS).
+            _unmap(made[1])
+            made = None
+        if made is not None:
             old, (room, mapping) = self._map, made
             self._file.map = self._map = mapping
             self._room = room
@@ -842,6 +849,13 @@ def _open_journal_file(path: Path) -> int:
         os.close(fd)
         raise FileNotFoundError(errno.ENOENT, "not a regular file", str(path))
     return fd
+
+
+def _file_size(fd: int) -> int:
+    try:
+        return os.fstat(fd).st_size
+    except OSError:
+        return 0
 
 
 def _round_up(size: int) -> int:

@@ -559,27 +559,61 @@ def test_a_file_grows_into_room_made_ahead_by_the_journal_thread(
 
     journal = Journal(tmp_path)
     journal.open()
-    path = journal.current
+    path, first = (
+        journal.current,
+        journal._room,
+    )  # less than INITIAL_ROOM on a full disk
     assert path is not None
     journal.declare({"x": 0.0})
     # A short run never has a next room made for it...
-    half = INITIAL_ROOM // 2 // 40
+    half = first // 2 // 40
     for step in range(half - 100):
         assert journal.write_row(step, 1.0, {"x": float(step)})
     time.sleep(0.2)
-    assert path.stat().st_size == INITIAL_ROOM
+    assert path.stat().st_size == first
     # ...past half the room, the thread makes it (four times the first).
     for step in range(half - 100, half + 100):
         assert journal.write_row(step, 1.0, {"x": float(step)})
     for _ in range(1000):
-        if path.stat().st_size == 4 * INITIAL_ROOM:
+        if path.stat().st_size > first:
             break
         time.sleep(0.01)
-    assert path.stat().st_size == 4 * INITIAL_ROOM
-    rows = 2 * INITIAL_ROOM // 40  # past the first room
+    ahead = path.stat().st_size
+    assert ahead > first
+    rows = 2 * first // 40  # past the first room
     for step in range(half + 100, rows):
         assert journal.write_row(step, 1.0, {"x": float(step)})
     # The writer took that mapping: it grew the file no further itself.
-    assert path.stat().st_size >= 4 * INITIAL_ROOM
+    assert path.stat().st_size == ahead == journal._room
     journal.close()
     assert steps_of(JournalReader(tmp_path).read(final=True)) == list(range(rows))
+
+
+def test_a_frame_past_the_middle_and_the_end_grows_the_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    # The helper thread must not be asked for the next room while the writer
+    # grows the file itself: two growers of one file disagree on its size.
+    growers: list[str] = []
+    append_zeros = journal_module._append_zeros
+
+    def counted(fd: int, count: int) -> int:
+        growers.append(threading.current_thread().name)
+        return append_zeros(fd, count)
+
+    journal = Journal(tmp_path)
+    journal.open()
+    path, room = journal.current, journal._room
+    assert path is not None
+    monkeypatch.setattr(journal_module, "_append_zeros", counted)
+    journal.write(journal.encode(0, 1.0, {"text": "x" * (room * 5 // 4)}))
+    journal.write(journal.encode(1, 1.0, {"text": "y"}))
+    time.sleep(0.2)
+
+    assert growers == [threading.current_thread().name]
+    assert path.stat().st_size == journal._room > room
+    journal.close()
+    assert steps_of(JournalReader(tmp_path).read(final=True)) == [0, 1]
