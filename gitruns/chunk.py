@@ -822,20 +822,28 @@ def _shuffled(items: np.ndarray[Any, Any]) -> bytes:
 
 
 def _deltas(items: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    # Unsigned arrays wrap around silently, which is what makes this exact.
+    # Along the last axis. Unsigned arrays wrap around silently, which is
+    # what makes this exact.
     out: np.ndarray[Any, Any] = items.copy()
-    out[1:] -= items[:-1]
+    out[..., 1:] -= items[..., :-1]
     return out
 
 
-def _delta_pays(items: np.ndarray[Any, Any], deltas: np.ndarray[Any, Any]) -> bool:
-    # zlib gains where a byte repeats the one before it in its plane; count
-    # the bytes that do not, for both codings (a cheap stand-in for trying).
-    def changes(arr: np.ndarray[Any, Any]) -> int:
-        planes = arr.view(np.uint8).reshape(-1, arr.dtype.itemsize)
-        return int(np.count_nonzero(planes[1:] != planes[:-1]))
+def _delta_pays(items: np.ndarray[Any, Any], deltas: np.ndarray[Any, Any]) -> Any:
+    """Whether delta coding pays, for a column (or for each row of columns).
 
-    return changes(deltas) < changes(items)
+    The compressor gains where a byte repeats the one before it in its plane;
+    the bytes that do not are counted for both codings (a cheap stand-in for
+    trying).
+    """
+    return _byte_changes(deltas) < _byte_changes(items)
+
+
+def _byte_changes(arr: np.ndarray[Any, Any]) -> Any:
+    # Per array along the last axis: bytes unlike the same byte of the item
+    # before.
+    planes = arr.view(np.uint8).reshape(*arr.shape, arr.dtype.itemsize)
+    return np.count_nonzero(planes[..., 1:, :] != planes[..., :-1, :], axis=(-2, -1))
 
 
 def _unpack_numbers(
@@ -1183,18 +1191,9 @@ def _dense_float_planes(chunk: Chunk) -> dict[str, tuple[bool, bytes]]:
         return {}
     names, block = dense
     items = block.astype(_STORED["f8"], copy=False).view(_BITS[8])
-    deltas = items.copy()
-    deltas[:, 1:] -= items[:, :-1]
+    deltas = _deltas(items)
     k, n = items.shape
-
-    def changes(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        planes = arr.view(np.uint8).reshape(k, n, 8)
-        counts: np.ndarray[Any, Any] = np.count_nonzero(
-            planes[:, 1:] != planes[:, :-1], axis=(1, 2)
-        )
-        return counts
-
-    pays = changes(deltas) < changes(items)
+    pays = _delta_pays(items, deltas)
     chosen = np.where(pays[:, None], deltas, items)
     planes = np.ascontiguousarray(chosen.view(np.uint8).reshape(k, n, 8).swapaxes(1, 2))
     return {name: (bool(pays[i]), planes[i].tobytes()) for i, name in enumerate(names)}
