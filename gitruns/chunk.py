@@ -1285,7 +1285,9 @@ def _read_document(data: bytes, magic: str, source: str) -> dict[str, Any]:
         max_map_len=_MAX_COLUMN_ENTRIES,
         max_ext_len=0,
         object_pairs_hook=count_map,
-        list_hook=count_array,
+        # Every array takes a byte at least, so a document no longer than the
+        # limit cannot pass it: counting would cost a call per digest.
+        list_hook=count_array if len(data) > _MAX_ARRAYS else None,
     )
     unpacker.feed(data)
     unpack, skip = unpacker.unpack, unpacker.skip

@@ -33,6 +33,7 @@ from gitruns.chunk import (
     FORMAT_MAJOR,
     FORMAT_MINOR,
     MAX_CHUNK_BYTES,
+    MAX_METRICS,
     MAX_NAME_CHARS,
     Chunk,
     Column,
@@ -1642,6 +1643,8 @@ def test_arrays_are_counted_where_they_are_built(valid: bytes) -> None:
     data = splice(doc, nest)
     exc = refused(data)
     assert "arrays" in exc.reason
+    # (Fewer bytes could not hold more arrays than the limit: not counted.)
+    assert len(data) > 2 * MAX_METRICS + 64
 
 
 @pytest.mark.parametrize(
