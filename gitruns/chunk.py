@@ -339,7 +339,9 @@ class Chunk:
         steps: int64 steps, strictly increasing, all in [start, start + W).
         times: float64 wall-clock unix seconds, one per step.
         columns: metric name -> column.
-        prefix: digests of the run's history before this chunk (may be empty).
+        prefix: digests of the run's history before this chunk (may be empty),
+            read-only. A chunk decoded with ``lazy_prefix`` checks them when
+            first read, and raises ChunkFormatError then if they are malformed.
     """
 
     window: int
@@ -347,7 +349,7 @@ class Chunk:
     steps: np.ndarray[Any, np.dtype[np.int64]]
     times: np.ndarray[Any, np.dtype[np.float64]]
     columns: dict[str, Column]
-    prefix: dict[str, Digest]
+    prefix: Mapping[str, Digest]
     _digests: dict[str, Digest] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -1139,7 +1141,13 @@ def encode_digests(digests: Mapping[str, Digest]) -> bytes:
 # Decoding
 
 
-def decode_chunk(data: bytes, *, source: str = "chunk", verify: bool = False) -> Chunk:
+def decode_chunk(
+    data: bytes,
+    *,
+    source: str = "chunk",
+    verify: bool = False,
+    lazy_prefix: bool = False,
+) -> Chunk:
     """Decode and validate a chunk that may come from an untrusted remote.
 
     The structure is always checked in full: types, lengths, limits, step
@@ -1156,6 +1164,11 @@ def decode_chunk(data: bytes, *, source: str = "chunk", verify: bool = False) ->
         verify: also compare every stored column digest's first, last, min,
             max, sum and numeric count with the values (O(values); what hooks
             want).
+        lazy_prefix: check and build the prefix digests when the chunk's
+            ``prefix`` is first read, not now: a reader of values never reads
+            them, and they cost a tenth of a decode. A malformed prefix then
+            raises ChunkFormatError from that first read. Ignored with
+            ``verify``, which checks everything now.
 
     Raises:
         UnsupportedVersionError: the chunk has a newer major format version.
@@ -1163,15 +1176,23 @@ def decode_chunk(data: bytes, *, source: str = "chunk", verify: bool = False) ->
     """
     try:
         doc, major = _unpack_document(data, _MAGIC, source)
-        return _chunk_from(doc, source, verify, framed=major >= 3)
+        lazy = lazy_prefix and not verify
+        return _chunk_from(doc, source, verify, framed=major >= 3, lazy_prefix=lazy)
     except ChunkFormatError:
         raise
     except Exception as exc:
-        # Every check raises ChunkFormatError itself. A check that was missed
-        # still meets the caller as the one error type, never as a crash; the
-        # tests and the fuzz harness fail when this line is reached.
-        logger.debug("unexpected error decoding %s", source, exc_info=True)
-        raise ChunkFormatError(source, f"{type(exc).__name__}: {exc}") from exc
+        raise _unexpected(source, exc) from exc
+
+
+def _unexpected(source: str, exc: Exception) -> ChunkFormatError:
+    """The error for an exception that no check of a decode raised itself.
+
+    Every check raises ChunkFormatError itself. A check that was missed still
+    meets the caller as the one error type, never as a crash; the tests and
+    the fuzz harness fail when this is called.
+    """
+    logger.debug("unexpected error decoding %s", source, exc_info=True)
+    return ChunkFormatError(source, f"{type(exc).__name__}: {exc}")
 
 
 def decode_digests(data: bytes, *, source: str = "digests") -> dict[str, Digest]:
@@ -1187,9 +1208,8 @@ def decode_digests(data: bytes, *, source: str = "digests") -> dict[str, Digest]
         return _digest_map(digests, _INT64_MAX + 1, source)
     except ChunkFormatError:
         raise
-    except Exception as exc:  # as in decode_chunk
-        logger.debug("unexpected error decoding %s", source, exc_info=True)
-        raise ChunkFormatError(source, f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise _unexpected(source, exc) from exc
 
 
 def _unpack_document(
@@ -1470,7 +1490,12 @@ def _check_version(data: bytes, magic: str, source: str) -> int:
 
 
 def _chunk_from(
-    doc: dict[str, Any], source: str, verify: bool, *, framed: bool
+    doc: dict[str, Any],
+    source: str,
+    verify: bool,
+    *,
+    framed: bool,
+    lazy_prefix: bool = False,
 ) -> Chunk:
     window = _get_int(doc, "window", 1, _INT64_MAX, source)
     start = _get_int(doc, "start", 0, _INT64_MAX, source)
@@ -1515,7 +1540,12 @@ def _chunk_from(
 
     # A window flushed in parts has several segments: the prefix of a later
     # one covers earlier steps of the same window, so bound it by the first step.
-    prefix = _digest_map(prefix_doc, int(steps[0]) if n else start, source)
+    before = int(steps[0]) if n else start
+    prefix: Mapping[str, Digest]
+    if lazy_prefix:
+        prefix = _Prefix(prefix_doc, before, source)
+    else:
+        prefix = _digest_map(prefix_doc, before, source)
     chunk = Chunk(window, start, steps, times, columns, prefix)
     if verify:
         object.__setattr__(chunk, "_digests", digests)
@@ -1785,6 +1815,57 @@ def _digest_map(doc: dict[str, Any], before: int, source: str) -> dict[str, Dige
             )
         out[name] = _new_digest(values)
     return out
+
+
+class _Prefix(Mapping[str, Digest]):
+    """The prefix digests of a chunk, checked and built when first read.
+
+    What ``decode_chunk(..., lazy_prefix=True)`` gives a chunk: its stored
+    prefix, unpacked within the document's limits but not yet checked. Any
+    read of it (a name, a digest, its length) checks every digest first, as
+    decode_chunk would have, so a malformed prefix is never seen, only
+    refused with ChunkFormatError.
+    """
+
+    __slots__ = ("_doc", "_before", "_source", "_digests")
+
+    def __init__(self, doc: dict[str, Any], before: int, source: str) -> None:
+        self._doc: dict[str, Any] | None = doc
+        self._before = before
+        self._source = source
+        self._digests: dict[str, Digest] | None = None
+
+    def _checked(self) -> dict[str, Digest]:
+        digests = self._digests
+        if digests is None:
+            doc = self._doc
+            if doc is None:
+                # Another thread checked them between the two reads above.
+                return self._checked()
+            try:
+                digests = _digest_map(doc, self._before, self._source)
+            except ChunkFormatError:
+                raise
+            except Exception as exc:
+                raise _unexpected(self._source, exc) from exc
+            # _digests first: a thread that finds _doc gone finds it set.
+            self._digests = digests
+            self._doc = None
+        return digests
+
+    def __getitem__(self, name: str) -> Digest:
+        return self._checked()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._checked())
+
+    def __len__(self) -> int:
+        return len(self._checked())
+
+    def __repr__(self) -> str:
+        if self._digests is None:
+            return "<prefix digests, not read yet>"
+        return repr(self._digests)
 
 
 def _digest_fields(

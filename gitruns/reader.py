@@ -210,13 +210,18 @@ class RunView:
     ) -> Iterator[Chunk]:
         """Decoded segments that may hold steps in ``[min_step, max_step)``.
 
+        A segment's prefix digests are checked when first read (see
+        ``lazy_prefix`` of :func:`gitruns.chunk.decode_chunk`): reading
+        history never needs them.
+
         Raises:
             ChunkFormatError: naming the run and the file, for a malformed
-                segment or one stored where its steps do not belong.
+                segment or one stored where its steps do not belong; from
+                ``prefix``, for a malformed prefix.
         """
         history = self.snapshot.history
         for start, _ in history.segments(min_step, max_step):
-            yield self.store.read_segment(self.path, history, start)
+            yield self.store.read_segment(self.path, history, start, lazy_prefix=True)
 
     def scan_history(
         self,
@@ -334,7 +339,7 @@ class RunView:
         steps = _Steps(room)
         joins: dict[str, _Join] = {}
         for index, (start, _) in enumerate(segments):
-            chunk = self.store.read_segment(self.path, history, start)
+            chunk = self.store.read_segment(self.path, history, start, lazy_prefix=True)
             lo, hi = 0, len(chunk.steps)
             if (min_step is not None and chunk.steps[0] < min_step) or (
                 max_step is not None and chunk.steps[-1] >= max_step

@@ -918,7 +918,13 @@ class RunStore:
         return commit
 
     def read_segment(
-        self, run: str, history: History, start: int, *, verify: bool = False
+        self,
+        run: str,
+        history: History,
+        start: int,
+        *,
+        verify: bool = False,
+        lazy_prefix: bool = False,
     ) -> Chunk:
         """Decode the segment stored at ``start``, checking it belongs there.
 
@@ -933,6 +939,8 @@ class RunStore:
             history: the run's history at the commit being read.
             start: the segment's first step, as its file name says.
             verify: check every stored digest against the values too.
+            lazy_prefix: check the prefix digests when they are first read
+                (see :func:`gitruns.chunk.decode_chunk`): for reading values.
 
         Raises:
             ChunkFormatError: naming the run and the file.
@@ -949,7 +957,9 @@ class RunStore:
         )
         if kind != Blob.type_num:
             raise ChunkFormatError(source, "the segment is not a file")
-        chunk = decode_chunk(data, source=source, verify=verify)
+        chunk = decode_chunk(
+            data, source=source, verify=verify, lazy_prefix=lazy_prefix
+        )
         problem = segment_problem(chunk, start, window, history.next_start(start))
         if problem:
             raise ChunkFormatError(source, problem)

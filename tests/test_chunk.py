@@ -1503,6 +1503,59 @@ def test_prefix_reaching_into_the_chunk_is_refused() -> None:
     assert "prefix" in str(exc)
 
 
+#: Ways a prefix digest can be malformed, each a rule decode_chunk enforces.
+BAD_PREFIXES: dict[str, Callable[[dict[str, Any]], None]] = {
+    "reaches into the chunk": lambda p: p["lr"].__setitem__(
+        DIGEST_INDEX["last_step"], 200
+    ),
+    "not a digest": lambda p: p.__setitem__("lr", [1, 2]),
+    "reserved name": lambda p: p.__setitem__("_step", p.pop("lr")),
+    "min above max": lambda p: p["lr"].__setitem__(DIGEST_INDEX["min"], 1e9),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PREFIXES))
+def test_a_lazy_prefix_is_refused_when_first_read(case: str) -> None:
+    # A reader of values never reads prefix digests; with lazy_prefix they
+    # are checked when first read, and refused as decode_chunk refuses them.
+    doc = document((GOLDEN / "with_prefix.msgpack").read_bytes())
+    BAD_PREFIXES[case](doc["prefix"])
+    data = pack(doc)
+    eager = refused(data)
+    refused(data, lazy_prefix=True, verify=True)  # verify checks all at once
+
+    chunk = decode_chunk(data, source=SOURCE, lazy_prefix=True)
+    good = decode_chunk((GOLDEN / "with_prefix.msgpack").read_bytes())
+    assert chunk.steps.tolist() == good.steps.tolist()
+    assert chunk.columns["loss"].value_list() == good.columns["loss"].value_list()
+    assert repr(chunk.prefix) == "<prefix digests, not read yet>"
+    for read in (
+        lambda: chunk.prefix["lr"],
+        lambda: len(chunk.prefix),
+        lambda: list(chunk.prefix),
+        lambda: "lr" in chunk.prefix,
+        lambda: chunk.prefix == good.prefix,
+        chunk.totals,
+        lambda: encode_chunk(chunk),
+    ):
+        with pytest.raises(ChunkFormatError) as info:
+            read()
+        assert str(info.value) == str(eager)
+        assert info.value.__cause__ is None
+
+
+def test_a_lazy_prefix_holds_what_decode_chunk_checks_at_once() -> None:
+    for name in ("with_prefix", "sparse_kinds"):
+        data = (GOLDEN / f"{name}.msgpack").read_bytes()
+        eager = decode_chunk(data)
+        lazy = decode_chunk(data, lazy_prefix=True)
+        assert set(lazy.prefix) == set(eager.prefix)
+        for metric, digest in eager.prefix.items():
+            assert_digest(lazy.prefix[metric], digest)
+        assert repr(lazy.prefix) == repr(eager.prefix)
+        assert encode_chunk(lazy) == encode_chunk(eager) == data
+
+
 def test_lying_stats_are_caught_by_verify_and_never_used() -> None:
     doc = document((GOLDEN / "with_prefix.msgpack").read_bytes())
     doc["columns"]["loss"]["digest"][DIGEST_INDEX["min"]] = -100.0
