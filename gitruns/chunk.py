@@ -49,6 +49,7 @@ __all__ = [
     "encode_chunk",
     "encode_digests",
     "fill_rows",
+    "values_into_rows",
 ]
 
 logger = logging.getLogger(__name__)
@@ -808,6 +809,46 @@ def _unshuffle_into(
         # would otherwise report as an invalid cast.
         with np.errstate(invalid="ignore"):
             out[...] = target
+
+
+def values_into_rows(columns: Sequence[Column], out: np.ndarray[Any, Any]) -> None:
+    """Copy the values of ``columns`` into the rows of ``out``, one row each.
+
+    Every column has ``out.shape[1]`` values of one kind whose values are
+    stored as they are held (f8 or i8; ``out`` has their dtype, and its rows
+    may be slices of longer rows). Columns still packed are unshuffled
+    straight into their rows, together: byte ``k`` of every value of every
+    column is placed in one assignment, so each of the 8 passes runs along
+    whole rows. A column at a time, a transposed copy runs along the 8 bytes
+    of one value, then the next, which costs twice as much and more.
+
+    Raises:
+        ValueError: columns of another kind or length than ``out`` holds.
+    """
+    count = out.shape[1]
+    stored = [col._stored for col in columns]
+    kinds = {col.kind for col in columns}
+    if len(columns) != len(out) or any(col.count != count for col in columns):
+        raise ValueError(f"{len(columns)} columns do not fit rows of {out.shape}")
+    if len(kinds) > 1 or any(out.dtype != _STORED[kind] for kind in kinds):
+        raise ValueError(f"columns of kinds {sorted(kinds)} into an {out.dtype} array")
+    if len(columns) < 2 or any(item is None for item in stored):
+        for col, row in zip(columns, out):
+            col.values_into(row)
+        return
+
+    # The planes of each column, one after another: [column, byte, value].
+    width = out.dtype.itemsize
+    planes = np.frombuffer(b"".join(item[0] for item in stored if item), np.uint8)
+    planes = planes.reshape(len(columns), width, count)
+    # Splitting the rows' bytes into values is a view: they are contiguous.
+    target = out.view(np.uint8).reshape(len(columns), count, width)
+    for k in range(width):
+        target[:, :, k] = planes[:, k, :]
+    items = out.view(_BITS[width])
+    for row, item in zip(items, stored):
+        if item and item[1]:
+            np.add.accumulate(row, out=row)
 
 
 def _stored_items(name: str, col: Column) -> np.ndarray[Any, Any]:

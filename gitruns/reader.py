@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from gitruns.chunk import Chunk, Column, Value, fill_rows
+from gitruns.chunk import Chunk, Column, Value, fill_rows, values_into_rows
 from gitruns.errors import GitRunsError, RepositoryError, RunNotFoundError, require
 from gitruns.refs import RunRef, Sha
 from gitruns.store import (
@@ -336,8 +336,12 @@ class RunView:
 
         # Segment by segment, each value is copied once, straight to where it
         # is returned; the segment's bytes are let go before the next is read.
+        # The metrics of the first segment logged at every step, the usual
+        # ones, keep their values as rows of one array per dtype, which a
+        # segment that has them all so fills at once.
         steps = _Steps(room)
         joins: dict[str, _Join] = {}
+        blocks: list[_Block] = []
         for index, (start, _) in enumerate(segments):
             chunk = self.store.read_segment(self.path, history, start, lazy_prefix=True)
             lo, hi = 0, len(chunk.steps)
@@ -346,7 +350,16 @@ class RunView:
             ):
                 lo, hi = _row_range(chunk.steps, min_step, max_step)
             at = steps.extend(chunk.steps[lo:hi])
+            if index == 0:
+                blocks = _Block.of(chunk, wanted, joins, steps, len(segments), room)
+            added = set()
+            if hi - lo == len(chunk.steps):
+                for block in blocks:
+                    if block.add(chunk, at):
+                        added.update(block.names)
             for name, col in _chunk_columns(chunk, wanted):
+                if name in added:
+                    continue
                 join = joins.get(name)
                 if join is None:
                     join = joins[name] = _Join(steps, len(segments) - index, room)
@@ -533,6 +546,24 @@ class _Join:
 
         Row ``lo`` is the read's row ``at``.
         """
+        # The usual case, in as few steps as it takes (a read adds each
+        # metric of each segment): a metric logged at every step read since
+        # its first, and in this segment too, whose values are still of its
+        # array's dtype and fit in its room.
+        values, dtype, end = self.values, col.dtype, self.count + hi - lo
+        if (
+            col.rows is None
+            and self.steps is None
+            and at == self.first + self.count
+            and isinstance(values, np.ndarray)
+            and dtype is not None
+            and values.dtype == dtype
+            and end <= len(values)
+        ):
+            col.values_into(values[self.count : end], lo)
+            self.count = end
+            return
+
         if col.rows is None:
             start, stop, steps = lo, hi, None
         else:
@@ -590,6 +621,98 @@ class _Join:
         if isinstance(values, np.ndarray):
             values = _trimmed(values, self.count)
         return steps, values
+
+
+class _Block:
+    """Metrics of one dtype logged at every step, whose values are rows of one array.
+
+    Each metric is a :class:`_Join` whose values array is its row. A segment
+    in which every one of them is a column of the dtype at every step, and
+    follows where the read left them, has all their values placed at once
+    (:func:`gitruns.chunk.values_into_rows`). Any other segment is added
+    metric by metric, each into its own row or, past it, its own array; the
+    block then adds only the segments that find its metrics in step again.
+
+    Args:
+        names: the metrics, one row each.
+        joins: their joins, new; each is given its row.
+        dtype: the dtype of their values.
+        room: the most rows the read's segments can hold: every metric's
+            room, being logged at every step.
+    """
+
+    def __init__(
+        self, names: list[str], joins: list[_Join], dtype: np.dtype, room: int
+    ) -> None:
+        self.names = names
+        self.joins = joins
+        self.values = np.empty((len(names), room), dtype=dtype)
+        self.rows = list(self.values)
+        for join, row in zip(joins, self.rows):
+            join.capacity = room
+            join.values = row
+
+    @classmethod
+    def of(
+        cls,
+        chunk: Chunk,
+        wanted: set[str] | None,
+        joins: dict[str, _Join],
+        steps: _Steps,
+        segments: int,
+        room: int,
+    ) -> list[_Block]:
+        """Blocks for the metrics of a read's first segment logged at every step.
+
+        Their joins are added to ``joins``.
+        """
+        names: dict[np.dtype, list[str]] = {}
+        for name, col in chunk.columns.items():
+            dtype = _BLOCK_KINDS.get(col.kind)
+            if col.rows is None and dtype and (wanted is None or name in wanted):
+                names.setdefault(dtype, []).append(name)
+        blocks = []
+        for dtype, block_names in names.items():
+            block_joins = [_Join(steps, segments, room) for _ in block_names]
+            joins.update(zip(block_names, block_joins))
+            blocks.append(cls(block_names, block_joins, dtype, room))
+        return blocks
+
+    def add(self, chunk: Chunk, at: int) -> bool:
+        """Add the values of a whole segment, if it holds the block in step.
+
+        Row 0 of the segment is the read's row ``at``. Returns whether it
+        did; if not, it added nothing.
+        """
+        fill = self.joins[0].count
+        end = fill + len(chunk.steps)
+        for join, row in zip(self.joins, self.rows):
+            if join.values is not row or join.steps is not None:
+                return False
+            if join.count != fill or (fill and at != join.first + fill):
+                return False
+        if end > self.values.shape[1]:
+            return False
+        columns = []
+        kind = _BLOCK_KINDS_OF[self.values.dtype]
+        for name in self.names:
+            col = chunk.columns.get(name)
+            if col is None or col.rows is not None or col.kind != kind:
+                return False
+            columns.append(col)
+
+        values_into_rows(columns, self.values[:, fill:end])
+        for join in self.joins:
+            if not fill:
+                join.first = at
+            join.count = end
+        return True
+
+
+#: The kinds whose metrics a read joins in blocks, by the dtype of their
+#: values: those stored as they are held.
+_BLOCK_KINDS = {"f8": np.dtype(np.float64), "i8": np.dtype(np.int64)}
+_BLOCK_KINDS_OF = {dtype: kind for kind, dtype in _BLOCK_KINDS.items()}
 
 
 def _rows_with_keys(

@@ -46,6 +46,7 @@ from gitruns.chunk import (
     decode_digests,
     encode_chunk,
     encode_digests,
+    values_into_rows,
 )
 from gitruns.errors import (
     ChunkFormatError,
@@ -848,6 +849,66 @@ def test_numbers_are_unpacked_once_whoever_reads_first() -> None:
     assert column.values is column.values  # unpacked once, then kept
     with pytest.raises(ValueError):
         column.values[0] = 1.0
+
+
+def _chunk_of_every_shape(kind: str, n: int, count: int) -> bytes:
+    """A chunk of ``count`` dense columns of ``kind``: random bit patterns,
+    NaN payloads, -0.0, extremes, steady series (stored delta-coded)."""
+    rng = np.random.default_rng(7)
+    special: list[Any] = (
+        [float_from_bits(0x7FF8000000C0FFEE), -0.0, 0.0, math.inf, -math.inf]
+        + [5e-324, float_from_bits(0xFFF0000000000001)]
+        if kind == "f8"
+        else [INT64_MIN, INT64_MAX, -1, 0, 1, 2**53 + 1, -(2**62)]
+    )
+    patterns = rng.integers(0, 2**64, size=(count, n), dtype=np.uint64)
+    metrics: dict[str, tuple[None, list[Any]]] = {}
+    for i in range(count):
+        values: list[Any] = patterns[i].view(f"<{kind}").tolist()
+        if i % 3 == 1:  # a steady series, which the writer delta-codes
+            values = [x * 3 if kind == "i8" else x * 0.25 for x in range(n)]
+        values[: len(special)] = special[:n]
+        metrics[f"m{i}"] = (None, values)
+    return encode_chunk(build_chunk(n, 0, list(range(n)), [0.0] * n, metrics))
+
+
+@pytest.mark.parametrize("kind", ["f8", "i8"])
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_values_into_rows_places_every_bit_as_values_does(
+    kind: str, count: int
+) -> None:
+    n = 300
+    data = _chunk_of_every_shape(kind, n, count)
+    deltas = [c.get("delta", False) for c in document(data)["columns"].values()]
+    assert count < 2 or (any(deltas) and not all(deltas))
+    want = np.stack([c.values for c in decode_chunk(data).columns.values()])
+
+    # Into rows that are slices of longer ones, as a reader joins segments.
+    columns = list(decode_chunk(data).columns.values())
+    rows = np.zeros((count, 3 * n), dtype=want.dtype)
+    values_into_rows(columns, rows[:, n : 2 * n])
+    assert not rows[:, :n].any() and not rows[:, 2 * n :].any()
+    assert rows[:, n : 2 * n].tobytes() == want.tobytes()
+
+    # A column unpacked already is copied, the others unshuffled still.
+    columns = list(decode_chunk(data).columns.values())
+    columns[-1].values  # noqa: B018
+    again = np.zeros((count, n), dtype=want.dtype)
+    values_into_rows(columns, again)
+    assert again.tobytes() == want.tobytes()
+
+
+def test_values_into_rows_takes_only_columns_that_fit() -> None:
+    f8 = list(decode_chunk(_chunk_of_every_shape("f8", 10, 2)).columns.values())
+    i8 = list(decode_chunk(_chunk_of_every_shape("i8", 10, 1)).columns.values())
+    with pytest.raises(ValueError, match="kinds"):
+        values_into_rows([f8[0], i8[0]], np.zeros((2, 10)))
+    with pytest.raises(ValueError, match="kinds"):
+        values_into_rows(f8, np.zeros((2, 10), dtype=np.int64))
+    with pytest.raises(ValueError, match="do not fit"):
+        values_into_rows(f8, np.zeros((2, 9)))
+    with pytest.raises(ValueError, match="do not fit"):
+        values_into_rows(f8, np.zeros((3, 10)))
 
 
 # --------------------------------------------------------------------------
