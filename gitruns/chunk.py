@@ -127,6 +127,9 @@ _ARRAY_DTYPE: dict[str, np.dtype[Any]] = {
     "i8": np.dtype(np.int64),
     "bool": np.dtype(np.bool_),
 }
+# The kinds whose columns values_into_rows() unpacks several at once: those
+# whose values are held as they are stored.
+_TOGETHER = frozenset({"f8", "i8"})
 
 
 @dataclass(frozen=True)
@@ -402,7 +405,7 @@ class Chunk:
         )
 
     def rows(self) -> Iterator[dict[str, Value]]:
-        """Yield one dict per step: ``_step``, ``_timestamp``, the metrics present."""
+        """One dict per step: ``_step``, ``_timestamp``, the metrics present."""
         # Each row starts as a copy of one dict of the keys all rows have (all
         # of them, in order, when every metric is dense), and is filled a
         # column at a time: the values of each are converted to Python once.
@@ -413,10 +416,32 @@ class Chunk:
         out: list[dict[str, Value]] = [template.copy() for _ in range(len(self.steps))]
         fill_rows(out, "_step", self.steps.tolist())
         fill_rows(out, "_timestamp", self.times.tolist())
+        lists = self._value_lists()
         for name, col in self.columns.items():
             rows = out if col.rows is None else [out[i] for i in col.rows.tolist()]
-            fill_rows(rows, name, col.value_list())
-        yield from out
+            fill_rows(rows, name, lists[name])
+        # An iterator of the list, not a generator: a scan of a run yields
+        # every row, and a generator would add a frame switch to each.
+        return iter(out)
+
+    def _value_lists(self) -> dict[str, list[Value]]:
+        # The values of every column as Python objects. Dense float and int
+        # columns still packed are unshuffled together, a kind at a time.
+        lists: dict[str, list[Value]] = {}
+        together: dict[str, list[str]] = {}
+        for name, col in self.columns.items():
+            if col.rows is None and col.kind in _TOGETHER and col._stored is not None:
+                together.setdefault(col.kind, []).append(name)
+            else:
+                lists[name] = col.value_list()
+        for kind, names in together.items():
+            if len(names) == 1:
+                lists[names[0]] = self.columns[names[0]].value_list()
+                continue
+            values = np.empty((len(names), len(self.steps)), dtype=_STORED[kind])
+            values_into_rows([self.columns[name] for name in names], values)
+            lists.update(zip(names, values.tolist()))
+        return lists
 
     def column(
         self, name: str

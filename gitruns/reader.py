@@ -717,11 +717,11 @@ _BLOCK_KINDS_OF = {dtype: kind for kind, dtype in _BLOCK_KINDS.items()}
 
 def _rows_with_keys(
     chunk: Chunk, keys: Sequence[str], lo: int, hi: int | None
-) -> Iterator[dict[str, Any]]:
+) -> list[dict[str, Any]]:
     # The rows of a segment where every key was logged, with those keys.
     wanted = [k for k in keys if k not in ("_step", "_timestamp")]
     if any(k not in chunk.columns for k in wanted):
-        return
+        return []
     rows = np.arange(len(chunk.steps))
     for key in wanted:
         present = chunk.columns[key].rows
@@ -747,4 +747,4 @@ def _rows_with_keys(
     out = [template.copy() for _ in range(len(rows))]
     for key, values in fields.items():
         fill_rows(out, key, values)
-    yield from out
+    return out

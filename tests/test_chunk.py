@@ -898,6 +898,40 @@ def test_values_into_rows_places_every_bit_as_values_does(
     assert again.tobytes() == want.tobytes()
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_rows_hold_every_value_in_column_order(sparse: bool) -> None:
+    # rows() unpacks dense float and int columns together; each row must hold
+    # what each column's own values say, bit for bit, keys in column order.
+    n = 50
+    floats = document(_chunk_of_every_shape("f8", n, 3))["columns"]
+    ints = document(_chunk_of_every_shape("i8", n, 2))["columns"]
+    doc = document(_chunk_of_every_shape("f8", n, 1))
+    doc["columns"] = {
+        "a": floats["m0"], "b": ints["m0"], "c": floats["m1"], "d": ints["m1"],
+        "e": floats["m2"], "z": doc["columns"]["m0"],
+    }  # fmt: skip
+    metrics: dict[str, Any] = {"flag": (None, [i % 3 == 0 for i in range(n)])}
+    if sparse:
+        metrics["note"] = ([1, 7, 30], ["x", "y", "z"])
+    extra = build_chunk(n, 0, list(range(n)), [0.0] * n, metrics)
+    doc["columns"].update(document(encode_chunk(extra))["columns"])
+    data = pack(doc)
+
+    want = []
+    chunk = decode_chunk(data)
+    for row in range(n):
+        item: dict[str, Value] = {"_step": row, "_timestamp": 0.0}
+        for name, col in chunk.columns.items():
+            at = row if col.rows is None else np.searchsorted(col.rows, row)
+            if col.rows is None or at < len(col.rows) and col.rows[at] == row:
+                item[name] = col.value_list()[int(at)]
+        want.append(item)
+    got = list(decode_chunk(data).rows())
+    assert [list(row) for row in got] == [list(row) for row in want]
+    for a, b in zip(got, want, strict=True):
+        assert all(same(a[key], b[key]) for key in b)
+
+
 def test_values_into_rows_takes_only_columns_that_fit() -> None:
     f8 = list(decode_chunk(_chunk_of_every_shape("f8", 10, 2)).columns.values())
     i8 = list(decode_chunk(_chunk_of_every_shape("i8", 10, 1)).columns.values())
