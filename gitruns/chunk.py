@@ -330,6 +330,29 @@ class Column:
         return f"Column(kind={self.kind!r}, count={self._count}, {where})"
 
 
+class _Times:
+    """``Chunk.times``: an array, or a decoded chunk's times still packed.
+
+    A chunk is made with its times as an array, or (by decode_chunk) as the
+    f8 column of their shuffled bytes, whose values become the array when
+    first read: a reader of columns unpacks the times of a segment with its
+    metrics, and none of it twice.
+    """
+
+    def __get__(self, chunk: Chunk | None, owner: type) -> Any:
+        if chunk is None:
+            return self
+        times = chunk.__dict__["_times"]
+        if isinstance(times, Column):
+            times = times.values
+            chunk.__dict__["_times"] = times
+        return times
+
+    def __set__(self, chunk: Chunk, times: np.ndarray[Any, Any] | Column) -> None:
+        # Only __init__ sets it (the chunk is frozen).
+        chunk.__dict__["_times"] = times
+
+
 @dataclass(frozen=True, eq=False)
 class Chunk:
     """The metrics a run logged in one window of steps, or in one segment of it.
@@ -341,7 +364,8 @@ class Chunk:
         window: the run's window size W (steps per window), at least 1.
         start: the first step of this chunk's window, a multiple of W.
         steps: int64 steps, strictly increasing, all in [start, start + W).
-        times: float64 wall-clock unix seconds, one per step.
+        times: float64 wall-clock unix seconds, one per step (given as an
+            array, or as an f8 column at every step, unpacked when read).
         columns: metric name -> column.
         prefix: digests of the run's history before this chunk (may be empty),
             read-only. A chunk decoded with ``lazy_prefix`` checks them when
@@ -357,6 +381,14 @@ class Chunk:
     _digests: dict[str, Digest] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+
+    def times_column(self) -> Column:
+        """The times as an f8 column at every step: packed, if not read yet.
+
+        What a reader that unpacks columns together takes the times as.
+        """
+        times = self.__dict__["_times"]
+        return times if isinstance(times, Column) else Column("f8", None, times)
 
     def digests(self) -> dict[str, Digest]:
         """Return this chunk's own digest of every metric it holds."""
@@ -414,9 +446,9 @@ class Chunk:
             keys += self.columns
         template = dict.fromkeys(keys)
         out: list[dict[str, Value]] = [template.copy() for _ in range(len(self.steps))]
-        fill_rows(out, "_step", self.steps.tolist())
-        fill_rows(out, "_timestamp", self.times.tolist())
         lists = self._value_lists()
+        fill_rows(out, "_step", self.steps.tolist())
+        fill_rows(out, "_timestamp", lists.pop("_timestamp"))
         for name, col in self.columns.items():
             rows = out if col.rows is None else [out[i] for i in col.rows.tolist()]
             fill_rows(rows, name, lists[name])
@@ -425,21 +457,23 @@ class Chunk:
         return iter(out)
 
     def _value_lists(self) -> dict[str, list[Value]]:
-        # The values of every column as Python objects. Dense float and int
-        # columns still packed are unshuffled together, a kind at a time.
+        # The values of every column, and the times as _timestamp, as Python
+        # objects. Dense float and int columns still packed are unshuffled
+        # together, a kind at a time.
+        columns = {"_timestamp": self.times_column(), **self.columns}
         lists: dict[str, list[Value]] = {}
         together: dict[str, list[str]] = {}
-        for name, col in self.columns.items():
+        for name, col in columns.items():
             if col.rows is None and col.kind in _TOGETHER and col._stored is not None:
                 together.setdefault(col.kind, []).append(name)
             else:
                 lists[name] = col.value_list()
         for kind, names in together.items():
             if len(names) == 1:
-                lists[names[0]] = self.columns[names[0]].value_list()
+                lists[names[0]] = columns[names[0]].value_list()
                 continue
             values = np.empty((len(names), len(self.steps)), dtype=_STORED[kind])
-            values_into_rows([self.columns[name] for name in names], values)
+            values_into_rows([columns[name] for name in names], values)
             lists.update(zip(names, values.tolist()))
         return lists
 
@@ -453,6 +487,11 @@ class Chunk:
         """
         col = self.columns[name]
         return col.present_steps(self.steps), col.values
+
+
+# Installed once the dataclass is made, so that its __init__ (and mypy) see a
+# plain field: __init__ sets it through the descriptor.
+Chunk.times = _Times()  # type: ignore[assignment]
 
 
 def fill_rows(rows: Sequence[dict[str, Any]], key: str, values: Iterable[Any]) -> None:
@@ -1581,7 +1620,8 @@ def _chunk_from(
     if problem:
         raise ChunkFormatError(source, problem)
     steps = _steps_from(doc.get("steps"), n, start, window, arrays)
-    times = _unpack_numbers("f8", times_planes, n, delta=True)
+    # Chunk.times unpacks them when first read (see _Times).
+    times: Any = Column._packed("f8", None, n, times_planes, True)
 
     # Columns, each checked against its stored digest.
     if len(columns_doc) > MAX_METRICS:

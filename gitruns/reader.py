@@ -447,10 +447,15 @@ def _chunk_columns(
 ) -> Iterator[tuple[str, Column]]:
     # The metrics of a segment that a read wants, and _timestamp.
     if wanted is None or "_timestamp" in wanted:
-        yield "_timestamp", Column("f8", None, chunk.times)
+        yield "_timestamp", chunk.times_column()
     for name, col in chunk.columns.items():
         if wanted is None or name in wanted:
             yield name, col
+
+
+def _column(chunk: Chunk, name: str) -> Column | None:
+    # A metric of a segment, or its times as the metric _timestamp.
+    return chunk.times_column() if name == "_timestamp" else chunk.columns.get(name)
 
 
 def _row_range(
@@ -662,14 +667,15 @@ class _Block:
         segments: int,
         room: int,
     ) -> list[_Block]:
-        """Blocks for the metrics of a read's first segment logged at every step.
+        """Blocks for the metrics (and times) of a read's first segment logged
+        at every step.
 
         Their joins are added to ``joins``.
         """
         names: dict[np.dtype, list[str]] = {}
-        for name, col in chunk.columns.items():
+        for name, col in _chunk_columns(chunk, wanted):
             dtype = _BLOCK_KINDS.get(col.kind)
-            if col.rows is None and dtype and (wanted is None or name in wanted):
+            if col.rows is None and dtype:
                 names.setdefault(dtype, []).append(name)
         blocks = []
         for dtype, block_names in names.items():
@@ -696,7 +702,7 @@ class _Block:
         columns = []
         kind = _BLOCK_KINDS_OF[self.values.dtype]
         for name in self.names:
-            col = chunk.columns.get(name)
+            col = _column(chunk, name)
             if col is None or col.rows is not None or col.kind != kind:
                 return False
             columns.append(col)

@@ -913,14 +913,17 @@ def test_rows_hold_every_value_in_column_order(sparse: bool) -> None:
     metrics: dict[str, Any] = {"flag": (None, [i % 3 == 0 for i in range(n)])}
     if sparse:
         metrics["note"] = ([1, 7, 30], ["x", "y", "z"])
-    extra = build_chunk(n, 0, list(range(n)), [0.0] * n, metrics)
+    times = [1.7e9 + i / 7 for i in range(n)]
+    times[3:6] = [float_from_bits(0x7FF8000000C0FFEE), -0.0, math.inf]
+    extra = build_chunk(n, 0, list(range(n)), times, metrics)
     doc["columns"].update(document(encode_chunk(extra))["columns"])
+    doc["times"] = document(encode_chunk(extra))["times"]
     data = pack(doc)
 
     want = []
     chunk = decode_chunk(data)
     for row in range(n):
-        item: dict[str, Value] = {"_step": row, "_timestamp": 0.0}
+        item: dict[str, Value] = {"_step": row, "_timestamp": times[row]}
         for name, col in chunk.columns.items():
             at = row if col.rows is None else np.searchsorted(col.rows, row)
             if col.rows is None or at < len(col.rows) and col.rows[at] == row:
@@ -930,6 +933,34 @@ def test_rows_hold_every_value_in_column_order(sparse: bool) -> None:
     assert [list(row) for row in got] == [list(row) for row in want]
     for a, b in zip(got, want, strict=True):
         assert all(same(a[key], b[key]) for key in b)
+
+
+def test_times_are_unpacked_once_when_first_read() -> None:
+    n = 1000
+    times = np.random.default_rng(2).integers(0, 2**64, n, dtype=np.uint64)
+    times = times.view(np.float64)
+    built = build_chunk(n, 0, list(range(n)), times.tolist(), {})
+    assert built.times_column().values is built.times
+    chunk = decode_chunk(encode_chunk(built))
+
+    # Packed until read; a reader of columns takes them as a column.
+    packed = chunk.times_column()
+    assert packed.kind == "f8" and packed.rows is None and packed.count == n
+    assert "_times" in chunk.__dict__ and isinstance(chunk.__dict__["_times"], Column)
+    seen: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda: seen.append(chunk.times)) for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(t.tobytes() == times.tobytes() for t in seen)
+    assert chunk.times is chunk.times and chunk.times_column().values is chunk.times
+    with pytest.raises(ValueError):
+        chunk.times[0] = 1.0
+    with pytest.raises(AttributeError):
+        chunk.times = times  # type: ignore[misc]
 
 
 def test_values_into_rows_takes_only_columns_that_fit() -> None:

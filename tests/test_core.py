@@ -381,6 +381,12 @@ def test_columns_of_metrics_read_at_once_hold_what_scan_history_yields(
     # stay so; the rest, and every segment after one breaks step, go a
     # metric at a time. Either way the values are those of the rows.
     cols = _columns_as_rows(block_run, keys, lo, hi)
+    if "_timestamp" in cols:
+        # Against each segment's times as the chunk itself unpacks them.
+        times = [c.times[c.steps == s] for c in block_run.chunks() for s in c.steps]
+        steps, values = cols["_timestamp"]
+        want = np.concatenate(times)[np.isin(np.arange(90), steps)]
+        assert values.tobytes() == want.tobytes()
     if keys == ["a", "b", "c", "d"] and lo is None and hi is None:
         floats, ints = cols["a"][1], cols["c"][1]
         assert isinstance(floats, np.ndarray) and isinstance(ints, np.ndarray)
