@@ -339,7 +339,7 @@ class RunView:
         # The metrics of the first segment logged at every step, the usual
         # ones, keep their values as rows of one array per dtype, which a
         # segment that has them all so fills at once.
-        steps = _Steps(room)
+        steps = _Steps(np.empty(0, dtype=np.int64))
         joins: dict[str, _Join] = {}
         blocks: list[_Block] = []
         for index, (start, _) in enumerate(segments):
@@ -349,9 +349,9 @@ class RunView:
                 max_step is not None and chunk.steps[-1] >= max_step
             ):
                 lo, hi = _row_range(chunk.steps, min_step, max_step)
-            at = steps.extend(chunk.steps[lo:hi])
             if index == 0:
-                blocks = _Block.of(chunk, wanted, joins, steps, len(segments), room)
+                steps, blocks = _Block.of(chunk, wanted, joins, len(segments), room)
+            at = steps.extend(chunk.steps[lo:hi])
             added = set()
             if hi - lo == len(chunk.steps):
                 for block in blocks:
@@ -504,10 +504,14 @@ def _trimmed(buffer: np.ndarray, used: int) -> np.ndarray:
 
 
 class _Steps:
-    """Every step a columnar read has read, in order: what dense metrics share."""
+    """Every step a columnar read has read, in order: what dense metrics share.
 
-    def __init__(self, room: int) -> None:
-        self.array = np.empty(room, dtype=np.int64)
+    Args:
+        array: where to keep them, as long as they fit.
+    """
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
         self.count = 0
 
     def extend(self, steps: np.ndarray) -> int:
@@ -641,20 +645,20 @@ class _Block:
     Args:
         names: the metrics, one row each.
         joins: their joins, new; each is given its row.
-        dtype: the dtype of their values.
-        room: the most rows the read's segments can hold: every metric's
-            room, being logged at every step.
+        values: the rows, of the metrics' dtype, each as long as the most
+            rows the read's segments can hold: every metric's room, being
+            logged at every step.
     """
 
     def __init__(
-        self, names: list[str], joins: list[_Join], dtype: np.dtype, room: int
+        self, names: list[str], joins: list[_Join], values: np.ndarray
     ) -> None:
         self.names = names
         self.joins = joins
-        self.values = np.empty((len(names), room), dtype=dtype)
-        self.rows = list(self.values)
+        self.values = values
+        self.rows = list(values)
         for join, row in zip(joins, self.rows):
-            join.capacity = room
+            join.capacity = len(row)
             join.values = row
 
     @classmethod
@@ -663,26 +667,35 @@ class _Block:
         chunk: Chunk,
         wanted: set[str] | None,
         joins: dict[str, _Join],
-        steps: _Steps,
         segments: int,
         room: int,
-    ) -> list[_Block]:
-        """Blocks for the metrics (and times) of a read's first segment logged
-        at every step.
+    ) -> tuple[_Steps, list[_Block]]:
+        """The read's steps, and blocks for the metrics (and times) of its
+        first segment logged at every step.
 
-        Their joins are added to ``joins``.
+        The metrics' joins are added to ``joins``. The steps and every block
+        take rows of one array: a run's whole is one allocation, which the
+        system backs with large pages where it can (numpy asks for them for
+        arrays of 4 MiB and more), rather than a dozen that fault a page at a
+        time as they are filled.
         """
         names: dict[np.dtype, list[str]] = {}
         for name, col in _chunk_columns(chunk, wanted):
             dtype = _BLOCK_KINDS.get(col.kind)
             if col.rows is None and dtype:
                 names.setdefault(dtype, []).append(name)
+        count = sum(map(len, names.values()))
+        arena = np.empty((1 + count, room), dtype=np.int64)
+        steps = _Steps(arena[0])
         blocks = []
+        row = 1
         for dtype, block_names in names.items():
             block_joins = [_Join(steps, segments, room) for _ in block_names]
             joins.update(zip(block_names, block_joins))
-            blocks.append(cls(block_names, block_joins, dtype, room))
-        return blocks
+            values = arena[row : row + len(block_names)].view(dtype)
+            blocks.append(cls(block_names, block_joins, values))
+            row += len(block_names)
+        return steps, blocks
 
     def add(self, chunk: Chunk, at: int) -> bool:
         """Add the values of a whole segment, if it holds the block in step.
