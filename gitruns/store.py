@@ -525,16 +525,15 @@ class History:
                 )
                 for name, mode, sha in level2.iteritems():
                     start = _parse_chunk_name(name, where, l1, l2)
-                    source = f"{where}:{_history_path(l1, l2, name)}"
                     if mode != FILE_MODE:
                         raise ChunkFormatError(
-                            source,
+                            f"{where}:{_history_path(l1, l2, name)}",
                             f"a segment must be a plain file (mode 100644), "
                             f"not mode {mode:o}; repair the tree in a new commit",
                         )
                     if chunk_dirs(start, window) != (l1, l2):
                         raise ChunkFormatError(
-                            source,
+                            f"{where}:{_history_path(l1, l2, name)}",
                             "segment stored outside its fan-out directory "
                             f"{_history_path(*chunk_dirs(start, window))}",
                         )
