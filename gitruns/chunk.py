@@ -473,7 +473,7 @@ class Chunk:
                 lists[names[0]] = columns[names[0]].value_list()
                 continue
             values = np.empty((len(names), len(self.steps)), dtype=_STORED[kind])
-            values_into_rows([columns[name] for name in names], values)
+            values_into_rows([[columns[name] for name in names]], values)
             lists.update(zip(names, values.tolist()))
         return lists
 
@@ -875,43 +875,61 @@ def _unshuffle_into(
             out[...] = target
 
 
-def values_into_rows(columns: Sequence[Column], out: np.ndarray[Any, Any]) -> None:
-    """Copy the values of ``columns`` into the rows of ``out``, one row each.
+def values_into_rows(
+    segments: Sequence[Sequence[Column]], out: np.ndarray[Any, Any]
+) -> None:
+    """Copy the values of the columns of one or more segments into rows of ``out``.
 
-    Every column has ``out.shape[1]`` values of one kind whose values are
-    stored as they are held (f8 or i8; ``out`` has their dtype, and its rows
-    may be slices of longer rows). Columns still packed are unshuffled
-    straight into their rows, together: byte ``k`` of every value of every
-    column is placed in one assignment, so each of the 8 passes runs along
-    whole rows. A column at a time, a transposed copy runs along the 8 bytes
-    of one value, then the next, which costs twice as much and more.
+    ``segments[s][j]`` is column ``j`` of segment ``s``: row ``j`` of ``out``
+    gets the values of column ``j`` of each segment in turn. The columns are
+    of one kind whose values are stored as they are held (f8 or i8: ``out``
+    has their dtype, and its rows may be slices of longer rows), and each
+    holds as many values, ``out.shape[1]`` over the number of segments.
+
+    Columns still packed are unshuffled straight into their rows, all at
+    once: byte ``k`` of every value of every column is placed in one
+    assignment, so each of the 8 passes runs along whole rows. A column at a
+    time, a transposed copy runs along the 8 bytes of one value, then the
+    next, which costs twice as much and more; the longer the rows, the
+    faster they go.
 
     Raises:
-        ValueError: columns of another kind or length than ``out`` holds.
+        ValueError: columns of another kind, number or length than ``out``
+            holds.
     """
-    count = out.shape[1]
-    stored = [col._stored for col in columns]
+    rows, length = out.shape
+    count = length // len(segments) if segments else 0
+    columns = [col for segment in segments for col in segment]
     kinds = {col.kind for col in columns}
-    if len(columns) != len(out) or any(col.count != count for col in columns):
-        raise ValueError(f"{len(columns)} columns do not fit rows of {out.shape}")
+    if (
+        count * len(segments) != length
+        or any(len(segment) != rows for segment in segments)
+        or any(col.count != count for col in columns)
+    ):
+        raise ValueError(f"columns of {len(segments)} segments do not fit {out.shape}")
     if len(kinds) > 1 or any(out.dtype != _STORED[kind] for kind in kinds):
         raise ValueError(f"columns of kinds {sorted(kinds)} into an {out.dtype} array")
+    stored = [col._stored for col in columns]
     if len(columns) < 2 or any(item is None for item in stored):
-        for col, row in zip(columns, out):
-            col.values_into(row)
+        for at, segment in enumerate(segments):
+            part = out[:, at * count : (at + 1) * count]
+            for col, row in zip(segment, part):
+                col.values_into(row)
         return
 
-    # The planes of each column, one after another: [column, byte, value].
+    # The planes of each column, one after another: [segment, column, byte,
+    # value]; splitting the rows' bytes into values is a view, as they are
+    # contiguous.
     width = out.dtype.itemsize
     planes = np.frombuffer(b"".join(item[0] for item in stored if item), np.uint8)
-    planes = planes.reshape(len(columns), width, count)
-    # Splitting the rows' bytes into values is a view: they are contiguous.
-    target = out.view(np.uint8).reshape(len(columns), count, width)
+    planes = planes.reshape(len(segments), rows, width, count)
+    target = out.view(np.uint8).reshape(rows, len(segments), count, width)
     for k in range(width):
-        target[:, :, k] = planes[:, k, :]
-    items = out.view(_BITS[width])
-    for row, item in zip(items, stored):
+        target[:, :, :, k] = planes[:, :, k, :].transpose(1, 0, 2)
+    items = out.view(_BITS[width]).reshape(rows, len(segments), count)
+    for at, item in enumerate(stored):
         if item and item[1]:
+            row = items[at % rows, at // rows]
             np.add.accumulate(row, out=row)
 
 

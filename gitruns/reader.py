@@ -353,10 +353,11 @@ class RunView:
                 steps, blocks = _Block.of(chunk, wanted, joins, len(segments), room)
             at = steps.extend(chunk.steps[lo:hi])
             added = set()
-            if hi - lo == len(chunk.steps):
-                for block in blocks:
-                    if block.add(chunk, at):
-                        added.update(block.names)
+            for block in blocks:
+                if hi - lo == len(chunk.steps) and block.add(chunk, at):
+                    added.update(block.names)
+                else:
+                    block.flush()
             for name, col in _chunk_columns(chunk, wanted):
                 if name in added:
                     continue
@@ -364,6 +365,8 @@ class RunView:
                 if join is None:
                     join = joins[name] = _Join(steps, len(segments) - index, room)
                 join.add(chunk, col, lo, hi, at)
+        for block in blocks:
+            block.flush()
 
         out = {}
         if (wanted is None or "_step" in wanted) and steps.count:
@@ -637,10 +640,13 @@ class _Block:
 
     Each metric is a :class:`_Join` whose values array is its row. A segment
     in which every one of them is a column of the dtype at every step, and
-    follows where the read left them, has all their values placed at once
+    follows where the read left them, is added to the block whole: its
+    columns wait, with those of up to ``_BATCH`` segments of its length in
+    all, to have their values placed at once
     (:func:`gitruns.chunk.values_into_rows`). Any other segment is added
-    metric by metric, each into its own row or, past it, its own array; the
-    block then adds only the segments that find its metrics in step again.
+    metric by metric, each into its own row or, past it, its own array,
+    once the block has placed what waits (:meth:`flush`); the block then
+    adds only the segments that find its metrics in step again.
 
     Args:
         names: the metrics, one row each.
@@ -660,6 +666,11 @@ class _Block:
         for join, row in zip(joins, self.rows):
             join.capacity = len(row)
             join.values = row
+        # Segments added whose values wait to be placed, from row ``start``,
+        # ``length`` each.
+        self.waiting: list[list[Column]] = []
+        self.start = 0
+        self.length = 0
 
     @classmethod
     def of(
@@ -701,10 +712,12 @@ class _Block:
         """Add the values of a whole segment, if it holds the block in step.
 
         Row 0 of the segment is the read's row ``at``. Returns whether it
-        did; if not, it added nothing.
+        did; if not, it added nothing. The values may wait to be placed
+        until :meth:`flush`.
         """
         fill = self.joins[0].count
-        end = fill + len(chunk.steps)
+        length = len(chunk.steps)
+        end = fill + length
         for join, row in zip(self.joins, self.rows):
             if join.values is not row or join.steps is not None:
                 return False
@@ -720,12 +733,31 @@ class _Block:
                 return False
             columns.append(col)
 
-        values_into_rows(columns, self.values[:, fill:end])
+        if self.waiting and length != self.length:
+            self.flush()
+        if not self.waiting:
+            self.start, self.length = fill, length
+        self.waiting.append(columns)
         for join in self.joins:
             if not fill:
                 join.first = at
             join.count = end
+        if len(self.waiting) == _BATCH:
+            self.flush()
         return True
+
+    def flush(self) -> None:
+        """Place the values of the segments that wait."""
+        if self.waiting:
+            end = self.start + len(self.waiting) * self.length
+            values_into_rows(self.waiting, self.values[:, self.start : end])
+            self.waiting = []
+
+
+#: The most segments whose values a block places at once: longer rows go
+#: faster (a row of a window of 1,000 steps is 8 KB), and what waits holds
+#: their bytes.
+_BATCH = 8
 
 
 #: The kinds whose metrics a read joins in blocks, by the dtype of their

@@ -851,10 +851,10 @@ def test_numbers_are_unpacked_once_whoever_reads_first() -> None:
         column.values[0] = 1.0
 
 
-def _chunk_of_every_shape(kind: str, n: int, count: int) -> bytes:
+def _chunk_of_every_shape(kind: str, n: int, count: int, seed: int = 7) -> bytes:
     """A chunk of ``count`` dense columns of ``kind``: random bit patterns,
     NaN payloads, -0.0, extremes, steady series (stored delta-coded)."""
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(seed)
     special: list[Any] = (
         [float_from_bits(0x7FF8000000C0FFEE), -0.0, 0.0, math.inf, -math.inf]
         + [5e-324, float_from_bits(0xFFF0000000000001)]
@@ -886,7 +886,7 @@ def test_values_into_rows_places_every_bit_as_values_does(
     # Into rows that are slices of longer ones, as a reader joins segments.
     columns = list(decode_chunk(data).columns.values())
     rows = np.zeros((count, 3 * n), dtype=want.dtype)
-    values_into_rows(columns, rows[:, n : 2 * n])
+    values_into_rows([columns], rows[:, n : 2 * n])
     assert not rows[:, :n].any() and not rows[:, 2 * n :].any()
     assert rows[:, n : 2 * n].tobytes() == want.tobytes()
 
@@ -894,7 +894,41 @@ def test_values_into_rows_places_every_bit_as_values_does(
     columns = list(decode_chunk(data).columns.values())
     columns[-1].values  # noqa: B018
     again = np.zeros((count, n), dtype=want.dtype)
-    values_into_rows(columns, again)
+    values_into_rows([columns], again)
+    assert again.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("kind", ["f8", "i8"])
+def test_values_into_rows_places_several_segments_in_turn(kind: str) -> None:
+    # Segments of one length, their columns delta-coded or not as each
+    # writer chose, one already unpacked: row j holds column j of each.
+    n, count = 200, 4
+    chunks = [_chunk_of_every_shape(kind, n, count, seed) for seed in range(3)]
+    doc = document(chunks[1])
+    for col in doc["columns"].values():  # segment 1 codes the other way
+        if col.get("delta"):
+            del col["delta"]
+        else:
+            col["delta"] = True
+    chunks[1] = pack(doc)
+    want = np.concatenate(
+        [
+            np.stack([c.values for c in decode_chunk(d).columns.values()])
+            for d in chunks
+        ],
+        axis=1,
+    )
+
+    segments = [list(decode_chunk(d).columns.values()) for d in chunks]
+    rows = np.zeros((count, 5 * n), dtype=want.dtype)
+    values_into_rows(segments, rows[:, n : 4 * n])
+    assert not rows[:, :n].any() and not rows[:, 4 * n :].any()
+    assert rows[:, n : 4 * n].tobytes() == want.tobytes()
+
+    segments = [list(decode_chunk(d).columns.values()) for d in chunks]
+    segments[2][1].values  # noqa: B018
+    again = np.zeros((count, 3 * n), dtype=want.dtype)
+    values_into_rows(segments, again)
     assert again.tobytes() == want.tobytes()
 
 
@@ -967,13 +1001,17 @@ def test_values_into_rows_takes_only_columns_that_fit() -> None:
     f8 = list(decode_chunk(_chunk_of_every_shape("f8", 10, 2)).columns.values())
     i8 = list(decode_chunk(_chunk_of_every_shape("i8", 10, 1)).columns.values())
     with pytest.raises(ValueError, match="kinds"):
-        values_into_rows([f8[0], i8[0]], np.zeros((2, 10)))
+        values_into_rows([[f8[0], i8[0]]], np.zeros((2, 10)))
     with pytest.raises(ValueError, match="kinds"):
-        values_into_rows(f8, np.zeros((2, 10), dtype=np.int64))
+        values_into_rows([f8], np.zeros((2, 10), dtype=np.int64))
     with pytest.raises(ValueError, match="do not fit"):
-        values_into_rows(f8, np.zeros((2, 9)))
+        values_into_rows([f8], np.zeros((2, 9)))
     with pytest.raises(ValueError, match="do not fit"):
-        values_into_rows(f8, np.zeros((3, 10)))
+        values_into_rows([f8], np.zeros((3, 10)))
+    with pytest.raises(ValueError, match="do not fit"):
+        values_into_rows([f8, f8], np.zeros((2, 30)))
+    with pytest.raises(ValueError, match="do not fit"):
+        values_into_rows([f8, f8[:1]], np.zeros((2, 20)))
 
 
 # --------------------------------------------------------------------------

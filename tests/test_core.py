@@ -395,6 +395,37 @@ def test_columns_of_metrics_read_at_once_hold_what_scan_history_yields(
         assert floats.dtype == np.float64 and ints.dtype == np.int64
 
 
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory: pytest.TempPathFactory) -> RunView:
+    """25 full windows of 10 steps: segments a block places 8 at a time."""
+    repo = tmp_path_factory.mktemp("long") / "runs.git"
+    specials = [NAN_PAYLOAD, -0.0, math.inf, 5e-324]
+    with gitruns.init(project="p", id="long", repo=repo, window=10) as run:
+        for i in range(250):
+            row: dict[str, object] = {
+                "a": specials[i % 4] if i % 7 == 0 else math.cos(i),
+                "lr": 1e-3 * 0.5 ** (i // 40),  # a schedule: delta-coded
+                "epoch": i // 25,
+                "ints": i * 7919 - 2**40,
+            }
+            if not 163 <= i < 170:
+                row["b"] = float(i)  # missing inside a segment: out of step
+            run.log(row)
+    return gitruns.Api(repo).run("p/long")
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi"), [(None, None), (35, 201), (80, 160), (170, None), (0, 10)]
+)
+@pytest.mark.parametrize("keys", [None, ["a", "lr", "epoch", "ints"]])
+def test_columns_placed_segments_at_a_time_hold_what_scan_history_yields(
+    long_run: RunView, lo: int | None, hi: int | None, keys: list[str] | None
+) -> None:
+    cols = _columns_as_rows(long_run, keys, lo, hi)
+    assert isinstance(cols["lr"][1], np.ndarray) and cols["lr"][1].dtype == float
+    assert isinstance(cols["epoch"][1], np.ndarray) and cols["epoch"][1].dtype == int
+
+
 def test_columns_size_each_metric_by_what_it_holds(repo: Path) -> None:
     # Arrays start with room for as many values per segment as the first
     # segment holds: a wide run of rare metrics takes room for its values,
