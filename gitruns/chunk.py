@@ -445,7 +445,9 @@ class Chunk:
         if all(col.rows is None for col in self.columns.values()):
             keys += self.columns
         template = dict.fromkeys(keys)
-        out: list[dict[str, Value]] = [template.copy() for _ in range(len(self.steps))]
+        out: list[dict[str, Value]] = list(
+            map(dict.copy, repeat(template, len(self.steps)))
+        )
         lists = self._value_lists()
         fill_rows(out, "_step", self.steps.tolist())
         fill_rows(out, "_timestamp", lists.pop("_timestamp"))
@@ -474,7 +476,8 @@ class Chunk:
                 continue
             values = np.empty((len(names), len(self.steps)), dtype=_STORED[kind])
             values_into_rows([[columns[name] for name in names]], values)
-            lists.update(zip(names, values.tolist()))
+            # Row by row: tolist() of a 2-d array takes twice as long.
+            lists.update(zip(names, map(np.ndarray.tolist, values)))
         return lists
 
     def column(

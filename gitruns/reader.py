@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
+from itertools import chain, repeat
 from typing import Any, TypeVar
 
 import numpy as np
@@ -240,18 +241,31 @@ class RunView:
             min_step: first step to yield (inclusive).
             max_step: step to stop before (exclusive).
         """
+        # A segment's rows at a time, chained: each row reaches the caller
+        # without a switch into a generator of its own.
+        return chain.from_iterable(self._row_pages(keys, min_step, max_step))
+
+    def _row_pages(
+        self,
+        keys: Sequence[str] | None,
+        min_step: int | None,
+        max_step: int | None,
+    ) -> Iterator[Iterable[dict[str, Any]]]:
+        # The rows of scan_history(), a segment's at a time.
         lo = -1 if min_step is None else min_step
         hi = None if max_step is None else max_step
         for chunk in self.chunks(min_step, max_step):
             if keys is not None:
-                yield from _rows_with_keys(chunk, keys, lo, hi)
+                yield _rows_with_keys(chunk, keys, lo, hi)
             elif chunk.steps[0] >= lo and (hi is None or chunk.steps[-1] < hi):
-                yield from chunk.rows()
+                yield chunk.rows()
             else:
                 steps = chunk.steps.tolist()
-                for step, row in zip(steps, chunk.rows()):
-                    if step >= lo and (hi is None or step < hi):
-                        yield row
+                yield [
+                    row
+                    for step, row in zip(steps, chunk.rows())
+                    if step >= lo and (hi is None or step < hi)
+                ]
 
     def history(
         self,
@@ -795,7 +809,7 @@ def _rows_with_keys(
         else:
             fields[key] = [values[i] for i in at.tolist()]
     template = dict.fromkeys(fields)
-    out = [template.copy() for _ in range(len(rows))]
+    out = list(map(dict.copy, repeat(template, len(rows))))
     for key, values in fields.items():
         fill_rows(out, key, values)
     return out
