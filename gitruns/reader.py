@@ -349,10 +349,10 @@ class RunView:
         room = _rows_room(history, segments, self.last_step)
 
         # Segment by segment, each value is copied once, straight to where it
-        # is returned; the segment's bytes are let go before the next is read.
+        # is returned; the segment's bytes are let go once its values are.
         # The metrics of the first segment logged at every step, the usual
         # ones, keep their values as rows of one array per dtype, which a
-        # segment that has them all so fills at once.
+        # few segments that have them all so fill at once.
         steps = _Steps(np.empty(0, dtype=np.int64))
         joins: dict[str, _Join] = {}
         blocks: list[_Block] = []
@@ -655,9 +655,9 @@ class _Block:
     Each metric is a :class:`_Join` whose values array is its row. A segment
     in which every one of them is a column of the dtype at every step, and
     follows where the read left them, is added to the block whole: its
-    columns wait, with those of up to ``_BATCH`` segments of its length in
-    all, to have their values placed at once
-    (:func:`gitruns.chunk.values_into_rows`). Any other segment is added
+    columns wait, with those of a few more segments of its length (up to
+    ``_BATCH`` of them, ``_BATCH_ROWS`` rows), to have their values placed
+    at once (:func:`gitruns.chunk.values_into_rows`). Any other segment is added
     metric by metric, each into its own row or, past it, its own array,
     once the block has placed what waits (:meth:`flush`); the block then
     adds only the segments that find its metrics in step again.
@@ -756,7 +756,7 @@ class _Block:
             if not fill:
                 join.first = at
             join.count = end
-        if len(self.waiting) == _BATCH:
+        if len(self.waiting) == _BATCH or len(self.waiting) * length >= _BATCH_ROWS:
             self.flush()
         return True
 
@@ -768,10 +768,11 @@ class _Block:
             self.waiting = []
 
 
-#: The most segments whose values a block places at once: longer rows go
-#: faster (a row of a window of 1,000 steps is 8 KB), and what waits holds
-#: their bytes.
+#: The most segments whose values a block places at once, and the most
+#: rows they may hold between them: longer rows go faster (a row of a window
+#: of 1,000 steps is 8 KB), up to a point, and what waits holds its bytes.
 _BATCH = 8
+_BATCH_ROWS = 1 << 16
 
 
 #: The kinds whose metrics a read joins in blocks, by the dtype of their
