@@ -228,7 +228,10 @@ class Column:
     A decoded column of fixed-width numbers (f8, f4, i8) keeps its shuffled
     bytes, inflated from their frame, and turns them into an array the first
     time ``values`` is read, so reading one metric of a chunk does not pay for
-    unshuffling the others.
+    unshuffling the others. A chunk decoded with ``lazy`` keeps the frame
+    itself, its header checked, and inflates it then too; a frame that does
+    not inflate to what its header says raises ChunkFormatError from that
+    first read.
 
     Attributes:
         kind: "f8", "f4" (floats stored as float32), "i8", "bool", "str" or
@@ -251,7 +254,7 @@ class Column:
         self.kind = kind
         self.rows = rows
         self._values: np.ndarray[Any, Any] | list[Value] | None = values
-        self._stored: tuple[bytes, bool] | None = None
+        self._stored: tuple[bytes | _Frame, bool] | None = None
         self._count = len(values)
 
     @classmethod
@@ -260,16 +263,30 @@ class Column:
         kind: str,
         rows: np.ndarray[Any, np.dtype[np.int64]] | None,
         count: int,
-        blob: bytes,
+        blob: bytes | _Frame,
         delta: bool,
     ) -> Column:
-        # A column whose shuffled bytes were checked (length, kind) but not
-        # unpacked: every bit pattern is a valid value, so unpacking later
-        # cannot fail.
+        # A column whose shuffled bytes (or the frame that holds them) were
+        # checked (length, kind) but not unpacked: every bit pattern is a
+        # valid value, so unpacking later cannot fail.
         col = cls.__new__(cls)
         col.kind, col.rows, col._count = kind, rows, count
         col._values, col._stored = None, (blob, delta)
         return col
+
+    def _shuffled(self) -> tuple[bytes, bool] | None:
+        # The shuffled bytes and delta flag of a column still packed (its
+        # frame inflated first, if a lazy decode left it); None once unpacked.
+        stored = self._stored
+        if stored is None:
+            return None
+        planes, delta = stored
+        if isinstance(planes, _Frame):
+            # A thread racing this one inflates the frame too; either result
+            # is the same bytes.
+            planes = planes.inflated()
+            self._stored = (planes, delta)
+        return planes, delta
 
     @property
     def values(self) -> np.ndarray[Any, Any] | list[Value]:
@@ -277,7 +294,7 @@ class Column:
         values = self._values
         if values is not None:
             return values
-        stored = self._stored
+        stored = self._shuffled()
         if stored is None:
             # Another thread unpacked them between the two reads above.
             return self.values
@@ -305,7 +322,7 @@ class Column:
         copies each value once.
         """
         values = self._values
-        stored = self._stored if values is None else None
+        stored = self._shuffled() if values is None else None
         if stored is not None and start == 0 and len(out) == self._count:
             _unshuffle_into(self.kind, stored[0], stored[1], out)
         else:
@@ -368,7 +385,7 @@ class Chunk:
             array, or as an f8 column at every step, unpacked when read).
         columns: metric name -> column.
         prefix: digests of the run's history before this chunk (may be empty),
-            read-only. A chunk decoded with ``lazy_prefix`` checks them when
+            read-only. A chunk decoded with ``lazy`` checks them when
             first read, and raises ChunkFormatError then if they are malformed.
     """
 
@@ -912,7 +929,7 @@ def values_into_rows(
         raise ValueError(f"columns of {len(segments)} segments do not fit {out.shape}")
     if len(kinds) > 1 or any(out.dtype != _STORED[kind] for kind in kinds):
         raise ValueError(f"columns of kinds {sorted(kinds)} into an {out.dtype} array")
-    stored = [col._stored for col in columns]
+    stored = [col._shuffled() for col in columns]
     if len(columns) < 2 or any(item is None for item in stored):
         for at, segment in enumerate(segments):
             part = out[:, at * count : (at + 1) * count]
@@ -998,6 +1015,65 @@ def _framed(planes: bytes) -> bytes:
     return frame
 
 
+class _Frame:
+    """A zstd frame of a chunk whose header passed :func:`_frame_size`.
+
+    What a lazy decode keeps of a column's values (or its times) until they
+    are first read: the frame is inflated then, and refused then, with the
+    ChunkFormatError an eager decode would have raised, if it does not
+    inflate to exactly what it declares.
+    """
+
+    __slots__ = ("frame", "size", "source", "field", "metric")
+
+    def __init__(
+        self, frame: bytes, size: int, source: str, field: str, metric: str | None
+    ) -> None:
+        self.frame = frame
+        self.size = size
+        self.source = source
+        self.field = field
+        self.metric = metric
+
+    def inflated(self) -> bytes:
+        """The frame's content: ``size`` bytes."""
+        # As _inflated() does, its header known to pass.
+        try:
+            data: bytes = _zstd.decompressor.decompress(
+                self.frame, self.size, False, False
+            )
+            if len(data) == self.size:
+                return data
+        except zstandard.ZstdError:
+            pass
+        what = _bin_label(self.field, self.metric)
+        return _inflated_slowly(self.frame, self.size, self.source, what)
+
+
+def _frame_size(frame: bytes, size: int | None) -> int:
+    """The content size ``frame`` declares, if its header passes; else -1.
+
+    The header passes when the frame is a zstd frame (not a skippable one)
+    that declares its content size, which is ``size`` (at most
+    ``_MAX_FRAME`` when ``size`` is None) and not 0, and that needs no
+    dictionary and a window of at most ``_MAX_WINDOW``.
+    """
+    try:
+        header = zstandard.get_frame_parameters(frame)
+    except zstandard.ZstdError:
+        return -1
+    declared: int = header.content_size
+    if (
+        frame.startswith(_ZSTD_MAGIC)
+        and 0 < declared <= _MAX_FRAME
+        and (size is None or declared == size)
+        and not header.dict_id
+        and header.window_size <= _MAX_WINDOW
+    ):
+        return declared
+    return -1
+
+
 def _inflated(
     frame: bytes, size: int | None, source: str, field: str, metric: str | None = None
 ) -> bytes:
@@ -1020,23 +1096,16 @@ def _inflated(
     """
     # The usual frame, in as few steps as its checks take (a read decodes
     # about ten per segment); messages are made only for a frame refused.
-    try:
-        header = zstandard.get_frame_parameters(frame)
-        declared = header.content_size
-        if (
-            frame.startswith(_ZSTD_MAGIC)
-            and 0 < declared <= _MAX_FRAME
-            and (size is None or declared == size)
-            and not header.dict_id
-            and header.window_size <= _MAX_WINDOW
-        ):
+    declared = _frame_size(frame, size)
+    if declared > 0:
+        try:
             # (max_output_size, read_across_frames, allow_extra_data), passed
             # by position: their names cost a tenth of a small frame's time.
             data: bytes = _zstd.decompressor.decompress(frame, declared, False, False)
             if len(data) == declared:
                 return data
-    except zstandard.ZstdError:
-        pass
+        except zstandard.ZstdError:
+            pass
     return _inflated_slowly(frame, size, source, _bin_label(field, metric))
 
 
@@ -1272,7 +1341,7 @@ def decode_chunk(
     *,
     source: str = "chunk",
     verify: bool = False,
-    lazy_prefix: bool = False,
+    lazy: bool = False,
 ) -> Chunk:
     """Decode and validate a chunk that may come from an untrusted remote.
 
@@ -1290,11 +1359,15 @@ def decode_chunk(
         verify: also compare every stored column digest's first, last, min,
             max, sum and numeric count with the values (O(values); what hooks
             want).
-        lazy_prefix: check and build the prefix digests when the chunk's
-            ``prefix`` is first read, not now: a reader of values never reads
-            them, and they cost a tenth of a decode. A malformed prefix then
-            raises ChunkFormatError from that first read. Ignored with
-            ``verify``, which checks everything now.
+        lazy: leave what a reader of some values may not use to when it is
+            first used: the prefix digests, checked and built when the
+            chunk's ``prefix`` is first read (a reader of history never
+            reads them, and they cost a tenth of a decode), and the zstd
+            frames of the times and of the columns' values, whose headers are
+            checked (and what they declare counted) now, but which are
+            inflated when first read. Either raises the ChunkFormatError a
+            decode would have then. Ignored with ``verify``, which checks
+            everything now.
 
     Raises:
         UnsupportedVersionError: the chunk has a newer major format version.
@@ -1302,8 +1375,8 @@ def decode_chunk(
     """
     try:
         doc, major = _unpack_document(data, _MAGIC, source)
-        lazy = lazy_prefix and not verify
-        return _chunk_from(doc, source, verify, framed=major >= 3, lazy_prefix=lazy)
+        lazy = lazy and not verify
+        return _chunk_from(doc, source, verify, framed=major >= 3, lazy=lazy)
     except ChunkFormatError:
         raise
     except Exception as exc:
@@ -1621,20 +1694,21 @@ def _chunk_from(
     verify: bool,
     *,
     framed: bool,
-    lazy_prefix: bool = False,
+    lazy: bool = False,
 ) -> Chunk:
     window = _get_int(doc, "window", 1, _INT64_MAX, source)
     start = _get_int(doc, "start", 0, _INT64_MAX, source)
     times_bin = _get(doc, "times", bytes, source)
     columns_doc = _get(doc, "columns", dict, source)
     prefix_doc = _get(doc, "prefix", dict, source)
-    arrays = _Arrays(source, framed)
+    arrays = _Arrays(source, framed, lazy)
 
     # Times say how many rows there are; steps are checked against them.
     times_planes = arrays.times(times_bin)
-    if len(times_planes) % 8:
-        raise ChunkFormatError(source, f"times is {len(times_planes)} bytes, not 8 * n")
-    n = len(times_planes) // 8
+    size = _length(times_planes)
+    if size % 8:
+        raise ChunkFormatError(source, f"times is {size} bytes, not 8 * n")
+    n = size // 8
     if n > MAX_ROWS:
         raise ChunkFormatError(source, f"{n} steps, over the limit of {MAX_ROWS}")
     problem = _window_problem(window, start)
@@ -1669,7 +1743,7 @@ def _chunk_from(
     # one covers earlier steps of the same window, so bound it by the first step.
     before = int(steps[0]) if n else start
     prefix: Mapping[str, Digest]
-    if lazy_prefix:
+    if lazy:
         prefix = _Prefix(prefix_doc, before, source)
     else:
         prefix = _digest_map(prefix_doc, before, source)
@@ -1682,49 +1756,67 @@ def _chunk_from(
 class _Arrays:
     """Reads the numeric arrays of one chunk: zstd frames (3.x) or plain (2.x).
 
-    Either way it returns the shuffled bytes of section 5 of docs/FORMAT.md,
-    of the length the chunk implies, and keeps count of what frames inflate
-    to, so that a chunk's arrays never take more than MAX_CHUNK_BYTES
-    whatever their frames declare (a 2.x chunk's plain bins are in its
-    bytes, which have that limit already).
+    Either way it gives the shuffled bytes of section 5 of docs/FORMAT.md,
+    of the length the chunk implies (or, when lazy, the frame of the times
+    or of a column's values, its header checked, to inflate when first
+    read), and keeps count of what frames inflate to, so that a chunk's
+    arrays never take more than MAX_CHUNK_BYTES whatever their frames
+    declare (a 2.x chunk's plain bins are in its bytes, which have that
+    limit already).
     """
 
-    def __init__(self, source: str, framed: bool) -> None:
+    def __init__(self, source: str, framed: bool, lazy: bool = False) -> None:
         self.source = source
         self.framed = framed
+        self.lazy = lazy
         self.left = MAX_CHUNK_BYTES
 
-    def times(self, blob: bytes) -> bytes:
+    def times(self, blob: bytes) -> bytes | _Frame:
         """The planes of ``times``, whose length says how many rows there are."""
         if not self.framed:
             return blob
-        planes = _inflated(blob, None, self.source, "times")
-        self._spend(len(planes))
+        planes = self._inflated(blob, None, "times", None)
+        self._spend(_length(planes))
         return planes
 
-    def planes(
-        self, blob: bytes, kind: str, count: int, metric: str | None = None
-    ) -> bytes:
-        """The planes of ``count`` items of ``kind`` that a bin holds.
-
-        Args:
-            blob: the bin: ``steps``, or a metric's ``values``.
-            kind: "i8" for steps, else the metric's kind (f8, f4, i8).
-            count: how many items the chunk says it holds.
-            metric: the metric, for its values; None for steps.
-        """
-        size = _STORED[kind].itemsize * count
-        field = "steps" if metric is None else "values"
-        if not self.framed:
-            if len(blob) != size:
-                holds = f"{count} steps" if metric is None else f"{count} {kind} values"
-                raise ChunkFormatError(
-                    self.source,
-                    f"{_bin_label(field, metric)} is {len(blob)} bytes for {holds}",
-                )
+    def planes(self, blob: bytes, kind: str, count: int) -> bytes:
+        """The planes of ``count`` items of ``kind`` that a bin holds: steps."""
+        if self._plain(blob, kind, count, None):
             return blob
-        self._spend(size)
-        return _inflated(blob, size, self.source, field, metric)
+        return _inflated(blob, _STORED[kind].itemsize * count, self.source, "steps")
+
+    def values(self, blob: bytes, kind: str, count: int, metric: str) -> bytes | _Frame:
+        """The planes of the ``count`` values of ``kind`` of ``metric``."""
+        if self._plain(blob, kind, count, metric):
+            return blob
+        return self._inflated(blob, _STORED[kind].itemsize * count, "values", metric)
+
+    def _plain(self, blob: bytes, kind: str, count: int, metric: str | None) -> bool:
+        # Whether the bin is the planes themselves (2.x), checked; else its
+        # frame's size is counted, before it is inflated.
+        size = _STORED[kind].itemsize * count
+        if self.framed:
+            self._spend(size)
+            return False
+        if len(blob) != size:
+            field = "steps" if metric is None else "values"
+            holds = f"{count} steps" if metric is None else f"{count} {kind} values"
+            raise ChunkFormatError(
+                self.source,
+                f"{_bin_label(field, metric)} is {len(blob)} bytes for {holds}",
+            )
+        return True
+
+    def _inflated(
+        self, frame: bytes, size: int | None, field: str, metric: str | None
+    ) -> bytes | _Frame:
+        # Inflated now, or kept when lazy and its header passes (a frame that
+        # fails is inflated now, to be refused with what is wrong with it).
+        if self.lazy:
+            declared = _frame_size(frame, size)
+            if declared > 0:
+                return _Frame(frame, declared, self.source, field, metric)
+        return _inflated(frame, size, self.source, field, metric)
 
     def _spend(self, size: int) -> None:
         # Checked before a frame is inflated: what it declares is all it makes.
@@ -1735,6 +1827,11 @@ class _Arrays:
                 f"the numeric arrays inflate to over {MAX_CHUNK_BYTES} bytes, "
                 "the limit of a chunk",
             )
+
+
+def _length(planes: bytes | _Frame) -> int:
+    # The bytes of an array, inflated or not yet.
+    return planes.size if isinstance(planes, _Frame) else len(planes)
 
 
 def _steps_from(
@@ -1851,7 +1948,7 @@ def _column_from(
     # Numbers are inflated now, so that every frame is checked, and unpacked
     # when read: any bit pattern of the right length is a value.
     if stored is not None:
-        planes = arrays.planes(blob, kind, count, name)
+        planes = arrays.values(blob, kind, count, name)
         col = Column._packed(kind, rows, count, planes, delta)
     else:
         col = Column(kind, rows, _values_from(name, kind, blob, count, source))
@@ -1947,7 +2044,7 @@ def _digest_map(doc: dict[str, Any], before: int, source: str) -> dict[str, Dige
 class _Prefix(Mapping[str, Digest]):
     """The prefix digests of a chunk, checked and built when first read.
 
-    What ``decode_chunk(..., lazy_prefix=True)`` gives a chunk: its stored
+    What ``decode_chunk(..., lazy=True)`` gives a chunk: its stored
     prefix, unpacked within the document's limits but not yet checked. Any
     read of it (a name, a digest, its length) checks every digest first, as
     decode_chunk would have, so a malformed prefix is never seen, only

@@ -211,18 +211,19 @@ class RunView:
     ) -> Iterator[Chunk]:
         """Decoded segments that may hold steps in ``[min_step, max_step)``.
 
-        A segment's prefix digests are checked when first read (see
-        ``lazy_prefix`` of :func:`gitruns.chunk.decode_chunk`): reading
-        history never needs them.
+        A segment's prefix digests, and the frames of its times and of its
+        columns' values, are checked when first read (see ``lazy`` of
+        :func:`gitruns.chunk.decode_chunk`): reading history never needs the
+        digests, nor a read of some metrics the others' values.
 
         Raises:
             ChunkFormatError: naming the run and the file, for a malformed
                 segment or one stored where its steps do not belong; from
-                ``prefix``, for a malformed prefix.
+                ``prefix``, or from a read of values, for malformed ones.
         """
         history = self.snapshot.history
         for start, _ in history.segments(min_step, max_step):
-            yield self.store.read_segment(self.path, history, start, lazy_prefix=True)
+            yield self.store.read_segment(self.path, history, start, lazy=True)
 
     def scan_history(
         self,
@@ -357,7 +358,7 @@ class RunView:
         joins: dict[str, _Join] = {}
         blocks: list[_Block] = []
         for index, (start, _) in enumerate(segments):
-            chunk = self.store.read_segment(self.path, history, start, lazy_prefix=True)
+            chunk = self.store.read_segment(self.path, history, start, lazy=True)
             lo, hi = 0, len(chunk.steps)
             if (min_step is not None and chunk.steps[0] < min_step) or (
                 max_step is not None and chunk.steps[-1] >= max_step

@@ -923,7 +923,7 @@ class RunStore:
         start: int,
         *,
         verify: bool = False,
-        lazy_prefix: bool = False,
+        lazy: bool = False,
     ) -> Chunk:
         """Decode the segment stored at ``start``, checking it belongs there.
 
@@ -938,8 +938,8 @@ class RunStore:
             history: the run's history at the commit being read.
             start: the segment's first step, as its file name says.
             verify: check every stored digest against the values too.
-            lazy_prefix: check the prefix digests when they are first read
-                (see :func:`gitruns.chunk.decode_chunk`): for reading values.
+            lazy: check what a read may not use when it is first used (see
+                :func:`gitruns.chunk.decode_chunk`): for reading values.
 
         Raises:
             ChunkFormatError: naming the run and the file.
@@ -956,9 +956,7 @@ class RunStore:
         )
         if kind != Blob.type_num:
             raise ChunkFormatError(source, "the segment is not a file")
-        chunk = decode_chunk(
-            data, source=source, verify=verify, lazy_prefix=lazy_prefix
-        )
+        chunk = decode_chunk(data, source=source, verify=verify, lazy=lazy)
         problem = segment_problem(chunk, start, window, history.next_start(start))
         if problem:
             raise ChunkFormatError(source, problem)

@@ -1680,15 +1680,15 @@ BAD_PREFIXES: dict[str, Callable[[dict[str, Any]], None]] = {
 
 @pytest.mark.parametrize("case", sorted(BAD_PREFIXES))
 def test_a_lazy_prefix_is_refused_when_first_read(case: str) -> None:
-    # A reader of values never reads prefix digests; with lazy_prefix they
+    # A reader of values never reads prefix digests; with lazy they
     # are checked when first read, and refused as decode_chunk refuses them.
     doc = document((GOLDEN / "with_prefix.msgpack").read_bytes())
     BAD_PREFIXES[case](doc["prefix"])
     data = pack(doc)
     eager = refused(data)
-    refused(data, lazy_prefix=True, verify=True)  # verify checks all at once
+    refused(data, lazy=True, verify=True)  # verify checks all at once
 
-    chunk = decode_chunk(data, source=SOURCE, lazy_prefix=True)
+    chunk = decode_chunk(data, source=SOURCE, lazy=True)
     good = decode_chunk((GOLDEN / "with_prefix.msgpack").read_bytes())
     assert chunk.steps.tolist() == good.steps.tolist()
     assert chunk.columns["loss"].value_list() == good.columns["loss"].value_list()
@@ -1712,7 +1712,7 @@ def test_a_lazy_prefix_holds_what_decode_chunk_checks_at_once() -> None:
     for name in ("with_prefix", "sparse_kinds"):
         data = (GOLDEN / f"{name}.msgpack").read_bytes()
         eager = decode_chunk(data)
-        lazy = decode_chunk(data, lazy_prefix=True)
+        lazy = decode_chunk(data, lazy=True)
         assert set(lazy.prefix) == set(eager.prefix)
         for metric, digest in eager.prefix.items():
             assert_digest(lazy.prefix[metric], digest)
@@ -2013,6 +2013,67 @@ def test_hostile_frames_are_refused_with_a_reason(
     assert what in exc.reason
     assert reason.format(n=n, more=n + 8) in exc.reason, exc.reason
     assert peak < 2**20, f"{peak} bytes traced"
+
+
+#: The attacks a frame's header shows: a lazy decode refuses them at once.
+HEADER_ATTACKS = {
+    "bad magic", "plain bin", "empty bin", "header cut short", "size mismatch",
+    "no content size", "skippable frame", "skippable, then data", "dictionary id",
+    "two frames of halves", "huge window", "decompression bomb",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("attack", sorted(FRAME_ATTACKS))
+@pytest.mark.parametrize("where", ["values", "steps", "times"])
+def test_a_lazy_decode_refuses_a_hostile_frame_when_it_is_read(
+    valid: bytes, attack: str, where: str
+) -> None:
+    # decode_chunk(lazy=True) checks a frame's header and counts what it
+    # declares; the rest of a frame of the values (or times) is checked when
+    # they are first read, by any way of reading them, with the error an
+    # eager decode raises. Steps are checked at once, as the layout needs.
+    doc = document(valid)
+    holder, key = (
+        (doc["columns"]["acc"], "values") if where == "values" else (doc, where)
+    )
+    holder[key] = FRAME_ATTACKS[attack][0](unframe(holder[key]))
+    data = pack(doc)
+    eager = refused(data)
+    if attack in HEADER_ATTACKS or where == "steps":
+        lazily = refused(data, lazy=True)
+        # (A times frame's header says how many rows there are, which the
+        # steps may contradict first.)
+        assert where == "times" or str(lazily) == str(eager)
+        return
+
+    chunk = decode_chunk(data, source=SOURCE, lazy=True)
+    good = decode_chunk(valid)
+    reads: list[Callable[[], object]] = [lambda: list(chunk.rows())]
+    if where == "times":
+        reads += [lambda: chunk.times, chunk.times_column().value_list]
+        assert chunk.steps.tolist() == good.steps.tolist()
+    else:
+        col = chunk.columns["acc"]
+        out = np.empty((1, col.count), dtype=col.dtype)
+        reads += [lambda: col.values, lambda: col.values_into(out[0])]
+        reads += [lambda: values_into_rows([[col]], out), chunk.digests]
+        assert chunk.times.tobytes() == good.times.tobytes()
+    for name, other in chunk.columns.items():
+        if name != "acc":
+            assert as_list(other.values) == as_list(good.columns[name].values)
+    for read in reads:
+        peak = _traced_peak(lambda: refused_by(read))  # noqa: B023
+        assert str(refused_by(read)) == str(eager)  # noqa: B023
+        assert peak < 2**20, f"{peak} bytes traced"
+
+
+def refused_by(read: Callable[[], object]) -> ChunkFormatError:
+    """Assert ``read()`` raises exactly ChunkFormatError, naming SOURCE."""
+    with pytest.raises(ChunkFormatError) as info:
+        read()
+    assert type(info.value) is ChunkFormatError, info.value
+    assert SOURCE in str(info.value) and info.value.__cause__ is None
+    return info.value
 
 
 def test_a_valid_frame_of_another_shape_reads_the_same() -> None:

@@ -663,6 +663,46 @@ def test_a_malformed_prefix_is_refused_where_it_is_used(
     assert "prefix digest of 'loss'" in " | ".join(map(str, checker.check([update])))
 
 
+def test_a_frame_that_does_not_inflate_is_refused_when_its_metric_is_read(
+    repo: Path,
+) -> None:
+    # Segment 10 with a frame of acc's values that has a byte after it: its
+    # header is sound, so a read of loss alone never inflates it; any read
+    # of acc's values refuses the segment, naming it and why.
+    doc = msgpack.unpackb(
+        encode_chunk(
+            build_chunk(
+                10,
+                10,
+                list(range(10, 20)),
+                [1.7e9 + s for s in range(10, 20)],
+                {
+                    "loss": (None, [1.0 / (s + 1) for s in range(10, 20)]),
+                    "acc": (None, list(range(10, 20))),
+                },
+            )
+        )
+    )
+    doc["columns"]["acc"]["values"] += b"\x00"
+    craft(repo, "frame", {SEGMENT_10: msgpack.packb(doc, use_bin_type=True)})
+    view = gitruns.Api(str(repo)).run("demo/frame")
+
+    loss = view.columns(["loss"])["loss"][1].tolist()
+    assert loss == [1.0 / (s + 1) for s in range(25)]
+    assert len(list(view.scan_history(keys=["loss"]))) == 25
+    for read in (
+        lambda: view.columns(),
+        lambda: view.columns(["acc"]),
+        lambda: list(view.scan_history()),
+        lambda: list(view.scan_history(keys=["acc"])),
+        lambda: view.history(),
+    ):
+        with pytest.raises(ChunkFormatError, match="1 bytes of unused data") as info:
+            read()
+        assert "demo/frame:history/0000/00/000000000010.msgpack" in str(info.value)
+        assert "metric 'acc': values" in str(info.value)
+
+
 # -- #5: chunks that amplify when decoded ------------------------------------------
 
 
