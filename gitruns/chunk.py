@@ -1350,8 +1350,9 @@ def decode_chunk(
     what its column's kind implies. A decoded chunk computes its own digests
     from its values, so a stored column digest never leaks into a summary
     unchecked. The zstd frames of numeric arrays are all checked and
-    inflated here; a column's values are unpacked from those bytes when first
-    read, and nothing about them is left that could fail.
+    inflated here (but see ``lazy``); a column's values are unpacked from
+    those bytes when first read, and nothing about them is left that could
+    fail.
 
     Args:
         data: the blob's bytes.
@@ -1945,8 +1946,9 @@ def _column_from(
             f"metric {name!r}: values is {len(blob)} bytes for {count} bool values",
         )
 
-    # Numbers are inflated now, so that every frame is checked, and unpacked
-    # when read: any bit pattern of the right length is a value.
+    # Numbers are inflated now, so that every frame is checked (when lazy,
+    # its header now and the rest when first read), and unpacked when read:
+    # any bit pattern of the right length is a value.
     if stored is not None:
         planes = arrays.values(blob, kind, count, name)
         col = Column._packed(kind, rows, count, planes, delta)
