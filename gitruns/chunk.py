@@ -8,7 +8,7 @@ import re
 import struct
 import threading
 from collections import deque
-from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
@@ -455,17 +455,22 @@ class Chunk:
 
     def rows(self) -> Iterator[dict[str, Value]]:
         """One dict per step: ``_step``, ``_timestamp``, the metrics present."""
-        # Each row starts as a copy of one dict of the keys all rows have (all
-        # of them, in order, when every metric is dense), and is filled a
-        # column at a time: the values of each are converted to Python once.
+        # The values of each column are converted to Python once. When every
+        # metric is dense, each row is made in one call from its values;
+        # otherwise each row starts as a copy of one dict of the keys all
+        # rows have, and is filled a column at a time.
         keys = ["_step", "_timestamp"]
+        lists = self._value_lists()
         if all(col.rows is None for col in self.columns.values()):
             keys += self.columns
+            make = _row_maker(tuple(keys))
+            if make is not None:
+                values = (lists[key] for key in keys[1:])
+                return map(make, self.steps.tolist(), *values)
         template = dict.fromkeys(keys)
         out: list[dict[str, Value]] = list(
             map(dict.copy, repeat(template, len(self.steps)))
         )
-        lists = self._value_lists()
         fill_rows(out, "_step", self.steps.tolist())
         fill_rows(out, "_timestamp", lists.pop("_timestamp"))
         for name, col in self.columns.items():
@@ -512,6 +517,32 @@ class Chunk:
 # Installed once the dataclass is made, so that its __init__ (and mypy) see a
 # plain field: __init__ sets it through the descriptor.
 Chunk.times = _Times()  # type: ignore[assignment]
+
+
+def _row_maker(keys: tuple[str, ...]) -> Callable[..., dict[str, Value]] | None:
+    """A function of one value per key that returns the dict of them, or None.
+
+    ``lambda v0, v1: {"_step": v0, "loss": v1}``: a dict display of constant
+    keys builds a row in one step, where filling a copy of a template costs a
+    call per key, and a pass over all rows per key; a scan of a run makes a
+    row for every step. Each key is written as its ``repr()``, which for a
+    ``str`` (exactly; not a subclass, whose repr may be anything) is a string
+    literal of exactly that string, so a key is never more than a string,
+    whatever it holds. None for other keys, or more than 255 of them.
+    """
+    # Checked before the cache, which takes equal tuples for the same.
+    if len(keys) > 255 or any(type(key) is not str for key in keys):
+        return None
+    return _made_row_maker(keys)
+
+
+@lru_cache(maxsize=64)
+def _made_row_maker(keys: tuple[str, ...]) -> Callable[..., dict[str, Value]]:
+    # _row_maker's function for keys that are all str.
+    params = ", ".join(f"v{i}" for i in range(len(keys)))
+    items = ", ".join(f"{key!r}: v{i}" for i, key in enumerate(keys))
+    make: Callable[..., dict[str, Value]] = eval(f"lambda {params}: {{{items}}}")
+    return make
 
 
 def fill_rows(rows: Sequence[dict[str, Any]], key: str, values: Iterable[Any]) -> None:

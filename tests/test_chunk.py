@@ -969,6 +969,27 @@ def test_rows_hold_every_value_in_column_order(sparse: bool) -> None:
         assert all(same(a[key], b[key]) for key in b)
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        '"}, __import__("os"), {"',
+        'it\'s \\ "quoted"',
+        "naïve ✓ 日本",
+        "a\u2028b",
+        "x" * 256,
+    ],
+)
+def test_rows_of_dense_metrics_hold_their_names_as_they_are(name: str) -> None:
+    # Rows of dense metrics are made by a function written for their names;
+    # any name a chunk may hold is a key of those rows and nothing more.
+    chunk = build_chunk(2, 0, [0, 1], [1.0, 2.0], {name: (None, [1.5, 2.5])})
+    rows = list(decode_chunk(encode_chunk(chunk)).rows())
+    assert rows == [
+        {"_step": 0, "_timestamp": 1.0, name: 1.5},
+        {"_step": 1, "_timestamp": 2.0, name: 2.5},
+    ]
+
+
 def test_times_are_unpacked_once_when_first_read() -> None:
     n = 1000
     times = np.random.default_rng(2).integers(0, 2**64, n, dtype=np.uint64)
