@@ -8,7 +8,7 @@ import re
 import struct
 import threading
 from collections import deque
-from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
@@ -49,6 +49,7 @@ __all__ = [
     "encode_chunk",
     "encode_digests",
     "fill_rows",
+    "values_into_rows",
 ]
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,9 @@ _ARRAY_DTYPE: dict[str, np.dtype[Any]] = {
     "i8": np.dtype(np.int64),
     "bool": np.dtype(np.bool_),
 }
+# The kinds whose columns values_into_rows() unpacks several at once: those
+# whose values are held as they are stored.
+_TOGETHER = frozenset({"f8", "i8"})
 
 
 @dataclass(frozen=True)
@@ -224,7 +228,10 @@ class Column:
     A decoded column of fixed-width numbers (f8, f4, i8) keeps its shuffled
     bytes, inflated from their frame, and turns them into an array the first
     time ``values`` is read, so reading one metric of a chunk does not pay for
-    unshuffling the others.
+    unshuffling the others. A chunk decoded with ``lazy`` keeps the frame
+    itself, its header checked, and inflates it then too; a frame that does
+    not inflate to what its header says raises ChunkFormatError from that
+    first read.
 
     Attributes:
         kind: "f8", "f4" (floats stored as float32), "i8", "bool", "str" or
@@ -247,7 +254,7 @@ class Column:
         self.kind = kind
         self.rows = rows
         self._values: np.ndarray[Any, Any] | list[Value] | None = values
-        self._stored: tuple[bytes, bool] | None = None
+        self._stored: tuple[bytes | _Frame, bool] | None = None
         self._count = len(values)
 
     @classmethod
@@ -256,16 +263,30 @@ class Column:
         kind: str,
         rows: np.ndarray[Any, np.dtype[np.int64]] | None,
         count: int,
-        blob: bytes,
+        blob: bytes | _Frame,
         delta: bool,
     ) -> Column:
-        # A column whose shuffled bytes were checked (length, kind) but not
-        # unpacked: every bit pattern is a valid value, so unpacking later
-        # cannot fail.
+        # A column whose shuffled bytes (or the frame that holds them) were
+        # checked (length, kind) but not unpacked: every bit pattern is a
+        # valid value, so unpacking later cannot fail.
         col = cls.__new__(cls)
         col.kind, col.rows, col._count = kind, rows, count
         col._values, col._stored = None, (blob, delta)
         return col
+
+    def _shuffled(self) -> tuple[bytes, bool] | None:
+        # The shuffled bytes and delta flag of a column still packed (its
+        # frame inflated first, if a lazy decode left it); None once unpacked.
+        stored = self._stored
+        if stored is None:
+            return None
+        planes, delta = stored
+        if isinstance(planes, _Frame):
+            # A thread racing this one inflates the frame too; either result
+            # is the same bytes.
+            planes = planes.inflated()
+            self._stored = (planes, delta)
+        return planes, delta
 
     @property
     def values(self) -> np.ndarray[Any, Any] | list[Value]:
@@ -273,7 +294,7 @@ class Column:
         values = self._values
         if values is not None:
             return values
-        stored = self._stored
+        stored = self._shuffled()
         if stored is None:
             # Another thread unpacked them between the two reads above.
             return self.values
@@ -301,7 +322,7 @@ class Column:
         copies each value once.
         """
         values = self._values
-        stored = self._stored if values is None else None
+        stored = self._shuffled() if values is None else None
         if stored is not None and start == 0 and len(out) == self._count:
             _unshuffle_into(self.kind, stored[0], stored[1], out)
         else:
@@ -326,6 +347,29 @@ class Column:
         return f"Column(kind={self.kind!r}, count={self._count}, {where})"
 
 
+class _Times:
+    """``Chunk.times``: an array, or a decoded chunk's times still packed.
+
+    A chunk is made with its times as an array, or (by decode_chunk) as the
+    f8 column of their shuffled bytes, whose values become the array when
+    first read: a reader of columns unpacks the times of a segment with its
+    metrics, and none of it twice.
+    """
+
+    def __get__(self, chunk: Chunk | None, owner: type) -> Any:
+        if chunk is None:
+            return self
+        times = chunk.__dict__["_times"]
+        if isinstance(times, Column):
+            times = times.values
+            chunk.__dict__["_times"] = times
+        return times
+
+    def __set__(self, chunk: Chunk, times: np.ndarray[Any, Any] | Column) -> None:
+        # Only __init__ sets it (the chunk is frozen).
+        chunk.__dict__["_times"] = times
+
+
 @dataclass(frozen=True, eq=False)
 class Chunk:
     """The metrics a run logged in one window of steps, or in one segment of it.
@@ -337,9 +381,12 @@ class Chunk:
         window: the run's window size W (steps per window), at least 1.
         start: the first step of this chunk's window, a multiple of W.
         steps: int64 steps, strictly increasing, all in [start, start + W).
-        times: float64 wall-clock unix seconds, one per step.
+        times: float64 wall-clock unix seconds, one per step (given as an
+            array, or as an f8 column at every step, unpacked when read).
         columns: metric name -> column.
-        prefix: digests of the run's history before this chunk (may be empty).
+        prefix: digests of the run's history before this chunk (may be empty),
+            read-only. A chunk decoded with ``lazy`` checks them when
+            first read, and raises ChunkFormatError then if they are malformed.
     """
 
     window: int
@@ -347,10 +394,18 @@ class Chunk:
     steps: np.ndarray[Any, np.dtype[np.int64]]
     times: np.ndarray[Any, np.dtype[np.float64]]
     columns: dict[str, Column]
-    prefix: dict[str, Digest]
+    prefix: Mapping[str, Digest]
     _digests: dict[str, Digest] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+
+    def times_column(self) -> Column:
+        """The times as an f8 column at every step: packed, if not read yet.
+
+        What a reader that unpacks columns together takes the times as.
+        """
+        times = self.__dict__["_times"]
+        return times if isinstance(times, Column) else Column("f8", None, times)
 
     def digests(self) -> dict[str, Digest]:
         """Return this chunk's own digest of every metric it holds."""
@@ -397,21 +452,53 @@ class Chunk:
         )
 
     def rows(self) -> Iterator[dict[str, Value]]:
-        """Yield one dict per step: ``_step``, ``_timestamp``, the metrics present."""
-        # Each row starts as a copy of one dict of the keys all rows have (all
-        # of them, in order, when every metric is dense), and is filled a
-        # column at a time: the values of each are converted to Python once.
+        """One dict per step: ``_step``, ``_timestamp``, the metrics present."""
+        # The values of each column are converted to Python once. When every
+        # metric is dense, each row is made in one call from its values;
+        # otherwise each row starts as a copy of one dict of the keys all
+        # rows have, and is filled a column at a time.
         keys = ["_step", "_timestamp"]
+        lists = self._value_lists()
         if all(col.rows is None for col in self.columns.values()):
             keys += self.columns
+            make = _row_maker(tuple(keys))
+            if make is not None:
+                values = (lists[key] for key in keys[1:])
+                return map(make, self.steps.tolist(), *values)
         template = dict.fromkeys(keys)
-        out: list[dict[str, Value]] = [template.copy() for _ in range(len(self.steps))]
+        out: list[dict[str, Value]] = list(
+            map(dict.copy, repeat(template, len(self.steps)))
+        )
         fill_rows(out, "_step", self.steps.tolist())
-        fill_rows(out, "_timestamp", self.times.tolist())
+        fill_rows(out, "_timestamp", lists.pop("_timestamp"))
         for name, col in self.columns.items():
             rows = out if col.rows is None else [out[i] for i in col.rows.tolist()]
-            fill_rows(rows, name, col.value_list())
-        yield from out
+            fill_rows(rows, name, lists[name])
+        # An iterator of the list, not a generator: a scan of a run yields
+        # every row, and a generator would add a frame switch to each.
+        return iter(out)
+
+    def _value_lists(self) -> dict[str, list[Value]]:
+        # The values of every column, and the times as _timestamp, as Python
+        # objects. Dense float and int columns still packed are unshuffled
+        # together, a kind at a time.
+        columns = {"_timestamp": self.times_column(), **self.columns}
+        lists: dict[str, list[Value]] = {}
+        together: dict[str, list[str]] = {}
+        for name, col in columns.items():
+            if col.rows is None and col.kind in _TOGETHER and col._stored is not None:
+                together.setdefault(col.kind, []).append(name)
+            else:
+                lists[name] = col.value_list()
+        for kind, names in together.items():
+            if len(names) == 1:
+                lists[names[0]] = columns[names[0]].value_list()
+                continue
+            values = np.empty((len(names), len(self.steps)), dtype=_STORED[kind])
+            values_into_rows([[columns[name] for name in names]], values)
+            # Row by row: tolist() of a 2-d array takes twice as long.
+            lists.update(zip(names, map(np.ndarray.tolist, values)))
+        return lists
 
     def column(
         self, name: str
@@ -423,6 +510,37 @@ class Chunk:
         """
         col = self.columns[name]
         return col.present_steps(self.steps), col.values
+
+
+# Installed once the dataclass is made, so that its __init__ (and mypy) see a
+# plain field: __init__ sets it through the descriptor.
+Chunk.times = _Times()  # type: ignore[assignment]
+
+
+def _row_maker(keys: tuple[str, ...]) -> Callable[..., dict[str, Value]] | None:
+    """A function of one value per key that returns the dict of them, or None.
+
+    ``lambda v0, v1: {"_step": v0, "loss": v1}``: a dict display of constant
+    keys builds a row in one step, where filling a copy of a template costs a
+    call per key, and a pass over all rows per key; a scan of a run makes a
+    row for every step. Each key is written as its ``repr()``, which for a
+    ``str`` (exactly; not a subclass, whose repr may be anything) is a string
+    literal of exactly that string, so a key is never more than a string,
+    whatever it holds. None for other keys, or more than 255 of them.
+    """
+    # Checked before the cache, which takes equal tuples for the same.
+    if len(keys) > 255 or any(type(key) is not str for key in keys):
+        return None
+    return _made_row_maker(keys)
+
+
+@lru_cache(maxsize=64)
+def _made_row_maker(keys: tuple[str, ...]) -> Callable[..., dict[str, Value]]:
+    # _row_maker's function for keys that are all str.
+    params = ", ".join(f"v{i}" for i in range(len(keys)))
+    items = ", ".join(f"{key!r}: v{i}" for i, key in enumerate(keys))
+    make: Callable[..., dict[str, Value]] = eval(f"lambda {params}: {{{items}}}")
+    return make
 
 
 def fill_rows(rows: Sequence[dict[str, Any]], key: str, values: Iterable[Any]) -> None:
@@ -883,6 +1001,64 @@ def _unshuffle_into(
             out[...] = target
 
 
+def values_into_rows(
+    segments: Sequence[Sequence[Column]], out: np.ndarray[Any, Any]
+) -> None:
+    """Copy the values of the columns of one or more segments into rows of ``out``.
+
+    ``segments[s][j]`` is column ``j`` of segment ``s``: row ``j`` of ``out``
+    gets the values of column ``j`` of each segment in turn. The columns are
+    of one kind whose values are stored as they are held (f8 or i8: ``out``
+    has their dtype, and its rows may be slices of longer rows), and each
+    holds as many values, ``out.shape[1]`` over the number of segments.
+
+    Columns still packed are unshuffled straight into their rows, all at
+    once: byte ``k`` of every value of every column is placed in one
+    assignment, so each of the 8 passes runs along whole rows. A column at a
+    time, a transposed copy runs along the 8 bytes of one value, then the
+    next, which costs twice as much and more; the longer the rows, the
+    faster they go.
+
+    Raises:
+        ValueError: columns of another kind, number or length than ``out``
+            holds.
+    """
+    rows, length = out.shape
+    count = length // len(segments) if segments else 0
+    columns = [col for segment in segments for col in segment]
+    kinds = {col.kind for col in columns}
+    if (
+        count * len(segments) != length
+        or any(len(segment) != rows for segment in segments)
+        or any(col.count != count for col in columns)
+    ):
+        raise ValueError(f"columns of {len(segments)} segments do not fit {out.shape}")
+    if len(kinds) > 1 or any(out.dtype != _STORED[kind] for kind in kinds):
+        raise ValueError(f"columns of kinds {sorted(kinds)} into an {out.dtype} array")
+    stored = [col._shuffled() for col in columns]
+    if len(columns) < 2 or any(item is None for item in stored):
+        for at, segment in enumerate(segments):
+            part = out[:, at * count : (at + 1) * count]
+            for col, row in zip(segment, part):
+                col.values_into(row)
+        return
+
+    # The planes of each column, one after another: [segment, column, byte,
+    # value]; splitting the rows' bytes into values is a view, as they are
+    # contiguous.
+    width = out.dtype.itemsize
+    planes = np.frombuffer(b"".join(item[0] for item in stored if item), np.uint8)
+    planes = planes.reshape(len(segments), rows, width, count)
+    target = out.view(np.uint8).reshape(rows, len(segments), count, width)
+    for k in range(width):
+        target[:, :, :, k] = planes[:, :, k, :].transpose(1, 0, 2)
+    items = out.view(_BITS[width]).reshape(rows, len(segments), count)
+    for at, item in enumerate(stored):
+        if item and item[1]:
+            row = items[at % rows, at // rows]
+            np.add.accumulate(row, out=row)
+
+
 def _stored_items(name: str, col: Column) -> np.ndarray[Any, Any]:
     # The bit patterns a column of fixed width stores, as unsigned ints.
     stored = _STORED[col.kind]
@@ -945,6 +1121,65 @@ def _framed(planes: bytes) -> bytes:
     return frame
 
 
+class _Frame:
+    """A zstd frame of a chunk whose header passed :func:`_frame_size`.
+
+    What a lazy decode keeps of a column's values (or its times) until they
+    are first read: the frame is inflated then, and refused then, with the
+    ChunkFormatError an eager decode would have raised, if it does not
+    inflate to exactly what it declares.
+    """
+
+    __slots__ = ("frame", "size", "source", "field", "metric")
+
+    def __init__(
+        self, frame: bytes, size: int, source: str, field: str, metric: str | None
+    ) -> None:
+        self.frame = frame
+        self.size = size
+        self.source = source
+        self.field = field
+        self.metric = metric
+
+    def inflated(self) -> bytes:
+        """The frame's content: ``size`` bytes."""
+        # As _inflated() does, its header known to pass.
+        try:
+            data: bytes = _zstd.decompressor.decompress(
+                self.frame, self.size, False, False
+            )
+            if len(data) == self.size:
+                return data
+        except zstandard.ZstdError:
+            pass
+        what = _bin_label(self.field, self.metric)
+        return _inflated_slowly(self.frame, self.size, self.source, what)
+
+
+def _frame_size(frame: bytes, size: int | None) -> int:
+    """The content size ``frame`` declares, if its header passes; else -1.
+
+    The header passes when the frame is a zstd frame (not a skippable one)
+    that declares its content size, which is ``size`` (at most
+    ``_MAX_FRAME`` when ``size`` is None) and not 0, and that needs no
+    dictionary and a window of at most ``_MAX_WINDOW``.
+    """
+    try:
+        header = zstandard.get_frame_parameters(frame)
+    except zstandard.ZstdError:
+        return -1
+    declared: int = header.content_size
+    if (
+        frame.startswith(_ZSTD_MAGIC)
+        and 0 < declared <= _MAX_FRAME
+        and (size is None or declared == size)
+        and not header.dict_id
+        and header.window_size <= _MAX_WINDOW
+    ):
+        return declared
+    return -1
+
+
 def _inflated(
     frame: bytes, size: int | None, source: str, field: str, metric: str | None = None
 ) -> bytes:
@@ -967,23 +1202,16 @@ def _inflated(
     """
     # The usual frame, in as few steps as its checks take (a read decodes
     # about ten per segment); messages are made only for a frame refused.
-    try:
-        header = zstandard.get_frame_parameters(frame)
-        declared = header.content_size
-        if (
-            frame.startswith(_ZSTD_MAGIC)
-            and 0 < declared <= _MAX_FRAME
-            and (size is None or declared == size)
-            and not header.dict_id
-            and header.window_size <= _MAX_WINDOW
-        ):
-            data: bytes = _zstd.decompressor.decompress(
-                frame, max_output_size=declared, allow_extra_data=False
-            )
+    declared = _frame_size(frame, size)
+    if declared > 0:
+        try:
+            # (max_output_size, read_across_frames, allow_extra_data), passed
+            # by position: their names cost a tenth of a small frame's time.
+            data: bytes = _zstd.decompressor.decompress(frame, declared, False, False)
             if len(data) == declared:
                 return data
-    except zstandard.ZstdError:
-        pass
+        except zstandard.ZstdError:
+            pass
     return _inflated_slowly(frame, size, source, _bin_label(field, metric))
 
 
@@ -1248,7 +1476,13 @@ def encode_digests(digests: Mapping[str, Digest]) -> bytes:
 # Decoding
 
 
-def decode_chunk(data: bytes, *, source: str = "chunk", verify: bool = False) -> Chunk:
+def decode_chunk(
+    data: bytes,
+    *,
+    source: str = "chunk",
+    verify: bool = False,
+    lazy: bool = False,
+) -> Chunk:
     """Decode and validate a chunk that may come from an untrusted remote.
 
     The structure is always checked in full: types, lengths, limits, step
@@ -1256,8 +1490,9 @@ def decode_chunk(data: bytes, *, source: str = "chunk", verify: bool = False) ->
     what its column's kind implies. A decoded chunk computes its own digests
     from its values, so a stored column digest never leaks into a summary
     unchecked. The zstd frames of numeric arrays are all checked and
-    inflated here; a column's values are unpacked from those bytes when first
-    read, and nothing about them is left that could fail.
+    inflated here (but see ``lazy``); a column's values are unpacked from
+    those bytes when first read, and nothing about them is left that could
+    fail.
 
     Args:
         data: the blob's bytes.
@@ -1265,6 +1500,15 @@ def decode_chunk(data: bytes, *, source: str = "chunk", verify: bool = False) ->
         verify: also compare every stored column digest's first, last, min,
             max, sum and numeric count with the values (O(values); what hooks
             want).
+        lazy: leave what a reader of some values may not use to when it is
+            first used: the prefix digests, checked and built when the
+            chunk's ``prefix`` is first read (a reader of history never
+            reads them, and they cost a tenth of a decode), and the zstd
+            frames of the times and of the columns' values, whose headers are
+            checked (and what they declare counted) now, but which are
+            inflated when first read. Either raises the ChunkFormatError a
+            decode would have then. Ignored with ``verify``, which checks
+            everything now.
 
     Raises:
         UnsupportedVersionError: the chunk has a newer major format version.
@@ -1272,15 +1516,23 @@ def decode_chunk(data: bytes, *, source: str = "chunk", verify: bool = False) ->
     """
     try:
         doc, major = _unpack_document(data, _MAGIC, source)
-        return _chunk_from(doc, source, verify, framed=major >= 3)
+        lazy = lazy and not verify
+        return _chunk_from(doc, source, verify, framed=major >= 3, lazy=lazy)
     except ChunkFormatError:
         raise
     except Exception as exc:
-        # Every check raises ChunkFormatError itself. A check that was missed
-        # still meets the caller as the one error type, never as a crash; the
-        # tests and the fuzz harness fail when this line is reached.
-        logger.debug("unexpected error decoding %s", source, exc_info=True)
-        raise ChunkFormatError(source, f"{type(exc).__name__}: {exc}") from exc
+        raise _unexpected(source, exc) from exc
+
+
+def _unexpected(source: str, exc: Exception) -> ChunkFormatError:
+    """The error for an exception that no check of a decode raised itself.
+
+    Every check raises ChunkFormatError itself. A check that was missed still
+    meets the caller as the one error type, never as a crash; the tests and
+    the fuzz harness fail when this is called.
+    """
+    logger.debug("unexpected error decoding %s", source, exc_info=True)
+    return ChunkFormatError(source, f"{type(exc).__name__}: {exc}")
 
 
 def decode_digests(data: bytes, *, source: str = "digests") -> dict[str, Digest]:
@@ -1296,9 +1548,8 @@ def decode_digests(data: bytes, *, source: str = "digests") -> dict[str, Digest]
         return _digest_map(digests, _INT64_MAX + 1, source)
     except ChunkFormatError:
         raise
-    except Exception as exc:  # as in decode_chunk
-        logger.debug("unexpected error decoding %s", source, exc_info=True)
-        raise ChunkFormatError(source, f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise _unexpected(source, exc) from exc
 
 
 def _unpack_document(
@@ -1394,7 +1645,9 @@ def _read_document(data: bytes, magic: str, source: str) -> dict[str, Any]:
         max_map_len=_MAX_COLUMN_ENTRIES,
         max_ext_len=0,
         object_pairs_hook=count_map,
-        list_hook=count_array,
+        # Every array takes a byte at least, so a document no longer than the
+        # limit cannot pass it: counting would cost a call per digest.
+        list_hook=count_array if len(data) > _MAX_ARRAYS else None,
     )
     unpacker.feed(data)
     unpack, skip = unpacker.unpack, unpacker.skip
@@ -1577,27 +1830,34 @@ def _check_version(data: bytes, magic: str, source: str) -> int:
 
 
 def _chunk_from(
-    doc: dict[str, Any], source: str, verify: bool, *, framed: bool
+    doc: dict[str, Any],
+    source: str,
+    verify: bool,
+    *,
+    framed: bool,
+    lazy: bool = False,
 ) -> Chunk:
     window = _get_int(doc, "window", 1, _INT64_MAX, source)
     start = _get_int(doc, "start", 0, _INT64_MAX, source)
     times_bin = _get(doc, "times", bytes, source)
     columns_doc = _get(doc, "columns", dict, source)
     prefix_doc = _get(doc, "prefix", dict, source)
-    arrays = _Arrays(source, framed)
+    arrays = _Arrays(source, framed, lazy)
 
     # Times say how many rows there are; steps are checked against them.
     times_planes = arrays.times(times_bin)
-    if len(times_planes) % 8:
-        raise ChunkFormatError(source, f"times is {len(times_planes)} bytes, not 8 * n")
-    n = len(times_planes) // 8
+    size = _length(times_planes)
+    if size % 8:
+        raise ChunkFormatError(source, f"times is {size} bytes, not 8 * n")
+    n = size // 8
     if n > MAX_ROWS:
         raise ChunkFormatError(source, f"{n} steps, over the limit of {MAX_ROWS}")
     problem = _window_problem(window, start)
     if problem:
         raise ChunkFormatError(source, problem)
     steps = _steps_from(doc.get("steps"), n, start, window, arrays)
-    times = _unpack_numbers("f8", times_planes, n, delta=True)
+    # Chunk.times unpacks them when first read (see _Times).
+    times: Any = Column._packed("f8", None, n, times_planes, True)
 
     # Columns, each checked against its stored digest.
     if len(columns_doc) > MAX_METRICS:
@@ -1622,7 +1882,12 @@ def _chunk_from(
 
     # A window flushed in parts has several segments: the prefix of a later
     # one covers earlier steps of the same window, so bound it by the first step.
-    prefix = _digest_map(prefix_doc, int(steps[0]) if n else start, source)
+    before = int(steps[0]) if n else start
+    prefix: Mapping[str, Digest]
+    if lazy:
+        prefix = _Prefix(prefix_doc, before, source)
+    else:
+        prefix = _digest_map(prefix_doc, before, source)
     chunk = Chunk(window, start, steps, times, columns, prefix)
     if verify:
         object.__setattr__(chunk, "_digests", digests)
@@ -1632,49 +1897,67 @@ def _chunk_from(
 class _Arrays:
     """Reads the numeric arrays of one chunk: zstd frames (3.x) or plain (2.x).
 
-    Either way it returns the shuffled bytes of section 5 of docs/FORMAT.md,
-    of the length the chunk implies, and keeps count of what frames inflate
-    to, so that a chunk's arrays never take more than MAX_CHUNK_BYTES
-    whatever their frames declare (a 2.x chunk's plain bins are in its
-    bytes, which have that limit already).
+    Either way it gives the shuffled bytes of section 5 of docs/FORMAT.md,
+    of the length the chunk implies (or, when lazy, the frame of the times
+    or of a column's values, its header checked, to inflate when first
+    read), and keeps count of what frames inflate to, so that a chunk's
+    arrays never take more than MAX_CHUNK_BYTES whatever their frames
+    declare (a 2.x chunk's plain bins are in its bytes, which have that
+    limit already).
     """
 
-    def __init__(self, source: str, framed: bool) -> None:
+    def __init__(self, source: str, framed: bool, lazy: bool = False) -> None:
         self.source = source
         self.framed = framed
+        self.lazy = lazy
         self.left = MAX_CHUNK_BYTES
 
-    def times(self, blob: bytes) -> bytes:
+    def times(self, blob: bytes) -> bytes | _Frame:
         """The planes of ``times``, whose length says how many rows there are."""
         if not self.framed:
             return blob
-        planes = _inflated(blob, None, self.source, "times")
-        self._spend(len(planes))
+        planes = self._inflated(blob, None, "times", None)
+        self._spend(_length(planes))
         return planes
 
-    def planes(
-        self, blob: bytes, kind: str, count: int, metric: str | None = None
-    ) -> bytes:
-        """The planes of ``count`` items of ``kind`` that a bin holds.
-
-        Args:
-            blob: the bin: ``steps``, or a metric's ``values``.
-            kind: "i8" for steps, else the metric's kind (f8, f4, i8).
-            count: how many items the chunk says it holds.
-            metric: the metric, for its values; None for steps.
-        """
-        size = _STORED[kind].itemsize * count
-        field = "steps" if metric is None else "values"
-        if not self.framed:
-            if len(blob) != size:
-                holds = f"{count} steps" if metric is None else f"{count} {kind} values"
-                raise ChunkFormatError(
-                    self.source,
-                    f"{_bin_label(field, metric)} is {len(blob)} bytes for {holds}",
-                )
+    def planes(self, blob: bytes, kind: str, count: int) -> bytes:
+        """The planes of ``count`` items of ``kind`` that a bin holds: steps."""
+        if self._plain(blob, kind, count, None):
             return blob
-        self._spend(size)
-        return _inflated(blob, size, self.source, field, metric)
+        return _inflated(blob, _STORED[kind].itemsize * count, self.source, "steps")
+
+    def values(self, blob: bytes, kind: str, count: int, metric: str) -> bytes | _Frame:
+        """The planes of the ``count`` values of ``kind`` of ``metric``."""
+        if self._plain(blob, kind, count, metric):
+            return blob
+        return self._inflated(blob, _STORED[kind].itemsize * count, "values", metric)
+
+    def _plain(self, blob: bytes, kind: str, count: int, metric: str | None) -> bool:
+        # Whether the bin is the planes themselves (2.x), checked; else its
+        # frame's size is counted, before it is inflated.
+        size = _STORED[kind].itemsize * count
+        if self.framed:
+            self._spend(size)
+            return False
+        if len(blob) != size:
+            field = "steps" if metric is None else "values"
+            holds = f"{count} steps" if metric is None else f"{count} {kind} values"
+            raise ChunkFormatError(
+                self.source,
+                f"{_bin_label(field, metric)} is {len(blob)} bytes for {holds}",
+            )
+        return True
+
+    def _inflated(
+        self, frame: bytes, size: int | None, field: str, metric: str | None
+    ) -> bytes | _Frame:
+        # Inflated now, or kept when lazy and its header passes (a frame that
+        # fails is inflated now, to be refused with what is wrong with it).
+        if self.lazy:
+            declared = _frame_size(frame, size)
+            if declared > 0:
+                return _Frame(frame, declared, self.source, field, metric)
+        return _inflated(frame, size, self.source, field, metric)
 
     def _spend(self, size: int) -> None:
         # Checked before a frame is inflated: what it declares is all it makes.
@@ -1685,6 +1968,11 @@ class _Arrays:
                 f"the numeric arrays inflate to over {MAX_CHUNK_BYTES} bytes, "
                 "the limit of a chunk",
             )
+
+
+def _length(planes: bytes | _Frame) -> int:
+    # The bytes of an array, inflated or not yet.
+    return planes.size if isinstance(planes, _Frame) else len(planes)
 
 
 def _steps_from(
@@ -1798,10 +2086,11 @@ def _column_from(
             f"metric {name!r}: values is {len(blob)} bytes for {count} bool values",
         )
 
-    # Numbers are inflated now, so that every frame is checked, and unpacked
-    # when read: any bit pattern of the right length is a value.
+    # Numbers are inflated now, so that every frame is checked (when lazy,
+    # its header now and the rest when first read), and unpacked when read:
+    # any bit pattern of the right length is a value.
     if stored is not None:
-        planes = arrays.planes(blob, kind, count, name)
+        planes = arrays.values(blob, kind, count, name)
         col = Column._packed(kind, rows, count, planes, delta)
     else:
         col = Column(kind, rows, _values_from(name, kind, blob, count, source))
@@ -1892,6 +2181,57 @@ def _digest_map(doc: dict[str, Any], before: int, source: str) -> dict[str, Dige
             )
         out[name] = _new_digest(values)
     return out
+
+
+class _Prefix(Mapping[str, Digest]):
+    """The prefix digests of a chunk, checked and built when first read.
+
+    What ``decode_chunk(..., lazy=True)`` gives a chunk: its stored
+    prefix, unpacked within the document's limits but not yet checked. Any
+    read of it (a name, a digest, its length) checks every digest first, as
+    decode_chunk would have, so a malformed prefix is never seen, only
+    refused with ChunkFormatError.
+    """
+
+    __slots__ = ("_doc", "_before", "_source", "_digests")
+
+    def __init__(self, doc: dict[str, Any], before: int, source: str) -> None:
+        self._doc: dict[str, Any] | None = doc
+        self._before = before
+        self._source = source
+        self._digests: dict[str, Digest] | None = None
+
+    def _checked(self) -> dict[str, Digest]:
+        digests = self._digests
+        if digests is None:
+            doc = self._doc
+            if doc is None:
+                # Another thread checked them between the two reads above.
+                return self._checked()
+            try:
+                digests = _digest_map(doc, self._before, self._source)
+            except ChunkFormatError:
+                raise
+            except Exception as exc:
+                raise _unexpected(self._source, exc) from exc
+            # _digests first: a thread that finds _doc gone finds it set.
+            self._digests = digests
+            self._doc = None
+        return digests
+
+    def __getitem__(self, name: str) -> Digest:
+        return self._checked()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._checked())
+
+    def __len__(self) -> int:
+        return len(self._checked())
+
+    def __repr__(self) -> str:
+        if self._digests is None:
+            return "<prefix digests, not read yet>"
+        return repr(self._digests)
 
 
 def _digest_fields(

@@ -348,19 +348,61 @@ def _read_loose_file(path: str, limit: int) -> tuple[int, bytes] | None:
     except FileNotFoundError:
         return None
     try:
+        stored = _read_stored_loose(fd, limit)
+        if stored is not None:
+            return stored
+
         # The header, "<type> <size>\0", comes first in the compressed stream.
-        head = _Inflater(fd, 0, 4096).take(64)
-        nul = head.find(b"\0")
-        kind, _, size_text = head[: max(nul, 0)].partition(b" ")
-        type_num = _LOOSE_TYPES.get(kind)
-        if nul < 0 or type_num is None or not size_text.isdigit():
-            raise CorruptObject("a loose object without a valid header")
-        size = int(size_text)
+        type_num, size, skip = _loose_header(_Inflater(fd, 0, 4096).take(64))
         if size > limit:
             raise ObjectTooLarge(size, limit)
-        return type_num, _inflate(fd, 0, size, skip=nul + 1)
+        return type_num, _inflate(fd, 0, size, skip=skip)
     finally:
         os.close(fd)
+
+
+def _read_stored_loose(fd: int, limit: int) -> tuple[int, bytes] | None:
+    """A loose object of stored blocks, read in one go; else None.
+
+    How gitruns keeps chunks (zlib level 0), and the usual read of a run: the
+    file is read whole when it is no larger than a stream of an object
+    within ``limit`` can be, so no more than that is ever read, and its
+    header is taken from its first block. A file of any other stream, or one
+    whose header is not whole in its first block, is left to the general
+    path (None), which inflates the header first.
+    """
+    length = os.fstat(fd).st_size
+    if length > _deflated_bound(limit + _LOOSE_HEADER):
+        return None
+    raw = memoryview(os.pread(fd, length, 0))
+    pieces = _stored_blocks(raw)
+    if not pieces:
+        return None
+    head = bytes(pieces[0][:_LOOSE_HEADER])
+    if b"\0" not in head:
+        return None
+
+    type_num, size, skip = _loose_header(head)
+    if size > limit:
+        raise ObjectTooLarge(size, limit)
+    if sum(map(len, pieces)) != skip + size:
+        raise CorruptObject("an object whose size is not what it says")
+    pieces[0] = pieces[0][skip:]
+    return type_num, b"".join(pieces)
+
+
+#: The longest header of a loose object read: "<type> <size>\0".
+_LOOSE_HEADER = 64
+
+
+def _loose_header(head: bytes) -> tuple[int, int, int]:
+    """A loose object's type number, size, and header length, from its start."""
+    nul = head.find(b"\0")
+    kind, _, size_text = head[: max(nul, 0)].partition(b" ")
+    type_num = _LOOSE_TYPES.get(kind)
+    if nul < 0 or type_num is None or not size_text.isdigit():
+        raise CorruptObject("a loose object without a valid header")
+    return type_num, int(size_text), nul + 1
 
 
 class _Inflater:

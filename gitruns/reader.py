@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
+from itertools import chain, repeat
 from typing import Any, TypeVar
 
 import numpy as np
 
-from gitruns.chunk import Chunk, Column, Value, fill_rows
+from gitruns.chunk import Chunk, Column, Value, fill_rows, values_into_rows
 from gitruns.errors import GitRunsError, RepositoryError, RunNotFoundError, require
 from gitruns.refs import RunRef, Sha
 from gitruns.store import (
@@ -210,13 +211,19 @@ class RunView:
     ) -> Iterator[Chunk]:
         """Decoded segments that may hold steps in ``[min_step, max_step)``.
 
+        A segment's prefix digests, and the frames of its times and of its
+        columns' values, are checked when first read (see ``lazy`` of
+        :func:`gitruns.chunk.decode_chunk`): reading history never needs the
+        digests, nor a read of some metrics the others' values.
+
         Raises:
             ChunkFormatError: naming the run and the file, for a malformed
-                segment or one stored where its steps do not belong.
+                segment or one stored where its steps do not belong; from
+                ``prefix``, or from a read of values, for malformed ones.
         """
         history = self.snapshot.history
         for start, _ in history.segments(min_step, max_step):
-            yield self.store.read_segment(self.path, history, start)
+            yield self.store.read_segment(self.path, history, start, lazy=True)
 
     def scan_history(
         self,
@@ -235,18 +242,31 @@ class RunView:
             min_step: first step to yield (inclusive).
             max_step: step to stop before (exclusive).
         """
+        # A segment's rows at a time, chained: each row reaches the caller
+        # without a switch into a generator of its own.
+        return chain.from_iterable(self._row_pages(keys, min_step, max_step))
+
+    def _row_pages(
+        self,
+        keys: Sequence[str] | None,
+        min_step: int | None,
+        max_step: int | None,
+    ) -> Iterator[Iterable[dict[str, Any]]]:
+        # The rows of scan_history(), a segment's at a time.
         lo = -1 if min_step is None else min_step
         hi = None if max_step is None else max_step
         for chunk in self.chunks(min_step, max_step):
             if keys is not None:
-                yield from _rows_with_keys(chunk, keys, lo, hi)
+                yield _rows_with_keys(chunk, keys, lo, hi)
             elif chunk.steps[0] >= lo and (hi is None or chunk.steps[-1] < hi):
-                yield from chunk.rows()
+                yield chunk.rows()
             else:
                 steps = chunk.steps.tolist()
-                for step, row in zip(steps, chunk.rows()):
-                    if step >= lo and (hi is None or step < hi):
-                        yield row
+                yield [
+                    row
+                    for step, row in zip(steps, chunk.rows())
+                    if step >= lo and (hi is None or step < hi)
+                ]
 
     def history(
         self,
@@ -330,22 +350,38 @@ class RunView:
         room = _rows_room(history, segments, self.last_step)
 
         # Segment by segment, each value is copied once, straight to where it
-        # is returned; the segment's bytes are let go before the next is read.
-        steps = _Steps(room)
+        # is returned; the segment's bytes are let go once its values are.
+        # The metrics of the first segment logged at every step, the usual
+        # ones, keep their values as rows of one array per dtype, which a
+        # few segments that have them all so fill at once.
+        steps = _Steps(np.empty(0, dtype=np.int64))
         joins: dict[str, _Join] = {}
+        blocks: list[_Block] = []
         for index, (start, _) in enumerate(segments):
-            chunk = self.store.read_segment(self.path, history, start)
+            chunk = self.store.read_segment(self.path, history, start, lazy=True)
             lo, hi = 0, len(chunk.steps)
             if (min_step is not None and chunk.steps[0] < min_step) or (
                 max_step is not None and chunk.steps[-1] >= max_step
             ):
                 lo, hi = _row_range(chunk.steps, min_step, max_step)
+            if index == 0:
+                steps, blocks = _Block.of(chunk, wanted, joins, len(segments), room)
             at = steps.extend(chunk.steps[lo:hi])
+            added = set()
+            for block in blocks:
+                if hi - lo == len(chunk.steps) and block.add(chunk, at):
+                    added.update(block.names)
+                else:
+                    block.flush()
             for name, col in _chunk_columns(chunk, wanted):
+                if name in added:
+                    continue
                 join = joins.get(name)
                 if join is None:
                     join = joins[name] = _Join(steps, len(segments) - index, room)
                 join.add(chunk, col, lo, hi, at)
+        for block in blocks:
+            block.flush()
 
         out = {}
         if (wanted is None or "_step" in wanted) and steps.count:
@@ -429,10 +465,15 @@ def _chunk_columns(
 ) -> Iterator[tuple[str, Column]]:
     # The metrics of a segment that a read wants, and _timestamp.
     if wanted is None or "_timestamp" in wanted:
-        yield "_timestamp", Column("f8", None, chunk.times)
+        yield "_timestamp", chunk.times_column()
     for name, col in chunk.columns.items():
         if wanted is None or name in wanted:
             yield name, col
+
+
+def _column(chunk: Chunk, name: str) -> Column | None:
+    # A metric of a segment, or its times as the metric _timestamp.
+    return chunk.times_column() if name == "_timestamp" else chunk.columns.get(name)
 
 
 def _row_range(
@@ -481,10 +522,14 @@ def _trimmed(buffer: np.ndarray, used: int) -> np.ndarray:
 
 
 class _Steps:
-    """Every step a columnar read has read, in order: what dense metrics share."""
+    """Every step a columnar read has read, in order: what dense metrics share.
 
-    def __init__(self, room: int) -> None:
-        self.array = np.empty(room, dtype=np.int64)
+    Args:
+        array: where to keep them, as long as they fit.
+    """
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
         self.count = 0
 
     def extend(self, steps: np.ndarray) -> int:
@@ -528,6 +573,24 @@ class _Join:
 
         Row ``lo`` is the read's row ``at``.
         """
+        # The usual case, in as few steps as it takes (a read adds each
+        # metric of each segment): a metric logged at every step read since
+        # its first, and in this segment too, whose values are still of its
+        # array's dtype and fit in its room.
+        values, dtype, end = self.values, col.dtype, self.count + hi - lo
+        if (
+            col.rows is None
+            and self.steps is None
+            and at == self.first + self.count
+            and isinstance(values, np.ndarray)
+            and dtype is not None
+            and values.dtype == dtype
+            and end <= len(values)
+        ):
+            col.values_into(values[self.count : end], lo)
+            self.count = end
+            return
+
         if col.rows is None:
             start, stop, steps = lo, hi, None
         else:
@@ -587,13 +650,145 @@ class _Join:
         return steps, values
 
 
+class _Block:
+    """Metrics of one dtype logged at every step, whose values are rows of one array.
+
+    Each metric is a :class:`_Join` whose values array is its row. A segment
+    in which every one of them is a column of the dtype at every step, and
+    follows where the read left them, is added to the block whole: its
+    columns wait, with those of a few more segments of its length (up to
+    ``_BATCH`` of them, ``_BATCH_ROWS`` rows), to have their values placed
+    at once (:func:`gitruns.chunk.values_into_rows`). Any other segment is added
+    metric by metric, each into its own row or, past it, its own array,
+    once the block has placed what waits (:meth:`flush`); the block then
+    adds only the segments that find its metrics in step again.
+
+    Args:
+        names: the metrics, one row each.
+        joins: their joins, new; each is given its row.
+        values: the rows, of the metrics' dtype, each as long as the most
+            rows the read's segments can hold: every metric's room, being
+            logged at every step.
+    """
+
+    def __init__(
+        self, names: list[str], joins: list[_Join], values: np.ndarray
+    ) -> None:
+        self.names = names
+        self.joins = joins
+        self.values = values
+        self.rows = list(values)
+        for join, row in zip(joins, self.rows):
+            join.capacity = len(row)
+            join.values = row
+        # Segments added whose values wait to be placed, from row ``start``,
+        # ``length`` each.
+        self.waiting: list[list[Column]] = []
+        self.start = 0
+        self.length = 0
+
+    @classmethod
+    def of(
+        cls,
+        chunk: Chunk,
+        wanted: set[str] | None,
+        joins: dict[str, _Join],
+        segments: int,
+        room: int,
+    ) -> tuple[_Steps, list[_Block]]:
+        """The read's steps, and blocks for the metrics (and times) of its
+        first segment logged at every step.
+
+        The metrics' joins are added to ``joins``. The steps and every block
+        take rows of one array: a run's whole is one allocation, which the
+        system backs with large pages where it can (numpy asks for them for
+        arrays of 4 MiB and more), rather than a dozen that fault a page at a
+        time as they are filled.
+        """
+        names: dict[np.dtype, list[str]] = {}
+        for name, col in _chunk_columns(chunk, wanted):
+            dtype = _BLOCK_KINDS.get(col.kind)
+            if col.rows is None and dtype:
+                names.setdefault(dtype, []).append(name)
+        count = sum(map(len, names.values()))
+        arena = np.empty((1 + count, room), dtype=np.int64)
+        steps = _Steps(arena[0])
+        blocks = []
+        row = 1
+        for dtype, block_names in names.items():
+            block_joins = [_Join(steps, segments, room) for _ in block_names]
+            joins.update(zip(block_names, block_joins))
+            values = arena[row : row + len(block_names)].view(dtype)
+            blocks.append(cls(block_names, block_joins, values))
+            row += len(block_names)
+        return steps, blocks
+
+    def add(self, chunk: Chunk, at: int) -> bool:
+        """Add the values of a whole segment, if it holds the block in step.
+
+        Row 0 of the segment is the read's row ``at``. Returns whether it
+        did; if not, it added nothing. The values may wait to be placed
+        until :meth:`flush`.
+        """
+        fill = self.joins[0].count
+        length = len(chunk.steps)
+        end = fill + length
+        for join, row in zip(self.joins, self.rows):
+            if join.values is not row or join.steps is not None:
+                return False
+            if join.count != fill or (fill and at != join.first + fill):
+                return False
+        if end > self.values.shape[1]:
+            return False
+        columns = []
+        kind = _BLOCK_KINDS_OF[self.values.dtype]
+        for name in self.names:
+            col = _column(chunk, name)
+            if col is None or col.rows is not None or col.kind != kind:
+                return False
+            columns.append(col)
+
+        if self.waiting and length != self.length:
+            self.flush()
+        if not self.waiting:
+            self.start, self.length = fill, length
+        self.waiting.append(columns)
+        for join in self.joins:
+            if not fill:
+                join.first = at
+            join.count = end
+        if len(self.waiting) == _BATCH or len(self.waiting) * length >= _BATCH_ROWS:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Place the values of the segments that wait."""
+        if self.waiting:
+            end = self.start + len(self.waiting) * self.length
+            values_into_rows(self.waiting, self.values[:, self.start : end])
+            self.waiting = []
+
+
+#: The most segments whose values a block places at once, and the most
+#: rows they may hold between them: longer rows go faster (a row of a window
+#: of 1,000 steps is 8 KB), up to a point, and what waits holds its bytes.
+_BATCH = 8
+_BATCH_ROWS = 1 << 16
+
+
+#: The kinds whose metrics a read joins in blocks, by the dtype of their
+#: values: those stored as they are held.
+_BLOCK_KINDS = {"f8": np.dtype(np.float64), "i8": np.dtype(np.int64)}
+_BLOCK_KINDS_OF = {dtype: kind for kind, dtype in _BLOCK_KINDS.items()}
+
+
 def _rows_with_keys(
     chunk: Chunk, keys: Sequence[str], lo: int, hi: int | None
-) -> Iterator[dict[str, Any]]:
+) -> list[dict[str, Any]]:
     # The rows of a segment where every key was logged, with those keys.
     wanted = [k for k in keys if k not in ("_step", "_timestamp")]
     if any(k not in chunk.columns for k in wanted):
-        return
+        return []
     rows = np.arange(len(chunk.steps))
     for key in wanted:
         present = chunk.columns[key].rows
@@ -616,7 +811,7 @@ def _rows_with_keys(
         else:
             fields[key] = [values[i] for i in at.tolist()]
     template = dict.fromkeys(fields)
-    out = [template.copy() for _ in range(len(rows))]
+    out = list(map(dict.copy, repeat(template, len(rows))))
     for key, values in fields.items():
         fill_rows(out, key, values)
-    yield from out
+    return out

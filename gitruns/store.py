@@ -531,16 +531,15 @@ class History:
                 )
                 for name, mode, sha in level2.iteritems():
                     start = _parse_chunk_name(name, where, l1, l2)
-                    source = f"{where}:{_history_path(l1, l2, name)}"
                     if mode != FILE_MODE:
                         raise ChunkFormatError(
-                            source,
+                            f"{where}:{_history_path(l1, l2, name)}",
                             f"a segment must be a plain file (mode 100644), "
                             f"not mode {mode:o}; repair the tree in a new commit",
                         )
                     if chunk_dirs(start, window) != (l1, l2):
                         raise ChunkFormatError(
-                            source,
+                            f"{where}:{_history_path(l1, l2, name)}",
                             "segment stored outside its fan-out directory "
                             f"{_history_path(*chunk_dirs(start, window))}",
                         )
@@ -1001,7 +1000,13 @@ class RunStore:
         return commit
 
     def read_segment(
-        self, run: str, history: History, start: int, *, verify: bool = False
+        self,
+        run: str,
+        history: History,
+        start: int,
+        *,
+        verify: bool = False,
+        lazy: bool = False,
     ) -> Chunk:
         """Decode the segment stored at ``start``, checking it belongs there.
 
@@ -1016,6 +1021,8 @@ class RunStore:
             history: the run's history at the commit being read.
             start: the segment's first step, as its file name says.
             verify: check every stored digest against the values too.
+            lazy: check what a read may not use when it is first used (see
+                :func:`gitruns.chunk.decode_chunk`): for reading values.
 
         Raises:
             ChunkFormatError: naming the run and the file.
@@ -1032,7 +1039,7 @@ class RunStore:
         )
         if kind != Blob.type_num:
             raise ChunkFormatError(source, "the segment is not a file")
-        chunk = decode_chunk(data, source=source, verify=verify)
+        chunk = decode_chunk(data, source=source, verify=verify, lazy=lazy)
         problem = segment_problem(chunk, start, window, history.next_start(start))
         if problem:
             raise ChunkFormatError(source, problem)

@@ -33,6 +33,7 @@ from gitruns.chunk import (
     FORMAT_MAJOR,
     FORMAT_MINOR,
     MAX_CHUNK_BYTES,
+    MAX_METRICS,
     MAX_NAME_CHARS,
     Chunk,
     Column,
@@ -45,6 +46,7 @@ from gitruns.chunk import (
     decode_digests,
     encode_chunk,
     encode_digests,
+    values_into_rows,
 )
 from gitruns.errors import (
     ChunkFormatError,
@@ -914,6 +916,190 @@ def test_numbers_are_unpacked_once_whoever_reads_first() -> None:
         column.values[0] = 1.0
 
 
+def _chunk_of_every_shape(kind: str, n: int, count: int, seed: int = 7) -> bytes:
+    """A chunk of ``count`` dense columns of ``kind``: random bit patterns,
+    NaN payloads, -0.0, extremes, steady series (stored delta-coded)."""
+    rng = np.random.default_rng(seed)
+    special: list[Any] = (
+        [float_from_bits(0x7FF8000000C0FFEE), -0.0, 0.0, math.inf, -math.inf]
+        + [5e-324, float_from_bits(0xFFF0000000000001)]
+        if kind == "f8"
+        else [INT64_MIN, INT64_MAX, -1, 0, 1, 2**53 + 1, -(2**62)]
+    )
+    patterns = rng.integers(0, 2**64, size=(count, n), dtype=np.uint64)
+    metrics: dict[str, tuple[None, list[Any]]] = {}
+    for i in range(count):
+        values: list[Any] = patterns[i].view(f"<{kind}").tolist()
+        if i % 3 == 1:  # a steady series, which the writer delta-codes
+            values = [x * 3 if kind == "i8" else x * 0.25 for x in range(n)]
+        values[: len(special)] = special[:n]
+        metrics[f"m{i}"] = (None, values)
+    return encode_chunk(build_chunk(n, 0, list(range(n)), [0.0] * n, metrics))
+
+
+@pytest.mark.parametrize("kind", ["f8", "i8"])
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_values_into_rows_places_every_bit_as_values_does(
+    kind: str, count: int
+) -> None:
+    n = 300
+    data = _chunk_of_every_shape(kind, n, count)
+    deltas = [c.get("delta", False) for c in document(data)["columns"].values()]
+    assert count < 2 or (any(deltas) and not all(deltas))
+    want = np.stack([c.values for c in decode_chunk(data).columns.values()])
+
+    # Into rows that are slices of longer ones, as a reader joins segments.
+    columns = list(decode_chunk(data).columns.values())
+    rows = np.zeros((count, 3 * n), dtype=want.dtype)
+    values_into_rows([columns], rows[:, n : 2 * n])
+    assert not rows[:, :n].any() and not rows[:, 2 * n :].any()
+    assert rows[:, n : 2 * n].tobytes() == want.tobytes()
+
+    # A column unpacked already is copied, the others unshuffled still.
+    columns = list(decode_chunk(data).columns.values())
+    columns[-1].values  # noqa: B018
+    again = np.zeros((count, n), dtype=want.dtype)
+    values_into_rows([columns], again)
+    assert again.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("kind", ["f8", "i8"])
+def test_values_into_rows_places_several_segments_in_turn(kind: str) -> None:
+    # Segments of one length, their columns delta-coded or not as each
+    # writer chose, one already unpacked: row j holds column j of each.
+    n, count = 200, 4
+    chunks = [_chunk_of_every_shape(kind, n, count, seed) for seed in range(3)]
+    doc = document(chunks[1])
+    for col in doc["columns"].values():  # segment 1 codes the other way
+        if col.get("delta"):
+            del col["delta"]
+        else:
+            col["delta"] = True
+    chunks[1] = pack(doc)
+    want = np.concatenate(
+        [
+            np.stack([c.values for c in decode_chunk(d).columns.values()])
+            for d in chunks
+        ],
+        axis=1,
+    )
+
+    segments = [list(decode_chunk(d).columns.values()) for d in chunks]
+    rows = np.zeros((count, 5 * n), dtype=want.dtype)
+    values_into_rows(segments, rows[:, n : 4 * n])
+    assert not rows[:, :n].any() and not rows[:, 4 * n :].any()
+    assert rows[:, n : 4 * n].tobytes() == want.tobytes()
+
+    segments = [list(decode_chunk(d).columns.values()) for d in chunks]
+    segments[2][1].values  # noqa: B018
+    again = np.zeros((count, 3 * n), dtype=want.dtype)
+    values_into_rows(segments, again)
+    assert again.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_rows_hold_every_value_in_column_order(sparse: bool) -> None:
+    # rows() unpacks dense float and int columns together; each row must hold
+    # what each column's own values say, bit for bit, keys in column order.
+    n = 50
+    floats = document(_chunk_of_every_shape("f8", n, 3))["columns"]
+    ints = document(_chunk_of_every_shape("i8", n, 2))["columns"]
+    doc = document(_chunk_of_every_shape("f8", n, 1))
+    doc["columns"] = {
+        "a": floats["m0"], "b": ints["m0"], "c": floats["m1"], "d": ints["m1"],
+        "e": floats["m2"], "z": doc["columns"]["m0"],
+    }  # fmt: skip
+    metrics: dict[str, Any] = {"flag": (None, [i % 3 == 0 for i in range(n)])}
+    if sparse:
+        metrics["note"] = ([1, 7, 30], ["x", "y", "z"])
+    times = [1.7e9 + i / 7 for i in range(n)]
+    times[3:6] = [float_from_bits(0x7FF8000000C0FFEE), -0.0, math.inf]
+    extra = build_chunk(n, 0, list(range(n)), times, metrics)
+    doc["columns"].update(document(encode_chunk(extra))["columns"])
+    doc["times"] = document(encode_chunk(extra))["times"]
+    data = pack(doc)
+
+    want = []
+    chunk = decode_chunk(data)
+    for row in range(n):
+        item: dict[str, Value] = {"_step": row, "_timestamp": times[row]}
+        for name, col in chunk.columns.items():
+            at = row if col.rows is None else np.searchsorted(col.rows, row)
+            if col.rows is None or at < len(col.rows) and col.rows[at] == row:
+                item[name] = col.value_list()[int(at)]
+        want.append(item)
+    got = list(decode_chunk(data).rows())
+    assert [list(row) for row in got] == [list(row) for row in want]
+    for a, b in zip(got, want, strict=True):
+        assert all(same(a[key], b[key]) for key in b)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        '"}, __import__("os"), {"',
+        'it\'s \\ "quoted"',
+        "naïve ✓ 日本",
+        "a\u2028b",
+        "x" * 256,
+    ],
+)
+def test_rows_of_dense_metrics_hold_their_names_as_they_are(name: str) -> None:
+    # Rows of dense metrics are made by a function written for their names;
+    # any name a chunk may hold is a key of those rows and nothing more.
+    chunk = build_chunk(2, 0, [0, 1], [1.0, 2.0], {name: (None, [1.5, 2.5])})
+    rows = list(decode_chunk(encode_chunk(chunk)).rows())
+    assert rows == [
+        {"_step": 0, "_timestamp": 1.0, name: 1.5},
+        {"_step": 1, "_timestamp": 2.0, name: 2.5},
+    ]
+
+
+def test_times_are_unpacked_once_when_first_read() -> None:
+    n = 1000
+    times = np.random.default_rng(2).integers(0, 2**64, n, dtype=np.uint64)
+    times = times.view(np.float64)
+    built = build_chunk(n, 0, list(range(n)), times.tolist(), {})
+    assert built.times_column().values is built.times
+    chunk = decode_chunk(encode_chunk(built))
+
+    # Packed until read; a reader of columns takes them as a column.
+    packed = chunk.times_column()
+    assert packed.kind == "f8" and packed.rows is None and packed.count == n
+    assert "_times" in chunk.__dict__ and isinstance(chunk.__dict__["_times"], Column)
+    seen: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda: seen.append(chunk.times)) for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(t.tobytes() == times.tobytes() for t in seen)
+    assert chunk.times is chunk.times and chunk.times_column().values is chunk.times
+    with pytest.raises(ValueError):
+        chunk.times[0] = 1.0
+    with pytest.raises(AttributeError):
+        chunk.times = times  # type: ignore[misc]
+
+
+def test_values_into_rows_takes_only_columns_that_fit() -> None:
+    f8 = list(decode_chunk(_chunk_of_every_shape("f8", 10, 2)).columns.values())
+    i8 = list(decode_chunk(_chunk_of_every_shape("i8", 10, 1)).columns.values())
+    with pytest.raises(ValueError, match="kinds"):
+        values_into_rows([[f8[0], i8[0]]], np.zeros((2, 10)))
+    with pytest.raises(ValueError, match="kinds"):
+        values_into_rows([f8], np.zeros((2, 10), dtype=np.int64))
+    with pytest.raises(ValueError, match="do not fit"):
+        values_into_rows([f8], np.zeros((2, 9)))
+    with pytest.raises(ValueError, match="do not fit"):
+        values_into_rows([f8], np.zeros((3, 10)))
+    with pytest.raises(ValueError, match="do not fit"):
+        values_into_rows([f8, f8], np.zeros((2, 30)))
+    with pytest.raises(ValueError, match="do not fit"):
+        values_into_rows([f8, f8[:1]], np.zeros((2, 20)))
+
+
 # --------------------------------------------------------------------------
 # float32 storage
 
@@ -1567,6 +1753,59 @@ def test_prefix_reaching_into_the_chunk_is_refused() -> None:
     assert "prefix" in str(exc)
 
 
+#: Ways a prefix digest can be malformed, each a rule decode_chunk enforces.
+BAD_PREFIXES: dict[str, Callable[[dict[str, Any]], None]] = {
+    "reaches into the chunk": lambda p: p["lr"].__setitem__(
+        DIGEST_INDEX["last_step"], 200
+    ),
+    "not a digest": lambda p: p.__setitem__("lr", [1, 2]),
+    "reserved name": lambda p: p.__setitem__("_step", p.pop("lr")),
+    "min above max": lambda p: p["lr"].__setitem__(DIGEST_INDEX["min"], 1e9),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PREFIXES))
+def test_a_lazy_prefix_is_refused_when_first_read(case: str) -> None:
+    # A reader of values never reads prefix digests; with lazy they
+    # are checked when first read, and refused as decode_chunk refuses them.
+    doc = document((GOLDEN / "with_prefix.msgpack").read_bytes())
+    BAD_PREFIXES[case](doc["prefix"])
+    data = pack(doc)
+    eager = refused(data)
+    refused(data, lazy=True, verify=True)  # verify checks all at once
+
+    chunk = decode_chunk(data, source=SOURCE, lazy=True)
+    good = decode_chunk((GOLDEN / "with_prefix.msgpack").read_bytes())
+    assert chunk.steps.tolist() == good.steps.tolist()
+    assert chunk.columns["loss"].value_list() == good.columns["loss"].value_list()
+    assert repr(chunk.prefix) == "<prefix digests, not read yet>"
+    for read in (
+        lambda: chunk.prefix["lr"],
+        lambda: len(chunk.prefix),
+        lambda: list(chunk.prefix),
+        lambda: "lr" in chunk.prefix,
+        lambda: chunk.prefix == good.prefix,
+        chunk.totals,
+        lambda: encode_chunk(chunk),
+    ):
+        with pytest.raises(ChunkFormatError) as info:
+            read()
+        assert str(info.value) == str(eager)
+        assert info.value.__cause__ is None
+
+
+def test_a_lazy_prefix_holds_what_decode_chunk_checks_at_once() -> None:
+    for name in ("with_prefix", "sparse_kinds"):
+        data = (GOLDEN / f"{name}.msgpack").read_bytes()
+        eager = decode_chunk(data)
+        lazy = decode_chunk(data, lazy=True)
+        assert set(lazy.prefix) == set(eager.prefix)
+        for metric, digest in eager.prefix.items():
+            assert_digest(lazy.prefix[metric], digest)
+        assert repr(lazy.prefix) == repr(eager.prefix)
+        assert encode_chunk(lazy) == encode_chunk(eager) == data
+
+
 def test_lying_stats_are_caught_by_verify_and_never_used() -> None:
     doc = document((GOLDEN / "with_prefix.msgpack").read_bytes())
     doc["columns"]["loss"]["digest"][DIGEST_INDEX["min"]] = -100.0
@@ -1707,6 +1946,8 @@ def test_arrays_are_counted_where_they_are_built(valid: bytes) -> None:
     data = splice(doc, nest)
     exc = refused(data)
     assert "arrays" in exc.reason
+    # (Fewer bytes could not hold more arrays than the limit: not counted.)
+    assert len(data) > 2 * MAX_METRICS + 64
 
 
 @pytest.mark.parametrize(
@@ -1858,6 +2099,67 @@ def test_hostile_frames_are_refused_with_a_reason(
     assert what in exc.reason
     assert reason.format(n=n, more=n + 8) in exc.reason, exc.reason
     assert peak < 2**20, f"{peak} bytes traced"
+
+
+#: The attacks a frame's header shows: a lazy decode refuses them at once.
+HEADER_ATTACKS = {
+    "bad magic", "plain bin", "empty bin", "header cut short", "size mismatch",
+    "no content size", "skippable frame", "skippable, then data", "dictionary id",
+    "two frames of halves", "huge window", "decompression bomb",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("attack", sorted(FRAME_ATTACKS))
+@pytest.mark.parametrize("where", ["values", "steps", "times"])
+def test_a_lazy_decode_refuses_a_hostile_frame_when_it_is_read(
+    valid: bytes, attack: str, where: str
+) -> None:
+    # decode_chunk(lazy=True) checks a frame's header and counts what it
+    # declares; the rest of a frame of the values (or times) is checked when
+    # they are first read, by any way of reading them, with the error an
+    # eager decode raises. Steps are checked at once, as the layout needs.
+    doc = document(valid)
+    holder, key = (
+        (doc["columns"]["acc"], "values") if where == "values" else (doc, where)
+    )
+    holder[key] = FRAME_ATTACKS[attack][0](unframe(holder[key]))
+    data = pack(doc)
+    eager = refused(data)
+    if attack in HEADER_ATTACKS or where == "steps":
+        lazily = refused(data, lazy=True)
+        # (A times frame's header says how many rows there are, which the
+        # steps may contradict first.)
+        assert where == "times" or str(lazily) == str(eager)
+        return
+
+    chunk = decode_chunk(data, source=SOURCE, lazy=True)
+    good = decode_chunk(valid)
+    reads: list[Callable[[], object]] = [lambda: list(chunk.rows())]
+    if where == "times":
+        reads += [lambda: chunk.times, chunk.times_column().value_list]
+        assert chunk.steps.tolist() == good.steps.tolist()
+    else:
+        col = chunk.columns["acc"]
+        out = np.empty((1, col.count), dtype=col.dtype)
+        reads += [lambda: col.values, lambda: col.values_into(out[0])]
+        reads += [lambda: values_into_rows([[col]], out), chunk.digests]
+        assert chunk.times.tobytes() == good.times.tobytes()
+    for name, other in chunk.columns.items():
+        if name != "acc":
+            assert as_list(other.values) == as_list(good.columns[name].values)
+    for read in reads:
+        peak = _traced_peak(lambda: refused_by(read))  # noqa: B023
+        assert str(refused_by(read)) == str(eager)  # noqa: B023
+        assert peak < 2**20, f"{peak} bytes traced"
+
+
+def refused_by(read: Callable[[], object]) -> ChunkFormatError:
+    """Assert ``read()`` raises exactly ChunkFormatError, naming SOURCE."""
+    with pytest.raises(ChunkFormatError) as info:
+        read()
+    assert type(info.value) is ChunkFormatError, info.value
+    assert SOURCE in str(info.value) and info.value.__cause__ is None
+    return info.value
 
 
 def test_a_valid_frame_of_another_shape_reads_the_same() -> None:

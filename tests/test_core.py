@@ -300,19 +300,18 @@ def _same_values(got: object, want: list[object]) -> bool:
     )
 
 
-@pytest.mark.parametrize(
-    ("lo", "hi"),
-    [(None, None), (5, 50), (8, 9), (0, 7), (13, 14), (20, 41), (59, None), (100, 200)],
-)
-@pytest.mark.parametrize("keys", [None, ["dense"], ["gappy", "kind", "_timestamp"]])
-def test_columns_hold_what_scan_history_yields(
-    mixed_run: RunView, lo: int | None, hi: int | None, keys: list[str] | None
-) -> None:
+SLICES = [(None, None), (5, 50), (8, 9), (0, 7), (13, 14), (20, 41), (59, None)]
+SLICES += [(100, 200)]
+
+
+def _columns_as_rows(
+    view: RunView, keys: list[str] | None, lo: int | None, hi: int | None
+) -> dict[str, tuple[np.ndarray, object]]:
     # The columnar read joins each metric across segments as it reads them;
     # it must give the rows' values exactly: bit for bit, of their types,
     # with their gaps, and a list where a metric changes type.
-    rows = list(mixed_run.scan_history(min_step=lo, max_step=hi))
-    cols = mixed_run.columns(keys, min_step=lo, max_step=hi)
+    rows = list(view.scan_history(min_step=lo, max_step=hi))
+    cols = view.columns(keys, min_step=lo, max_step=hi)
     names = {k for row in rows for k in row}
     if keys is not None:
         names &= {*keys, "_step"} if "_step" in keys else set(keys)
@@ -323,6 +322,15 @@ def test_columns_hold_what_scan_history_yields(
         steps, values = cols[name]
         assert steps.tolist() == at, name
         assert _same_values(values, want), name
+    return cols
+
+
+@pytest.mark.parametrize(("lo", "hi"), SLICES)
+@pytest.mark.parametrize("keys", [None, ["dense"], ["gappy", "kind", "_timestamp"]])
+def test_columns_hold_what_scan_history_yields(
+    mixed_run: RunView, lo: int | None, hi: int | None, keys: list[str] | None
+) -> None:
+    cols = _columns_as_rows(mixed_run, keys, lo, hi)
     if "dense" in cols and keys is None:
         assert isinstance(cols["dense"][1], np.ndarray)
         assert cols["dense"][1].dtype == np.float64
@@ -330,6 +338,92 @@ def test_columns_hold_what_scan_history_yields(
         assert isinstance(cols["flag"][1], np.ndarray) and cols["flag"][1].dtype == bool
     if "kind" in cols and lo is None:
         assert isinstance(cols["kind"][1], list)  # float, then int, then str
+
+
+@pytest.fixture(scope="module")
+def block_run(tmp_path_factory: pytest.TempPathFactory) -> RunView:
+    """A run of 90 steps in windows of 7, flushed in parts, of many dense
+    float and int metrics, some of which later leave off being dense."""
+    repo = tmp_path_factory.mktemp("block") / "runs.git"
+    specials = [-0.0, math.inf, NAN_PAYLOAD, 5e-324, -math.inf, 0.0]
+    with gitruns.init(project="p", id="block", repo=repo, window=7) as run:
+        for i in range(90):
+            row: dict[str, object] = {
+                "a": specials[i % 6] if i % 4 == 0 else i / 3,
+                "b": 0.25 * i,  # a schedule: stored delta-coded
+                "c": i // 10,  # an epoch counter: stored delta-coded
+                "d": (i * 2**40 - 2**62) ^ (i * 7919),
+                "flag": i % 2 == 0,
+            }
+            if i < 40 or i % 2:
+                row["e"] = math.sin(i)  # sparse from step 40
+            row["f"] = i if 60 <= i < 70 else float(i)  # ints for a while
+            if i >= 20:
+                row["g"] = -float(i)  # not in the first segment
+            if not 30 <= i < 37:
+                row["h"] = i * 3  # a window without it
+            run.log(row)
+            if i % 5 == 0:
+                run._writer.flush()  # a segment that ends mid-window
+    return gitruns.Api(repo).run("p/block")
+
+
+@pytest.mark.parametrize(("lo", "hi"), SLICES)
+@pytest.mark.parametrize(
+    "keys",
+    [None, ["a", "b", "c", "d"], ["a", "b", "_timestamp"], ["c", "h"], ["f", "a"]],
+)
+def test_columns_of_metrics_read_at_once_hold_what_scan_history_yields(
+    block_run: RunView, lo: int | None, hi: int | None, keys: list[str] | None
+) -> None:
+    # Metrics logged at every step of the first segment are kept as rows of
+    # one array per dtype, and filled a segment at a time while they all
+    # stay so; the rest, and every segment after one breaks step, go a
+    # metric at a time. Either way the values are those of the rows.
+    cols = _columns_as_rows(block_run, keys, lo, hi)
+    if "_timestamp" in cols:
+        # Against each segment's times as the chunk itself unpacks them.
+        times = [c.times[c.steps == s] for c in block_run.chunks() for s in c.steps]
+        steps, values = cols["_timestamp"]
+        want = np.concatenate(times)[np.isin(np.arange(90), steps)]
+        assert values.tobytes() == want.tobytes()
+    if keys == ["a", "b", "c", "d"] and lo is None and hi is None:
+        floats, ints = cols["a"][1], cols["c"][1]
+        assert isinstance(floats, np.ndarray) and isinstance(ints, np.ndarray)
+        assert floats.base is not None and floats.base is cols["b"][1].base
+        assert ints.base is not None and ints.base is cols["d"][1].base
+        assert floats.dtype == np.float64 and ints.dtype == np.int64
+
+
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory: pytest.TempPathFactory) -> RunView:
+    """25 full windows of 10 steps: segments a block places 8 at a time."""
+    repo = tmp_path_factory.mktemp("long") / "runs.git"
+    specials = [NAN_PAYLOAD, -0.0, math.inf, 5e-324]
+    with gitruns.init(project="p", id="long", repo=repo, window=10) as run:
+        for i in range(250):
+            row: dict[str, object] = {
+                "a": specials[i % 4] if i % 7 == 0 else math.cos(i),
+                "lr": 1e-3 * 0.5 ** (i // 40),  # a schedule: delta-coded
+                "epoch": i // 25,
+                "ints": i * 7919 - 2**40,
+            }
+            if not 163 <= i < 170:
+                row["b"] = float(i)  # missing inside a segment: out of step
+            run.log(row)
+    return gitruns.Api(repo).run("p/long")
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi"), [(None, None), (35, 201), (80, 160), (170, None), (0, 10)]
+)
+@pytest.mark.parametrize("keys", [None, ["a", "lr", "epoch", "ints"]])
+def test_columns_placed_segments_at_a_time_hold_what_scan_history_yields(
+    long_run: RunView, lo: int | None, hi: int | None, keys: list[str] | None
+) -> None:
+    cols = _columns_as_rows(long_run, keys, lo, hi)
+    assert isinstance(cols["lr"][1], np.ndarray) and cols["lr"][1].dtype == float
+    assert isinstance(cols["epoch"][1], np.ndarray) and cols["epoch"][1].dtype == int
 
 
 def test_columns_size_each_metric_by_what_it_holds(repo: Path) -> None:

@@ -32,8 +32,8 @@ from dulwich.pack import write_pack_index_v2
 from dulwich.repo import Repo
 
 import gitruns
-from gitruns import lineage, textconv
-from gitruns.chunk import MAX_CHUNK_BYTES, build_chunk, encode_chunk
+from gitruns import hooks, lineage, textconv
+from gitruns.chunk import MAX_CHUNK_BYTES, build_chunk, decode_chunk, encode_chunk
 from gitruns.cli.main import main as cli
 from gitruns.errors import ChunkFormatError, ForkPointError, RepositoryError
 from gitruns.fork import ForkPoint, fork_run, rewind_run
@@ -614,6 +614,93 @@ def test_the_hooks_checker_reads_a_pushed_bomb_in_bounded_memory(repo: Path) -> 
     assert "000000000030.msgpack" in report["message"], report
     assert "over the limit" in report["message"]
     assert report["grew"] < 32 * 2**20, report
+
+
+def test_a_malformed_prefix_is_refused_where_it_is_used(
+    repo: Path, store: RunStore
+) -> None:
+    # Segment 10 with a prefix digest reaching into its own steps. Reading
+    # history uses no prefix digest, so it reads the segment's values; what
+    # starts from the digests (a fork's summary, a chunk's totals) and what
+    # checks a push refuse it, naming the file.
+    before = decode_chunk(chunk(list(range(10)))).totals()
+    good = build_chunk(
+        10,
+        10,
+        list(range(10, 20)),
+        [1.7e9 + s for s in range(10, 20)],
+        {"loss": (None, [float(s) for s in range(10, 20)])},
+        prefix=before,
+    )
+    doc = msgpack.unpackb(encode_chunk(good))
+    doc["prefix"]["loss"][4] = 15  # its last step, inside this segment
+    data = msgpack.packb(doc, use_bin_type=True)
+    craft(repo, "prefix", {SEGMENT_10: data})
+    view = gitruns.Api(str(repo)).run("demo/prefix")
+
+    assert view.columns(["loss"])["loss"][1].tolist()[10:20] == list(range(10, 20))
+    assert [row["_step"] for row in view.scan_history()] == list(range(25))
+    segment = list(view.chunks(10, 20))[0]
+    for use in (lambda: segment.prefix["loss"], segment.totals):
+        with pytest.raises(ChunkFormatError, match="prefix digest of 'loss'") as info:
+            use()
+        assert "demo/prefix:history/0000/00/000000000010.msgpack" in str(info.value)
+
+    point = ForkPoint.parse("demo/prefix?_step=15")
+    info_json = {"id": "forked", "project": "demo", "window": 10}
+    with pytest.raises(ChunkFormatError, match="prefix digest of 'loss'"):
+        fork_run(
+            store, RunRef("demo", "prefix"), point, RunRef("demo", "f"), info_json, {}
+        )
+    # Such a segment pushed onto demo/good, after its last one.
+    doc = msgpack.unpackb(chunk([30, 31, 32]))
+    doc["prefix"] = {"loss": [25, 1.0, 0.04, 0, 31, 0.04, 1.0, 3.8, 25]}
+    segment = b"history/0000/00/000000000030.msgpack"
+    pushed = {segment: msgpack.packb(doc, use_bin_type=True)}
+    new = craft(repo, "good", pushed, same_run_json=True)
+    checker = hooks.client_checker(Repo(str(repo)), None, allow_rewrite=False)
+    update = hooks.RefUpdate(GOOD.encode(), None, new)
+    assert "prefix digest of 'loss'" in " | ".join(map(str, checker.check([update])))
+
+
+def test_a_frame_that_does_not_inflate_is_refused_when_its_metric_is_read(
+    repo: Path,
+) -> None:
+    # Segment 10 with a frame of acc's values that has a byte after it: its
+    # header is sound, so a read of loss alone never inflates it; any read
+    # of acc's values refuses the segment, naming it and why.
+    doc = msgpack.unpackb(
+        encode_chunk(
+            build_chunk(
+                10,
+                10,
+                list(range(10, 20)),
+                [1.7e9 + s for s in range(10, 20)],
+                {
+                    "loss": (None, [1.0 / (s + 1) for s in range(10, 20)]),
+                    "acc": (None, list(range(10, 20))),
+                },
+            )
+        )
+    )
+    doc["columns"]["acc"]["values"] += b"\x00"
+    craft(repo, "frame", {SEGMENT_10: msgpack.packb(doc, use_bin_type=True)})
+    view = gitruns.Api(str(repo)).run("demo/frame")
+
+    loss = view.columns(["loss"])["loss"][1].tolist()
+    assert loss == [1.0 / (s + 1) for s in range(25)]
+    assert len(list(view.scan_history(keys=["loss"]))) == 25
+    for read in (
+        lambda: view.columns(),
+        lambda: view.columns(["acc"]),
+        lambda: list(view.scan_history()),
+        lambda: list(view.scan_history(keys=["acc"])),
+        lambda: view.history(),
+    ):
+        with pytest.raises(ChunkFormatError, match="1 bytes of unused data") as info:
+            read()
+        assert "demo/frame:history/0000/00/000000000010.msgpack" in str(info.value)
+        assert "metric 'acc': values" in str(info.value)
 
 
 # -- #5: chunks that amplify when decoded ------------------------------------------
