@@ -45,12 +45,21 @@ _PACK_FILES = (".idx", ".pack", ".rev", ".bitmap", ".mtimes")
 #: A pack with one of these beside it is Git's to keep as it is.
 _KEPT = (".keep", ".promisor")
 
+#: What a ``.keep`` of gitruns says (Git shows it as the reason the pack is kept).
+_KEEP_REASON = b"gitruns: a commit being written names these objects\n"
+
 #: A ``gc.pid`` newer than this means a ``git gc`` may be at work (Git's own
 #: ``gc`` waits twelve hours for a lock it finds).
 _GC_PID_SECONDS = 12 * 3600.0
 
 
-def write_pack(objects: DiskObjectStore, batch: Iterable[ShaFile], count: int) -> str:
+def write_pack(
+    objects: DiskObjectStore,
+    batch: Iterable[ShaFile],
+    count: int,
+    *,
+    keep: bool = False,
+) -> str:
     """Write the ``count`` objects of ``batch`` as one new pack and its index.
 
     ``batch`` may be a generator: one object is in memory at a time. Chunks
@@ -61,6 +70,15 @@ def write_pack(objects: DiskObjectStore, batch: Iterable[ShaFile], count: int) -
     the pack (which dulwich's ``add_pack`` makes). The pack is named by its
     checksum, as Git names packs, and is seen by readers once its index is
     there.
+
+    Args:
+        objects: the object store.
+        batch: the objects.
+        count: how many objects ``batch`` yields.
+        keep: give the pack a ``.keep`` file before it is moved in, as
+            ``git receive-pack`` does: objects no ref names yet would be
+            deleted by a ``git repack -ad`` running meanwhile. The caller
+            calls :func:`release` once a ref names them.
 
     Returns:
         The pack's name (``pack-<checksum>``). A pack of that name that is
@@ -110,6 +128,9 @@ def write_pack(objects: DiskObjectStore, batch: Iterable[ShaFile], count: int) -
                 os.fsync(file.fileno())
         name = "pack-" + checksum.hex()
         base = os.path.join(pack_dir, name)
+        if keep:
+            with open(base + ".keep", "wb") as marker:
+                marker.write(_KEEP_REASON)
         if os.path.exists(base + ".idx"):
             return name  # the same objects in the same order, packed before
         os.chmod(tmp, 0o444)
@@ -135,8 +156,36 @@ def write_pack(objects: DiskObjectStore, batch: Iterable[ShaFile], count: int) -
         # A pack without its index is one nobody reads: do not leave it.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(base + ".pack")
+        if keep:
+            release(objects, name)
         raise
     return name
+
+
+def release(objects: DiskObjectStore, name: str) -> None:
+    """Remove the ``.keep`` that :func:`write_pack` gave pack ``name``."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(objects.pack_dir, name + ".keep"))
+
+
+def release_stale(objects: DiskObjectStore, older_than: float) -> int:
+    """Remove gitruns' ``.keep`` files older than ``older_than`` seconds.
+
+    A writer killed between writing a pack and moving its branch leaves the
+    pack kept for good; Git would never repack it.
+
+    Returns:
+        How many were removed.
+    """
+    removed = 0
+    for path in Path(objects.pack_dir).glob("pack-*.keep"):
+        with contextlib.suppress(OSError):
+            if time.time() - path.stat().st_mtime < older_than:
+                continue
+            if path.read_bytes() == _KEEP_REASON:
+                path.unlink()
+                removed += 1
+    return removed
 
 
 class PackRecord:

@@ -40,7 +40,14 @@ from gitruns.errors import (
     mapped_errors,
 )
 from gitruns.objects import CorruptObject, ObjectReader, ObjectTooLarge
-from gitruns.packs import CHUNK_COMPRESSION, PackRecord, merge_packs, write_pack
+from gitruns.packs import (
+    CHUNK_COMPRESSION,
+    PackRecord,
+    merge_packs,
+    release,
+    release_stale,
+    write_pack,
+)
 from gitruns.refs import RUNS_PREFIX, RunRef, Sha, check_name
 from gitruns.values import SURROGATE, check_unicode
 
@@ -81,6 +88,10 @@ MAX_PACKS = 50
 #: finish, a committer catching up) then creates two files, not dozens (a new
 #: file costs ~0.3 ms on ext4), and leaves nothing to repack later.
 PACK_MIN_OBJECTS = 16
+
+#: A pack gitruns kept for a commit this long ago lost its writer (killed
+#: before it moved its branch): the keep goes, so that Git may repack it.
+STALE_KEEP_SECONDS = 24 * 3600.0
 
 #: Bytes of objects a commit holds in memory at most before writing them (a
 #: commit of a long backlog writes several packs rather than one large one).
@@ -818,6 +829,14 @@ class RunStore:
         """
         # The objects the new commit names are on disk before the branch is.
         self.write_held()
+        try:
+            return self._update_ref(run, old, new, message)
+        finally:
+            self._release_kept()
+
+    def _update_ref(
+        self, run: RunRef, old: Sha | None, new: Sha, message: str | None
+    ) -> bool:
         reflog = None if message is None else message.encode()
         with mapped_errors(f"updating {run.branch}"):
             for attempt in range(50):
@@ -909,6 +928,7 @@ class RunStore:
             self.write_held()
         finally:
             self._batch.held = None
+            self._release_kept()
 
     def write_held(self) -> None:
         """Write the objects :meth:`batched_objects` holds for this thread, now.
@@ -931,16 +951,26 @@ class RunStore:
                 for obj, level in entries:
                     _write_loose(objects, obj, level)
             else:
-                self._write_pack((obj for obj, _ in entries), len(entries))
+                # Kept until the ref that names them moves (see update_ref).
+                name = self._write_pack((o for o, _ in entries), len(entries), True)
+                self._batch.kept = [*getattr(self._batch, "kept", []), name]
 
-    def _write_pack(self, objects: Iterable[ShaFile], count: int) -> None:
+    def _release_kept(self) -> None:
+        for name in getattr(self._batch, "kept", []):
+            release(self.repo.object_store, name)
+        self._batch.kept = []
+
+    def _write_pack(
+        self, objects: Iterable[ShaFile], count: int, keep: bool = False
+    ) -> str:
         """Write ``objects`` as a pack, and note it as one of gitruns' packs."""
-        name = write_pack(self.repo.object_store, objects, count)
+        name = write_pack(self.repo.object_store, objects, count, keep=keep)
         try:
             self.pack_record.add(name)
         except OSError as exc:
             # Only tidy() reads the record: git gc merges this pack instead.
             logger.debug("pack %s not recorded: %s", name, exc)
+        return name
 
     def blob(self, data: bytes) -> Sha:
         """Store bytes as a blob and return its id."""
@@ -1270,6 +1300,7 @@ class RunStore:
                 packed = self.pack_loose_objects()
             if len(self.repo.object_store.packs) > MAX_PACKS:
                 with self._pack_lock():
+                    release_stale(self.repo.object_store, STALE_KEEP_SECONDS)
                     merge_packs(self.repo.object_store, self.pack_record, MAX_PACKS)
             return packed
 

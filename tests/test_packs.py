@@ -135,3 +135,28 @@ def test_a_batch_holds_only_its_own_threads_objects(repo: Path) -> None:
         assert store.objects.contains(other[0]) and not store.objects.contains(mine)
     finally:
         store.close()
+
+
+def test_a_git_repack_before_the_branch_moves_keeps_the_new_pack(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The objects of a commit being written are in no ref yet: `git repack
+    # -ad` deletes an unkept pack of them, and the branch would then name a
+    # missing commit. Its .keep holds it until the branch moves.
+    write_held = RunStore.write_held
+
+    def repacked(self: RunStore) -> None:
+        write_held(self)
+        git("repack", "-adq", cwd=repo)
+
+    run = gitruns.init(project="p", id="short", repo=repo, window=100)
+    for step in range(5000):
+        run.log({"loss": 1.0 / (step + 1)})
+    monkeypatch.setattr(RunStore, "write_held", repacked)
+    run.finish()
+    monkeypatch.undo()
+
+    git("fsck", "--strict", cwd=repo)
+    rows = list(gitruns.Api(repo=repo).run("p/short").scan_history())
+    assert [r["loss"] for r in rows] == [1.0 / (s + 1) for s in range(5000)]
+    assert not list((repo / "objects" / "pack").glob("*.keep"))  # released
