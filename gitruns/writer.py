@@ -738,9 +738,14 @@ class RunWriter:
                 except RepositoryError as exc:
                     link.cancel()
                     raise self._commit_failed(exc) from exc
-            if link is not None:
-                link.cancel()
-            return self._finish_locally(state, meta)
+            try:
+                return self._finish_locally(state, meta)
+            finally:
+                # Only now: if this process is killed while it commits, the
+                # committer process (booted by its pipe closing) commits the
+                # journal and marks the run crashed, as for any other kill.
+                if link is not None:
+                    link.cancel()
         finally:
             self._closed = True
             self._lock.release()
