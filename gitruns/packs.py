@@ -11,12 +11,14 @@ from Git's own packs (a fetch's deltas, a ``git gc``'s pack, a kept pack).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from dulwich.file import GitFile
 from dulwich.object_store import DiskObjectStore
@@ -191,6 +193,9 @@ def release_stale(objects: DiskObjectStore, older_than: float) -> int:
 class PackRecord:
     """The names of the packs gitruns wrote in a repository, one per line.
 
+    Every read and change of the file holds a lock on it, for the moment it
+    takes: writers add names as they commit, while a merge rewrites it.
+
     Args:
         path: the record's file (in gitruns' own folder of the Git directory).
     """
@@ -199,37 +204,49 @@ class PackRecord:
         self.path = path
 
     def add(self, name: str) -> None:
-        """Note a pack gitruns wrote (an append of one line, safe across processes).
+        """Note a pack gitruns wrote.
 
         Raises:
             OSError: the record could not be written.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "ab") as f:
-            f.write(name.encode() + b"\n")
+        with self._locked() as record:
+            record.seek(0, os.SEEK_END)
+            record.write(name.encode() + b"\n")
 
     def names(self) -> set[str]:
         """The names noted, of packs that may since have gone."""
-        try:
-            lines = self.path.read_bytes().decode(errors="replace").split()
-        except FileNotFoundError:
+        if not self.path.exists():
             return set()
-        return {line for line in lines if line.startswith("pack-")}
+        with self._locked() as record:
+            return _names(record.read())
 
-    def merged(self, gone: Iterable[str], new: str, present: set[str]) -> None:
+    def merged(self, gone: Iterable[str], new: str, pack_dir: Path) -> None:
         """Note that the packs ``gone`` were merged into ``new``.
 
-        Names of packs no longer ``present`` (a ``git gc`` repacked them) are
-        dropped too. The record is read again first: other processes add to
-        it without the pack lock the caller holds.
+        Names of packs no longer in ``pack_dir`` (a ``git gc`` repacked them)
+        are dropped too.
 
         Raises:
             OSError: the record could not be written.
         """
-        names = (self.names() & present) - set(gone) | {new}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(name + "\n" for name in sorted(names)))
-        os.replace(tmp, self.path)
+        present = {p.stem for p in pack_dir.glob("pack-*.idx")}
+        with self._locked() as record:
+            names = (_names(record.read()) & present) - set(gone) | {new}
+            record.seek(0)
+            record.truncate()
+            record.write("".join(n + "\n" for n in sorted(names)).encode())
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[BinaryIO]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a+b") as record:
+            fcntl.flock(record.fileno(), fcntl.LOCK_EX)
+            record.seek(0)
+            yield record
+
+
+def _names(data: bytes) -> set[str]:
+    return {n for n in data.decode(errors="replace").split() if n.startswith("pack-")}
 
 
 def merge_packs(
@@ -287,7 +304,11 @@ def merge_packs(
     gone = [name for name in chosen if name != new]
     for name in gone:
         _remove_pack(pack_dir, name)
-    record.merged(gone, new, set(on_disk) | {new})
+    # A multi-pack index written since the look above may name the packs
+    # just removed; without one, Git reads each pack's own index.
+    with contextlib.suppress(FileNotFoundError):
+        (pack_dir / "multi-pack-index").unlink()
+    record.merged(gone, new, pack_dir)
     # dulwich drops the packs removed from its cache when it lists them again.
     objects.packs  # noqa: B018
     logger.info("merged %d packs of gitruns into %s", len(chosen), new)

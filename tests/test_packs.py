@@ -160,3 +160,44 @@ def test_a_git_repack_before_the_branch_moves_keeps_the_new_pack(
     rows = list(gitruns.Api(repo=repo).run("p/short").scan_history())
     assert [r["loss"] for r in rows] == [1.0 / (s + 1) for s in range(5000)]
     assert not list((repo / "objects" / "pack").glob("*.keep"))  # released
+
+
+def test_the_record_keeps_packs_written_while_a_merge_ran(repo: Path) -> None:
+    store = RunStore.open(repo)
+    objects = store.repo.object_store
+    record = PackRecord(repo / "gitruns" / "packs")
+    a, b, c = (write_pack(objects, iter(blobs(f"{k}1", f"{k}2")), 2) for k in "abc")
+    for name in (a, b):
+        record.add(name)
+    merged = write_pack(objects, iter(blobs("a1", "a2", "b1", "b2")), 4)
+    record.add(c)  # another writer, after the merge listed the packs
+    for name in (a, b):
+        for suffix in (".idx", ".pack"):
+            (repo / "objects" / "pack" / (name + suffix)).unlink()
+    record.merged([a, b], merged, repo / "objects" / "pack")
+    store.close()
+    assert record.names() == {c, merged}
+
+
+def test_a_multi_pack_index_written_during_a_merge_is_removed(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gitruns.packs as packs_module
+
+    store = RunStore.open(repo)
+    objects = store.repo.object_store
+    record = PackRecord(repo / "gitruns" / "packs")
+    contents = [blobs(f"x{k}", f"y{k}") for k in range(3)]
+    for group in contents:
+        record.add(write_pack(objects, iter(group), 2))
+    store.close()
+
+    def git_maintenance_meanwhile(pack_dir: Path) -> bool:
+        git("multi-pack-index", "write", cwd=repo)
+        return False
+
+    monkeypatch.setattr(packs_module, "_git_owns_packs", git_maintenance_meanwhile)
+    assert len(merge_packs(objects, record, max_packs=0)) == 3
+    assert not (repo / "objects" / "pack" / "multi-pack-index").exists()
+    git("fsck", "--strict", cwd=repo)
+    assert readable(repo, [b for group in contents for b in group])
