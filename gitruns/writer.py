@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -190,6 +191,10 @@ class RunWriter:
             journal_dir(store, run).resolve(), fsync=options.fsync == "always"
         )
         self._write_row = self._journal.write_row
+        # One thread at a time logs, flushes or finishes: the step and the
+        # journal's place are this writer's, and a second thread writing
+        # between them would lose rows.
+        self._guard = threading.RLock()
         #: Every metric name the run holds or has journaled.
         self._names: set[str] = set()
         #: Steps that a previous writer journaled and open() committed.
@@ -364,43 +369,44 @@ class RunWriter:
             GitRunsError: if the writer is finished, or belongs to the
                 process this one was forked from.
         """
-        if self._closed:
-            raise self._closed_error()
-        current = self._step
-        if step is None:
-            step = current
-            ends_step = True if commit is None else bool(commit)
-        else:
-            ends_step = bool(commit)
-            if step < current:
-                raise StepOrderError(self.run.path, step, current)
-        if step > self.max_step:
-            raise InvalidValueError(
-                "step",
-                step,
-                f"the last step a run with window {self.window} can hold is "
-                f"{self.max_step} (steps are int64); start a new run",
-            )
-        if when is None:
-            when = _time()
-        elif type(when) is not float:
-            when = _as_time(when)
-        if type(data) is not dict or not self._write_row(step, when, data):
-            self._write_new(step, when, data, clean)
+        with self._guard:
+            if self._closed:
+                raise self._closed_error()
+            current = self._step
+            if step is None:
+                step = current
+                ends_step = True if commit is None else bool(commit)
+            else:
+                ends_step = bool(commit)
+                if step < current:
+                    raise StepOrderError(self.run.path, step, current)
+            if step > self.max_step:
+                raise InvalidValueError(
+                    "step",
+                    step,
+                    f"the last step a run with window {self.window} can hold is "
+                    f"{self.max_step} (steps are int64); start a new run",
+                )
+            if when is None:
+                when = _time()
+            elif type(when) is not float:
+                when = _as_time(when)
+            if type(data) is not dict or not self._write_row(step, when, data):
+                self._write_new(step, when, data, clean)
 
-        # Nothing above changed any state: a refused call leaves no trace.
-        if (step != current or not self._open) and (
-            step >= self._window_end or _monotonic() >= self._next_check
-        ):
-            self._opened(step)
-        if ends_step:
-            self._open = False
-            self._step = step + 1
-            if step + 1 == self._window_end:
-                self._window_done(step)
-        else:
-            self._open = True
-            self._step = step
+            # Nothing above changed any state: a refused call leaves no trace.
+            if (step != current or not self._open) and (
+                step >= self._window_end or _monotonic() >= self._next_check
+            ):
+                self._opened(step)
+            if ends_step:
+                self._open = False
+                self._step = step + 1
+                if step + 1 == self._window_end:
+                    self._window_done(step)
+            else:
+                self._open = True
+                self._step = step
 
     def _write_new(
         self, step: int, when: float, data: Any, clean: Cleaner | None
@@ -611,34 +617,35 @@ class RunWriter:
             InvalidArgumentError: a str in it has no UTF-8 form; nothing of
                 this call is journaled.
         """
-        if self._closed:
-            logger.warning(
-                "run %s is finished; %s not stored", self.run.path, ", ".join(meta)
-            )
-            return
-        journaled = dict(meta)
-        for key in PATCHED & meta.keys():
-            before = self._latest.get(key)
-            if before is None:
-                before = committed_meta(self.snapshot, key)
-            journaled[key + PATCH] = _patch(before, journaled.pop(key))
-        # What is new is checked; the rest was, when it was journaled.
-        for key, value in journaled.items():
-            check_unicode(value, key.removesuffix(PATCH))
-        record = self._journal.encode_meta(time.time(), journaled)
-        self._grown += len(record)
-        # Not at every call, sizing a large dict costs: when enough has been
-        # journaled, or the largest one may be near the limit (a journaled
-        # byte can take a few in the indented file).
-        if (
-            self._grown > _RECHECK_BYTES
-            or self._sized + 4 * self._grown > MAX_OBJECT_BYTES
-        ):
-            sizes = [len(dumps_json(meta[k], k)) for k in PATCHED & meta.keys()]
-            self._sized, self._grown = max(sizes, default=self._sized), 0
-        for key in PATCHED & meta.keys():
-            self._latest[key] = dict(meta[key])
-        self._journal.write(record)
+        with self._guard:
+            if self._closed:
+                logger.warning(
+                    "run %s is finished; %s not stored", self.run.path, ", ".join(meta)
+                )
+                return
+            journaled = dict(meta)
+            for key in PATCHED & meta.keys():
+                before = self._latest.get(key)
+                if before is None:
+                    before = committed_meta(self.snapshot, key)
+                journaled[key + PATCH] = _patch(before, journaled.pop(key))
+            # What is new is checked; the rest was, when it was journaled.
+            for key, value in journaled.items():
+                check_unicode(value, key.removesuffix(PATCH))
+            record = self._journal.encode_meta(time.time(), journaled)
+            self._grown += len(record)
+            # Not at every call, sizing a large dict costs: when enough has been
+            # journaled, or the largest one may be near the limit (a journaled
+            # byte can take a few in the indented file).
+            if (
+                self._grown > _RECHECK_BYTES
+                or self._sized + 4 * self._grown > MAX_OBJECT_BYTES
+            ):
+                sizes = [len(dumps_json(meta[k], k)) for k in PATCHED & meta.keys()]
+                self._sized, self._grown = max(sizes, default=self._sized), 0
+            for key in PATCHED & meta.keys():
+                self._latest[key] = dict(meta[key])
+            self._journal.write(record)
 
     def flush(self) -> None:
         """Commit every finished row now and wait until it is committed.
@@ -646,22 +653,25 @@ class RunWriter:
         Raises:
             RepositoryError: if committing failed; the journal keeps the rows.
         """
-        if self._closed:
-            return
-        through = self._step - 1
-        link = self._link
-        if link is not None and link.active and not link.gone:
-            try:
-                link.flush(through)
+        with self._guard:
+            if self._closed:
                 return
-            except CommitterGone:
-                self._take_over()
-            except RepositoryError as exc:
-                raise self._commit_failed(exc) from exc
-        self._local_committer()
-        self._commit_locally(through)
-        if self._failures.error is not None:
-            raise self._commit_failed(self._failures.error) from self._failures.error
+            through = self._step - 1
+            link = self._link
+            if link is not None and link.active and not link.gone:
+                try:
+                    link.flush(through)
+                    return
+                except CommitterGone:
+                    self._take_over()
+                except RepositoryError as exc:
+                    raise self._commit_failed(exc) from exc
+            self._local_committer()
+            self._commit_locally(through)
+            if self._failures.error is not None:
+                raise self._commit_failed(
+                    self._failures.error
+                ) from self._failures.error
 
     def _local_committer(self) -> Committer:
         """The committer of this process, taking over from a dead process first.
@@ -720,35 +730,37 @@ class RunWriter:
         """
         if os.getpid() != self._pid:
             # A forked child (a data loader worker) exiting through atexit
-            # must not finish its parent's run under the parent's feet.
+            # must not finish its parent's run under the parent's feet (nor
+            # wait for a guard that a thread of the parent held at the fork).
             logger.warning("run %s: not finished from a forked child", self.run.path)
             return None
-        if self._closed:
-            return None
-        try:
-            self._journal.close()
-            link = self._link
-            if link is not None and link.active and not link.gone:
-                try:
-                    tip = link.finish(state, meta)
-                    self._local = None
-                    return tip
-                except CommitterGone:
-                    self._take_over()
-                except RepositoryError as exc:
-                    link.cancel()
-                    raise self._commit_failed(exc) from exc
+        with self._guard:
+            if self._closed:
+                return None
             try:
-                return self._finish_locally(state, meta)
+                self._journal.close()
+                link = self._link
+                if link is not None and link.active and not link.gone:
+                    try:
+                        tip = link.finish(state, meta)
+                        self._local = None
+                        return tip
+                    except CommitterGone:
+                        self._take_over()
+                    except RepositoryError as exc:
+                        link.cancel()
+                        raise self._commit_failed(exc) from exc
+                try:
+                    return self._finish_locally(state, meta)
+                finally:
+                    # Only now: if this process is killed while it commits, the
+                    # committer process (booted by its pipe closing) commits the
+                    # journal and marks the run crashed, as for any other kill.
+                    if link is not None:
+                        link.cancel()
             finally:
-                # Only now: if this process is killed while it commits, the
-                # committer process (booted by its pipe closing) commits the
-                # journal and marks the run crashed, as for any other kill.
-                if link is not None:
-                    link.cancel()
-        finally:
-            self._closed = True
-            self._lock.release()
+                self._closed = True
+                self._lock.release()
 
     def _finish_locally(self, state: str, meta: dict[str, Any]) -> Sha:
         local = self._local_committer()

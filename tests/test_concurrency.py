@@ -267,3 +267,24 @@ def test_a_pack_that_git_gc_removed_is_passed_over_for_its_replacement(
     assert reader.read(tip, 2**20)[0] == 1
     reader.close()
     store.close()
+
+
+def test_two_threads_logging_to_one_run_lose_nothing(repo: Path) -> None:
+    run = gitruns.init(project="p", id="threads", repo=repo, window=100)
+    count = 20_000
+
+    def log(key: str) -> None:
+        for i in range(count):
+            run.log({key: i})
+
+    threads = [threading.Thread(target=log, args=(key,)) for key in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    run.finish()
+
+    rows = list(gitruns.Api(repo=repo).run("p/threads").scan_history())
+    assert len(rows) == 2 * count  # one step per call
+    for key in ("a", "b"):
+        assert [r[key] for r in rows if key in r] == list(range(count))
