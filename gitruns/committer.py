@@ -441,29 +441,65 @@ class Committer:
         chunks: list[Chunk] = []
         totals = prefix
         for part in _segments(items, self.window):
-            steps, times, metrics = _columns(part)
-            start = int(steps[0]) - int(steps[0]) % self.window
-            try:
-                chunk = build_chunk(
-                    self.window,
-                    start,
-                    cast(Sequence[int], steps),
-                    cast(Sequence[float], times),
-                    metrics,
-                    prefix=totals,
-                    float32=self.options.float32,
-                )
-            except GitRunsError:
-                raise
-            except ValueError as exc:  # rows no chunk holds: a journal made by hand
-                raise InvalidValueError(
-                    "<rows>",
-                    f"<steps {int(steps[0])}..{int(steps[-1])}>",
-                    f"{exc}; move the run's journal folder away to commit without them",
-                ) from exc
+            chunk = self._chunk(part, totals)
             chunks.append(chunk)
             totals = dict(chunk.totals())
         return chunks, totals
+
+    def _chunk(self, part: Sequence[Item], prefix: dict[str, Digest]) -> Chunk:
+        steps, times, metrics = _columns(part)
+        start = int(steps[0]) - int(steps[0]) % self.window
+        try:
+            return build_chunk(
+                self.window,
+                start,
+                cast(Sequence[int], steps),
+                cast(Sequence[float], times),
+                metrics,
+                prefix=prefix,
+                float32=self.options.float32,
+            )
+        except GitRunsError:
+            raise
+        except ValueError as exc:  # rows no chunk holds: a journal made by hand
+            raise InvalidValueError(
+                "<rows>",
+                f"<steps {int(steps[0])}..{int(steps[-1])}>",
+                f"{exc}; move the run's journal folder away to commit without them",
+            ) from exc
+
+    def _encoded(
+        self, items: Sequence[Item], prefix: dict[str, Digest]
+    ) -> tuple[list[tuple[Chunk, bytes]], dict[str, Digest]]:
+        """The chunks of ``items``, encoded, and the digests through them.
+
+        A segment that encodes to too many bytes (long strings, which a chunk
+        holds with their digests) is cut in two at its middle step, until
+        each part fits.
+        """
+        out: list[tuple[Chunk, bytes]] = []
+        totals = prefix
+        todo = list(_segments(items, self.window))
+        while todo:
+            part = todo.pop(0)
+            chunk = self._chunk(part, totals)
+            try:
+                data = encode_chunk(chunk, check=False)
+            except ValueError as exc:
+                steps = chunk.steps
+                if len(steps) < 2:
+                    raise InvalidValueError(
+                        "<rows>",
+                        f"<step {int(steps[0])}>",
+                        f"{exc}; the run's string metrics hold too much to commit"
+                        " (log shorter strings, or fewer of them, to a new run)",
+                    ) from exc
+                head, tail = _split(part, int(steps[(len(steps) - 1) // 2]))
+                todo[:0] = [head, tail]
+                continue
+            out.append((chunk, data))
+            totals = dict(chunk.totals())
+        return out, totals
 
     def _write(
         self, items: Sequence[Item], meta: dict[str, Any], state: str | None
@@ -496,11 +532,11 @@ class Committer:
         # the digests of everything before it.
         history = self.snapshot.history.copy()
         segments: list[tuple[int, Sha]] = []
-        chunks, totals = self._chunks(items, self.totals)
-        for chunk in chunks:
+        # build_chunk checked what decode_chunk would: no second decode.
+        encoded, totals = self._encoded(items, self.totals)
+        for chunk, data in encoded:
             first = int(chunk.steps[0])
-            # build_chunk checked what decode_chunk would: no second decode.
-            blob = self.store.chunk_blob(encode_chunk(chunk, check=False))
+            blob = self.store.chunk_blob(data)
             history.add(first, blob)
             segments.append((first, blob))
             info["last_step"] = int(chunk.steps[-1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -13,11 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import gitruns
+import gitruns.chunk as chunk_module
 import gitruns.writer as writer_module
+from gitruns.cli import main
+from gitruns.errors import RepositoryError
 from gitruns.run import Run
 from gitruns.store import RunStore
+from tests.conftest import git
 
 #: How long a test waits for a committer process to come up, at most.
 BOOT_SECONDS = 60.0
@@ -215,3 +221,44 @@ def test_abandon_stops_the_process_and_the_journal_keeps_the_rows(repo: Path) ->
     again.finish()
     steps = [r["_step"] for r in gitruns.Api(repo).run("p/left").scan_history()]
     assert steps == list(range(step))
+
+
+def test_a_window_too_large_for_one_chunk_is_committed_in_parts(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Long strings are held with their digests: a window of them can encode
+    # past the chunk limit, lowered here so a test can reach it.
+    monkeypatch.setattr(chunk_module, "MAX_CHUNK_BYTES", 40_000)
+    run = gitruns.init(project="p", id="strings", repo=repo)
+    letters = random.Random(0).choices
+    texts = ["".join(letters("abcdefghij", k=3_000)) for _ in range(40)]
+    for text in texts:
+        run.log({"text": text, "loss": 1.0})
+    run.finish()
+
+    view = gitruns.Api(repo).run("p/strings")
+    assert view.history()["text"].tolist() == texts
+    store = RunStore.open(repo, create=False)
+    try:
+        starts = store.read_snapshot(store.tip(view.ref)).history.starts
+        assert len(starts) > 1  # cut into parts
+    finally:
+        store.close()
+    git("fsck", "--strict", cwd=repo)
+
+
+def test_a_step_too_large_for_any_chunk_is_refused_and_kept_in_the_journal(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(chunk_module, "MAX_CHUNK_BYTES", 2_000)
+    run = gitruns.init(project="p", id="huge", repo=repo)
+    run.log({"text": "y" * 3_000})
+    with pytest.raises(RepositoryError, match="hold too much to commit"):
+        run.finish()
+    refused = CliRunner().invoke(main, ["recover", "--repo", str(repo)])
+    assert refused.exit_code != 0 and isinstance(refused.exception, SystemExit)
+    assert "Error: p/huge:" in refused.output and "journals are kept" in refused.output
+    monkeypatch.setattr(chunk_module, "MAX_CHUNK_BYTES", 64 * 2**20)
+    done = CliRunner().invoke(main, ["recover", "--repo", str(repo)])
+    assert done.exit_code == 0, done.output
+    assert gitruns.Api(repo).run("p/huge").history()["text"].tolist() == ["y" * 3_000]
