@@ -709,6 +709,27 @@ class Snapshot:
         return self.history.window
 
 
+def _check_object_format(repo: Repo, target: Path) -> None:
+    """Refuse a repository whose objects are not named by SHA-1.
+
+    Raises:
+        RepositoryError: for a SHA-256 repository (``git init
+            --object-format=sha256``), which dulwich would fill with SHA-1
+            objects that git then calls corrupt.
+    """
+    try:
+        found = repo.get_config().get((b"extensions",), b"objectformat")
+    except KeyError:
+        return
+    if found.lower() != b"sha1":
+        repo.close()
+        raise RepositoryError(
+            f"{target} names its objects by {found.decode(errors='replace')}; "
+            "gitruns writes SHA-1 repositories only: keep runs in one made by "
+            "a plain `git init` (or let gitruns create it)"
+        )
+
+
 class RunStore:
     """A Git repository that holds runs as branches under ``refs/heads/runs/``."""
 
@@ -732,18 +753,21 @@ class RunStore:
 
         Raises:
             RepositoryError: if ``path`` is not a Git repository and may not
-                be created.
+                be created, or is one whose objects are not named by SHA-1.
         """
         target = Path(os.path.abspath(path))  # a later chdir must not move it
         with mapped_errors(f"opening repository {target}"):
             try:
-                return cls(Repo(str(target)))
+                repo = Repo(str(target))
             except NotGitRepository:
                 if not create:
                     raise RepositoryError(
                         f"{target} is not a Git repository; run `git init` there "
                         "or pass --repo with the path of one"
                     ) from None
+            else:
+                _check_object_format(repo, target)
+                return cls(repo)
             if target.exists() and any(target.iterdir()):
                 raise RepositoryError(
                     f"{target} exists and is not a Git repository; pass --repo "

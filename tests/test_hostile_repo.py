@@ -956,3 +956,25 @@ def test_a_run_json_naming_another_run_is_refused(repo: Path) -> None:
     assert "runs/demo/stolen" in str(info.value)
     with pytest.raises(RepositoryError, match="elsewhere/other"):
         view.history()
+
+
+def test_a_sha256_repository_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    # dulwich names objects by SHA-1 only: written into a SHA-256 repository,
+    # they would be what git calls corrupt.
+    repo = tmp_path / "sha256.git"
+    made = subprocess.run(
+        ["git", "init", "--quiet", "--bare", "--object-format=sha256", str(repo)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.fail(f"this git cannot make a SHA-256 repository: {made.stderr}")
+    with pytest.raises(RepositoryError, match="SHA-1 repositories only"):
+        gitruns.init(project="p", repo=repo)
+    assert not (repo / "gitruns").exists()
+    assert list((repo / "refs" / "heads").iterdir()) == []
+    done = CliRunner().invoke(cli, ["runs", "--repo", str(repo)])
+    assert done.exit_code != 0 and "SHA-1 repositories only" in done.output
