@@ -1452,8 +1452,13 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _fix_for(exc: OSError) -> str:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return "Free some disk space, then go on logging."
+    if exc.errno == errno.EFBIG:
+        return (
+            "A file-size limit was reached (`ulimit -f`, or the file system's "
+            "largest file): raise it, then go on logging."
+        )
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return "Make the repository writable, then go on logging."
     return "Fix the cause, then go on logging."

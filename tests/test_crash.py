@@ -827,3 +827,33 @@ def test_a_hostile_chunk_fetched_from_a_remote_is_refused_on_read(
     # The local run is intact, and git itself finds nothing wrong.
     assert history(repo, "p/good") == {s: {"loss": s * 0.5} for s in range(5)}
     assert fsck_problem(repo) is None
+
+
+def test_a_file_size_limit_is_named_with_what_to_raise(tmp_path: Path) -> None:
+    # `ulimit -f` in a child: writing past it fails with EFBIG (SIGXFSZ is
+    # ignored, as a shell that sets the limit for a job would leave it).
+    script = textwrap.dedent(
+        """
+        import os, resource, signal, sys
+        import gitruns
+        from gitruns.errors import RepositoryError
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        run = gitruns.init(project="p", id="limited", repo=sys.argv[1])
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))
+        try:
+            for step in range(100_000):
+                run.log({"text": os.urandom(3000).hex()})
+        except RepositoryError as exc:
+            print(exc)
+            sys.exit(3)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "runs.git")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "ulimit -f" in done.stdout and "raise it" in done.stdout
