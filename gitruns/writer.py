@@ -191,9 +191,10 @@ class RunWriter:
             journal_dir(store, run).resolve(), fsync=options.fsync == "always"
         )
         self._write_row = self._journal.write_row
-        # One thread at a time logs, flushes or finishes: the step and the
-        # journal's place are this writer's, and a second thread writing
-        # between them would lose rows.
+        # One thread at a time logs, flushes, finishes or abandons: the step
+        # and the journal's place are this writer's, and a second thread
+        # writing between them would lose rows. (reload() and recover() run
+        # in open(), before the writer is handed out.)
         self._guard = threading.RLock()
         #: Every metric name the run holds or has journaled.
         self._names: set[str] = set()
@@ -699,13 +700,14 @@ class RunWriter:
         Raises:
             RepositoryError: the journal or the run cannot be read.
         """
-        link = self._link
-        if link is not None and link.active and not link.gone:
-            with contextlib.suppress(CommitterGone):
-                return link.totals()
-        local = self._local_committer()
-        local.read()
-        return local.pending_totals()
+        with self._guard:
+            link = self._link
+            if link is not None and link.active and not link.gone:
+                with contextlib.suppress(CommitterGone):
+                    return link.totals()
+            local = self._local_committer()
+            local.read()
+            return local.pending_totals()
 
     @property
     def snapshot(self) -> Snapshot:
@@ -776,18 +778,24 @@ class RunWriter:
             self.store.tidy()
         except GitRunsError as exc:
             # Housekeeping: everything is committed; git gc packs later.
-            logger.warning("run %s: loose objects not packed: %s", self.run.path, exc)
+            logger.warning(
+                "run %s: objects not packed or packs not merged (git gc does it "
+                "later): %s",
+                self.run.path,
+                exc,
+            )
         return local.tip
 
     def abandon(self) -> None:
         """Stop without committing; the journal keeps what was accepted."""
-        if self._link is not None:
-            self._link.abandon()
-        self._journal.close()
-        if self._local is not None:
-            self._local.close()
-        self._closed = True
-        self._lock.release()
+        with self._guard:
+            if self._link is not None:
+                self._link.abandon()
+            self._journal.close()
+            if self._local is not None:
+                self._local.close()
+            self._closed = True
+            self._lock.release()
 
 
 def _patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
@@ -820,6 +828,9 @@ def _forget_in_child() -> None:
     # and let go of the parent's committer processes.
     for writer in list(_live_writers):
         writer._closed = True
+        # A thread of the parent may have held the guard at the fork; it has
+        # no thread here to release it, and the child's calls must not wait.
+        writer._guard = threading.RLock()
         if writer._link is not None:
             writer._link.forget()
 

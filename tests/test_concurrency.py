@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import gitruns
-from gitruns.errors import RunLockedError
+from gitruns.errors import GitRunsError, RunLockedError
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
@@ -288,3 +290,49 @@ def test_two_threads_logging_to_one_run_lose_nothing(repo: Path) -> None:
     assert len(rows) == 2 * count  # one step per call
     for key in ("a", "b"):
         assert [r[key] for r in rows if key in r] == list(range(count))
+
+
+def test_a_child_forked_while_a_thread_logs_is_refused_not_hung(repo: Path) -> None:
+    run = gitruns.init(project="p", id="forked-child", repo=repo)
+    run.log({"loss": 1.0})
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        # As a thread inside log() would, at the moment of the fork.
+        with run._writer._guard:
+            held.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait()
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what log() did, and leave at once
+        os.close(reader)
+        try:
+            run.log({"loss": 2.0})
+            outcome = b"logged"
+        except GitRunsError:
+            outcome = b"refused"
+        except BaseException:
+            outcome = b"failed"
+        os.write(writer, outcome)
+        os._exit(0)
+    os.close(writer)
+    try:
+        ready, _, _ = select.select([reader], [], [], 30)
+        assert ready, "log() in the forked child waited for the parent's thread"
+        assert os.read(reader, 16) == b"refused"
+    finally:
+        os.close(reader)
+        release.set()
+        holder.join()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    run.finish()
+    assert gitruns.Api(repo=repo).run("p/forked-child").history()["loss"].tolist() == [
+        1.0
+    ]
