@@ -15,6 +15,7 @@ from gitruns.compat import unsupported as _unsupported
 from gitruns.errors import (
     AmbiguousRunError,
     ChunkFormatError,
+    ChunkTooLargeError,
     ConflictError,
     DivergedError,
     ForkPointError,
@@ -62,6 +63,7 @@ __all__ = [
     "Api",
     "Audio",
     "ChunkFormatError",
+    "ChunkTooLargeError",
     "ConflictError",
     "DivergedError",
     "ForkPointError",

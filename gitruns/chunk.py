@@ -22,6 +22,7 @@ import zstandard
 
 from gitruns.errors import (
     ChunkFormatError,
+    ChunkTooLargeError,
     InvalidNameError,
     InvalidValueError,
     UnsupportedVersionError,
@@ -1317,9 +1318,8 @@ def encode_chunk(chunk: Chunk, *, check: bool = True) -> bytes:
 
     Raises:
         InvalidValueError: a str value that is not valid unicode.
-        ValueError: a chunk that decode_chunk would refuse (a writer bug), or
-            one that encodes to more than MAX_CHUNK_BYTES (flush smaller
-            segments).
+        ChunkTooLargeError: a chunk that encodes to more than MAX_CHUNK_BYTES.
+        ValueError: a chunk that decode_chunk would refuse (a writer bug).
     """
     problem = _layout_problem(chunk.window, chunk.start, chunk.steps, chunk.times)
     if problem:
@@ -1374,10 +1374,12 @@ def encode_chunk(chunk: Chunk, *, check: bool = True) -> bytes:
     data = _pack(document)
     size = max(len(data), arrays.plain)
     if size > MAX_CHUNK_BYTES:
-        what = "encodes to" if size == len(data) else "holds arrays of"
-        raise ValueError(
-            f"a chunk of {n} steps from {chunk.start} {what} {size} bytes, "
-            f"over {MAX_CHUNK_BYTES}; flush smaller segments"
+        raise ChunkTooLargeError(
+            int(chunk.steps[0]),
+            n,
+            size,
+            MAX_CHUNK_BYTES,
+            "encode its steps as two chunks or more",
         )
 
     # Read it back, so no chunk is stored that a reader would refuse (a Chunk

@@ -35,7 +35,7 @@ from gitruns.chunk import (
     encode_chunk,
 )
 from gitruns.commits import commit_run, summary_overrides
-from gitruns.errors import GitRunsError, InvalidValueError
+from gitruns.errors import ChunkTooLargeError, GitRunsError, InvalidValueError
 from gitruns.files import FILES_TREE
 from gitruns.journal import Item, Journal, JournalReader, Record, Rows
 from gitruns.refs import RunRef, Sha
@@ -485,14 +485,19 @@ class Committer:
             chunk = self._chunk(part, totals)
             try:
                 data = encode_chunk(chunk, check=False)
-            except ValueError as exc:
+            except ChunkTooLargeError as exc:
                 steps = chunk.steps
                 if len(steps) < 2:
-                    raise InvalidValueError(
-                        "<rows>",
-                        f"<step {int(steps[0])}>",
-                        f"{exc}; the run's string metrics hold too much to commit"
-                        " (log shorter strings, or fewer of them, to a new run)",
+                    raise ChunkTooLargeError(
+                        exc.start,
+                        exc.steps,
+                        exc.size,
+                        exc.limit,
+                        "its strings (and the first and last string of every "
+                        "string metric before it) hold too much to commit: move "
+                        f"the run's journal folder ({self.reader.folder}) away "
+                        "to commit the steps before it, and log long text as a "
+                        "file with gitruns.save()",
                     ) from exc
                 head, tail = _split(part, int(steps[(len(steps) - 1) // 2]))
                 todo[:0] = [head, tail]

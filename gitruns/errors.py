@@ -9,6 +9,7 @@
     │   └── InvalidArgumentError      exit 2   an argument of init(), save(), filters
     ├── StepOrderError                exit 2   a step below the current one
     ├── ForkPointError                exit 2   fork / rewind step not usable
+    ├── ChunkTooLargeError            exit 2   steps too large for one chunk
     ├── RunNotFoundError              exit 3   no such run
     ├── MetricNotFoundError           exit 3   no such metric in the runs
     ├── AmbiguousRunError             exit 3   a run id shared by projects
@@ -186,6 +187,31 @@ class ForkPointError(GitRunsError, ValueError):
         self.spec = spec
         self.reason = reason
         super().__init__(f"cannot fork or rewind at {spec!r}: {reason}")
+
+
+class ChunkTooLargeError(GitRunsError, ValueError):
+    """Steps whose chunk would encode past the chunk size limit.
+
+    Args:
+        start: the first step of the chunk.
+        steps: how many steps it holds.
+        size: the bytes it encodes to (or its arrays take).
+        limit: the most a chunk may take.
+        fix: what the caller can do, ending the message.
+    """
+
+    exit_code = 2
+
+    def __init__(self, start: int, steps: int, size: int, limit: int, fix: str) -> None:
+        self.start = start
+        self.steps = steps
+        self.size = size
+        self.limit = limit
+        held = "1 step" if steps == 1 else f"{steps} steps"
+        super().__init__(
+            f"a chunk of {held} from step {start} takes {size} bytes, over the "
+            f"limit of {limit}; {fix}"
+        )
 
 
 class RunNotFoundError(GitRunsError, LookupError):

@@ -20,7 +20,7 @@ import gitruns
 import gitruns.chunk as chunk_module
 import gitruns.writer as writer_module
 from gitruns.cli import main
-from gitruns.errors import RepositoryError
+from gitruns.errors import ChunkTooLargeError, RepositoryError
 from gitruns.run import Run
 from gitruns.store import RunStore
 from tests.conftest import git
@@ -253,10 +253,14 @@ def test_a_step_too_large_for_any_chunk_is_refused_and_kept_in_the_journal(
     monkeypatch.setattr(chunk_module, "MAX_CHUNK_BYTES", 2_000)
     run = gitruns.init(project="p", id="huge", repo=repo)
     run.log({"text": "y" * 3_000})
-    with pytest.raises(RepositoryError, match="hold too much to commit"):
+    with pytest.raises(RepositoryError, match="hold too much to commit") as failed:
         run.finish()
+    cause = failed.value.__cause__
+    assert isinstance(cause, ChunkTooLargeError)
+    assert (cause.start, cause.steps, cause.limit) == (0, 1, 2_000)
+    assert "journal folder" in str(cause) and "gitruns.save()" in str(cause)
     refused = CliRunner().invoke(main, ["recover", "--repo", str(repo)])
-    assert refused.exit_code != 0 and isinstance(refused.exception, SystemExit)
+    assert refused.exit_code == ChunkTooLargeError.exit_code
     assert "Error: p/huge:" in refused.output and "journals are kept" in refused.output
     monkeypatch.setattr(chunk_module, "MAX_CHUNK_BYTES", 64 * 2**20)
     done = CliRunner().invoke(main, ["recover", "--repo", str(repo)])
