@@ -84,7 +84,8 @@ def write_pack(
 
     Returns:
         The pack's name (``pack-<checksum>``). A pack of that name that is
-        there already holds the same bytes, and is left as it is.
+        there already holds the same bytes, and is left as it is (given a
+        ``.keep`` if it has none and ``keep`` is set).
 
     Raises:
         OSError: the pack could not be written (nothing is left behind).
@@ -131,7 +132,12 @@ def write_pack(
         name = "pack-" + checksum.hex()
         base = os.path.join(pack_dir, name)
         if keep:
-            with open(base + ".keep", "wb") as marker:
+            # "x": a .keep that is there already (Git's, or a user's) is not
+            # ours to rewrite, and release() leaves it as it is.
+            with (
+                contextlib.suppress(FileExistsError),
+                open(base + ".keep", "xb") as marker,
+            ):
                 marker.write(_KEEP_REASON)
         if os.path.exists(base + ".idx"):
             return name  # the same objects in the same order, packed before
@@ -165,9 +171,14 @@ def write_pack(
 
 
 def release(objects: DiskObjectStore, name: str) -> None:
-    """Remove the ``.keep`` that :func:`write_pack` gave pack ``name``."""
+    """Remove the ``.keep`` that :func:`write_pack` gave pack ``name``.
+
+    A ``.keep`` that gitruns did not write is left as it is.
+    """
+    path = Path(objects.pack_dir, name + ".keep")
     with contextlib.suppress(FileNotFoundError):
-        os.remove(os.path.join(objects.pack_dir, name + ".keep"))
+        if path.read_bytes() == _KEEP_REASON:
+            path.unlink()
 
 
 def release_stale(objects: DiskObjectStore, older_than: float) -> int:
@@ -229,8 +240,10 @@ class PackRecord:
         Raises:
             OSError: the record could not be written.
         """
-        present = {p.stem for p in pack_dir.glob("pack-*.idx")}
         with self._locked() as record:
+            # Listed under the lock: a pack written and added meanwhile is
+            # then present, and kept.
+            present = {p.stem for p in pack_dir.glob("pack-*.idx")}
             names = (_names(record.read()) & present) - set(gone) | {new}
             record.seek(0)
             record.truncate()

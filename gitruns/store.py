@@ -1322,9 +1322,13 @@ class RunStore:
             packed = 0
             if self.estimate_loose_objects() > PACK_THRESHOLD:
                 packed = self.pack_loose_objects()
+            # Keeps that killed writers left: whatever the count of packs,
+            # Git would never repack theirs.
+            released = release_stale(self.repo.object_store, STALE_KEEP_SECONDS)
+            if released:
+                logger.info("released %d packs a killed writer had kept", released)
             if len(self.repo.object_store.packs) > MAX_PACKS:
                 with self._pack_lock():
-                    release_stale(self.repo.object_store, STALE_KEEP_SECONDS)
                     merge_packs(self.repo.object_store, self.pack_record, MAX_PACKS)
             return packed
 

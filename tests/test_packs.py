@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -9,7 +12,7 @@ from dulwich.objects import Blob
 
 import gitruns
 import gitruns.store as store_module
-from gitruns.packs import PackRecord, merge_packs, write_pack
+from gitruns.packs import _KEEP_REASON, PackRecord, merge_packs, release, write_pack
 from gitruns.store import RunStore
 from tests.conftest import git
 
@@ -73,7 +76,7 @@ def test_only_the_packs_gitruns_wrote_are_merged(repo: Path) -> None:
     assert len(merged) == 3 and foreign not in merged and kept_name not in merged
     after = packs(repo)
     assert foreign in after and kept_name in after and len(after) == 3
-    assert tmp.exists() and foreign not in record.names()
+    assert record.names() == set(after) - {foreign}
     assert readable(repo, [b for group in ours for b in group] + theirs + kept)
     git("fsck", "--strict", cwd=repo)
 
@@ -201,3 +204,61 @@ def test_a_multi_pack_index_written_during_a_merge_is_removed(
     assert not (repo / "objects" / "pack" / "multi-pack-index").exists()
     git("fsck", "--strict", cwd=repo)
     assert readable(repo, [b for group in contents for b in group])
+
+
+def test_a_pack_added_while_a_merge_waits_for_the_record_is_kept(repo: Path) -> None:
+    store = RunStore.open(repo)
+    objects = store.repo.object_store
+    pack_dir = repo / "objects" / "pack"
+    record = PackRecord(repo / "gitruns" / "packs")
+    a = write_pack(objects, iter(blobs("a1", "a2")), 2)
+    record.add(a)
+    merged = write_pack(objects, iter(blobs("a1", "a2", "m")), 3)
+    done = threading.Event()
+    with record._locked() as held:
+        # Another writer holds the record: the merge waits for it...
+        merging = threading.Thread(
+            target=lambda: (record.merged([a], merged, pack_dir), done.set())
+        )
+        merging.start()
+        time.sleep(0.2)
+        assert not done.is_set()
+        # ...while that writer writes a pack and notes it.
+        late = write_pack(objects, iter(blobs("late")), 1)
+        held.seek(0, os.SEEK_END)
+        held.write(late.encode() + b"\n")
+    merging.join()
+    store.close()
+    assert record.names() == {merged, late}
+
+
+def test_a_keep_gitruns_did_not_write_is_left_alone(repo: Path) -> None:
+    store = RunStore.open(repo)
+    objects = store.repo.object_store
+    group = blobs("held", "by", "someone")
+    name = write_pack(objects, iter(group), 3)
+    keep = repo / "objects" / "pack" / (name + ".keep")
+    keep.write_bytes(b"kept by the user\n")
+    # The same pack again, kept by gitruns until its branch moves.
+    assert write_pack(objects, iter(group), 3, keep=True) == name
+    release(objects, name)
+    store.close()
+    assert keep.read_bytes() == b"kept by the user\n"
+
+
+def test_keeps_a_killed_writer_left_are_released_after_a_day(repo: Path) -> None:
+    store = RunStore.open(repo)
+    objects = store.repo.object_store
+    pack_dir = repo / "objects" / "pack"
+    stale, fresh, foreign = (
+        write_pack(objects, iter(blobs(k)), 1, keep=True) for k in "sfx"
+    )
+    (pack_dir / (foreign + ".keep")).write_bytes(b"the user's\n")
+    day_ago = time.time() - store_module.STALE_KEEP_SECONDS - 60
+    for name in (stale, foreign):
+        os.utime(pack_dir / (name + ".keep"), (day_ago, day_ago))
+    store.tidy()  # as every finish() does, with few packs
+    store.close()
+    assert not (pack_dir / (stale + ".keep")).exists()
+    assert (pack_dir / (fresh + ".keep")).read_bytes() == _KEEP_REASON
+    assert (pack_dir / (foreign + ".keep")).read_bytes() == b"the user's\n"
