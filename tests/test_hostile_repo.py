@@ -971,10 +971,11 @@ def test_a_sha256_repository_is_refused_before_anything_is_written(
         check=False,
     )
     if made.returncode != 0:
-        pytest.fail(f"this git cannot make a SHA-256 repository: {made.stderr}")
+        pytest.skip(f"this git cannot make a SHA-256 repository: {made.stderr}")
     with pytest.raises(RepositoryError, match="SHA-1 repositories only"):
         gitruns.init(project="p", repo=repo)
     assert not (repo / "gitruns").exists()
     assert list((repo / "refs" / "heads").iterdir()) == []
     done = CliRunner().invoke(cli, ["runs", "--repo", str(repo)])
-    assert done.exit_code != 0 and "SHA-1 repositories only" in done.output
+    assert done.exit_code == RepositoryError.exit_code
+    assert "SHA-1 repositories only" in done.output
