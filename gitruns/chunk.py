@@ -284,9 +284,11 @@ class Column:
         planes, delta = stored
         if isinstance(planes, _Frame):
             # A thread racing this one inflates the frame too; either result
-            # is the same bytes.
+            # is the same bytes. Kept only if the column is still packed as
+            # it was: a thread that unpacked it meanwhile dropped the frame.
             planes = planes.inflated()
-            self._stored = (planes, delta)
+            if self._stored is stored:
+                self._stored = (planes, delta)
         return planes, delta
 
     @property
@@ -1034,7 +1036,7 @@ def values_into_rows(
         or any(col.count != count for col in columns)
     ):
         raise ValueError(f"columns of {len(segments)} segments do not fit {out.shape}")
-    if len(kinds) > 1 or any(out.dtype != _STORED[kind] for kind in kinds):
+    if not kinds <= {"f8", "i8"} or any(out.dtype != _STORED[k] for k in kinds):
         raise ValueError(f"columns of kinds {sorted(kinds)} into an {out.dtype} array")
     stored = [col._shuffled() for col in columns]
     if len(columns) < 2 or any(item is None for item in stored):

@@ -420,6 +420,8 @@ def mapped_errors(what: str) -> Iterator[None]:
             isinstance(exc, OSError) and exc.errno == 30  # EROFS
         ):
             hint = "; check that the repository is writable"
+        if isinstance(exc, PackFileDisappeared):
+            hint = "; a `git gc` or `git repack` removed a pack meanwhile: try again"
         raise RepositoryError(f"{what} failed: {exc}{hint}") from exc
 
 

@@ -342,7 +342,9 @@ class RunView:
         and ``_timestamp`` map to (steps, steps) and (steps, times).
         ``min_step`` is inclusive and ``max_step`` exclusive, as in
         :meth:`scan_history`. Metrics logged at every step share one steps
-        array: copy it before changing it.
+        array, and their values are rows of one array per dtype (so one
+        of them kept alive keeps the others' memory too): copy an array
+        before changing it, or to keep one metric of many.
         """
         wanted = None if keys is None else set(keys)
         history = self.snapshot.history

@@ -1092,6 +1092,14 @@ def test_values_into_rows_takes_only_columns_that_fit() -> None:
         values_into_rows([[f8[0], i8[0]]], np.zeros((2, 10)))
     with pytest.raises(ValueError, match="kinds"):
         values_into_rows([f8], np.zeros((2, 10), dtype=np.int64))
+    words = build_chunk(1000, 0, range(10), [0.0] * 10, {"w": (None, ["a"] * 10)})
+    with pytest.raises(ValueError, match="kinds"):
+        values_into_rows([[words.columns["w"]]], np.zeros((1, 10)))
+    halves = build_chunk(
+        1000, 0, range(10), [0.0] * 10, {"h": (None, [0.5] * 10)}, float32=True
+    )
+    with pytest.raises(ValueError, match="kinds"):
+        values_into_rows([[halves.columns["h"]]], np.zeros((1, 10), dtype=np.float32))
     with pytest.raises(ValueError, match="do not fit"):
         values_into_rows([f8], np.zeros((2, 9)))
     with pytest.raises(ValueError, match="do not fit"):

@@ -11,6 +11,7 @@ import pytest
 import zstandard
 from dulwich import errors as git_errors
 from dulwich.client import HTTPProxyUnauthorized, HTTPUnauthorized, InvalidWants
+from dulwich.pack import PackFileDisappeared
 from urllib3.exceptions import NewConnectionError, ProtocolError
 
 from gitruns.chunk import _Inflating, _unpacking
@@ -63,6 +64,8 @@ TABLE: list[tuple[Mapper, BaseException, type[GitRunsError], str]] = [
      "is not a commit"),
     (repository, git_errors.ApplyDeltaError("bad delta"), RepositoryError,
      "bad delta"),
+    (repository, PackFileDisappeared(object()), RepositoryError,
+     "removed a pack meanwhile: try again"),
     (repository, OSError(errno.ENOSPC, "No space left on device"), RepositoryError,
      "free some disk space"),
     (repository, PermissionError(errno.EACCES, "Permission denied"), RepositoryError,
