@@ -759,7 +759,7 @@ class _Ahead:
         while size < room:
             if self._stopping:
                 return None
-            size += _append_zeros(task.fd, min(room - size, _ZEROS))
+            size += _append_zeros(task.fd, min(room - size, _ZEROS_AT_ONCE))
         return mmap.mmap(task.fd, room)
 
 
@@ -862,20 +862,31 @@ def _round_up(size: int) -> int:
     return -(-size // _ROOM_STEP) * _ROOM_STEP
 
 
-#: Zeros written at once when a file grows.
+#: A buffer of zeros, written as many times as a file grows by.
 _ZEROS = 1 << 20
 _ZERO_BYTES = memoryview(bytes(_ZEROS))
+#: The most zeros one system call writes (the journal thread checks between
+#: calls whether it was stopped).
+_ZEROS_AT_ONCE = 16 << 20
 
 
 def _append_zeros(fd: int, count: int) -> int:
     """Reserve ``count`` more bytes at the end of a file, or raise OSError.
+
+    One ``writev`` of the same zeros many times over: the journal's thread
+    gets the GIL back after every system call only when the training loop
+    lets go of it (every 5 ms, by default), so a write per megabyte would
+    take it longer than the room it makes lasts.
 
     Returns:
         ``count``.
     """
     done = 0
     while done < count:
-        more = os.write(fd, _ZERO_BYTES[: min(count - done, _ZEROS)])
+        left = min(count - done, _ZEROS_AT_ONCE)
+        whole, rest = divmod(left, _ZEROS)
+        parts = [_ZERO_BYTES] * whole + ([_ZERO_BYTES[:rest]] if rest else [])
+        more = os.writev(fd, parts)
         if more <= 0:
             # A regular file writes whole unless space runs out.
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
