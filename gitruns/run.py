@@ -1091,7 +1091,20 @@ def _open_run(
         if meta.get("name"):
             run.name = meta["name"]
         if meta.get("config"):
-            # init()'s own config is the script's latest word, even on resume.
+            # init()'s own config is the script's latest word, even on resume;
+            # but a value it changes is said, as the steps already logged ran
+            # with the old one (an argparse default, often).
+            changed = run.config.changed_by(meta["config"]) if resumed else {}
+            if changed:
+                logger.warning(
+                    "run %s: resumed with a config that changes %s; config.json "
+                    "now holds the new values, though the steps already logged "
+                    "ran with the old ones (pass the run's own values to keep them)",
+                    ref.path,
+                    ", ".join(
+                        f"{k} from {a!r} to {b!r}" for k, (a, b) in changed.items()
+                    ),
+                )
             run.config.update(meta["config"], allow_val_change=True)
         if meta.get("tags") is not None:
             run.tags = meta["tags"]

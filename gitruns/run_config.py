@@ -208,6 +208,15 @@ class Config(MutableMapping[str, Any]):
                     )
         _change(self._data, clean, self._on_change)
 
+    def changed_by(self, data: Any) -> dict[str, tuple[Any, Any]]:
+        """The keys ``data`` would give another value: key -> (now, then)."""
+        clean = {str(k): plain_value(v) for k, v in as_mapping(data, "config").items()}
+        return {
+            key: (self._data[key], value)
+            for key, value in clean.items()
+            if key in self._data and not same_value(self._data[key], value)
+        }
+
     def setdefaults(self, data: Any) -> None:
         """Set the keys that have no value yet (W&B's sweep idiom)."""
         missing = {

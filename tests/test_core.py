@@ -1010,6 +1010,33 @@ def test_resume_without_an_id_warns_that_it_starts_a_new_run(
     ]
 
 
+def test_resuming_with_a_config_that_changes_a_value_says_so(
+    repo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = gitruns.init(project="p", id="cfg", repo=repo, config={"lr": 0.03, "b": 1})
+    first.log({"loss": 1.0})
+    first.finish()
+    with caplog.at_level("WARNING", logger="gitruns"):
+        again = gitruns.init(
+            project="p", id="cfg", resume="must", repo=repo, config={"lr": 0.01, "b": 1}
+        )
+        again.finish()
+    warned = [
+        r.getMessage() for r in caplog.records if "resumed with" in r.getMessage()
+    ]
+    assert len(warned) == 1 and "lr from 0.03 to 0.01" in warned[0]
+    assert "b from" not in warned[0]
+    assert gitruns.Api(repo).run("p/cfg").config == {"lr": 0.01, "b": 1}
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gitruns"):
+        same = gitruns.init(
+            project="p", id="cfg", resume="must", repo=repo, config={"lr": 0.01}
+        )
+        same.finish()
+    assert not [r for r in caplog.records if "resumed with" in r.getMessage()]
+
+
 def test_a_step_below_the_current_one_says_to_finish_then_rewind(repo: Path) -> None:
     run = gitruns.init(project="p", id="back", repo=repo)
     for i in range(10):
