@@ -765,6 +765,25 @@ def test_cli_import_then_again_then_dry_run(repo: Path) -> None:
     assert len(gitruns.Api(repo=repo).runs()) == 2
 
 
+def test_cli_import_into_a_pipe_prints_no_progress_bar(
+    repo: Path, tmp_path: Path
+) -> None:
+    # Enough rows for a bar on a terminal; in a pipe, click would print its
+    # label alone.
+    history = [{"step": i, "loss": 1 / (i + 1)} for i in range(6000)]
+    state = tmp_path / "trainer_state.json"
+    state.write_text(json.dumps({"log_history": history, "global_step": 6000}))
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("gitruns")), "import", "hf-trainer"]
+        + [str(state), "--repo", str(repo)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "importing" not in done.stderr and "1 imported" in done.stderr
+
+
 def test_cli_errors_exit_with_the_import_code(repo: Path, tmp_path: Path) -> None:
     done = _cli("keras", str(tmp_path / "nothing-here"), "--repo", str(repo))
     assert done.exit_code == ImportFormatError.exit_code == 8

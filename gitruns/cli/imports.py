@@ -137,7 +137,8 @@ def import_command(
     report = None
     if not dry_run:
         total = sum(len(r.records) for r in parsed.runs)
-        if total >= _BAR_FROM:
+        # Not in a pipe or a log file, where click would print its label alone.
+        if total >= _BAR_FROM and sys.stderr.isatty():
             with click.progressbar(
                 length=total, label="importing", file=sys.stderr
             ) as bar:
