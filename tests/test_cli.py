@@ -124,6 +124,18 @@ def test_lineage_and_diff(runs: Path) -> None:
     assert data["last_shared_step"] == 20 and data["config"] == {"lr": [0.1, 0.5]}
 
 
+def test_diff_of_a_run_and_itself_or_its_prefix_says_so(runs: Path) -> None:
+    code, out = invoke("diff", "p/base", "p/base", "--repo", str(runs))
+    assert code == 0 and "history: the same through step 49 (of p/base)" in out
+    code, out = invoke(
+        "fork", "p/base", "--step", "30", "--id", "part", "--repo", str(runs)
+    )
+    assert code == 0, out
+    code, out = invoke("diff", "p/part", "p/base", "--repo", str(runs))
+    assert "all of p/part (through step 30, of p/base) is in p/base" in out
+    assert "goes on to step 49" in out and "diverges" not in out
+
+
 def test_fork_and_rewind_commands(runs: Path) -> None:
     code, out = invoke(
         "fork", "p/base", "--step", "10", "--id", "cli", "--repo", str(runs)

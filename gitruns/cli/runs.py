@@ -274,17 +274,29 @@ def lineage_command(store: RunStore, run: str, as_json: bool) -> None:
 @with_store
 def diff_command(store: RunStore, a: str, b: str, as_json: bool) -> None:
     """Compare two runs: config, summary, and where their histories diverge."""
-    result = diff_runs(store, _view(store, a), _view(store, b))
+    view_a, view_b = _view(store, a), _view(store, b)
+    result = diff_runs(store, view_a, view_b)
     if as_json:
         click.echo(dumps(result.as_dict()))
         return
     click.echo(f"--- {result.a}\n+++ {result.b}")
-    if result.common_run is None or result.last_shared_step is None:
+    shared = result.last_shared_step
+    last_a, last_b = view_a.last_step, view_b.last_step
+    if result.common_run is None or shared is None:
         click.echo("history: no shared history")
+    elif last_a == last_b == shared:
+        click.echo(f"history: the same through step {shared} (of {result.common_run})")
+    elif shared in (last_a, last_b):
+        short, long = (result.a, result.b) if shared == last_a else (result.b, result.a)
+        click.echo(
+            f"history: all of {short} (through step {shared}, of "
+            f"{result.common_run}) is in {long}, which goes on to step "
+            f"{max(last_a or 0, last_b or 0)}"
+        )
     else:
         click.echo(
-            f"history: shared up to step {result.last_shared_step} "
-            f"(of {result.common_run}), diverges at step {result.last_shared_step + 1}"
+            f"history: shared up to step {shared} "
+            f"(of {result.common_run}), diverges at step {shared + 1}"
         )
     for title, changes in (("config", result.config), ("summary", result.summary)):
         click.echo(click.style(title, bold=True) + ("" if changes else ": same"))
