@@ -529,7 +529,9 @@ def _row_maker(keys: tuple[str, ...]) -> Callable[..., dict[str, Value]] | None:
     row for every step. Each key is written as its ``repr()``, which for a
     ``str`` (exactly; not a subclass, whose repr may be anything) is a string
     literal of exactly that string, so a key is never more than a string,
-    whatever it holds. None for other keys, or more than 255 of them.
+    whatever it holds. None for other keys, or more than 255 of them: the
+    functions are cached, and one for hundreds of keys would be compiled
+    from a source as long as all of them, for a scan seldom that wide.
     """
     # Checked before the cache, which takes equal tuples for the same.
     if len(keys) > 255 or any(type(key) is not str for key in keys):
@@ -1924,11 +1926,11 @@ class _Arrays:
         self._spend(_length(planes))
         return planes
 
-    def planes(self, blob: bytes, kind: str, count: int) -> bytes:
-        """The planes of ``count`` items of ``kind`` that a bin holds: steps."""
-        if self._plain(blob, kind, count, None):
+    def steps(self, blob: bytes, count: int) -> bytes:
+        """The planes of the ``count`` int64 steps that a bin holds."""
+        if self._plain(blob, "i8", count, None):
             return blob
-        return _inflated(blob, _STORED[kind].itemsize * count, self.source, "steps")
+        return _inflated(blob, _STORED["i8"].itemsize * count, self.source, "steps")
 
     def values(self, blob: bytes, kind: str, count: int, metric: str) -> bytes | _Frame:
         """The planes of the ``count`` values of ``kind`` of ``metric``."""
@@ -1995,7 +1997,7 @@ def _steps_from(
         raise ChunkFormatError(
             source, f"field 'steps' must be an int or a bin, not {type(value).__name__}"
         )
-    planes = arrays.planes(value, "i8", n)
+    planes = arrays.steps(value, n)
     steps = _unpack_numbers("i8", planes, n, delta=True)
     problem = _steps_problem(steps, start, window)
     if problem:

@@ -542,7 +542,8 @@ class Journal:
 
         At its middle while the next room is still to be made, so that a short
         run never has megabytes of zeros written for it, on the core its
-        training loop shares; else at its end.
+        training loop shares; else at its end, and the next room is asked of
+        the journal's thread now.
         """
         end = self._room - _END_ROOM
         middle = self._room // 2
@@ -852,6 +853,8 @@ def _open_journal_file(path: Path) -> int:
 
 
 def _file_size(fd: int) -> int:
+    # 0 when it cannot be known: a room made ahead is then not taken (it
+    # could reach past the end of the file), and the writer grows the file.
     try:
         return os.fstat(fd).st_size
     except OSError:

@@ -278,8 +278,11 @@ def merge_packs(
         The names of the packs merged (none, or two and more).
 
     Raises:
-        OSError, dulwich errors: a pack could not be read or written; the packs
-            are then as they were.
+        OSError, dulwich errors: a pack could not be read or written. Every
+            object is still in a pack: before the merged pack is complete,
+            the packs are as they were; after, some of those merged may be
+            left beside it (their objects twice over, until `git gc`), and
+            the new one unrecorded (left to `git gc` too).
     """
     pack_dir = Path(objects.pack_dir)
     on_disk = sorted(p.stem for p in pack_dir.glob("pack-*.idx"))

@@ -915,7 +915,7 @@ class RunStore:
     # -- objects ------------------------------------------------------------
 
     def add(self, obj: Blob | Tree | Commit) -> None:
-        """Store an object after dulwich has checked it."""
+        """Store an object after dulwich has checked it (or hold it, in a batch)."""
         obj.check()
         self._store(obj, LOOSE_COMPRESSION)
 
@@ -937,7 +937,8 @@ class RunStore:
         :data:`PACK_MIN_OBJECTS` or more, else loose. :meth:`update_ref`
         writes what is held before it moves a branch, so no ref ever names an
         object that is not on disk. What is held when the block raises is
-        dropped (no ref names it). Nested blocks are one block.
+        dropped (no ref names it). Nested blocks are one block. An object
+        held cannot be read back until it is written.
 
         Raises:
             RepositoryError: the objects cannot be written (disk full,
@@ -1005,9 +1006,9 @@ class RunStore:
     def chunk_blob(self, data: bytes) -> Sha:
         """Store an encoded chunk (what ``encode_chunk`` returns) as a blob.
 
-        The loose object is written at :data:`CHUNK_COMPRESSION`: the chunk's
-        numbers are compressed already, and zlib would only slow down the
-        writer and every read of it.
+        Written (loose, or in a batch's pack) at :data:`CHUNK_COMPRESSION`:
+        the chunk's numbers are compressed already, and zlib would only slow
+        down the writer and every read of it.
 
         Returns:
             The blob's id.

@@ -81,7 +81,7 @@ DEFER_BYTES = 256 << 20
 #: (importing numpy, dulwich...) takes a few tenths of a second of the other
 #: core, which slows a training loop sharing it; a run that ends sooner is
 #: committed by finish() at once, in one pack.
-BOOT_AFTER = 1.0
+BOOT_AFTER_SECONDS = 1.0
 
 #: Journaled metadata bytes after which set_meta checks that config and the
 #: summary overrides still fit the size a run's JSON file may have.
@@ -220,7 +220,7 @@ class RunWriter:
         self._window_end = 0  # the end of the window of the last row opened
         self._done_through = -1  # windows through this step are complete
         now = _monotonic()
-        self._boot_at = now + BOOT_AFTER
+        self._boot_at = now + BOOT_AFTER_SECONDS
         self._last_flush = now
         self._next_check = now + min(options.flush_interval, CHECK_SECONDS)
         # Since when complete windows wait for the committer process to be up.
@@ -521,7 +521,7 @@ class RunWriter:
             return
 
         # Not up yet: wake it once there is work and the run has lasted
-        # BOOT_AFTER, and commit here meanwhile only when it is late, or the
+        # BOOT_AFTER_SECONDS, and commit here meanwhile only when it is late, or the
         # journal has grown large.
         due = now - self._last_flush >= interval
         if due and self._waiting_since is None:

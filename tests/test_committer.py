@@ -97,9 +97,9 @@ def test_a_long_run_is_committed_by_its_own_process_while_it_logs(repo: Path) ->
 def test_a_run_shorter_than_boot_after_is_committed_by_finish(
     repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Many complete windows, but the run ends before BOOT_AFTER: booting a
+    # Many complete windows, but the run ends before BOOT_AFTER_SECONDS: booting a
     # process would only have slowed the loop.
-    monkeypatch.setattr(writer_module, "BOOT_AFTER", 60.0)
+    monkeypatch.setattr(writer_module, "BOOT_AFTER_SECONDS", 60.0)
     run = gitruns.init(project="p", id="quick", repo=repo, window=100)
     link = run._writer._link
     assert link is not None
