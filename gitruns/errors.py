@@ -53,6 +53,7 @@ read, warns, and keeps the records before it.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import re
 from collections.abc import Iterator
@@ -387,6 +388,19 @@ class MetricNotFoundError(GitRunsError, LookupError):
         )
 
 
+def os_error_fix(exc: OSError) -> str | None:
+    """What the user can do about a failed write, in lower case; or None."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some disk space"
+    if exc.errno == errno.EFBIG:
+        return (
+            "raise the file-size limit (`ulimit -f`, or the file system's largest file)"
+        )
+    if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+        return "make the repository writable"
+    return None
+
+
 @contextmanager
 def mapped_errors(what: str) -> Iterator[None]:
     """Turn dulwich and OS errors raised inside the block into RepositoryError.
@@ -414,12 +428,10 @@ def mapped_errors(what: str) -> Iterator[None]:
         raise
     except foreign as exc:
         hint = ""
-        if isinstance(exc, OSError) and exc.errno == 28:
-            hint = "; free some disk space, the journal keeps what was logged"
-        elif isinstance(exc, PermissionError) or (
-            isinstance(exc, OSError) and exc.errno == 30  # EROFS
-        ):
-            hint = "; check that the repository is writable"
+        if isinstance(exc, OSError) and (fix := os_error_fix(exc)) is not None:
+            hint = f"; {fix}"
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                hint += ", the journal keeps what was logged"
         if isinstance(exc, PackFileDisappeared):
             hint = "; a `git gc` or `git repack` removed a pack meanwhile: try again"
         raise RepositoryError(f"{what} failed: {exc}{hint}") from exc

@@ -70,7 +70,7 @@ from typing import Any, NamedTuple
 import msgpack
 import numpy as np
 
-from gitruns.errors import RepositoryError, RunLockedError
+from gitruns.errors import RepositoryError, RunLockedError, os_error_fix
 
 logger = logging.getLogger(__name__)
 
@@ -1466,16 +1466,8 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _fix_for(exc: OSError) -> str:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "Free some disk space, then go on logging."
-    if exc.errno == errno.EFBIG:
-        return (
-            "A file-size limit was reached (`ulimit -f`, or the file system's "
-            "largest file): raise it, then go on logging."
-        )
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return "Make the repository writable, then go on logging."
-    return "Fix the cause, then go on logging."
+    fix = os_error_fix(exc) or "fix the cause"
+    return f"{fix[0].upper()}{fix[1:]}, then go on logging."
 
 
 # -- locks -----------------------------------------------------------------------
@@ -1526,7 +1518,7 @@ class RunLock:
         except OSError as exc:
             raise RepositoryError(
                 f"cannot lock run {self.run} at {self.path} ({exc}); "
-                "check that the repository is writable"
+                f"{os_error_fix(exc) or 'make the repository writable'}"
             ) from None
         started = time.monotonic()
         told = False

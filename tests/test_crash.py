@@ -726,11 +726,9 @@ def test_a_read_only_repository_is_readable_and_refuses_writers_clearly(
     try:
         assert _mount("-o", "remount,bind,ro", str(view)).returncode == 0
         assert history(view, f"{PROJECT}/kept") == {0: {"loss": math.pi}}
-        with pytest.raises(
-            RepositoryError, match="check that the repository is writable"
-        ):
+        with pytest.raises(RepositoryError, match="make the repository writable"):
             gitruns.init(project=PROJECT, id="kept", resume="must", repo=view)
-        with pytest.raises(RepositoryError, match="Read-only.*repository is writable"):
+        with pytest.raises(RepositoryError, match="Read-only.*make the repository writable"):
             gitruns.init(project=PROJECT, id="new", repo=view, save_code=False)
     finally:
         subprocess.run(["umount", "-l", str(view)], check=False)
@@ -856,4 +854,4 @@ def test_a_file_size_limit_is_named_with_what_to_raise(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 3, done.stdout + done.stderr
-    assert "ulimit -f" in done.stdout and "raise it" in done.stdout
+    assert "Raise the file-size limit (`ulimit -f`" in done.stdout

@@ -69,9 +69,9 @@ TABLE: list[tuple[Mapper, BaseException, type[GitRunsError], str]] = [
     (repository, OSError(errno.ENOSPC, "No space left on device"), RepositoryError,
      "free some disk space"),
     (repository, PermissionError(errno.EACCES, "Permission denied"), RepositoryError,
-     "check that the repository is writable"),
+     "make the repository writable"),
     (repository, OSError(errno.EROFS, "Read-only file system"), RepositoryError,
-     "check that the repository is writable"),
+     "make the repository writable"),
     # dulwich's transports, urllib3 and the OS, talking to a remote.
     (remote, git_errors.HangupException(), RemoteError,
      "that the server is running and lets you in"),
