@@ -728,7 +728,9 @@ def test_a_read_only_repository_is_readable_and_refuses_writers_clearly(
         assert history(view, f"{PROJECT}/kept") == {0: {"loss": math.pi}}
         with pytest.raises(RepositoryError, match="make the repository writable"):
             gitruns.init(project=PROJECT, id="kept", resume="must", repo=view)
-        with pytest.raises(RepositoryError, match="Read-only.*make the repository writable"):
+        with pytest.raises(
+            RepositoryError, match="Read-only.*make the repository writable"
+        ):
             gitruns.init(project=PROJECT, id="new", repo=view, save_code=False)
     finally:
         subprocess.run(["umount", "-l", str(view)], check=False)

@@ -10,6 +10,8 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -553,24 +555,20 @@ def test_a_record_that_cannot_be_stored_is_left_out_and_the_rest_recovered(
 
 
 def test_a_file_grows_into_room_made_ahead_by_the_journal_thread(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import time
-
     journal = Journal(tmp_path)
     journal.open()
-    path, first = (
-        journal.current,
-        journal._room,
-    )  # less than INITIAL_ROOM on a full disk
+    # Less than INITIAL_ROOM on a full disk.
+    path, first = journal.current, journal._room
     assert path is not None
+    asked = rooms_asked_of_the_thread(journal, monkeypatch)
     journal.declare({"x": 0.0})
     # A short run never has a next room made for it...
     half = first // 2 // 40
     for step in range(half - 100):
         assert journal.write_row(step, 1.0, {"x": float(step)})
-    time.sleep(0.2)
-    assert path.stat().st_size == first
+    assert asked == [] and path.stat().st_size == first
     # ...past half the room, the thread makes it (four times the first).
     for step in range(half - 100, half + 100):
         assert journal.write_row(step, 1.0, {"x": float(step)})
@@ -589,12 +587,26 @@ def test_a_file_grows_into_room_made_ahead_by_the_journal_thread(
     assert steps_of(JournalReader(tmp_path).read(final=True)) == list(range(rows))
 
 
+def rooms_asked_of_the_thread(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> list[int]:
+    """The rooms the journal asks its thread to make from now on, as a list."""
+    asked: list[int] = []
+    ahead = journal._ahead
+    switched = ahead.switched
+
+    def spied(old: Any, file: Any, room: int | None) -> None:
+        if room is not None:
+            asked.append(room)
+        switched(old, file, room)
+
+    monkeypatch.setattr(ahead, "switched", spied)
+    return asked
+
+
 def test_a_frame_past_the_middle_and_the_end_grows_the_file_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import threading
-    import time
-
     # The helper thread must not be asked for the next room while the writer
     # grows the file itself: two growers of one file disagree on its size.
     growers: list[str] = []
@@ -608,12 +620,12 @@ def test_a_frame_past_the_middle_and_the_end_grows_the_file_once(
     journal.open()
     path, room = journal.current, journal._room
     assert path is not None
+    asked = rooms_asked_of_the_thread(journal, monkeypatch)
     monkeypatch.setattr(journal_module, "_append_zeros", counted)
     journal.write(journal.encode(0, 1.0, {"text": "x" * (room * 5 // 4)}))
     journal.write(journal.encode(1, 1.0, {"text": "y"}))
-    time.sleep(0.2)
 
-    assert growers == [threading.current_thread().name]
+    assert asked == [] and growers == [threading.current_thread().name]
     assert path.stat().st_size == journal._room > room
     journal.close()
     assert steps_of(JournalReader(tmp_path).read(final=True)) == [0, 1]
