@@ -11,6 +11,7 @@ import pytest
 from dulwich.objects import Blob
 
 import gitruns
+import gitruns.packs as packs_module
 import gitruns.store as store_module
 from gitruns.packs import _KEEP_REASON, PackRecord, merge_packs, release, write_pack
 from gitruns.store import RunStore
@@ -121,7 +122,6 @@ def test_no_merge_while_git_owns_the_packs(repo: Path) -> None:
 
 
 def test_a_batch_holds_only_its_own_threads_objects(repo: Path) -> None:
-    import threading
 
     store = RunStore.open(repo)
     try:
@@ -185,7 +185,6 @@ def test_the_record_keeps_packs_written_while_a_merge_ran(repo: Path) -> None:
 def test_a_multi_pack_index_written_during_a_merge_is_removed(
     repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gitruns.packs as packs_module
 
     store = RunStore.open(repo)
     objects = store.repo.object_store
