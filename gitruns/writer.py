@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gitruns.chunk import MAX_METRICS, MAX_ROWS, Digest
+from gitruns.chunk import MAX_CHUNK_BYTES, MAX_METRICS, MAX_ROWS, Digest
 from gitruns.committer import (
     PATCH,
     PATCHED,
@@ -82,6 +82,16 @@ DEFER_BYTES = 256 << 20
 #: core, which slows a training loop sharing it; a run that ends sooner is
 #: committed by finish() at once, in one pack.
 BOOT_AFTER_SECONDS = 1.0
+
+#: The most UTF-8 bytes the first and last strings of a run's string metrics
+#: may take together, with a step's own strings three times over: every
+#: chunk carries the first and the last (its summary digests), and a chunk
+#: of one step holds its strings as values, as first and as last.
+STRING_BYTES = MAX_CHUNK_BYTES // 2
+
+#: The most UTF-8 bytes the last strings of a run's string metrics may take
+#: together: its summary holds them, in a JSON file of MAX_OBJECT_BYTES.
+SUMMARY_STRING_BYTES = MAX_OBJECT_BYTES // 2
 
 #: Journaled metadata bytes after which set_meta checks that config and the
 #: summary overrides still fit the size a run's JSON file may have.
@@ -212,6 +222,8 @@ class RunWriter:
         #: over (and again if it dies).
         self._local: Committer | None = self._committer(snapshot)
         self._names.update(self._local.totals)
+        self._strings = _Strings()
+        self._strings.seed(self._local.totals)
         self._link: CommitterLink | None = None
         self._failures = Failures(run.path)
 
@@ -301,6 +313,7 @@ class RunWriter:
             self._local.close()
         self._local = self._committer(snapshot)
         self._names = set(self._local.totals)  # a rewind drops names too
+        self._strings.seed(self._local.totals)
         self._step = _next_step(snapshot)
         self._open = False
 
@@ -317,6 +330,7 @@ class RunWriter:
         steps = local.pending_step_range()
         local.commit()
         self._names.update(local.totals)
+        self._strings.seed(local.totals)
         if steps is None:
             return 0
         count, first, last = steps
@@ -456,7 +470,9 @@ class RunWriter:
                 f"<{len(row)} keys>",
                 f"one log() call may hold {MAX_CALL_BYTES >> 20} MiB; split it",
             )
+        count_strings = self._strings.check(step, row, self.run.path)
         journal.write(record)
+        count_strings()
 
     def _opened(self, step: int) -> None:
         """A new row is open at ``step`` in a new window, or a check is due."""
@@ -796,6 +812,77 @@ class RunWriter:
                 self._local.close()
             self._closed = True
             self._lock.release()
+
+
+class _Strings:
+    """What a run's string metrics put in every chunk and in its summary.
+
+    A string metric's first and last values are carried by every later chunk
+    and its last by the summary, so strings logged under many names could
+    make a run no chunk or summary can hold: log() refuses the call that
+    would, before it is journaled, where finish() could only fail.
+    """
+
+    def __init__(self) -> None:
+        self.first: dict[str, int] = {}
+        self.last: dict[str, int] = {}
+        self.edges = 0  # sum of first and last
+        self.lasts = 0  # sum of last
+        self.step = -1
+        self.at_step = 0  # bytes of strings logged at self.step
+
+    def seed(self, totals: dict[str, Digest]) -> None:
+        """Count the strings of what the run holds (committed or recovered)."""
+        self.first = {
+            n: _utf8(d.first) for n, d in totals.items() if type(d.first) is str
+        }
+        self.last = {n: _utf8(d.last) for n, d in totals.items() if type(d.last) is str}
+        self.lasts = sum(self.last.values())
+        self.edges = sum(self.first.values()) + self.lasts
+        self.step, self.at_step = -1, 0
+
+    def check(self, step: int, row: dict[str, Value], run: str) -> Callable[[], None]:
+        """Refuse ``row`` if the run could not hold it.
+
+        Returns:
+            What counts the row, to be called once it is journaled.
+
+        Raises:
+            InvalidValueError: the run's strings would pass STRING_BYTES or
+                SUMMARY_STRING_BYTES.
+        """
+        sizes = {k: _utf8(v) for k, v in row.items() if type(v) is str}
+        if not sizes:
+            return lambda: None
+        first = {k: n for k, n in sizes.items() if k not in self.first}
+        lasts = self.lasts + sum(n - self.last.get(k, 0) for k, n in sizes.items())
+        edges = self.edges + sum(first.values()) + lasts - self.lasts
+        at_step = (self.at_step if step == self.step else 0) + sum(sizes.values())
+        chunk = edges + 3 * at_step
+        if chunk > STRING_BYTES or lasts > SUMMARY_STRING_BYTES:
+            key = max(sizes, key=sizes.__getitem__)
+            raise InvalidValueError(
+                key,
+                row[key],
+                f"run {run}'s string metrics would put {chunk / 2**20:.1f} MiB of "
+                f"strings in a chunk (at most {STRING_BYTES >> 20}: each carries "
+                "the first and last value of every string metric, and its steps' "
+                f"own three times over) and {lasts / 2**20:.1f} MiB in its summary (at "
+                f"most {SUMMARY_STRING_BYTES >> 20}); log long text as a file "
+                "with gitruns.save(), or shorter strings",
+            )
+
+        def count() -> None:
+            self.first.update(first)
+            self.last.update(sizes)
+            self.edges, self.lasts = edges, lasts
+            self.step, self.at_step = step, at_step
+
+        return count
+
+
+def _utf8(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import gitruns
+import gitruns.writer as writer_module
 from gitruns.errors import InvalidArgumentError, InvalidValueError
 from gitruns.fork import create_run
 from gitruns.refs import RunRef
@@ -291,3 +292,54 @@ def test_a_config_larger_than_readers_take_is_refused_and_leaves_no_run(
     run.finish()
     view = gitruns.Api(repo).run("p/grows")
     assert view.state == "finished" and view.config == kept and 0 < len(kept) < 60
+
+
+def test_strings_no_summary_could_hold_are_refused_at_log(repo: Path) -> None:
+    # The summary holds the last value of every string metric: 600 metrics
+    # of 16,000 characters would make it too large to commit, and finish()
+    # could then commit none of the run.
+    run = gitruns.init(project="p", id="texts", repo=repo)
+    for step in range(50):
+        run.log({"loss": 1 / (step + 1)})
+    text = "g" * 16_000
+    accepted = 0
+    with pytest.raises(
+        InvalidValueError, match=r"MiB in its summary \(at most 8\)"
+    ) as refused:
+        for i in range(600):
+            run.log({f"gen/{i}": text})
+            accepted += 1
+    assert 500 < accepted < 600 and refused.value.key == f"gen/{accepted}"
+    run.log({"loss": 0.5})
+    run.finish()
+
+    view = gitruns.Api(repo).run("p/texts")
+    assert view.state == "finished" and view.last_step == 50 + accepted
+    assert view.summary[f"gen/{accepted - 1}"] == text
+    assert f"gen/{accepted}" not in view.summary
+
+    # A resumed run counts what it holds already.
+    again = gitruns.init(project="p", id="texts", resume="must", repo=repo)
+    with pytest.raises(InvalidValueError, match="gitruns.save"):
+        again.log({"more": text})
+    again.log({"loss": 0.25})
+    again.finish()
+
+
+def test_strings_no_chunk_could_hold_are_refused_at_log(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every chunk carries the first and last value of every string metric;
+    # the bound, lowered here, keeps one step of them within a chunk.
+    monkeypatch.setattr(writer_module, "STRING_BYTES", 100_000)
+    run = gitruns.init(project="p", id="edges", repo=repo, window=10)
+    logged = []
+    with pytest.raises(InvalidValueError, match="MiB of strings in a chunk"):
+        for step in range(100):
+            text = f"{step:03d}" + "é" * 2_000  # 4,003 bytes
+            run.log({f"s{step}": text})
+            logged.append(text)
+    assert 5 < len(logged) < 100
+    run.finish()
+    rows = list(gitruns.Api(repo).run("p/edges").scan_history())
+    assert [r[f"s{i}"] for i, r in enumerate(rows)] == logged
