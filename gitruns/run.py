@@ -102,10 +102,14 @@ class Run:
         self._definitions: dict[str, dict[str, Any]] = dict(
             self._info.get("metrics", {})
         )
+        # Held while config, summary values or metric rules change, so that
+        # threads journal them in the order they made them.
+        self._meta_lock = threading.RLock()
         self.config = Config(
             snapshot.config,
             lambda data: self._set_meta(config=data),
             allow_val_change=allow_val_change,
+            lock=self._meta_lock,
         )
         overrides = {
             k: snapshot.summary.get(k) for k in self._info.get("summary_set", [])
@@ -115,6 +119,7 @@ class Run:
             self._definitions,
             overrides,
             lambda data: self._set_meta(summary_overrides=data),
+            lock=self._meta_lock,
         )
         # Saved files: tree path -> blob, loaded on the first save().
         self._files: dict[str, Sha] | None = None
@@ -362,12 +367,14 @@ class Run:
             )
             if v is not None
         }
-        if not overwrite:
-            rule = {**self._definitions.get(name, {}), **rule}
-        # Journaled first: a refused rule (a str Git cannot store) changes nothing.
-        self._set_meta(metrics={**self._definitions, name: rule})
-        self._definitions[name] = rule
-        self._info["metrics"] = dict(self._definitions)
+        with self._meta_lock:
+            if not overwrite:
+                rule = {**self._definitions.get(name, {}), **rule}
+            # Journaled first: a refused rule (a str Git cannot store) changes
+            # nothing.
+            self._set_meta(metrics={**self._definitions, name: rule})
+            self._definitions[name] = rule
+            self._info["metrics"] = dict(self._definitions)
         return rule
 
     # -- saved files --------------------------------------------------------
@@ -533,6 +540,7 @@ class DisabledRun(Run):
         self._finished = False
         self._start_time = time.time()
         self._definitions = {}
+        self._meta_lock = threading.RLock()
         self._dir = None
         self.config = Config({}, _ignore, allow_val_change=True)
         self.config.update(config)

@@ -8,6 +8,7 @@ import enum
 import logging
 import math
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
@@ -92,22 +93,35 @@ def as_mapping(data: Any, what: str) -> dict[str, Any]:
 
 def _change(
     data: dict[str, Any],
-    new: Mapping[str, Any],
+    new: Mapping[str, Any] | None,
     on_change: Callable[[dict[str, Any]], None],
+    lock: threading.RLock,
+    *,
+    remove: str | None = None,
 ) -> None:
-    """Merge ``new`` into ``data`` and journal it; a refusal undoes the merge.
+    """Merge ``new`` into ``data`` (or remove a key) and journal it.
 
-    The writer refuses what it cannot store (a config over the size readers
-    take): the run's config or summary then stays as it was.
+    A refusal undoes the change: the writer refuses what it cannot store (a
+    config over the size readers take), and the run's config or summary
+    then stays as it was. Under ``lock``, so that threads changing one run
+    journal their snapshots in the order they changed it: a snapshot taken
+    before another thread's change and journaled after it would undo it.
+
+    Raises:
+        KeyError: ``remove`` names no key.
     """
-    before = dict(data)
-    data.update(new)
-    try:
-        on_change(dict(data))
-    except BaseException:
-        data.clear()
-        data.update(before)
-        raise
+    with lock:
+        before = dict(data)
+        if remove is not None:
+            del data[remove]
+        if new:
+            data.update(new)
+        try:
+            on_change(dict(data))
+        except BaseException:
+            data.clear()
+            data.update(before)
+            raise
 
 
 def same_value(a: Any, b: Any) -> bool:
@@ -135,10 +149,12 @@ class Config(MutableMapping[str, Any]):
         data: Mapping[str, Any],
         on_change: Callable[[dict[str, Any]], None],
         allow_val_change: bool = False,
+        lock: threading.RLock | None = None,
     ) -> None:
         object.__setattr__(self, "_data", dict(data))
         object.__setattr__(self, "_on_change", on_change)
         object.__setattr__(self, "_allow_val_change", allow_val_change)
+        object.__setattr__(self, "_lock", lock or threading.RLock())
 
     def __getitem__(self, key: str) -> Any:
         return self._data[key]
@@ -147,8 +163,7 @@ class Config(MutableMapping[str, Any]):
         self.update({key: value})
 
     def __delitem__(self, key: str) -> None:
-        del self._data[key]
-        self._on_change(dict(self._data))
+        _change(self._data, None, self._on_change, self._lock, remove=key)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)
@@ -206,7 +221,7 @@ class Config(MutableMapping[str, Any]):
                         "allow_val_change=True to config.update() or init() "
                         "to change it",
                     )
-        _change(self._data, clean, self._on_change)
+        _change(self._data, clean, self._on_change, self._lock)
 
     def changed_by(self, data: Any) -> dict[str, tuple[Any, Any]]:
         """The keys ``data`` would give another value: key -> (now, then)."""
@@ -237,6 +252,8 @@ class Summary(MutableMapping[str, Any]):
         definitions: the run's define_metric rules (read at every access).
         overrides: values set by the user.
         on_change: called with every user-set value after a change.
+        lock: held while the overrides or the definitions change (the run's
+            own, which define_metric() holds too).
     """
 
     def __init__(
@@ -245,14 +262,18 @@ class Summary(MutableMapping[str, Any]):
         definitions: Mapping[str, Mapping[str, Any]],
         overrides: Mapping[str, Any],
         on_change: Callable[[dict[str, Any]], None],
+        lock: threading.RLock | None = None,
     ) -> None:
         object.__setattr__(self, "_totals", totals)
         object.__setattr__(self, "_definitions", definitions)
         object.__setattr__(self, "_overrides", dict(overrides))
         object.__setattr__(self, "_on_change", on_change)
+        object.__setattr__(self, "_lock", lock or threading.RLock())
 
     def _current(self) -> dict[str, Any]:
-        return summarize(self._totals(), self._definitions, self._overrides)
+        with self._lock:
+            definitions, overrides = dict(self._definitions), dict(self._overrides)
+        return summarize(self._totals(), definitions, overrides)
 
     def __getitem__(self, key: str) -> Any:
         return self._current()[key]
@@ -260,11 +281,10 @@ class Summary(MutableMapping[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         plain = plain_value(value)
         check_unicode({str(key): plain}, "summary")
-        _change(self._overrides, {str(key): plain}, self._on_change)
+        _change(self._overrides, {str(key): plain}, self._on_change, self._lock)
 
     def __delitem__(self, key: str) -> None:
-        del self._overrides[key]
-        self._on_change(dict(self._overrides))
+        _change(self._overrides, None, self._on_change, self._lock, remove=key)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._current())

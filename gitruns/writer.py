@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -44,6 +45,7 @@ from gitruns.committer import (
     float32_of,
     journal_dir,
     last_step_for,
+    tip_totals,
 )
 from gitruns.committer_process import CommitterGone, CommitterLink
 from gitruns.errors import (
@@ -713,10 +715,17 @@ class RunWriter:
     def live_totals(self) -> dict[str, Digest]:
         """Digests of everything accepted so far, committed or not.
 
+        Once the writer is finished (or in a forked child): of what the
+        branch holds.
+
         Raises:
             RepositoryError: the journal or the run cannot be read.
         """
         with self._guard:
+            if self._closed:
+                # Finished, or this is the copy in a forked child, which must
+                # not commit its parent's journal: what the branch holds.
+                return tip_totals(self.store, self.run, self.snapshot)
             link = self._link
             if link is not None and link.active and not link.gone:
                 with contextlib.suppress(CommitterGone):
@@ -887,8 +896,34 @@ def _utf8(text: str) -> int:
 
 def _patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """What turns ``before`` into ``after``: keys set (or changed), keys removed."""
-    changed = {k: v for k, v in after.items() if k not in before or before[k] != v}
+    changed = {
+        k: v
+        for k, v in after.items()
+        if k not in before or not _identical(before[k], v)
+    }
     return {"set": changed, "del": [k for k in before if k not in after]}
+
+
+def _identical(a: Any, b: Any) -> bool:
+    """Whether two JSON-like values are the same, type and sign of zero included.
+
+    ``==`` holds 1, 1.0 and True equal, and 0.0 and -0.0: a patch made with
+    it would keep the old one of two such values.
+    """
+    if type(a) is not type(b):
+        return False
+    if type(a) is float:
+        return (
+            a == b
+            and math.copysign(1.0, a) == math.copysign(1.0, b)
+            or a != a
+            and b != b
+        )
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(_identical(a[k], b[k]) for k in a)
+    if type(a) is list:
+        return len(a) == len(b) and all(_identical(x, y) for x, y in zip(a, b))
+    return bool(a == b)
 
 
 def _next_step(snapshot: Snapshot) -> int:

@@ -14,11 +14,14 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import gitruns
 from gitruns.errors import GitRunsError, RunLockedError
+from gitruns.store import RunStore
+from tests.conftest import git
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
@@ -336,3 +339,88 @@ def test_a_child_forked_while_a_thread_logs_is_refused_not_hung(repo: Path) -> N
     assert gitruns.Api(repo=repo).run("p/forked-child").history()["loss"].tolist() == [
         1.0
     ]
+
+
+def test_config_changes_of_two_threads_are_both_committed(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Thread A is held up between changing the config and journaling it; B
+    # changes it meanwhile. A's snapshot, journaled last, must not undo B's.
+    run = gitruns.init(project="p", id="cfg-threads", repo=repo)
+    set_meta = run._writer.set_meta
+
+    def slow(**meta: Any) -> None:
+        if threading.current_thread().name == "A":
+            time.sleep(0.3)
+        set_meta(**meta)
+
+    monkeypatch.setattr(run._writer, "set_meta", slow)
+    a = threading.Thread(target=lambda: run.config.update({"a": 1}), name="A")
+    b = threading.Thread(target=lambda: run.config.update({"b": 2}), name="B")
+    a.start()
+    time.sleep(0.1)
+    b.start()
+    a.join()
+    b.join()
+    run.finish()
+    assert gitruns.Api(repo).run("p/cfg-threads").config == {"a": 1, "b": 2}
+
+
+def test_summary_read_while_metrics_are_defined_from_another_thread(
+    repo: Path,
+) -> None:
+    run = gitruns.init(project="p", id="rules", repo=repo)
+    # Each read matches every one of 50 metrics against the rules.
+    run.log({f"m{j}": float(j) for j in range(50)})
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                dict(run.summary)
+            except BaseException as exc:  # noqa: BLE001 - any is the failure
+                errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for i in range(800):
+        run.define_metric(f"m{i}/*", summary="max")
+    stop.set()
+    reader.join()
+    run.finish()
+    assert errors == []
+    store = RunStore.open(repo, create=False)
+    try:
+        view = gitruns.Api(store).run("p/rules")
+        info = store.read_snapshot(store.tip(view.ref)).info
+    finally:
+        store.close()
+    assert len(info["metrics"]) == 800
+
+
+def test_a_forked_child_reading_the_summary_commits_nothing(repo: Path) -> None:
+    run = gitruns.init(project="p", id="child-reads", repo=repo, window=10)
+    for i in range(40):
+        run.log({"x": i})
+    run._writer.flush()
+    committed = git("rev-parse", "runs/p/child-reads", cwd=repo)
+    for i in range(40, 45):  # journaled, not committed
+        run.log({"x": i})
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(reader)
+        try:
+            seen = run.summary.get("x")
+            os.write(writer, repr(seen).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    os.waitpid(pid, 0)
+    with os.fdopen(reader, "rb") as child:
+        assert child.read() == b"39"  # what the branch holds
+    assert git("rev-parse", "runs/p/child-reads", cwd=repo) == committed
+    run.finish()
+    rows = gitruns.Api(repo).run("p/child-reads").scan_history()
+    assert [r["x"] for r in rows] == list(range(45))

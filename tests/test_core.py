@@ -1037,6 +1037,31 @@ def test_resuming_with_a_config_that_changes_a_value_says_so(
     assert not [r for r in caplog.records if "resumed with" in r.getMessage()]
 
 
+def test_a_config_value_changed_to_an_equal_one_of_another_type_is_kept(
+    repo: Path,
+) -> None:
+    # 1 == 1.0 == True and 0.0 == -0.0: the change is still a change.
+    run = gitruns.init(
+        project="p", id="types", repo=repo, config={"a": 1, "b": 0, "c": 1.0, "d": 0.0}
+    )
+    run.config.update(
+        {"a": 1.0, "b": False, "c": True, "d": -0.0}, allow_val_change=True
+    )
+    run.summary["s"] = 1
+    run.summary["s"] = 1.0
+    run.finish()
+    view = gitruns.Api(repo).run("p/types")
+    config = view.config
+    assert [(k, type(v)) for k, v in sorted(config.items())] == [
+        ("a", float),
+        ("b", bool),
+        ("c", bool),
+        ("d", float),
+    ]
+    assert math.copysign(1.0, config["d"]) == -1.0
+    assert type(view.summary["s"]) is float
+
+
 def test_a_step_below_the_current_one_says_to_finish_then_rewind(repo: Path) -> None:
     run = gitruns.init(project="p", id="back", repo=repo)
     for i in range(10):
