@@ -494,10 +494,12 @@ class Committer:
                         exc.size,
                         exc.limit,
                         "its strings (and the first and last string of every "
-                        "string metric before it) hold too much to commit: move "
-                        f"the run's journal folder ({self.reader.folder}) away "
-                        "to commit the steps before it, and log long text as a "
-                        "file with gitruns.save()",
+                        "string metric before it) hold too much to commit; "
+                        "moving the run's journal folder "
+                        f"({self.reader.folder}) away lets the run go on, "
+                        f"without any of steps {_first(items[0])}.."
+                        f"{_last(items[-1])}, which it holds (log long text "
+                        "as a file with gitruns.save())",
                     ) from exc
                 head, tail = _split(part, int(steps[(len(steps) - 1) // 2]))
                 todo[:0] = [head, tail]

@@ -429,9 +429,8 @@ def mapped_errors(what: str) -> Iterator[None]:
     except foreign as exc:
         hint = ""
         if isinstance(exc, OSError) and (fix := os_error_fix(exc)) is not None:
+            # (A writer's error says itself that its journal keeps the rows.)
             hint = f"; {fix}"
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                hint += ", the journal keeps what was logged"
         if isinstance(exc, PackFileDisappeared):
             hint = "; a `git gc` or `git repack` removed a pack meanwhile: try again"
         raise RepositoryError(f"{what} failed: {exc}{hint}") from exc
