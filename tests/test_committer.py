@@ -171,7 +171,10 @@ def test_the_process_logs_through_the_writers_loggers(
 
 
 _INTERRUPTED = """
-    import sys, time, gitruns
+    import signal, sys, time, gitruns
+    # As at a terminal: a suite started in the background (`cmd &` in a
+    # script) hands its children SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     run = gitruns.init(project="p", id="ctrl", repo=sys.argv[1], window=10)
     step = 0
     while not (run._writer._link.active and run._writer._local is None):
@@ -197,7 +200,10 @@ def test_ctrl_c_finishes_the_run_through_its_process(repo: Path) -> None:
     word, logged = child.stdout.readline().split()
     assert word == "up"
     child.send_signal(signal.SIGINT)  # reaches the writer, never its committer
-    _, err = child.communicate(timeout=60)
+    try:
+        _, err = child.communicate(timeout=60)
+    finally:
+        child.kill()  # (a no-op once it has ended)
     assert "KeyboardInterrupt" in err
     view = gitruns.Api(repo).run("p/ctrl")
     assert view.state == "crashed"
