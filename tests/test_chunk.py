@@ -2119,6 +2119,11 @@ HEADER_ATTACKS = {
 }  # fmt: skip
 
 
+def test_every_header_attack_is_a_frame_attack() -> None:
+    # A misspelt name would silently move an attack to the other branch.
+    assert HEADER_ATTACKS <= FRAME_ATTACKS.keys()
+
+
 @pytest.mark.parametrize("attack", sorted(FRAME_ATTACKS))
 @pytest.mark.parametrize("where", ["values", "steps", "times"])
 def test_a_lazy_decode_refuses_a_hostile_frame_when_it_is_read(
