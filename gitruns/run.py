@@ -428,6 +428,14 @@ class Run:
         )
         if not paths:
             return []
+        # Under the run's lock: two threads saving must not journal trees in
+        # another order than they made them (the older would drop a file).
+        with self._meta_lock:
+            return self._keep_paths(pattern, paths, base, prefix, strict)
+
+    def _keep_paths(
+        self, pattern: str, paths: list[str], base: str, prefix: str, strict: bool
+    ) -> list[str]:
         files = self._saved_files()
         kept = []
         with mapped_errors(f"saving files into run {self.path}"):
@@ -627,6 +635,21 @@ _active_lock = threading.Lock()
 _current: Run | None = None
 _exit_code: int | None = None
 _hooks_installed = False
+
+
+def _relock_in_child() -> None:
+    # A thread of the parent may have held a run's lock (or the list's) at
+    # the fork; no thread of the child would ever release it.
+    global _active_lock
+    _active_lock = threading.Lock()
+    for run in list(_active):
+        lock = threading.RLock()
+        run._meta_lock = lock
+        object.__setattr__(run.config, "_lock", lock)
+        object.__setattr__(run.summary, "_lock", lock)
+
+
+os.register_at_fork(after_in_child=_relock_in_child)
 
 
 def _exception_code(kind: type[BaseException]) -> int:

@@ -16,7 +16,7 @@ from gitruns.chunk import Digest
 from gitruns.errors import InvalidArgumentError
 from gitruns.store import MAX_JSON_DEPTH
 from gitruns.summary import summarize
-from gitruns.values import check_unicode
+from gitruns.values import check_unicode, identical
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +142,8 @@ class Config(MutableMapping[str, Any]):
         data: the initial keys.
         on_change: called with the whole dict after every change.
         allow_val_change: let every change through.
+        lock: held while the config changes (the run's own, shared with its
+            summary).
     """
 
     def __init__(
@@ -211,33 +213,43 @@ class Config(MutableMapping[str, Any]):
         allow = self._allow_val_change if allow_val_change is None else allow_val_change
         clean = {str(k): plain_value(v) for k, v in new.items()}
         check_unicode(clean, "config")
-        if not allow:
-            for key, value in clean.items():
-                if key in self._data and not same_value(self._data[key], value):
-                    raise InvalidArgumentError(
-                        f"config.{key}",
-                        value,
-                        f"it is already {self._data[key]!r}; pass "
-                        "allow_val_change=True to config.update() or init() "
-                        "to change it",
-                    )
-        _change(self._data, clean, self._on_change, self._lock)
+        # Checked and changed under the lock: two threads setting one new
+        # key to two values must not both pass the check.
+        with self._lock:
+            if not allow:
+                for key, value in clean.items():
+                    if key in self._data and not same_value(self._data[key], value):
+                        raise InvalidArgumentError(
+                            f"config.{key}",
+                            value,
+                            f"it is already {self._data[key]!r}; pass "
+                            "allow_val_change=True to config.update() or init() "
+                            "to change it",
+                        )
+            _change(self._data, clean, self._on_change, self._lock)
 
     def changed_by(self, data: Any) -> dict[str, tuple[Any, Any]]:
-        """The keys ``data`` would give another value: key -> (now, then)."""
+        """The keys ``data`` would give another value: key -> (current, new).
+
+        Another type is another value (1 and 1.0), as the run stores it.
+        """
         clean = {str(k): plain_value(v) for k, v in as_mapping(data, "config").items()}
-        return {
-            key: (self._data[key], value)
-            for key, value in clean.items()
-            if key in self._data and not same_value(self._data[key], value)
-        }
+        with self._lock:
+            return {
+                key: (self._data[key], value)
+                for key, value in clean.items()
+                if key in self._data and not identical(self._data[key], value)
+            }
 
     def setdefaults(self, data: Any) -> None:
         """Set the keys that have no value yet (W&B's sweep idiom)."""
-        missing = {
-            k: v for k, v in as_mapping(data, "config").items() if k not in self._data
-        }
-        self.update(missing)
+        with self._lock:
+            missing = {
+                k: v
+                for k, v in as_mapping(data, "config").items()
+                if k not in self._data
+            }
+            self.update(missing)
 
     def as_dict(self) -> dict[str, Any]:
         """A plain copy."""

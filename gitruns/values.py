@@ -19,6 +19,7 @@ silently dropped or coerced.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -254,3 +255,22 @@ def check_unicode(value: Any, where: str) -> None:
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
             check_unicode(item, f"{where}[{index}]")
+
+
+def identical(a: Any, b: Any) -> bool:
+    """Whether two JSON-like values are the same, type and sign of zero included.
+
+    ``==`` holds 1, 1.0 and True equal, and 0.0 and -0.0: a patch made with
+    it would keep the old one of two such values.
+    """
+    if type(a) is not type(b):
+        return False
+    if type(a) is float:
+        if a != a:  # NaN
+            return bool(b != b)
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(identical(a[k], b[k]) for k in a)
+    if type(a) is list:
+        return len(a) == len(b) and all(identical(x, y) for x, y in zip(a, b))
+    return bool(a == b)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import threading
 import time
@@ -59,7 +58,7 @@ from gitruns.errors import (
 from gitruns.journal import Journal, RunLock, journal_files
 from gitruns.refs import RunRef, Sha
 from gitruns.store import MAX_OBJECT_BYTES, RunStore, Snapshot, dumps_json
-from gitruns.values import Value, check_unicode, unencodable
+from gitruns.values import Value, check_unicode, identical, unencodable
 
 logger = logging.getLogger(__name__)
 
@@ -757,8 +756,7 @@ class RunWriter:
         """
         if os.getpid() != self._pid:
             # A forked child (a data loader worker) exiting through atexit
-            # must not finish its parent's run under the parent's feet (nor
-            # wait for a guard that a thread of the parent held at the fork).
+            # must not finish its parent's run under the parent's feet.
             logger.warning("run %s: not finished from a forked child", self.run.path)
             return None
         with self._guard:
@@ -897,33 +895,9 @@ def _utf8(text: str) -> int:
 def _patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """What turns ``before`` into ``after``: keys set (or changed), keys removed."""
     changed = {
-        k: v
-        for k, v in after.items()
-        if k not in before or not _identical(before[k], v)
+        k: v for k, v in after.items() if k not in before or not identical(before[k], v)
     }
     return {"set": changed, "del": [k for k in before if k not in after]}
-
-
-def _identical(a: Any, b: Any) -> bool:
-    """Whether two JSON-like values are the same, type and sign of zero included.
-
-    ``==`` holds 1, 1.0 and True equal, and 0.0 and -0.0: a patch made with
-    it would keep the old one of two such values.
-    """
-    if type(a) is not type(b):
-        return False
-    if type(a) is float:
-        return (
-            a == b
-            and math.copysign(1.0, a) == math.copysign(1.0, b)
-            or a != a
-            and b != b
-        )
-    if type(a) is dict:
-        return a.keys() == b.keys() and all(_identical(a[k], b[k]) for k in a)
-    if type(a) is list:
-        return len(a) == len(b) and all(_identical(x, y) for x, y in zip(a, b))
-    return bool(a == b)
 
 
 def _next_step(snapshot: Snapshot) -> int:

@@ -348,20 +348,30 @@ def test_config_changes_of_two_threads_are_both_committed(
     # changes it meanwhile. A's snapshot, journaled last, must not undo B's.
     run = gitruns.init(project="p", id="cfg-threads", repo=repo)
     set_meta = run._writer.set_meta
+    a_inside, b_started, b_done = (threading.Event() for _ in range(3))
 
-    def slow(**meta: Any) -> None:
+    def held_up(**meta: Any) -> None:
         if threading.current_thread().name == "A":
-            time.sleep(0.3)
+            a_inside.set()
+            b_started.wait()
+            b_done.wait(0.3)  # B, if it is not kept waiting, is done by then
         set_meta(**meta)
 
-    monkeypatch.setattr(run._writer, "set_meta", slow)
-    a = threading.Thread(target=lambda: run.config.update({"a": 1}), name="A")
-    b = threading.Thread(target=lambda: run.config.update({"b": 2}), name="B")
-    a.start()
-    time.sleep(0.1)
-    b.start()
-    a.join()
-    b.join()
+    def b() -> None:
+        a_inside.wait()
+        b_started.set()
+        run.config.update({"b": 2})
+        b_done.set()
+
+    monkeypatch.setattr(run._writer, "set_meta", held_up)
+    threads = [
+        threading.Thread(target=lambda: run.config.update({"a": 1}), name="A"),
+        threading.Thread(target=b, name="B"),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     run.finish()
     assert gitruns.Api(repo).run("p/cfg-threads").config == {"a": 1, "b": 2}
 
@@ -417,10 +427,54 @@ def test_a_forked_child_reading_the_summary_commits_nothing(repo: Path) -> None:
         finally:
             os._exit(0)
     os.close(writer)
-    os.waitpid(pid, 0)
-    with os.fdopen(reader, "rb") as child:
-        assert child.read() == b"39"  # what the branch holds
+    try:
+        ready, _, _ = select.select([reader], [], [], 30)
+        assert ready, "the forked child did not answer"
+        with os.fdopen(reader, "rb") as child:
+            assert child.read() == b"39"  # what the branch holds
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
     assert git("rev-parse", "runs/p/child-reads", cwd=repo) == committed
     run.finish()
     rows = gitruns.Api(repo).run("p/child-reads").scan_history()
     assert [r["x"] for r in rows] == list(range(45))
+
+
+def test_a_child_forked_while_a_thread_changes_the_config_is_not_hung(
+    repo: Path,
+) -> None:
+    run = gitruns.init(project="p", id="child-config", repo=repo, config={"a": 1})
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        # As a thread inside config.update() would, at the moment of the fork.
+        with run._meta_lock:
+            held.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait()
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(reader)
+        try:
+            os.write(writer, repr((dict(run.config), "x" in run.summary)).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    try:
+        ready, _, _ = select.select([reader], [], [], 30)
+        assert ready, "the forked child waited for the parent's thread"
+        assert os.read(reader, 100) == b"({'a': 1}, False)"
+    finally:
+        os.close(reader)
+        release.set()
+        holder.join()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    run.finish()
