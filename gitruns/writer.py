@@ -24,6 +24,7 @@ killed commits what the journal holds and marks the run crashed.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -84,14 +85,14 @@ DEFER_BYTES = 256 << 20
 #: committed by finish() at once, in one pack.
 BOOT_AFTER_SECONDS = 1.0
 
-#: The most UTF-8 bytes the first and last strings of a run's string metrics
-#: may take together, with a step's own strings three times over: every
-#: chunk carries the first and the last (its summary digests), and a chunk
-#: of one step holds its strings as values, as first and as last.
+#: The most UTF-8 bytes of strings a chunk of one step may carry: the first
+#: and last strings of every string metric before the step (its prefix
+#: digests), and the step's own three times (as values, first and last).
 STRING_BYTES = MAX_CHUNK_BYTES // 2
 
-#: The most UTF-8 bytes the last strings of a run's string metrics may take
-#: together: its summary holds them, in a JSON file of MAX_OBJECT_BYTES.
+#: The most bytes the first and last strings of a run's string metrics may
+#: take together as JSON: its summary may hold them, in a file of
+#: MAX_OBJECT_BYTES (with the summary values set by hand, and the numbers).
 SUMMARY_STRING_BYTES = MAX_OBJECT_BYTES // 2
 
 #: Journaled metadata bytes after which set_meta checks that config and the
@@ -825,28 +826,32 @@ class _Strings:
     """What a run's string metrics put in every chunk and in its summary.
 
     A string metric's first and last values are carried by every later chunk
-    and its last by the summary, so strings logged under many names could
-    make a run no chunk or summary can hold: log() refuses the call that
-    would, before it is journaled, where finish() could only fail.
+    and by the summary, so strings logged under many names could make a run
+    no chunk or summary can hold: log() refuses the call that would, before
+    it is journaled, where finish() could only fail.
     """
 
     def __init__(self) -> None:
-        self.first: dict[str, int] = {}
-        self.last: dict[str, int] = {}
-        self.edges = 0  # sum of first and last
-        self.lasts = 0  # sum of last
-        self.step = -1
-        self.at_step = 0  # bytes of strings logged at self.step
+        self.seed({})
 
     def seed(self, totals: dict[str, Digest]) -> None:
         """Count the strings of what the run holds (committed or recovered)."""
-        self.first = {
-            n: _utf8(d.first) for n, d in totals.items() if type(d.first) is str
-        }
-        self.last = {n: _utf8(d.last) for n, d in totals.items() if type(d.last) is str}
-        self.lasts = sum(self.last.values())
-        self.edges = sum(self.first.values()) + self.lasts
-        self.step, self.at_step = -1, 0
+        #: Per string metric, the UTF-8 bytes of its first and last values,
+        #: which every later chunk carries, and their bytes as JSON, which
+        #: the summary may hold (it escapes control characters).
+        self.first: dict[str, tuple[int, int]] = {}
+        self.last: dict[str, tuple[int, int]] = {}
+        for name, digest in totals.items():
+            if type(digest.first) is str:
+                self.first[name] = _sizes(digest.first)
+            if type(digest.last) is str:
+                self.last[name] = _sizes(digest.last)
+        ends = [*self.first.values(), *self.last.values()]
+        self.edges = sum(raw for raw, _ in ends)
+        self.summary = sum(json for _, json in ends)
+        #: The step strings were last logged at, the edges before it (what
+        #: a chunk of that step alone carries), and its strings' bytes.
+        self.step, self.base, self.at_step = -1, self.edges, 0
 
     def check(self, step: int, row: dict[str, Value], run: str) -> Callable[[], None]:
         """Refuse ``row`` if the run could not hold it.
@@ -855,41 +860,52 @@ class _Strings:
             What counts the row, to be called once it is journaled.
 
         Raises:
-            InvalidValueError: the run's strings would pass STRING_BYTES or
-                SUMMARY_STRING_BYTES.
+            InvalidValueError: a chunk of the step alone would carry more
+                than STRING_BYTES of strings (the edges before the step,
+                and the step's own three times: as values, first and last),
+                or the summary more than SUMMARY_STRING_BYTES.
         """
-        sizes = {k: _utf8(v) for k, v in row.items() if type(v) is str}
+        sizes = {k: _sizes(v) for k, v in row.items() if type(v) is str}
         if not sizes:
             return lambda: None
         first = {k: n for k, n in sizes.items() if k not in self.first}
-        lasts = self.lasts + sum(n - self.last.get(k, 0) for k, n in sizes.items())
-        edges = self.edges + sum(first.values()) + lasts - self.lasts
-        at_step = (self.at_step if step == self.step else 0) + sum(sizes.values())
-        chunk = edges + 3 * at_step
-        if chunk > STRING_BYTES or lasts > SUMMARY_STRING_BYTES:
+        changed = [*first.values(), *sizes.values()]
+        gone = [self.last[k] for k in sizes if k in self.last]
+        edges = self.edges + sum(r for r, _ in changed) - sum(r for r, _ in gone)
+        summary = self.summary + sum(j for _, j in changed) - sum(j for _, j in gone)
+        base, at_step = (
+            (self.base, self.at_step) if step == self.step else (self.edges, 0)
+        )
+        at_step += sum(r for r, _ in sizes.values())
+        chunk = base + 3 * at_step
+        if chunk > STRING_BYTES or summary > SUMMARY_STRING_BYTES:
             key = max(sizes, key=sizes.__getitem__)
             raise InvalidValueError(
                 key,
                 row[key],
-                f"run {run}'s string metrics would put {chunk / 2**20:.1f} MiB of "
-                f"strings in a chunk (at most {STRING_BYTES >> 20}: each carries "
-                "the first and last value of every string metric, and its steps' "
-                f"own three times over) and {lasts / 2**20:.1f} MiB in its summary (at "
-                f"most {SUMMARY_STRING_BYTES >> 20}); log long text as a file "
-                "with gitruns.save(), or shorter strings",
+                f"run {run}'s string metrics would put {chunk / 2**20:.1f} MiB "
+                f"of strings in a chunk (at most {STRING_BYTES >> 20}: each "
+                "carries the first and last value of every string metric, and "
+                f"its step's own three times) or {summary / 2**20:.1f} MiB in "
+                f"its summary (at most {SUMMARY_STRING_BYTES >> 20}); log long "
+                "text as a file with gitruns.save(), or shorter strings",
             )
 
         def count() -> None:
             self.first.update(first)
             self.last.update(sizes)
-            self.edges, self.lasts = edges, lasts
-            self.step, self.at_step = step, at_step
+            self.edges, self.summary = edges, summary
+            self.step, self.base, self.at_step = step, base, at_step
 
         return count
 
 
-def _utf8(text: str) -> int:
-    return len(text.encode("utf-8", "surrogatepass"))
+def _sizes(text: str) -> tuple[int, int]:
+    """A string's UTF-8 bytes, and its bytes in a JSON file."""
+    raw = len(text.encode("utf-8", "surrogatepass"))
+    return raw, len(
+        json.dumps(text, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    )
 
 
 def _patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

@@ -303,13 +303,13 @@ def test_strings_no_summary_could_hold_are_refused_at_log(repo: Path) -> None:
         run.log({"loss": 1 / (step + 1)})
     text = "g" * 16_000
     accepted = 0
-    with pytest.raises(
-        InvalidValueError, match=r"MiB in its summary \(at most 8\)"
-    ) as refused:
+    with pytest.raises(InvalidValueError, match=r"MiB in its summary") as refused:
         for i in range(600):
             run.log({f"gen/{i}": text})
             accepted += 1
-    assert 500 < accepted < 600 and refused.value.key == f"gen/{accepted}"
+    # Each new metric's first and last value, 16,002 bytes each as JSON.
+    assert accepted == writer_module.SUMMARY_STRING_BYTES // (2 * 16_002)
+    assert refused.value.key == f"gen/{accepted}"
     run.log({"loss": 0.5})
     run.finish()
 
@@ -339,7 +339,21 @@ def test_strings_no_chunk_could_hold_are_refused_at_log(
             text = f"{step:03d}" + "é" * 2_000  # 4,003 bytes
             run.log({f"s{step}": text})
             logged.append(text)
-    assert 5 < len(logged) < 100
+    # Step k carries 2 x 4,003 bytes for each metric before it, and its own
+    # 4,003 three times: 8,006 k + 12,009 <= 100,000 for k up to 10.
+    assert len(logged) == 11
     run.finish()
     rows = list(gitruns.Api(repo).run("p/edges").scan_history())
     assert [r[f"s{i}"] for i, r in enumerate(rows)] == logged
+
+
+def test_strings_are_counted_as_the_summary_writes_them(repo: Path) -> None:
+    # JSON writes a control character as six: 500,000 of them take 3 MB as
+    # first and again as last value.
+    run = gitruns.init(project="p", id="controls", repo=repo)
+    text = "\x01" * 500_000
+    run.log({"c0": text})
+    with pytest.raises(InvalidValueError, match="in its summary"):
+        run.log({"c1": text})
+    run.finish()
+    assert gitruns.Api(repo).run("p/controls").summary["c0"] == text
