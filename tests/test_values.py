@@ -348,12 +348,16 @@ def test_strings_no_chunk_could_hold_are_refused_at_log(
 
 
 def test_strings_are_counted_as_the_summary_writes_them(repo: Path) -> None:
-    # JSON writes a control character as six: 500,000 of them take 3 MB as
-    # first and again as last value.
+    # JSON writes a control character as six: 60,000 of them take 360 kB,
+    # as first and again as last value (11 metrics take 7.9 MB). Counted as
+    # their 60,000 UTF-8 bytes, 60 would fit.
     run = gitruns.init(project="p", id="controls", repo=repo)
-    text = "\x01" * 500_000
-    run.log({"c0": text})
+    text = "\x01" * 60_000
+    logged = 0
     with pytest.raises(InvalidValueError, match="in its summary"):
-        run.log({"c1": text})
+        for i in range(60):
+            run.log({f"c{i}": text})
+            logged += 1
+    assert logged == writer_module.SUMMARY_STRING_BYTES // (2 * (6 * 60_000 + 2))
     run.finish()
     assert gitruns.Api(repo).run("p/controls").summary["c0"] == text
