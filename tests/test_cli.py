@@ -136,6 +136,21 @@ def test_diff_of_a_run_and_itself_or_its_prefix_says_so(runs: Path) -> None:
     assert "goes on to step 49" in out and "diverges" not in out
 
 
+def test_diff_of_a_fork_at_a_step_without_data_says_it_is_all_shared(
+    repo: Path,
+) -> None:
+    with gitruns.init(project="p", id="sparse", repo=repo) as run:
+        for step in range(0, 50, 10):
+            run.log({"loss": 1 / (step + 1)}, step=step)
+    code, out = invoke(
+        "fork", "p/sparse", "--step", "25", "--id", "at25", "--repo", str(repo)
+    )
+    assert code == 0, out
+    code, out = invoke("diff", "p/at25", "p/sparse", "--repo", str(repo))
+    assert "all of p/at25 (through step 20, of p/sparse) is in p/sparse" in out
+    assert "diverges" not in out
+
+
 def test_fork_and_rewind_commands(runs: Path) -> None:
     code, out = invoke(
         "fork", "p/base", "--step", "10", "--id", "cli", "--repo", str(runs)

@@ -281,17 +281,21 @@ def diff_command(store: RunStore, a: str, b: str, as_json: bool) -> None:
         return
     click.echo(f"--- {result.a}\n+++ {result.b}")
     shared = result.last_shared_step
-    last_a, last_b = view_a.last_step, view_b.last_step
+    # A run's last step with data may lie before the step it was forked at.
+    ends = [
+        -1 if last is None else last for last in (view_a.last_step, view_b.last_step)
+    ]
     if result.common_run is None or shared is None:
         click.echo("history: no shared history")
-    elif last_a == last_b == shared:
-        click.echo(f"history: the same through step {shared} (of {result.common_run})")
-    elif shared in (last_a, last_b):
-        short, long = (result.a, result.b) if shared == last_a else (result.b, result.a)
+    elif ends[0] == ends[1] and ends[0] <= shared:
+        click.echo(f"history: the same through step {ends[0]} (of {result.common_run})")
+    elif min(ends) <= shared:
+        short, long = (
+            (result.a, result.b) if ends[0] < ends[1] else (result.b, result.a)
+        )
         click.echo(
-            f"history: all of {short} (through step {shared}, of "
-            f"{result.common_run}) is in {long}, which goes on to step "
-            f"{max(last_a or 0, last_b or 0)}"
+            f"history: all of {short} (through step {min(ends)}, of "
+            f"{result.common_run}) is in {long}, which goes on to step {max(ends)}"
         )
     else:
         click.echo(
