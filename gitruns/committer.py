@@ -400,6 +400,8 @@ class Committer:
                 committer, which tries again on the next call).
             InvalidValueError: rows that no chunk can hold (a journal made
                 by hand); the journal keeps them.
+            ChunkTooLargeError: a step whose strings no chunk can hold; the
+                journal keeps it.
         """
         pending = self._pending
         last = self.snapshot.last_step
@@ -497,9 +499,9 @@ class Committer:
                         "string metric before it) hold too much to commit; "
                         "moving the run's journal folder "
                         f"({self.reader.folder}) away lets the run go on, "
-                        f"without any of steps {_first(items[0])}.."
-                        f"{_last(items[-1])}, which it holds (log long text "
-                        "as a file with gitruns.save())",
+                        f"without steps {_first(items[0])} and after or any "
+                        "config or summary change since its last commit (log "
+                        "long text as a file with gitruns.save())",
                     ) from exc
                 head, tail = _split(part, int(steps[(len(steps) - 1) // 2]))
                 todo[:0] = [head, tail]

@@ -389,15 +389,18 @@ class MetricNotFoundError(GitRunsError, LookupError):
 
 
 def os_error_fix(exc: OSError) -> str | None:
-    """What the user can do about a failed write, in lower case; or None."""
+    """What the user can do about a failed read or write, in lower case; or None."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return "free some disk space"
     if exc.errno == errno.EFBIG:
         return (
-            "raise the file-size limit (`ulimit -f`, or the file system's largest file)"
+            "raise the file-size limit (`ulimit -f`), or keep the repository "
+            "on a file system that allows larger files"
         )
-    if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+    if exc.errno == errno.EROFS:
         return "make the repository writable"
+    if isinstance(exc, PermissionError):
+        return "check that you may read and write the repository's files"
     return None
 
 

@@ -1518,7 +1518,7 @@ class RunLock:
         except OSError as exc:
             raise RepositoryError(
                 f"cannot lock run {self.run} at {self.path} ({exc}); "
-                f"{os_error_fix(exc) or 'make the repository writable'}"
+                f"{os_error_fix(exc) or 'fix the cause and try again'}"
             ) from None
         started = time.monotonic()
         told = False

@@ -69,7 +69,7 @@ TABLE: list[tuple[Mapper, BaseException, type[GitRunsError], str]] = [
     (repository, OSError(errno.ENOSPC, "No space left on device"), RepositoryError,
      "free some disk space"),
     (repository, PermissionError(errno.EACCES, "Permission denied"), RepositoryError,
-     "make the repository writable"),
+     "check that you may read and write the repository's files"),
     (repository, OSError(errno.EROFS, "Read-only file system"), RepositoryError,
      "make the repository writable"),
     # dulwich's transports, urllib3 and the OS, talking to a remote.
