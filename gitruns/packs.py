@@ -132,13 +132,7 @@ def write_pack(
         name = "pack-" + checksum.hex()
         base = os.path.join(pack_dir, name)
         if keep:
-            # "x": a .keep that is there already (Git's, or a user's) is not
-            # ours to rewrite, and release() leaves it as it is.
-            with (
-                contextlib.suppress(FileExistsError),
-                open(base + ".keep", "xb") as marker,
-            ):
-                marker.write(_KEEP_REASON)
+            _keep(base + ".keep")
         if os.path.exists(base + ".idx"):
             return name  # the same objects in the same order, packed before
         os.chmod(tmp, 0o444)
@@ -168,6 +162,29 @@ def write_pack(
             release(objects, name)
         raise
     return name
+
+
+def _keep(path: str) -> None:
+    """Give a pack gitruns' ``.keep``, unless it has one of another's.
+
+    One of gitruns' that is there already (a killed writer's, for the same
+    objects) is made fresh, so that release_stale() leaves it to this writer.
+    The file is written whole, then linked in: one cut short by a kill would
+    be nobody's, and kept for good.
+    """
+    fd, tmp = tempfile.mkstemp(prefix="tmp_keep_", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(_KEEP_REASON)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            with contextlib.suppress(OSError):
+                if Path(path).read_bytes() == _KEEP_REASON:
+                    os.utime(path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def release(objects: DiskObjectStore, name: str) -> None:

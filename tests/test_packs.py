@@ -261,3 +261,21 @@ def test_keeps_a_killed_writer_left_are_released_after_a_day(repo: Path) -> None
     assert not (pack_dir / (stale + ".keep")).exists()
     assert (pack_dir / (fresh + ".keep")).read_bytes() == _KEEP_REASON
     assert (pack_dir / (foreign + ".keep")).read_bytes() == b"the user's\n"
+
+
+def test_a_stale_keep_of_the_same_pack_is_made_fresh_by_a_new_write(
+    repo: Path,
+) -> None:
+    store = RunStore.open(repo)
+    objects = store.repo.object_store
+    group = blobs("written", "twice")
+    name = write_pack(objects, iter(group), 2, keep=True)
+    keep = repo / "objects" / "pack" / (name + ".keep")
+    day_ago = time.time() - store_module.STALE_KEEP_SECONDS - 60
+    os.utime(keep, (day_ago, day_ago))  # as a killed writer left it
+    # Another commit writes the same objects, and its branch has not moved.
+    assert write_pack(objects, iter(group), 2, keep=True) == name
+    store.tidy()
+    store.close()
+    assert keep.read_bytes() == _KEEP_REASON
+    assert not list(keep.parent.glob("tmp_*"))
