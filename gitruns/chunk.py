@@ -285,7 +285,9 @@ class Column:
         if isinstance(planes, _Frame):
             # A thread racing this one inflates the frame too; either result
             # is the same bytes. Kept only if the column is still packed as
-            # it was: a thread that unpacked it meanwhile dropped the frame.
+            # it was, which narrows (without a lock, not closes) the window in
+            # which a thread that unpacked it meanwhile gets the bytes back:
+            # then they are held twice, never wrong.
             planes = planes.inflated()
             if self._stored is stored:
                 self._stored = (planes, delta)

@@ -1311,7 +1311,8 @@ class RunStore:
         A finished run then leaves at most :data:`PACK_THRESHOLD` loose
         objects behind; past :data:`MAX_PACKS` packs, the smallest packs
         gitruns wrote are merged (see :func:`gitruns.packs.merge_packs`), so
-        that object lookups do not slow down with every run.
+        that object lookups do not slow down with every run. Every call also
+        releases the ``.keep`` files killed writers left, once a day old.
 
         Returns:
             How many objects were packed.

@@ -774,10 +774,11 @@ def test_cli_import_into_a_pipe_prints_no_progress_bar(
     state = tmp_path / "trainer_state.json"
     state.write_text(json.dumps({"log_history": history, "global_step": 6000}))
     done = subprocess.run(
-        [str(Path(sys.executable).with_name("gitruns")), "import", "hf-trainer"]
-        + [str(state), "--repo", str(repo)],
+        [sys.executable, "-c", "from gitruns.cli import main; main()", "import"]
+        + ["hf-trainer", str(state), "--repo", str(repo)],
         capture_output=True,
         text=True,
+        timeout=120,
         check=False,
     )
     assert done.returncode == 0, done.stderr

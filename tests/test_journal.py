@@ -572,6 +572,7 @@ def test_a_file_grows_into_room_made_ahead_by_the_journal_thread(
     # ...past half the room, the thread makes it (four times the first).
     for step in range(half - 100, half + 100):
         assert journal.write_row(step, 1.0, {"x": float(step)})
+    assert len(asked) == 1 and asked[0] > first  # the spy sees what is asked
     for _ in range(1000):
         if path.stat().st_size > first:
             break
