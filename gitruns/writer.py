@@ -473,8 +473,13 @@ class RunWriter:
                 f"one log() call may hold {MAX_CALL_BYTES >> 20} MiB; split it",
             )
         count_strings = self._strings.check(step, row, self.run.path)
-        journal.write(record)
-        count_strings()
+        place = (journal.current, journal.size)
+        try:
+            journal.write(record)
+        finally:
+            # Also when the record landed and only syncing it failed.
+            if (journal.current, journal.size) != place:
+                count_strings()
 
     def _opened(self, step: int) -> None:
         """A new row is open at ``step`` in a new window, or a check is due."""
