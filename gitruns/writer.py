@@ -208,6 +208,8 @@ class RunWriter:
         # writing between them would lose rows. (reload() and recover() run
         # in open(), before the writer is handed out.)
         self._guard = threading.RLock()
+        # The totals of the branch's tip, once the writer is finished.
+        self._tip_totals: tuple[Sha | None, dict[str, Digest]] | None = None
         #: Every metric name the run holds or has journaled.
         self._names: set[str] = set()
         #: Steps that a previous writer journaled and open() committed.
@@ -729,8 +731,13 @@ class RunWriter:
         with self._guard:
             if self._closed:
                 # Finished, or this is the copy in a forked child, which must
-                # not commit its parent's journal: what the branch holds.
-                return tip_totals(self.store, self.run, self.snapshot)
+                # not commit its parent's journal: what the branch holds, read
+                # once per tip (a summary is read a key at a time).
+                tip = self.store.tip(self.run)
+                if self._tip_totals is None or self._tip_totals[0] != tip:
+                    totals = tip_totals(self.store, self.run, self.snapshot)
+                    self._tip_totals = (tip, totals)
+                return dict(self._tip_totals[1])
             link = self._link
             if link is not None and link.active and not link.gone:
                 with contextlib.suppress(CommitterGone):
