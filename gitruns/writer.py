@@ -646,7 +646,7 @@ class RunWriter:
         with self._guard:
             if self._closed:
                 logger.warning(
-                    "run %s is finished; %s not stored", self.run.path, ", ".join(meta)
+                    "%s; %s not stored", self._closed_error(), ", ".join(meta)
                 )
                 return
             journaled = dict(meta)
@@ -863,7 +863,8 @@ class _Strings:
         self.summary = sum(json for _, json in ends)
         #: The step strings were last logged at, the edges before it (what
         #: a chunk of that step alone carries), and its strings' bytes.
-        self.step, self.base, self.at_step = -1, self.edges, 0
+        self.step, self.base = -1, self.edges
+        self.at_step: dict[str, int] = {}
 
     def check(self, step: int, row: dict[str, Value], run: str) -> Callable[[], None]:
         """Refuse ``row`` if the run could not hold it.
@@ -886,10 +887,11 @@ class _Strings:
         edges = self.edges + sum(r for r, _ in changed) - sum(r for r, _ in gone)
         summary = self.summary + sum(j for _, j in changed) - sum(j for _, j in gone)
         base, at_step = (
-            (self.base, self.at_step) if step == self.step else (self.edges, 0)
+            (self.base, dict(self.at_step)) if step == self.step else (self.edges, {})
         )
-        at_step += sum(r for r, _ in sizes.values())
-        chunk = base + 3 * at_step
+        # A key logged again at the step keeps only its latest value.
+        at_step.update((k, r) for k, (r, _) in sizes.items())
+        chunk = base + 3 * sum(at_step.values())
         if chunk > STRING_BYTES or summary > SUMMARY_STRING_BYTES:
             key = max(sizes, key=sizes.__getitem__)
             raise InvalidValueError(

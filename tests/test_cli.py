@@ -149,6 +149,12 @@ def test_diff_of_a_fork_at_a_step_without_data_says_it_is_all_shared(
     code, out = invoke("diff", "p/at25", "p/sparse", "--repo", str(repo))
     assert "all of p/at25 (through step 20, of p/sparse) is in p/sparse" in out
     assert "diverges" not in out
+    with gitruns.init(project="p", id="empty", repo=repo):
+        pass
+    code, out = invoke("diff", "p/empty", "p/empty", "--repo", str(repo))
+    assert "history: neither run has logged a step" in out
+    code, out = invoke("diff", "p/sparse", "p/empty", "--repo", str(repo))
+    assert "step -1" not in out
 
 
 def test_fork_and_rewind_commands(runs: Path) -> None:

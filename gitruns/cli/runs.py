@@ -287,6 +287,11 @@ def diff_command(store: RunStore, a: str, b: str, as_json: bool) -> None:
     ]
     if result.common_run is None or shared is None:
         click.echo("history: no shared history")
+    elif max(ends) < 0:
+        click.echo("history: neither run has logged a step")
+    elif min(ends) < 0:
+        empty = result.a if ends[0] < 0 else result.b
+        click.echo(f"history: {empty} has logged no step")
     elif ends[0] == ends[1] and ends[0] <= shared:
         click.echo(f"history: the same through step {ends[0]} (of {result.common_run})")
     elif min(ends) <= shared:
