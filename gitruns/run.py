@@ -62,10 +62,14 @@ from gitruns.settings import (
 )
 from gitruns.store import TREE_MODE, RunStore, now_iso
 from gitruns.summary import summary_modes
-from gitruns.values import clean_row
+from gitruns.values import MAX_KEY, clean_row
 from gitruns.writer import RunWriter, WriterOptions
 
 logger = logging.getLogger(__name__)
+
+#: The most define_metric rules a run holds (run.json holds them all: at
+#: most 10,000 rules of a few hundred bytes, far within a file's 16 MiB).
+MAX_RULES = 10_000
 
 # -- the run ------------------------------------------------------------------
 
@@ -354,8 +358,20 @@ class Run:
         Raises:
             InvalidValueError: for an unknown summary mode or goal.
         """
-        if not isinstance(name, str) or not name:
-            raise InvalidArgumentError("define_metric", name, "name a metric or a glob")
+        if not isinstance(name, str) or not name or len(name) > MAX_KEY:
+            raise InvalidArgumentError(
+                "define_metric",
+                name,
+                f"name a metric or a glob, of at most {MAX_KEY} characters",
+            )
+        if step_metric is not None and (
+            not isinstance(step_metric, str) or len(step_metric) > MAX_KEY
+        ):
+            raise InvalidArgumentError(
+                "step_metric",
+                step_metric,
+                f"name a metric, of at most {MAX_KEY} characters",
+            )
         modes = summary_modes(summary, goal)
         rule = {
             k: v
@@ -368,6 +384,14 @@ class Run:
             if v is not None
         }
         with self._meta_lock:
+            if name not in self._definitions and len(self._definitions) >= MAX_RULES:
+                # run.json holds them all, within the size a run's file may have.
+                raise InvalidArgumentError(
+                    "define_metric",
+                    name,
+                    f"a run may hold {MAX_RULES} metric rules; cover metrics "
+                    "with a glob ('val/*') instead of a rule each",
+                )
             if not overwrite:
                 rule = {**self._definitions.get(name, {}), **rule}
             # Journaled first: a refused rule (a str Git cannot store) changes

@@ -95,6 +95,11 @@ STRING_BYTES = MAX_CHUNK_BYTES // 2
 #: MAX_OBJECT_BYTES (with the summary values set by hand, and the numbers).
 SUMMARY_STRING_BYTES = MAX_OBJECT_BYTES // 2
 
+#: The most bytes the summary's derived values may take together: a line
+#: per metric name, and its strings (the rest of MAX_OBJECT_BYTES is left to
+#: values set by hand).
+SUMMARY_BYTES = MAX_OBJECT_BYTES * 7 // 8
+
 #: Journaled metadata bytes after which set_meta checks that config and the
 #: summary overrides still fit the size a run's JSON file may have.
 _RECHECK_BYTES = 1 << 20
@@ -443,8 +448,10 @@ class RunWriter:
                 f"{self.run.path} has {len(names)}; log a name that keeps "
                 "changing as one metric (the sample as its step), or in another run",
             )
+        cost = self._strings.check_names(new, row, self.run.path)
         self._journal_new(step, when, data, row)
         names.update(new)
+        self._strings.names += cost
 
     def _journal_new(
         self, step: int, when: float, data: Any, row: dict[str, Value]
@@ -861,6 +868,8 @@ class _Strings:
         ends = [*self.first.values(), *self.last.values()]
         self.edges = sum(raw for raw, _ in ends)
         self.summary = sum(json for _, json in ends)
+        #: What the summary takes for every metric's name and a number.
+        self.names = sum(_name_cost(name) for name in totals)
         #: The step strings were last logged at, the edges before it (what
         #: a chunk of that step alone carries), and its strings' bytes.
         self.step, self.base = -1, self.edges
@@ -892,7 +901,11 @@ class _Strings:
         # A key logged again at the step keeps only its latest value.
         at_step.update((k, r) for k, (r, _) in sizes.items())
         chunk = base + 3 * sum(at_step.values())
-        if chunk > STRING_BYTES or summary > SUMMARY_STRING_BYTES:
+        if (
+            chunk > STRING_BYTES
+            or summary > SUMMARY_STRING_BYTES
+            or summary + self.names > SUMMARY_BYTES
+        ):
             key = max(sizes, key=sizes.__getitem__)
             raise InvalidValueError(
                 key,
@@ -912,6 +925,32 @@ class _Strings:
             self.step, self.base, self.at_step = step, base, at_step
 
         return count
+
+    def check_names(self, new: set[str], row: dict[str, Value], run: str) -> int:
+        """Refuse new metric names the summary could not hold; return their cost.
+
+        Raises:
+            InvalidValueError: the summary's names, numbers and strings would
+                pass SUMMARY_BYTES.
+        """
+        cost = sum(_name_cost(name) for name in new)
+        if new and self.names + cost + self.summary > SUMMARY_BYTES:
+            first = min(new)
+            raise InvalidValueError(
+                first,
+                row[first],
+                f"run {run}'s summary would take {(self.names + cost) / 2**20:.1f} "
+                f"MiB for its metrics' names and {self.summary / 2**20:.1f} MiB "
+                f"for their strings, over {SUMMARY_BYTES >> 20}; log values "
+                "under fewer (or shorter) names, the sample as the step",
+            )
+        return cost
+
+
+def _name_cost(name: str) -> int:
+    # A summary line: the name, quoted, and a number (as long as a float's
+    # repr gets), indented.
+    return len(name.encode("utf-8", "surrogatepass")) + 40
 
 
 def _sizes(text: str) -> tuple[int, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+import sys
 import tracemalloc
 import zlib
 from pathlib import Path
@@ -17,6 +18,7 @@ from gitruns.chunk import build_chunk, encode_chunk
 from gitruns.errors import (
     AmbiguousRunError,
     ForkPointError,
+    InvalidArgumentError,
     InvalidNameError,
     InvalidValueError,
     RunExistsError,
@@ -1122,3 +1124,21 @@ def test_a_sweep_of_runs_in_one_process_leaves_no_descriptors_open(repo: Path) -
     before = open_files()
     sweep(60, 20)
     assert open_files() <= before + 3
+
+
+def test_define_metric_refuses_rules_run_json_could_not_hold(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (gitruns.run is the current run, as wandb.run is: the module by name.)
+    monkeypatch.setattr(sys.modules["gitruns.run"], "MAX_RULES", 3)
+    run = gitruns.init(project="p", id="rules", repo=repo)
+    run.log({"loss": 1.0})
+    with pytest.raises(InvalidArgumentError, match="at most 256 characters"):
+        run.define_metric("loss", step_metric="e" * 300)
+    for i in range(3):
+        run.define_metric(f"m{i}/*", summary="max")
+    run.define_metric("m0/*", summary="min")  # a rule replaced is no new rule
+    with pytest.raises(InvalidArgumentError, match="3 metric rules"):
+        run.define_metric("m3/*", summary="max")
+    run.finish()
+    assert gitruns.Api(repo).run("p/rules").last_step == 0

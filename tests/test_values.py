@@ -372,3 +372,21 @@ def test_a_string_logged_again_at_its_step_is_counted_once(repo: Path) -> None:
     run.finish()
     rows = list(gitruns.Api(repo).run("p/again").scan_history())
     assert [r["text"][:3] for r in rows] == ["199"]
+
+
+def test_names_no_summary_could_hold_are_refused_at_log(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The summary holds a line per metric: many long names could take it
+    # past what a run's file may hold (here lowered to 50,000 bytes).
+    monkeypatch.setattr(writer_module, "SUMMARY_BYTES", 50_000)
+    run = gitruns.init(project="p", id="names", repo=repo)
+    logged = 0
+    with pytest.raises(InvalidValueError, match="fewer .or shorter. names"):
+        for i in range(1_000):
+            run.log({f"{i:04d}" + "n" * 96: 1.0})
+            logged += 1
+    assert logged == 50_000 // (100 + 40)  # a name's line: 100 bytes and 40
+    run.log({"0000" + "n" * 96: 2.0})  # a name it holds is no new name
+    run.finish()
+    assert len(gitruns.Api(repo).run("p/names").summary) == logged
