@@ -100,6 +100,9 @@ SUMMARY_STRING_BYTES = MAX_OBJECT_BYTES // 2
 #: values set by hand).
 SUMMARY_BYTES = MAX_OBJECT_BYTES * 7 // 8
 
+# The summary file's limit, less room for its braces and rounding.
+_SUMMARY_LIMIT = MAX_OBJECT_BYTES - 4096
+
 #: Journaled metadata bytes after which set_meta checks that config and the
 #: summary overrides still fit the size a run's JSON file may have.
 _RECHECK_BYTES = 1 << 20
@@ -233,6 +236,7 @@ class RunWriter:
         self._names.update(self._local.totals)
         self._strings = _Strings()
         self._strings.seed(self._local.totals)
+        self._strings.seed_overrides(committed_meta(self.snapshot, "summary_overrides"))
         self._link: CommitterLink | None = None
         self._failures = Failures(run.path)
 
@@ -323,6 +327,7 @@ class RunWriter:
         self._local = self._committer(snapshot)
         self._names = set(self._local.totals)  # a rewind drops names too
         self._strings.seed(self._local.totals)
+        self._strings.seed_overrides(committed_meta(self.snapshot, "summary_overrides"))
         self._step = _next_step(snapshot)
         self._open = False
 
@@ -340,6 +345,7 @@ class RunWriter:
         local.commit()
         self._names.update(local.totals)
         self._strings.seed(local.totals)
+        self._strings.seed_overrides(committed_meta(self.snapshot, "summary_overrides"))
         if steps is None:
             return 0
         count, first, last = steps
@@ -665,6 +671,9 @@ class RunWriter:
             # What is new is checked; the rest was, when it was journaled.
             for key, value in journaled.items():
                 check_unicode(value, key.removesuffix(PATCH))
+            count_overrides = self._strings.check_overrides(
+                journaled.get("summary_overrides" + PATCH), self.run.path
+            )
             record = self._journal.encode_meta(time.time(), journaled)
             self._grown += len(record)
             # Not at every call, sizing a large dict costs: when enough has been
@@ -679,6 +688,7 @@ class RunWriter:
             for key in PATCHED & meta.keys():
                 self._latest[key] = dict(meta[key])
             self._journal.write(record)
+            count_overrides()
 
     def flush(self) -> None:
         """Commit every finished row now and wait until it is committed.
@@ -851,6 +861,8 @@ class _Strings:
     """
 
     def __init__(self) -> None:
+        #: What the summary takes for each value set by hand.
+        self.overrides: dict[str, int] = {}
         self.seed({})
 
     def seed(self, totals: dict[str, Digest]) -> None:
@@ -870,6 +882,10 @@ class _Strings:
         self.summary = sum(json for _, json in ends)
         #: What the summary takes for every metric's name and a number.
         self.names = sum(_name_cost(name) for name in totals)
+
+    def seed_overrides(self, overrides: dict[str, Any]) -> None:
+        """Count the summary values set by hand that the run holds."""
+        self.overrides = {k: _override_cost(k, v) for k, v in overrides.items()}
         #: The step strings were last logged at, the edges before it (what
         #: a chunk of that step alone carries), and its strings' bytes.
         self.step, self.base = -1, self.edges
@@ -905,6 +921,7 @@ class _Strings:
             chunk > STRING_BYTES
             or summary > SUMMARY_STRING_BYTES
             or summary + self.names > SUMMARY_BYTES
+            or summary + self.names + sum(self.overrides.values()) > _SUMMARY_LIMIT
         ):
             key = max(sizes, key=sizes.__getitem__)
             raise InvalidValueError(
@@ -926,6 +943,43 @@ class _Strings:
 
         return count
 
+    def check_overrides(
+        self, patch: dict[str, Any] | None, run: str
+    ) -> Callable[[], None]:
+        """Refuse summary values set by hand the summary could not hold.
+
+        Returns:
+            What counts them, to be called once they are journaled.
+
+        Raises:
+            InvalidArgumentError: with the summary's derived values, they
+                would take it past MAX_OBJECT_BYTES.
+        """
+        if not patch:
+            return lambda: None
+        costs = {k: _override_cost(k, v) for k, v in patch["set"].items()}
+        after = dict(self.overrides)
+        for key in patch["del"]:
+            after.pop(key, None)
+        after.update(costs)
+        total = sum(after.values())
+        if costs and total + self.names + self.summary > _SUMMARY_LIMIT:
+            key = max(costs, key=costs.__getitem__)
+            raise InvalidArgumentError(
+                f"summary[{key!r}]",
+                patch["set"][key],
+                f"run {run}'s summary would take {total / 2**20:.1f} MiB for "
+                f"values set by hand and {(self.names + self.summary) / 2**20:.1f} "
+                "MiB for those it derives from metrics, over "
+                f"{_SUMMARY_LIMIT / 2**20:.0f}; keep large "
+                "things in a file with gitruns.save()",
+            )
+
+        def count() -> None:
+            self.overrides = after
+
+        return count
+
     def check_names(self, new: set[str], row: dict[str, Value], run: str) -> int:
         """Refuse new metric names the summary could not hold; return their cost.
 
@@ -934,7 +988,11 @@ class _Strings:
                 pass SUMMARY_BYTES.
         """
         cost = sum(_name_cost(name) for name in new)
-        if new and self.names + cost + self.summary > SUMMARY_BYTES:
+        derived = self.names + cost + self.summary
+        if new and (
+            derived > SUMMARY_BYTES
+            or derived + sum(self.overrides.values()) > _SUMMARY_LIMIT
+        ):
             first = min(new)
             raise InvalidValueError(
                 first,
@@ -945,6 +1003,13 @@ class _Strings:
                 "under fewer (or shorter) names, the sample as the step",
             )
         return cost
+
+
+def _override_cost(key: str, value: Any) -> int:
+    # Its line in the summary file, indented (dumps_json checks the value's
+    # Unicode, which set_meta did).
+    text = json.dumps({key: value}, indent=2, ensure_ascii=False)
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _name_cost(name: str) -> int:

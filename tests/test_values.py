@@ -390,3 +390,36 @@ def test_names_no_summary_could_hold_are_refused_at_log(
     run.log({"0000" + "n" * 96: 2.0})  # a name it holds is no new name
     run.finish()
     assert len(gitruns.Api(repo).run("p/names").summary) == logged
+
+
+def test_summary_values_set_by_hand_count_with_the_derived_ones(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Together they make one file (its limit lowered here to 60,000 bytes):
+    # neither may push the other past it.
+    monkeypatch.setattr(writer_module, "_SUMMARY_LIMIT", 60_000)
+    run = gitruns.init(project="p", id="by-hand", repo=repo)
+    run.log({"text": "t" * 10_000})  # 20,000 bytes: first and last
+    set_by_hand = 0
+    with pytest.raises(InvalidArgumentError, match="values set by hand"):
+        for i in range(10):
+            run.summary[f"o{i}"] = "o" * 10_000
+            set_by_hand += 1
+    assert set_by_hand == 3 and "o3" not in run.summary
+    with pytest.raises(InvalidValueError, match="in its summary"):
+        run.log({"more": "m" * 5_000})
+    run.finish()
+    assert sorted(gitruns.Api(repo).run("p/by-hand").summary) == [
+        "o0",
+        "o1",
+        "o2",
+        "text",
+    ]
+
+    # A resumed run counts what it holds.
+    again = gitruns.init(project="p", id="by-hand", resume="must", repo=repo)
+    with pytest.raises(InvalidArgumentError, match="values set by hand"):
+        again.summary["o3"] = "o" * 10_000
+    del again.summary["o0"]
+    again.summary["o3"] = "o" * 10_000  # room again
+    again.finish()
