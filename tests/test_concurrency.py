@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -295,46 +296,61 @@ def test_two_threads_logging_to_one_run_lose_nothing(repo: Path) -> None:
         assert [r[key] for r in rows if key in r] == list(range(count))
 
 
-def test_a_child_forked_while_a_thread_logs_is_refused_not_hung(repo: Path) -> None:
-    run = gitruns.init(project="p", id="forked-child", repo=repo)
-    run.log({"loss": 1.0})
-    held = threading.Event()
-    release = threading.Event()
+def answer_of_forked_child(
+    ask: Callable[[], bytes], held: contextlib.AbstractContextManager[Any] | None = None
+) -> bytes:
+    """What ``ask()`` returns in a forked child, within 30 seconds.
+
+    With ``held``, a thread of this process is inside it at the fork, as a
+    thread inside log() or config.update() would be.
+    """
+    inside, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        # As a thread inside log() would, at the moment of the fork.
-        with run._writer._guard:
-            held.set()
+        assert held is not None
+        with held:
+            inside.set()
             release.wait()
 
     holder = threading.Thread(target=hold)
-    holder.start()
-    held.wait()
+    if held is not None:
+        holder.start()
+        inside.wait()
     reader, writer = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: report what log() did, and leave at once
+    if pid == 0:  # the child: answer, and leave at once
         os.close(reader)
         try:
-            run.log({"loss": 2.0})
-            outcome = b"logged"
-        except GitRunsError:
-            outcome = b"refused"
-        except BaseException:
-            outcome = b"failed"
-        os.write(writer, outcome)
-        os._exit(0)
+            os.write(writer, ask())
+        finally:
+            os._exit(0)
     os.close(writer)
     try:
         ready, _, _ = select.select([reader], [], [], 30)
-        assert ready, "log() in the forked child waited for the parent's thread"
-        assert os.read(reader, 16) == b"refused"
+        assert ready, "the forked child did not answer (waiting for a lock?)"
+        with os.fdopen(reader, "rb") as child:
+            return child.read()
     finally:
-        os.close(reader)
         release.set()
-        holder.join()
+        if held is not None:
+            holder.join()
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+
+
+def test_a_child_forked_while_a_thread_logs_is_refused_not_hung(repo: Path) -> None:
+    run = gitruns.init(project="p", id="forked-child", repo=repo)
+    run.log({"loss": 1.0})
+
+    def log() -> bytes:
+        try:
+            run.log({"loss": 2.0})
+        except GitRunsError:
+            return b"refused"
+        return b"logged"
+
+    assert answer_of_forked_child(log, held=run._writer._guard) == b"refused"
     run.finish()
     assert gitruns.Api(repo=repo).run("p/forked-child").history()["loss"].tolist() == [
         1.0
@@ -417,25 +433,8 @@ def test_a_forked_child_reading_the_summary_commits_nothing(repo: Path) -> None:
     committed = git("rev-parse", "runs/p/child-reads", cwd=repo)
     for i in range(40, 45):  # journaled, not committed
         run.log({"x": i})
-    reader, writer = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(reader)
-        try:
-            seen = run.summary.get("x")
-            os.write(writer, repr(seen).encode())
-        finally:
-            os._exit(0)
-    os.close(writer)
-    try:
-        ready, _, _ = select.select([reader], [], [], 30)
-        assert ready, "the forked child did not answer"
-        with os.fdopen(reader, "rb") as child:
-            assert child.read() == b"39"  # what the branch holds
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+    answer = answer_of_forked_child(lambda: repr(run.summary.get("x")).encode())
+    assert answer == b"39"  # what the branch holds
     assert git("rev-parse", "runs/p/child-reads", cwd=repo) == committed
     run.finish()
     rows = gitruns.Api(repo).run("p/child-reads").scan_history()
@@ -446,35 +445,9 @@ def test_a_child_forked_while_a_thread_changes_the_config_is_not_hung(
     repo: Path,
 ) -> None:
     run = gitruns.init(project="p", id="child-config", repo=repo, config={"a": 1})
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        # As a thread inside config.update() would, at the moment of the fork.
-        with run._meta_lock:
-            held.set()
-            release.wait()
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    held.wait()
-    reader, writer = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(reader)
-        try:
-            os.write(writer, repr((dict(run.config), "x" in run.summary)).encode())
-        finally:
-            os._exit(0)
-    os.close(writer)
-    try:
-        ready, _, _ = select.select([reader], [], [], 30)
-        assert ready, "the forked child waited for the parent's thread"
-        assert os.read(reader, 100) == b"({'a': 1}, False)"
-    finally:
-        os.close(reader)
-        release.set()
-        holder.join()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+    answer = answer_of_forked_child(
+        lambda: repr((dict(run.config), "x" in run.summary)).encode(),
+        held=run._meta_lock,
+    )
+    assert answer == b"({'a': 1}, False)"
     run.finish()
