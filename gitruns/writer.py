@@ -234,9 +234,9 @@ class RunWriter:
         #: over (and again if it dies).
         self._local: Committer | None = self._committer(snapshot)
         self._names.update(self._local.totals)
-        self._strings = _Strings()
-        self._strings.seed(self._local.totals)
-        self._strings.seed_overrides(committed_meta(self.snapshot, "summary_overrides"))
+        #: Room the summary and chunks have left for names and strings.
+        self._room = _Room()
+        self._seed_room(self._local.totals)
         self._link: CommitterLink | None = None
         self._failures = Failures(run.path)
 
@@ -309,6 +309,10 @@ class RunWriter:
             )
         return writer
 
+    def _seed_room(self, totals: dict[str, Digest]) -> None:
+        """Count the names, strings and summary values the run holds."""
+        self._room.seed(totals, committed_meta(self.snapshot, "summary_overrides"))
+
     def reload(self) -> None:
         """Re-read the branch tip after an operation moved it under our lock.
 
@@ -326,8 +330,7 @@ class RunWriter:
             self._local.close()
         self._local = self._committer(snapshot)
         self._names = set(self._local.totals)  # a rewind drops names too
-        self._strings.seed(self._local.totals)
-        self._strings.seed_overrides(committed_meta(self.snapshot, "summary_overrides"))
+        self._seed_room(self._local.totals)
         self._step = _next_step(snapshot)
         self._open = False
 
@@ -344,8 +347,7 @@ class RunWriter:
         steps = local.pending_step_range()
         local.commit()
         self._names.update(local.totals)
-        self._strings.seed(local.totals)
-        self._strings.seed_overrides(committed_meta(self.snapshot, "summary_overrides"))
+        self._seed_room(local.totals)
         if steps is None:
             return 0
         count, first, last = steps
@@ -454,10 +456,10 @@ class RunWriter:
                 f"{self.run.path} has {len(names)}; log a name that keeps "
                 "changing as one metric (the sample as its step), or in another run",
             )
-        cost = self._strings.check_names(new, row, self.run.path)
+        count_names = self._room.check_names(new, row, self.run.path)
         self._journal_new(step, when, data, row)
         names.update(new)
-        self._strings.names += cost
+        count_names()
 
     def _journal_new(
         self, step: int, when: float, data: Any, row: dict[str, Value]
@@ -487,7 +489,7 @@ class RunWriter:
                 f"<{len(row)} keys>",
                 f"one log() call may hold {MAX_CALL_BYTES >> 20} MiB; split it",
             )
-        count_strings = self._strings.check(step, row, self.run.path)
+        count_strings = self._room.check(step, row, self.run.path)
         place = (journal.current, journal.size)
         try:
             journal.write(record)
@@ -559,8 +561,8 @@ class RunWriter:
             return
 
         # Not up yet: wake it once there is work and the run has lasted
-        # BOOT_AFTER_SECONDS, and commit here meanwhile only when it is late, or the
-        # journal has grown large.
+        # BOOT_AFTER_SECONDS, and commit here meanwhile only when it is late,
+        # or the journal has grown large.
         due = now - self._last_flush >= interval
         if due and self._waiting_since is None:
             self._waiting_since = now
@@ -671,7 +673,7 @@ class RunWriter:
             # What is new is checked; the rest was, when it was journaled.
             for key, value in journaled.items():
                 check_unicode(value, key.removesuffix(PATCH))
-            count_overrides = self._strings.check_overrides(
+            count_overrides = self._room.check_overrides(
                 journaled.get("summary_overrides" + PATCH), self.run.path
             )
             record = self._journal.encode_meta(time.time(), journaled)
@@ -851,22 +853,21 @@ class RunWriter:
             self._lock.release()
 
 
-class _Strings:
-    """What a run's string metrics put in every chunk and in its summary.
+class _Room:
+    """What a run's chunks and summary carry of its names and strings.
 
-    A string metric's first and last values are carried by every later chunk
-    and by the summary, so strings logged under many names could make a run
-    no chunk or summary can hold: log() refuses the call that would, before
+    Every chunk carries the first and last value of each string metric, and
+    the summary a line per metric name, those strings and the values set by
+    hand, so names and strings logged without end could make a run no chunk
+    or summary file can hold. log() and the summary refuse what would, before
     it is journaled, where finish() could only fail.
     """
 
     def __init__(self) -> None:
-        #: What the summary takes for each value set by hand.
-        self.overrides: dict[str, int] = {}
-        self.seed({})
+        self.seed({}, {})
 
-    def seed(self, totals: dict[str, Digest]) -> None:
-        """Count the strings of what the run holds (committed or recovered)."""
+    def seed(self, totals: dict[str, Digest], overrides: dict[str, Any]) -> None:
+        """Count what the run holds (committed or recovered)."""
         #: Per string metric, the UTF-8 bytes of its first and last values,
         #: which every later chunk carries, and their bytes as JSON, which
         #: the summary may hold (it escapes control characters).
@@ -882,9 +883,7 @@ class _Strings:
         self.summary = sum(json for _, json in ends)
         #: What the summary takes for every metric's name and a number.
         self.names = sum(_name_cost(name) for name in totals)
-
-    def seed_overrides(self, overrides: dict[str, Any]) -> None:
-        """Count the summary values set by hand that the run holds."""
+        #: What the summary takes for each value set by hand.
         self.overrides = {k: _override_cost(k, v) for k, v in overrides.items()}
         #: The step strings were last logged at, the edges before it (what
         #: a chunk of that step alone carries), and its strings' bytes.
@@ -892,7 +891,7 @@ class _Strings:
         self.at_step: dict[str, int] = {}
 
     def check(self, step: int, row: dict[str, Value], run: str) -> Callable[[], None]:
-        """Refuse ``row`` if the run could not hold it.
+        """Refuse ``row``'s strings if the run could not hold them.
 
         Returns:
             What counts the row, to be called once it is journaled.
@@ -901,7 +900,8 @@ class _Strings:
             InvalidValueError: a chunk of the step alone would carry more
                 than STRING_BYTES of strings (the edges before the step,
                 and the step's own three times: as values, first and last),
-                or the summary more than SUMMARY_STRING_BYTES.
+                or the summary more than SUMMARY_STRING_BYTES of them (or
+                too much with its names and values set by hand).
         """
         sizes = {k: _sizes(v) for k, v in row.items() if type(v) is str}
         if not sizes:
@@ -917,11 +917,12 @@ class _Strings:
         # A key logged again at the step keeps only its latest value.
         at_step.update((k, r) for k, (r, _) in sizes.items())
         chunk = base + 3 * sum(at_step.values())
+        whole = summary + self.names + sum(self.overrides.values())
         if (
             chunk > STRING_BYTES
             or summary > SUMMARY_STRING_BYTES
             or summary + self.names > SUMMARY_BYTES
-            or summary + self.names + sum(self.overrides.values()) > _SUMMARY_LIMIT
+            or whole > _SUMMARY_LIMIT
         ):
             key = max(sizes, key=sizes.__getitem__)
             raise InvalidValueError(
@@ -931,8 +932,10 @@ class _Strings:
                 f"of strings in a chunk (at most {STRING_BYTES >> 20}: each "
                 "carries the first and last value of every string metric, and "
                 f"its step's own three times) or {summary / 2**20:.1f} MiB in "
-                f"its summary (at most {SUMMARY_STRING_BYTES >> 20}); log long "
-                "text as a file with gitruns.save(), or shorter strings",
+                f"its summary (at most {SUMMARY_STRING_BYTES >> 20}; "
+                f"{whole / 2**20:.1f} MiB with its names and values set by "
+                f"hand, at most {_SUMMARY_LIMIT / 2**20:.0f}); log long text as "
+                "a file with gitruns.save(), or shorter strings",
             )
 
         def count() -> None:
@@ -980,29 +983,39 @@ class _Strings:
 
         return count
 
-    def check_names(self, new: set[str], row: dict[str, Value], run: str) -> int:
-        """Refuse new metric names the summary could not hold; return their cost.
+    def check_names(
+        self, new: set[str], row: dict[str, Value], run: str
+    ) -> Callable[[], None]:
+        """Refuse new metric names the summary could not hold.
+
+        Returns:
+            What counts them, to be called once they are journaled.
 
         Raises:
             InvalidValueError: the summary's names, numbers and strings would
                 pass SUMMARY_BYTES.
         """
-        cost = sum(_name_cost(name) for name in new)
-        derived = self.names + cost + self.summary
-        if new and (
-            derived > SUMMARY_BYTES
-            or derived + sum(self.overrides.values()) > _SUMMARY_LIMIT
+        if not new:
+            return lambda: None
+        names = self.names + sum(_name_cost(name) for name in new)
+        derived = names + self.summary
+        if derived > SUMMARY_BYTES or (
+            derived + sum(self.overrides.values()) > _SUMMARY_LIMIT
         ):
             first = min(new)
             raise InvalidValueError(
                 first,
                 row[first],
-                f"run {run}'s summary would take {(self.names + cost) / 2**20:.1f} "
-                f"MiB for its metrics' names and {self.summary / 2**20:.1f} MiB "
-                f"for their strings, over {SUMMARY_BYTES >> 20}; log values "
-                "under fewer (or shorter) names, the sample as the step",
+                f"run {run}'s summary would take {names / 2**20:.1f} MiB for its "
+                f"metrics' names and {self.summary / 2**20:.1f} MiB for their "
+                f"strings, over {SUMMARY_BYTES >> 20}; log values under fewer "
+                "(or shorter) names, the sample as the step",
             )
-        return cost
+
+        def count() -> None:
+            self.names = names
+
+        return count
 
 
 def _override_cost(key: str, value: Any) -> int:
