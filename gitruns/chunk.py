@@ -1040,7 +1040,7 @@ def values_into_rows(
         or any(col.count != count for col in columns)
     ):
         raise ValueError(f"columns of {len(segments)} segments do not fit {out.shape}")
-    if not kinds <= {"f8", "i8"} or any(out.dtype != _STORED[k] for k in kinds):
+    if not kinds <= _TOGETHER or any(out.dtype != _STORED[k] for k in kinds):
         raise ValueError(f"columns of kinds {sorted(kinds)} into an {out.dtype} array")
     stored = [col._shuffled() for col in columns]
     if len(columns) < 2 or any(item is None for item in stored):

@@ -486,6 +486,7 @@ class Committer:
             part = todo.pop(0)
             chunk = self._chunk(part, totals)
             try:
+                # build_chunk checked what decode_chunk would: no second decode.
                 data = encode_chunk(chunk, check=False)
             except ChunkTooLargeError as exc:
                 steps = chunk.steps
@@ -541,7 +542,6 @@ class Committer:
         # the digests of everything before it.
         history = self.snapshot.history.copy()
         segments: list[tuple[int, Sha]] = []
-        # build_chunk checked what decode_chunk would: no second decode.
         encoded, totals = self._encoded(items, self.totals)
         for chunk, data in encoded:
             first = int(chunk.steps[0])
