@@ -153,8 +153,14 @@ def test_diff_of_a_fork_at_a_step_without_data_says_it_is_all_shared(
         pass
     code, out = invoke("diff", "p/empty", "p/empty", "--repo", str(repo))
     assert "history: neither run has logged a step" in out
-    code, out = invoke("diff", "p/sparse", "p/empty", "--repo", str(repo))
-    assert "step -1" not in out
+    with gitruns.init(project="p", id="late", repo=repo) as run:
+        run.log({"loss": 1.0}, step=5)
+    code, out = invoke(
+        "fork", "p/late", "--step", "2", "--id", "early", "--repo", str(repo)
+    )
+    assert code == 0, out
+    code, out = invoke("diff", "p/late", "p/early", "--repo", str(repo))
+    assert "history: p/early has logged no step" in out
 
 
 def test_fork_and_rewind_commands(runs: Path) -> None:
